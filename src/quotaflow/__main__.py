@@ -1,0 +1,3 @@
+from quotaflow.cli.main import main
+
+raise SystemExit(main())
