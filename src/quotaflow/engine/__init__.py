@@ -1,0 +1,26 @@
+"""The charging engine: sessions, grant sizing, event charging, administration."""
+
+from quotaflow.engine.engine import Engine, default_prices, split_identity
+from quotaflow.engine.grants import GrantPolicy, UnitGrantLimits
+from quotaflow.engine.types import (
+    DebitAnswer,
+    EngineEvent,
+    ServiceAnswer,
+    ServiceRequest,
+    ServiceResult,
+    SessionAnswer,
+)
+
+__all__ = [
+    "DebitAnswer",
+    "Engine",
+    "EngineEvent",
+    "GrantPolicy",
+    "ServiceAnswer",
+    "ServiceRequest",
+    "ServiceResult",
+    "SessionAnswer",
+    "UnitGrantLimits",
+    "default_prices",
+    "split_identity",
+]

@@ -1,0 +1,307 @@
+"""The charging engine: sessions, events and administration on top of a store.
+
+Pure logic over the store interface; it never parses a wire format and never touches a balance
+except through ledger operations. Session steps get deterministic operation ids
+(session, request number, rating group), so a retransmitted request finds its first answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from quotaflow.engine.grants import GrantPolicy, RateTracker
+from quotaflow.engine.types import (
+    DebitAnswer,
+    EngineEvent,
+    ServiceAnswer,
+    ServiceRequest,
+    ServiceResult,
+    SessionAnswer,
+)
+from quotaflow.ledger import (
+    Conflict,
+    InvalidAmount,
+    InvalidRequest,
+    LimitReached,
+    Price,
+    Status,
+    SubscriberBarred,
+    UnknownSession,
+    Unit,
+)
+from quotaflow.store.base import Result, Store
+
+log = logging.getLogger("quotaflow.engine")
+
+Listener = Callable[[EngineEvent], None]
+SERVICES_PER_REQUEST_MAX = 64
+IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
+
+
+def default_prices() -> dict[Unit, Price]:
+    """Flat prices used when unit buckets run out and money must pay (rating will replace this)."""
+    return {
+        Unit.OCTETS: Price(10_000, 1_000_000),  # 0.01 per MB
+        Unit.SECONDS: Price(2_000, 1),  # 0.12 per minute
+        Unit.EVENTS: Price(50_000, 1),  # 0.05 per event
+    }
+
+
+def split_identity(identity: str) -> tuple[str, str]:
+    """'imsi-0010...' / 'msisdn-46...' / 'nai-x@y' / 'sip:..' / 'id:abc' -> (kind, value)."""
+    for prefix, kind in IDENTITY_PREFIXES.items():
+        if identity.startswith(prefix):
+            return kind, identity if kind == "sip_uri" else identity[len(prefix) :]
+    kind, sep, value = identity.partition(":")
+    if sep and kind in ("id", "msisdn", "imsi", "nai"):
+        return kind, value
+    return "id", identity
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        policy: GrantPolicy | None = None,
+        prices: dict[Unit, Price] | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy or GrantPolicy()
+        self.prices = default_prices() if prices is None else prices
+        self._rates: dict[tuple[str, int | None], RateTracker] = {}
+        self._listeners: list[Listener] = []
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def _emit(self, kind: str, subscriber_id: str) -> None:
+        sessions = await self.store.sessions_of(subscriber_id)
+        event = EngineEvent(kind, subscriber_id, sessions)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's failure must never fail the charging answer
+                log.exception("event listener failed", extra={"kind": kind})
+
+    # ------------------------------------------------------------------ identities
+
+    async def resolve(self, kind: str, value: str) -> str:
+        return await self.store.resolve(kind, value)
+
+    async def resolve_any(self, identity: str) -> str:
+        kind, value = split_identity(identity)
+        return await self.store.resolve(kind, value)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _price(self, unit: Unit) -> dict[str, int] | None:
+        price = self.prices.get(unit)
+        return None if price is None else price.to_json()
+
+    async def session_start(
+        self,
+        session_id: str,
+        subscriber_id: str,
+        request_number: int,
+        services: list[ServiceRequest],
+        meta: dict[str, Any] | None = None,
+    ) -> SessionAnswer:
+        sub = await self.store.get_subscriber(subscriber_id)
+        if sub.status is Status.BARRED:
+            raise SubscriberBarred(f"subscriber {sub.id!r} is barred")
+        await self.store.execute(
+            "session_open",
+            f"{session_id}#open",
+            {"session_id": session_id, "subscriber_id": sub.id, "meta": meta or {}},
+        )
+        return await self._step(session_id, sub.id, request_number, services, closing=False)
+
+    async def session_update(
+        self, session_id: str, request_number: int, services: list[ServiceRequest]
+    ) -> SessionAnswer:
+        subscriber_id = await self._session_owner(session_id)
+        return await self._step(session_id, subscriber_id, request_number, services, closing=False)
+
+    async def session_terminate(
+        self, session_id: str, request_number: int, services: list[ServiceRequest]
+    ) -> SessionAnswer:
+        """Post the final usage and release everything the session still holds."""
+        recorded = await self.store.recorded(f"{session_id}#close")
+        if recorded is not None:  # a retransmitted termination
+            subscriber_id = recorded["subscriber_id"]
+        else:
+            subscriber_id = await self._session_owner(session_id)
+        final = [
+            ServiceRequest(s.rating_group, s.unit, s.used_units, None, want_grant=False)
+            for s in services
+        ]
+        answer = await self._step(session_id, subscriber_id, request_number, final, closing=True)
+        if recorded is None:
+            await self.store.execute(
+                "session_close", f"{session_id}#close", {"session_id": session_id}
+            )
+        for key in [k for k in self._rates if k[0] == session_id]:
+            del self._rates[key]
+        return answer
+
+    async def _session_owner(self, session_id: str) -> str:
+        record = await self.store.get_session(session_id)
+        if record is None:
+            raise UnknownSession(f"unknown session {session_id!r}")
+        owner: str = record["subscriber_id"]
+        return owner
+
+    async def _step(
+        self,
+        session_id: str,
+        subscriber_id: str,
+        request_number: int,
+        services: list[ServiceRequest],
+        *,
+        closing: bool,
+    ) -> SessionAnswer:
+        if len(services) > SERVICES_PER_REQUEST_MAX:
+            raise LimitReached("too many services in one request", limit=SERVICES_PER_REQUEST_MAX)
+        seen: set[int | None] = set()
+        for s in services:
+            if s.rating_group in seen:
+                raise InvalidRequest(f"rating group {s.rating_group} appears twice")
+            seen.add(s.rating_group)
+            if s.used_units < 0 or (s.requested_units is not None and s.requested_units < 0):
+                raise InvalidAmount("units must not be negative")
+        answers = [
+            await self._charge_one(session_id, subscriber_id, request_number, s, closing)
+            for s in services
+        ]
+        return SessionAnswer(session_id, subscriber_id, answers)
+
+    async def _charge_one(
+        self,
+        session_id: str,
+        subscriber_id: str,
+        request_number: int,
+        s: ServiceRequest,
+        closing: bool,
+    ) -> ServiceAnswer:
+        op_id = f"{session_id}#{request_number}#{s.rating_group}"
+        result = await self.store.recorded(op_id)
+        if result is None:
+            args = self._charge_args(session_id, subscriber_id, s, closing)
+            try:
+                result = await self.store.execute("charge", op_id, args)
+            except Conflict:
+                # Same request number, other content (e.g. the grant was sized differently
+                # before a restart): a retransmission by definition, so answer as the first time.
+                result = await self.store.recorded(op_id)
+                if result is None:
+                    raise
+        return self._answer(s, result)
+
+    def _charge_args(
+        self, session_id: str, subscriber_id: str, s: ServiceRequest, closing: bool
+    ) -> dict[str, Any]:
+        key = (session_id, s.rating_group)
+        now_ms = self.store.clock()
+        tracker = self._rates.get(key)
+        if tracker is None:
+            tracker = self._rates[key] = RateTracker(now_ms)
+        elif s.used_units:
+            tracker.observe(s.used_units, now_ms, self.policy.rate_weight)
+        args: dict[str, Any] = {
+            "subscriber_id": subscriber_id,
+            "unit": s.unit.value,
+            "rating_group": s.rating_group,
+            "used_units": s.used_units,
+            "reservation_id": f"{session_id}#{s.rating_group}",
+            "price": self._price(s.unit),
+        }
+        if s.want_grant and not closing:
+            units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
+            lim = self.policy.limits[s.unit]
+            args["reserve"] = {
+                "units_max": units,
+                "units_min": min(lim.min_units, units),
+                "validity_ms": (self.policy.validity_s + self.policy.grace_s) * 1000,
+                "session_id": session_id,
+            }
+        return args
+
+    def _answer(self, s: ServiceRequest, result: Result) -> ServiceAnswer:
+        grant = result.get("grant")
+        if "grant" not in result:
+            status = ServiceResult.REPORTED
+            granted = 0
+        elif grant is None:
+            status = (
+                ServiceResult.BARRED if result.get("refused") == "barred" else ServiceResult.NO_CREDIT
+            )
+            granted = 0
+        else:
+            granted = grant["units"]
+            status = ServiceResult.FINAL if grant["exhausted"] else ServiceResult.GRANTED
+        return ServiceAnswer(
+            rating_group=s.rating_group,
+            unit=s.unit,
+            result=status,
+            granted_units=granted,
+            validity_s=self.policy.validity_s,
+            posted_units=result["posted_units"],
+            unpaid_units=result["unpaid_units"],
+        )
+
+    # ------------------------------------------------------------------ events (one-shot)
+
+    async def direct_debit(
+        self, op_id: str, subscriber_id: str, unit: Unit, units: int, rating_group: int | None
+    ) -> DebitAnswer:
+        result = await self.store.execute(
+            "debit",
+            op_id,
+            {"subscriber_id": subscriber_id, "unit": unit.value, "units": units,
+             "rating_group": rating_group, "price": self._price(unit)},
+        )
+        return DebitAnswer(
+            subscriber_id, unit, result["units"], result["cost_micros"], result["drawn"]
+        )
+
+    async def refund(
+        self, op_id: str, subscriber_id: str, unit: Unit, units: int
+    ) -> dict[str, Any]:
+        result = await self.store.execute(
+            "refund", op_id, {"subscriber_id": subscriber_id, "unit": unit.value, "amount": units}
+        )
+        await self._emit("credit_added", subscriber_id)
+        return result
+
+    async def balance_check(
+        self, subscriber_id: str, unit: Unit, rating_group: int | None
+    ) -> int:
+        """Service units the subscriber could pay for now (unit buckets plus money)."""
+        sub = await self.store.get_subscriber(subscriber_id)
+        return self.store.payable_units(sub, unit.value, rating_group, self._price(unit))
+
+    def price_enquiry(self, unit: Unit, units: int) -> int:
+        """Price in micro-units of `units` service units at the flat price (0 when free)."""
+        if units < 0:
+            raise InvalidAmount("units must not be negative")
+        price = self.prices.get(unit)
+        if price is None:
+            return 0
+        return -(-units // price.per_units) * price.price_micros
+
+    # ------------------------------------------------------------------ administration
+
+    async def admin(self, op: str, op_id: str | None, args: dict[str, Any]) -> Result:
+        """Provisioning operations; emits the events interfaces act on (RAR, ASR, notify)."""
+        result = await self.store.execute(op, op_id, args)
+        if op in ("topup", "refund") or (op == "adjust" and args.get("amount", 0) > 0) or (
+            op == "add_bucket" and args.get("amount", 0) > 0
+        ):
+            await self._emit("credit_added", args["subscriber_id"])
+        elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:
+            await self._emit("barred", args["id"])
+        return result

@@ -1,0 +1,39 @@
+"""The ledger: subscribers, buckets and two-phase reservations; the only place balances change."""
+
+from quotaflow.ledger.errors import (
+    ChargingError,
+    Conflict,
+    InvalidAmount,
+    InvalidRequest,
+    LimitReached,
+    NoCredit,
+    NotFound,
+    SubscriberBarred,
+    UnknownSession,
+    UnknownSubscriber,
+)
+from quotaflow.ledger.ledger import Ledger, Limits
+from quotaflow.ledger.model import NEVER_MS, Bucket, Origin, Price, Reservation, Status, Subscriber, Unit
+
+__all__ = [
+    "NEVER_MS",
+    "Bucket",
+    "ChargingError",
+    "Conflict",
+    "InvalidAmount",
+    "InvalidRequest",
+    "Ledger",
+    "Limits",
+    "LimitReached",
+    "NoCredit",
+    "NotFound",
+    "Origin",
+    "Price",
+    "Reservation",
+    "Status",
+    "Subscriber",
+    "SubscriberBarred",
+    "UnknownSession",
+    "UnknownSubscriber",
+    "Unit",
+]

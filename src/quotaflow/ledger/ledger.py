@@ -1,0 +1,821 @@
+"""The ledger: the only place balances change.
+
+Every change is an operation `apply(op, op_id, args, now_ms)` whose effect depends only on the
+state, its JSON arguments and the clock value it was given. That makes the journal a list of
+operations that replays to the same state, and makes retries safe: an operation id seen before
+with the same content returns the first answer; with other content it is a Conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import orjson
+
+from quotaflow.ledger.errors import (
+    Conflict,
+    InvalidAmount,
+    InvalidRequest,
+    LimitReached,
+    NoCredit,
+    NotFound,
+    SubscriberBarred,
+    UnknownSession,
+    UnknownSubscriber,
+)
+from quotaflow.ledger.model import (
+    IDENTITY_KINDS,
+    NEVER_MS,
+    Bucket,
+    Leg,
+    Origin,
+    Price,
+    Reservation,
+    Status,
+    Subscriber,
+    Unit,
+)
+
+Result = dict[str, Any]
+Args = dict[str, Any]
+
+AMOUNT_MAX = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
+ID_LEN_MAX = 128
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool = False) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidAmount(f"{name} must be an integer", field=name)
+    low = -AMOUNT_MAX if signed else (0 if zero_ok else 1)
+    if not low <= value <= AMOUNT_MAX:
+        raise InvalidAmount(f"{name} out of range [{low}, {AMOUNT_MAX}]", field=name)
+    return value
+
+
+def _check_id(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= ID_LEN_MAX:
+        raise InvalidRequest(f"{name} must be a string of 1..{ID_LEN_MAX} characters", field=name)
+    return value
+
+
+def _unit(value: Any) -> Unit:
+    try:
+        return Unit(value)
+    except ValueError:
+        raise InvalidRequest(
+            f"unit must be one of {[u.value for u in Unit]}", field="unit"
+        ) from None
+
+
+E = TypeVar("E", Status, Origin)
+
+
+def _enum(cls: type[E], value: Any, name: str) -> E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be one of {[m.value for m in cls]}", field=name) from None
+
+
+def _price(value: Any) -> Price | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("price must be an object", field="price")
+    price = _check_amount("price.price_micros", value.get("price_micros"), zero_ok=True)
+    per = _check_amount("price.per_units", value.get("per_units"))
+    return Price(price, per)
+
+
+class Limits:
+    """Every table has a stated maximum; reaching one is an answer with a reason."""
+
+    def __init__(
+        self,
+        subscribers_max: int = 10_000_000,
+        buckets_per_subscriber_max: int = 1_000,
+        reservations_per_subscriber_max: int = 4_096,
+        sessions_max: int = 4_000_000,
+        idempotency_entries_max: int = 2_000_000,
+        idempotency_window_ms: int = 3_600_000,
+    ) -> None:
+        self.subscribers_max = subscribers_max
+        self.buckets_per_subscriber_max = buckets_per_subscriber_max
+        self.reservations_per_subscriber_max = reservations_per_subscriber_max
+        self.sessions_max = sessions_max
+        self.idempotency_entries_max = idempotency_entries_max
+        self.idempotency_window_ms = idempotency_window_ms
+
+
+class Ledger:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.subscribers: dict[str, Subscriber] = {}
+        self.identity_index: dict[str, str] = {}  # "msisdn:4670..." -> subscriber id
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.sessions_by_subscriber: dict[str, set[str]] = {}
+        # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
+        self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
+        self._expiry_heap: list[tuple[int, str, str]] = []  # (expires_at_ms, sub id, res id)
+        self._bucket_expiry_heap: list[tuple[int, str, str]] = []
+        self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
+        self._ops: dict[str, Callable[[Args, int], Result]] = {
+            "create_subscriber": self._create_subscriber,
+            "update_subscriber": self._update_subscriber,
+            "delete_subscriber": self._delete_subscriber,
+            "add_bucket": self._add_bucket,
+            "topup": self._topup,
+            "adjust": self._adjust,
+            "reserve": self._reserve,
+            "commit": self._commit,
+            "release": self._release,
+            "charge": self._charge,
+            "debit": self._debit,
+            "refund": self._refund,
+            "session_open": self._session_open,
+            "session_close": self._session_close,
+            "expire": self._expire,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    @property
+    def operations(self) -> frozenset[str]:
+        return frozenset(self._ops)
+
+    def apply(self, op: str, op_id: str | None, args: Args, now_ms: int) -> tuple[Result, bool]:
+        """Apply one operation. Returns (result, changed); changed is False for a repeat.
+
+        Raises a ChargingError and changes nothing when the operation is refused.
+        """
+        fn = self._ops.get(op)
+        if fn is None:
+            raise InvalidRequest(f"unknown ledger operation {op!r}")
+        if op_id is None:
+            return fn(args, now_ms), True
+        _check_id("op_id", op_id)
+        fingerprint = hashlib.blake2b(
+            op.encode() + orjson.dumps(args, option=orjson.OPT_SORT_KEYS), digest_size=16
+        ).digest()
+        seen = self.idempotency.get(op_id)
+        if seen is not None:
+            if seen[0] != fingerprint:
+                raise Conflict(f"operation id {op_id!r} was used with different content")
+            return seen[1], False
+        result = fn(args, now_ms)
+        self._remember(op_id, fingerprint, result, now_ms)
+        return result, True
+
+    def _remember(self, op_id: str, fingerprint: bytes, result: Result, now_ms: int) -> None:
+        table = self.idempotency
+        table[op_id] = (fingerprint, result, now_ms)
+        if len(table) > self.limits.idempotency_entries_max:
+            del table[next(iter(table))]
+
+    def prune_idempotency(self, now_ms: int) -> int:
+        """Forget operation ids older than the window. Deterministic given now_ms."""
+        horizon = now_ms - self.limits.idempotency_window_ms
+        table = self.idempotency
+        dropped = 0
+        while table:
+            key = next(iter(table))
+            if table[key][2] >= horizon:
+                break
+            del table[key]
+            dropped += 1
+        return dropped
+
+    # ------------------------------------------------------------------ queries
+
+    def subscriber(self, subscriber_id: str) -> Subscriber:
+        sub = self.subscribers.get(subscriber_id)
+        if sub is None:
+            raise UnknownSubscriber(f"unknown subscriber {subscriber_id!r}")
+        return sub
+
+    def resolve(self, kind: str, value: str) -> str:
+        """Subscriber id for an identity (kind is msisdn, imsi, nai, sip_uri or id)."""
+        if kind == "id":
+            if value in self.subscribers:
+                return value
+        else:
+            found = self.identity_index.get(f"{kind}:{value}")
+            if found is not None:
+                return found
+        raise UnknownSubscriber(f"no subscriber with {kind} {value!r}")
+
+    def payable_units(
+        self, sub: Subscriber, unit: Unit, rating_group: int | None, price: Price | None, now_ms: int
+    ) -> int:
+        """How many service units the buckets could pay for now (for balance checks)."""
+        total = sum(b.available for b in self._candidates(sub, unit, rating_group, now_ms))
+        if price is not None and unit is not Unit.MONEY:
+            if price.price_micros == 0:
+                return AMOUNT_MAX
+            for b in self._candidates(sub, Unit.MONEY, rating_group, now_ms):
+                total += (b.available // price.price_micros) * price.per_units
+        return total
+
+    def check_invariants(self) -> None:
+        """Conservation and non-negativity for every subscriber; raises AssertionError."""
+        for sub in self.subscribers.values():
+            reserved_by_bucket: dict[str, int] = {}
+            for res in sub.reservations.values():
+                for leg in res.legs:
+                    reserved_by_bucket[leg.bucket_id] = (
+                        reserved_by_bucket.get(leg.bucket_id, 0) + leg.amount
+                    )
+            held: dict[Unit, int] = {}
+            for b in sub.buckets.values():
+                assert b.amount >= 0, f"bucket {b.id} negative: {b.amount}"
+                assert 0 <= b.reserved <= b.amount, f"bucket {b.id} reserved {b.reserved}"
+                assert b.reserved == reserved_by_bucket.get(b.id, 0), f"bucket {b.id} legs"
+                held[b.unit] = held.get(b.unit, 0) + b.amount
+            for unit, c in sub.counters.items():
+                out = held.get(unit, 0) + c["consumed"] + c["debited"] + c["transferred_out"]
+                into = c["credited"] + c["refunded"] + c["transferred_in"]
+                assert out + c["expired"] == into, f"{sub.id} {unit}: {out}+{c['expired']}!={into}"
+
+    # ------------------------------------------------------------------ subscribers
+
+    def _identities(self, args: Args) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for kind in IDENTITY_KINDS:
+            value = args.get(kind)
+            if value is not None:
+                found[kind] = _check_id(kind, value)
+        return found
+
+    def _create_subscriber(self, args: Args, now_ms: int) -> Result:
+        sid = _check_id("id", args.get("id"))
+        if sid in self.subscribers:
+            raise Conflict(f"subscriber {sid!r} exists")
+        if len(self.subscribers) >= self.limits.subscribers_max:
+            raise LimitReached("subscriber table full", limit=self.limits.subscribers_max)
+        identities = self._identities(args)
+        self._claim_identities(sid, identities)
+        status = _enum(Status, args.get("status", "active"), "status")
+        sub = Subscriber(sid, identities, status, now_ms, plan=args.get("plan"))
+        self.subscribers[sid] = sub
+        for key, value in identities.items():
+            self.identity_index[f"{key}:{value}"] = sid
+        return sub.summary_json()
+
+    def _claim_identities(self, sid: str, identities: dict[str, str]) -> None:
+        for key, value in identities.items():
+            owner = self.identity_index.get(f"{key}:{value}")
+            if owner is not None and owner != sid:
+                raise Conflict(f"{key} {value!r} belongs to subscriber {owner!r}", field=key)
+
+    def _update_subscriber(self, args: Args, now_ms: int) -> Result:
+        sub = self.subscriber(args["id"])
+        identities = self._identities(args)
+        status = sub.status
+        if args.get("status") is not None:
+            status = _enum(Status, args["status"], "status")
+        self._claim_identities(sub.id, identities)
+        for key, value in identities.items():
+            old = sub.identities.get(key)
+            if old is not None:
+                self.identity_index.pop(f"{key}:{old}", None)
+            sub.identities[key] = value
+            self.identity_index[f"{key}:{value}"] = sub.id
+        sub.status = status
+        if "plan" in args:
+            sub.plan = args["plan"]
+        return sub.summary_json()
+
+    def _delete_subscriber(self, args: Args, now_ms: int) -> Result:
+        sub = self.subscriber(args["id"])
+        self._sweep_subscriber(sub, now_ms)
+        if sub.reservations:
+            raise Conflict("subscriber has open reservations", count=len(sub.reservations))
+        for key, value in sub.identities.items():
+            self.identity_index.pop(f"{key}:{value}", None)
+        del self.subscribers[sub.id]
+        self._next_expiry.pop(sub.id, None)
+        return {"id": sub.id, "deleted": True}
+
+    # ------------------------------------------------------------------ buckets
+
+    def _new_bucket(self, sub: Subscriber, bucket_id: str, args: Args, origin: Origin) -> Bucket:
+        if bucket_id in sub.buckets:
+            raise Conflict(f"bucket {bucket_id!r} exists")
+        if len(sub.buckets) >= self.limits.buckets_per_subscriber_max:
+            raise LimitReached("too many buckets", limit=self.limits.buckets_per_subscriber_max)
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"), zero_ok=True)
+        groups = args.get("rating_groups") or []
+        if not isinstance(groups, list) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 2**32 for g in groups
+        ):
+            raise InvalidRequest("rating_groups must be a list of unsigned 32-bit integers")
+        priority = args.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidRequest("priority must be an integer", field="priority")
+        valid_from = args.get("valid_from_ms") or 0
+        expires = args.get("expires_at_ms")
+        expires = NEVER_MS if expires is None else _check_amount("expires_at_ms", expires)
+        if not isinstance(valid_from, int) or valid_from >= expires:
+            raise InvalidRequest("valid_from_ms must be an integer before expires_at_ms")
+        bucket = Bucket(
+            id=bucket_id,
+            subscriber_id=sub.id,
+            unit=unit,
+            amount=amount,
+            rating_groups=frozenset(groups),
+            priority=priority,
+            valid_from_ms=valid_from,
+            expires_at_ms=expires,
+            origin=origin,
+            initial=amount,
+        )
+        sub.buckets[bucket_id] = bucket
+        sub.counter(unit)["credited"] += amount
+        if expires < NEVER_MS:
+            heapq.heappush(self._bucket_expiry_heap, (expires, sub.id, bucket_id))
+        return bucket
+
+    def _add_bucket(self, args: Args, now_ms: int) -> Result:
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        origin = _enum(Origin, args.get("origin", "purchase"), "origin")
+        bucket = self._new_bucket(sub, _check_id("bucket_id", args.get("bucket_id")), args, origin)
+        return bucket.to_json(now_ms)
+
+    def _topup(self, args: Args, now_ms: int) -> Result:
+        """Credit a bucket: the one named, the unscoped non-expiring main bucket, or a new one."""
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"))
+        bucket_id = args.get("bucket_id")
+        scoped = bool(args.get("rating_groups")) or args.get("expires_at_ms") is not None
+        if bucket_id is None and not scoped:
+            bucket_id = f"main-{unit.value}"
+        if bucket_id is None:
+            bucket_id = _check_id("topup_id", args.get("topup_id"))
+        bucket = sub.buckets.get(bucket_id)
+        if bucket is None:
+            bucket = self._new_bucket(sub, bucket_id, args, Origin.TOPUP)
+        else:
+            if bucket.unit is not unit:
+                raise InvalidRequest(f"bucket {bucket_id!r} holds {bucket.unit.value}")
+            bucket.amount += amount
+            sub.counter(unit)["credited"] += amount
+        return {"subscriber_id": sub.id, "bucket": bucket.to_json(now_ms), "amount": amount}
+
+    def _adjust(self, args: Args, now_ms: int) -> Result:
+        """A signed correction. Credits go to the main bucket; debits take from what is free."""
+        amount = _check_amount("amount", args.get("amount"), signed=True)
+        if amount == 0:
+            raise InvalidAmount("an adjustment of zero changes nothing", field="amount")
+        if amount > 0:
+            return self._topup({**args, "amount": amount}, now_ms)
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        self._sweep_subscriber(sub, now_ms)
+        unit = _unit(args.get("unit"))
+        want = -amount
+        candidates = self._candidates(sub, unit, None, now_ms)
+        if sum(b.available for b in candidates) < want:
+            raise NoCredit("not enough free balance for this adjustment", wanted=want)
+        drawn = self._take(candidates, want)
+        sub.counter(unit)["debited"] += want
+        return {"subscriber_id": sub.id, "amount": amount, "drawn": drawn}
+
+    def _refund(self, args: Args, now_ms: int) -> Result:
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"))
+        bucket_id = args.get("bucket_id") or f"main-{unit.value}"
+        bucket = sub.buckets.get(bucket_id)
+        if bucket is None:
+            bucket = self._new_bucket(sub, bucket_id, {"unit": unit.value, "amount": 0}, Origin.REFUND)
+        if bucket.unit is not unit:
+            raise InvalidRequest(f"bucket {bucket_id!r} holds {bucket.unit.value}")
+        bucket.amount += amount
+        sub.counter(unit)["refunded"] += amount
+        return {"subscriber_id": sub.id, "unit": unit.value, "amount": amount, "bucket": bucket.id}
+
+    # ------------------------------------------------------------------ consumption order
+
+    @staticmethod
+    def _order(b: Bucket) -> tuple[int, int, int, str]:
+        # Most specific scope first, then soonest expiry, then priority; the id breaks ties
+        # so that replay draws from the same buckets in the same order.
+        return (len(b.rating_groups) if b.rating_groups else 2**32, b.expires_at_ms, b.priority, b.id)
+
+    def _candidates(
+        self, sub: Subscriber, unit: Unit, rating_group: int | None, now_ms: int
+    ) -> list[Bucket]:
+        found = [
+            b
+            for b in sub.buckets.values()
+            if b.unit is unit and b.available > 0 and b.usable(now_ms) and b.pays_for(rating_group)
+        ]
+        found.sort(key=self._order)
+        return found
+
+    @staticmethod
+    def _take(buckets: Iterable[Bucket], want: int) -> dict[str, int]:
+        drawn: dict[str, int] = {}
+        for b in buckets:
+            if want == 0:
+                break
+            take = min(b.available, want)
+            b.amount -= take
+            drawn[b.id] = take
+            want -= take
+        assert want == 0
+        return drawn
+
+    # ------------------------------------------------------------------ two-phase reservations
+
+    def _sweep_subscriber(self, sub: Subscriber, now_ms: int) -> None:
+        """Void this subscriber's lapsed reservations (validity over)."""
+        nxt = self._next_expiry.get(sub.id)
+        if nxt is None or nxt > now_ms:
+            return
+        soonest = NEVER_MS
+        for res in list(sub.reservations.values()):
+            if res.expires_at_ms <= now_ms:
+                self._void(sub, res)
+            elif res.expires_at_ms < soonest:
+                soonest = res.expires_at_ms
+        if soonest < NEVER_MS:
+            self._next_expiry[sub.id] = soonest
+        else:
+            self._next_expiry.pop(sub.id, None)
+
+    def _void(self, sub: Subscriber, res: Reservation) -> None:
+        for leg in res.legs:
+            sub.buckets[leg.bucket_id].reserved -= leg.amount
+        del sub.reservations[res.id]
+
+    def _active_subscriber(self, args: Args, now_ms: int) -> Subscriber:
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        if sub.status is Status.BARRED:
+            raise SubscriberBarred(f"subscriber {sub.id!r} is barred")
+        self._sweep_subscriber(sub, now_ms)
+        return sub
+
+    def _reserve(self, args: Args, now_ms: int) -> Result:
+        sub = self._active_subscriber(args, now_ms)
+        return self._reserve_on(sub, args, now_ms)
+
+    def _reserve_on(self, sub: Subscriber, args: Args, now_ms: int) -> Result:
+        rid = _check_id("reservation_id", args.get("reservation_id"))
+        if rid in sub.reservations:
+            raise Conflict(f"reservation {rid!r} is open")
+        if len(sub.reservations) >= self.limits.reservations_per_subscriber_max:
+            raise LimitReached(
+                "too many open reservations", limit=self.limits.reservations_per_subscriber_max
+            )
+        unit = _unit(args.get("unit"))
+        rating_group = args.get("rating_group")
+        units_max = _check_amount("units_max", args.get("units_max"))
+        units_min = _check_amount("units_min", args.get("units_min", 1))
+        validity_ms = _check_amount("validity_ms", args.get("validity_ms"))
+        price = _price(args.get("price"))
+        legs: list[Leg] = []
+        need = units_max
+        for b in self._candidates(sub, unit, rating_group, now_ms):
+            take = min(b.available, need)
+            b.reserved += take
+            legs.append(Leg(b.id, take, take))
+            need -= take
+            if need == 0:
+                break
+        free_units = 0
+        if need and price is not None and unit is not Unit.MONEY:
+            if price.price_micros == 0:  # zero-rated: nothing to hold
+                free_units, need = need, 0
+            else:
+                need = self._reserve_money(sub, rating_group, price, need, legs, now_ms)
+        granted = units_max - need
+        if granted < min(units_min, units_max) or granted == 0:
+            for leg in legs:
+                sub.buckets[leg.bucket_id].reserved -= leg.amount
+            raise NoCredit("balance cannot pay for the minimum grant", payable=granted)
+        expires = now_ms + validity_ms
+        res = Reservation(
+            id=rid,
+            subscriber_id=sub.id,
+            unit=unit,
+            rating_group=rating_group,
+            units=granted,
+            legs=legs,
+            created_ms=now_ms,
+            expires_at_ms=expires,
+            session_id=args.get("session_id"),
+        )
+        sub.reservations[rid] = res
+        heapq.heappush(self._expiry_heap, (expires, sub.id, rid))
+        nxt = self._next_expiry.get(sub.id)
+        if nxt is None or expires < nxt:
+            self._next_expiry[sub.id] = expires
+        return {
+            "reservation_id": rid,
+            "units": granted,
+            "free_units": free_units,
+            "exhausted": granted < units_max,
+            "expires_at_ms": expires,
+            "legs": [leg.to_json() for leg in legs],
+        }
+
+    def _reserve_money(
+        self,
+        sub: Subscriber,
+        rating_group: int | None,
+        price: Price,
+        need: int,
+        legs: list[Leg],
+        now_ms: int,
+    ) -> int:
+        """Hold money for the service units the unit buckets could not cover; returns the rest."""
+        for b in self._candidates(sub, Unit.MONEY, rating_group, now_ms):
+            blocks = min(b.available // price.price_micros, _ceil_div(need, price.per_units))
+            if blocks == 0:
+                continue
+            amount = blocks * price.price_micros
+            units = min(blocks * price.per_units, need)
+            b.reserved += amount
+            legs.append(Leg(b.id, amount, units, price))
+            need -= units
+            if need == 0:
+                break
+        return need
+
+    def _commit_on(self, sub: Subscriber, rid: str, used: int) -> Result:
+        res = sub.reservations.get(rid)
+        if res is None:
+            raise NotFound(f"no open reservation {rid!r} (released or lapsed)")
+        posted = min(used, res.units)
+        remaining = posted
+        drawn: dict[str, int] = {}
+        for leg in res.legs:
+            b = sub.buckets[leg.bucket_id]
+            b.reserved -= leg.amount
+            here = min(leg.units, remaining)
+            if leg.price is None:
+                cost = here
+            else:
+                cost = min(_ceil_div(here, leg.price.per_units) * leg.price.price_micros, leg.amount)
+            remaining -= here
+            if cost:
+                b.amount -= cost
+                sub.counter(b.unit)["consumed"] += cost
+                drawn[b.id] = drawn.get(b.id, 0) + cost
+        del sub.reservations[rid]
+        return {
+            "reservation_id": rid,
+            "posted_units": posted,
+            "drawn": drawn,
+            "unit": res.unit.value,
+            "rating_group": res.rating_group,
+        }
+
+    def _overuse(
+        self, sub: Subscriber, unit: Unit, rating_group: int | None, units: int,
+        price: Price | None, now_ms: int,
+    ) -> Result:
+        """Debit what was used beyond any grant, as far as the balance goes; never below zero."""
+        return self._debit_on(sub, unit, rating_group, units, price, now_ms, partial=True)
+
+    def _commit(self, args: Args, now_ms: int) -> Result:
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        self._sweep_subscriber(sub, now_ms)
+        used = _check_amount("used_units", args.get("used_units"), zero_ok=True)
+        return self._commit_on(sub, _check_id("reservation_id", args.get("reservation_id")), used)
+
+    def _release(self, args: Args, now_ms: int) -> Result:
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        self._sweep_subscriber(sub, now_ms)
+        rid = _check_id("reservation_id", args.get("reservation_id"))
+        res = sub.reservations.get(rid)
+        if res is None:
+            raise NotFound(f"no open reservation {rid!r}")
+        self._void(sub, res)
+        return {"reservation_id": rid, "released_units": res.units}
+
+    def _charge(self, args: Args, now_ms: int) -> Result:
+        """One step of a session for one rating group: post the usage, then hold the next grant.
+
+        Usage is posted against the open reservation if it is still there; what it does not
+        cover (it lapsed, or the network used more than granted) is debited from what is free,
+        as far as it goes. Then a new reservation is made when asked. One operation, so a crash
+        can never leave the usage posted without the next grant or the other way round.
+        """
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        unit = _unit(args.get("unit"))
+        rating_group = args.get("rating_group")
+        price = _price(args.get("price"))
+        used = _check_amount("used_units", args.get("used_units", 0), zero_ok=True)
+        rid = args.get("reservation_id")
+        reserve = args.get("reserve")
+        if reserve:
+            # Validate the whole request before anything moves: a refusal after the usage was
+            # posted would leave memory ahead of the journal.
+            rid = _check_id("reservation_id", rid)
+            if not isinstance(reserve, dict):
+                raise InvalidRequest("reserve must be an object")
+            units_max = _check_amount("units_max", reserve.get("units_max"))
+            _check_amount("units_min", reserve.get("units_min", 1))
+            _check_amount("validity_ms", reserve.get("validity_ms"))
+        self._sweep_subscriber(sub, now_ms)
+        if reserve and rid not in sub.reservations and (
+            len(sub.reservations) >= self.limits.reservations_per_subscriber_max
+        ):
+            raise LimitReached(
+                "too many open reservations", limit=self.limits.reservations_per_subscriber_max
+            )
+        result: Result = {"posted_units": 0, "unpaid_units": 0, "drawn": {}}
+        if rid is not None and rid in sub.reservations:
+            committed = self._commit_on(sub, rid, used)
+            result["posted_units"] = committed["posted_units"]
+            result["drawn"] = committed["drawn"]
+        extra = used - result["posted_units"]
+        if extra:
+            debit = self._overuse(sub, unit, rating_group, extra, price, now_ms)
+            result["posted_units"] += debit["units"]
+            result["unpaid_units"] = extra - debit["units"]
+            for key, value in debit["drawn"].items():
+                result["drawn"][key] = result["drawn"].get(key, 0) + value
+        if not reserve:
+            return result
+        result["grant"] = None
+        if sub.status is Status.BARRED:
+            result["refused"] = "barred"
+            return result
+        try:
+            result["grant"] = self._reserve_on(
+                sub,
+                {**reserve, "units_max": units_max, "reservation_id": rid, "unit": unit.value,
+                 "rating_group": rating_group, "price": args.get("price")},
+                now_ms,
+            )
+        except NoCredit:
+            result["refused"] = "no_credit"
+        return result
+
+    def _debit_on(
+        self, sub: Subscriber, unit: Unit, rating_group: int | None, units: int,
+        price: Price | None, now_ms: int, *, partial: bool,
+    ) -> Result:
+        units_left = units
+        drawn: dict[str, int] = {}
+        unit_buckets = self._candidates(sub, unit, rating_group, now_ms)
+        plan: list[tuple[Bucket, int]] = []
+        for b in unit_buckets:
+            take = min(b.available, units_left)
+            if take:
+                plan.append((b, take))
+                units_left -= take
+            if units_left == 0:
+                break
+        free = False
+        if units_left and price is not None and unit is not Unit.MONEY:
+            if price.price_micros == 0:
+                units_left, free = 0, True
+            else:
+                for b in self._candidates(sub, Unit.MONEY, rating_group, now_ms):
+                    blocks = min(
+                        b.available // price.price_micros, _ceil_div(units_left, price.per_units)
+                    )
+                    if blocks:
+                        plan.append((b, blocks * price.price_micros))
+                        units_left = max(0, units_left - blocks * price.per_units)
+                    if units_left == 0:
+                        break
+        if units_left and not partial:
+            raise NoCredit("balance cannot pay for the debit", missing_units=units_left)
+        cost_micros = 0
+        for b, take in plan:
+            b.amount -= take
+            sub.counter(b.unit)["consumed"] += take
+            drawn[b.id] = drawn.get(b.id, 0) + take
+            if b.unit is Unit.MONEY and unit is not Unit.MONEY:
+                cost_micros += take
+        return {"units": units - units_left, "drawn": drawn, "free": free, "cost_micros": cost_micros}
+
+    def _debit(self, args: Args, now_ms: int) -> Result:
+        sub = self._active_subscriber(args, now_ms)
+        unit = _unit(args.get("unit"))
+        units = _check_amount("units", args.get("units"))
+        result = self._debit_on(
+            sub, unit, args.get("rating_group"), units, _price(args.get("price")), now_ms,
+            partial=bool(args.get("partial", False)),
+        )
+        return {"subscriber_id": sub.id, "unit": unit.value, **result}
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session_open(self, args: Args, now_ms: int) -> Result:
+        session_id = _check_id("session_id", args.get("session_id"))
+        sub = self._active_subscriber(args, now_ms)
+        existing = self.sessions.get(session_id)
+        if existing is not None:
+            if existing["subscriber_id"] != sub.id:
+                raise Conflict(f"session {session_id!r} belongs to another subscriber")
+            return {"session_id": session_id, **existing}
+        if len(self.sessions) >= self.limits.sessions_max:
+            raise LimitReached("session table full", limit=self.limits.sessions_max)
+        record = {"subscriber_id": sub.id, "opened_ms": now_ms, "meta": args.get("meta") or {}}
+        self.sessions[session_id] = record
+        self.sessions_by_subscriber.setdefault(sub.id, set()).add(session_id)
+        return {"session_id": session_id, **record}
+
+    def _session_close(self, args: Args, now_ms: int) -> Result:
+        session_id = _check_id("session_id", args.get("session_id"))
+        record = self.sessions.pop(session_id, None)
+        if record is None:
+            raise UnknownSession(f"unknown session {session_id!r}")
+        sid = record["subscriber_id"]
+        owned = self.sessions_by_subscriber.get(sid)
+        if owned is not None:
+            owned.discard(session_id)
+            if not owned:
+                del self.sessions_by_subscriber[sid]
+        sub = self.subscribers.get(sid)
+        released = 0
+        if sub is not None:
+            for res in [r for r in sub.reservations.values() if r.session_id == session_id]:
+                self._void(sub, res)
+                released += 1
+        return {"session_id": session_id, "released_reservations": released}
+
+    # ------------------------------------------------------------------ time
+
+    def _expire(self, args: Args, now_ms: int) -> Result:
+        """Void lapsed reservations and purge expired buckets that hold no reservation."""
+        voided = 0
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now_ms:
+            expires, sid, rid = heapq.heappop(heap)
+            sub = self.subscribers.get(sid)
+            res = None if sub is None else sub.reservations.get(rid)
+            if sub is not None and res is not None and res.expires_at_ms == expires:
+                self._void(sub, res)
+                voided += 1
+        purged = 0
+        bheap = self._bucket_expiry_heap
+        deferred: list[tuple[int, str, str]] = []
+        while bheap and bheap[0][0] <= now_ms:
+            entry = heapq.heappop(bheap)
+            sub = self.subscribers.get(entry[1])
+            bucket = None if sub is None else sub.buckets.get(entry[2])
+            if sub is None or bucket is None or bucket.expires_at_ms != entry[0]:
+                continue
+            if bucket.reserved:
+                deferred.append(entry)  # still pays for an open reservation; purge later
+                continue
+            sub.counter(bucket.unit)["expired"] += bucket.amount
+            del sub.buckets[bucket.id]
+            purged += 1
+        for entry in deferred:
+            heapq.heappush(bheap, (now_ms + 1, entry[1], entry[2]))
+        pruned = self.prune_idempotency(now_ms)
+        return {"voided": voided, "purged_buckets": purged, "pruned_ids": pruned}
+
+    def next_deadline_ms(self) -> int | None:
+        """When the next reservation lapses or bucket expires (for the sweeper's timer)."""
+        times = [h[0][0] for h in (self._expiry_heap, self._bucket_expiry_heap) if h]
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "subscribers": [s.to_json() for s in self.subscribers.values()],
+            "sessions": self.sessions,
+            "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
+        }
+
+    @classmethod
+    def restore(cls, doc: dict[str, Any], limits: Limits | None = None) -> Ledger:
+        ledger = cls(limits)
+        for s in doc["subscribers"]:
+            sub = Subscriber.from_json(s)
+            ledger.subscribers[sub.id] = sub
+            for key, value in sub.identities.items():
+                ledger.identity_index[f"{key}:{value}"] = sub.id
+            for res in sub.reservations.values():
+                heapq.heappush(ledger._expiry_heap, (res.expires_at_ms, sub.id, res.id))
+                nxt = ledger._next_expiry.get(sub.id)
+                if nxt is None or res.expires_at_ms < nxt:
+                    ledger._next_expiry[sub.id] = res.expires_at_ms
+            for b in sub.buckets.values():
+                if b.expires_at_ms < NEVER_MS:
+                    heapq.heappush(ledger._bucket_expiry_heap, (b.expires_at_ms, sub.id, b.id))
+        ledger.sessions = dict(doc["sessions"])
+        for session_id, record in ledger.sessions.items():
+            ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
+        ledger.idempotency = {
+            k: (bytes.fromhex(fp), result, at) for k, fp, result, at in doc["idempotency"]
+        }
+        return ledger

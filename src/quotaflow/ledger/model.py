@@ -1,0 +1,254 @@
+"""The ledger's records: subscribers, buckets, reservations. Plain data; all amounts are integers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Unit(StrEnum):
+    """What a bucket holds. Money is in micro-units of the operator's one currency."""
+
+    OCTETS = "octets"
+    SECONDS = "seconds"
+    EVENTS = "events"
+    MONEY = "money"
+
+
+class Origin(StrEnum):
+    PURCHASE = "purchase"
+    GIFT = "gift"
+    VOUCHER = "voucher"
+    PROMOTION = "promotion"
+    TOPUP = "topup"
+    ADJUSTMENT = "adjustment"
+    REFUND = "refund"
+
+
+class Status(StrEnum):
+    ACTIVE = "active"
+    BARRED = "barred"
+
+
+IDENTITY_KINDS = ("msisdn", "imsi", "nai", "sip_uri")
+NEVER_MS = 2**62  # "no expiry": later than any real clock, still an int for sorting
+
+
+@dataclass(slots=True)
+class Price:
+    """A flat price: `price_micros` money for every started block of `per_units` service units."""
+
+    price_micros: int
+    per_units: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"price_micros": self.price_micros, "per_units": self.per_units}
+
+
+@dataclass(slots=True)
+class Bucket:
+    id: str
+    subscriber_id: str
+    unit: Unit
+    amount: int  # what is left, reserved part included
+    rating_groups: frozenset[int]  # empty: pays for any rating group
+    priority: int  # lower is consumed first among otherwise equal buckets
+    valid_from_ms: int
+    expires_at_ms: int  # NEVER_MS when it does not expire
+    origin: Origin
+    initial: int
+    reserved: int = 0
+
+    def usable(self, now_ms: int) -> bool:
+        return self.valid_from_ms <= now_ms < self.expires_at_ms
+
+    def pays_for(self, rating_group: int | None) -> bool:
+        return not self.rating_groups or (
+            rating_group is not None and rating_group in self.rating_groups
+        )
+
+    @property
+    def available(self) -> int:
+        return self.amount - self.reserved
+
+    def to_json(self, now_ms: int | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "subscriber_id": self.subscriber_id,
+            "unit": self.unit.value,
+            "amount": self.amount,
+            "reserved": self.reserved,
+            "available": self.available,
+            "initial": self.initial,
+            "rating_groups": sorted(self.rating_groups),
+            "priority": self.priority,
+            "valid_from_ms": self.valid_from_ms,
+            "expires_at_ms": None if self.expires_at_ms >= NEVER_MS else self.expires_at_ms,
+            "origin": self.origin.value,
+        }
+        if now_ms is not None:
+            usable = self.usable(now_ms)
+            doc["usable"] = usable
+            if not usable:
+                doc["available"] = 0
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Bucket:
+        expires = doc["expires_at_ms"]
+        return cls(
+            id=doc["id"],
+            subscriber_id=doc["subscriber_id"],
+            unit=Unit(doc["unit"]),
+            amount=doc["amount"],
+            rating_groups=frozenset(doc["rating_groups"]),
+            priority=doc["priority"],
+            valid_from_ms=doc["valid_from_ms"],
+            expires_at_ms=NEVER_MS if expires is None else expires,
+            origin=Origin(doc["origin"]),
+            initial=doc["initial"],
+            reserved=doc["reserved"],
+        )
+
+
+@dataclass(slots=True)
+class Leg:
+    """One bucket's share of a reservation.
+
+    `amount` is held in the bucket's unit; `units` is how many service units it pays for.
+    A money leg carries the price it was reserved at, so commit charges by the same rule.
+    """
+
+    bucket_id: str
+    amount: int
+    units: int
+    price: Price | None = None
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.bucket_id,
+            self.amount,
+            self.units,
+            None if self.price is None else self.price.to_json(),
+        ]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> Leg:
+        price = None if doc[3] is None else Price(**doc[3])
+        return cls(bucket_id=doc[0], amount=doc[1], units=doc[2], price=price)
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A pending debit (two-phase): posted by commit, voided by release or by lapsing."""
+
+    id: str
+    subscriber_id: str
+    unit: Unit
+    rating_group: int | None
+    units: int
+    legs: list[Leg]
+    created_ms: int
+    expires_at_ms: int
+    session_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "subscriber_id": self.subscriber_id,
+            "unit": self.unit.value,
+            "rating_group": self.rating_group,
+            "units": self.units,
+            "legs": [leg.to_json() for leg in self.legs],
+            "created_ms": self.created_ms,
+            "expires_at_ms": self.expires_at_ms,
+            "session_id": self.session_id,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Reservation:
+        return cls(
+            id=doc["id"],
+            subscriber_id=doc["subscriber_id"],
+            unit=Unit(doc["unit"]),
+            rating_group=doc["rating_group"],
+            units=doc["units"],
+            legs=[Leg.from_json(leg) for leg in doc["legs"]],
+            created_ms=doc["created_ms"],
+            expires_at_ms=doc["expires_at_ms"],
+            session_id=doc["session_id"],
+        )
+
+
+COUNTER_NAMES = (
+    "credited",  # bucket creation, top-ups, positive adjustments
+    "refunded",
+    "transferred_in",
+    "consumed",  # posted reservations and direct debits
+    "debited",  # negative adjustments
+    "transferred_out",
+    "expired",  # what expired buckets still held when they were purged
+)
+
+
+def new_counters() -> dict[str, int]:
+    return dict.fromkeys(COUNTER_NAMES, 0)
+
+
+@dataclass(slots=True)
+class Subscriber:
+    id: str
+    identities: dict[str, str]
+    status: Status
+    created_ms: int
+    plan: str | None = None
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    # Flows per unit, for the conservation check: see Ledger.check_conservation.
+    counters: dict[Unit, dict[str, int]] = field(default_factory=dict)
+
+    def counter(self, unit: Unit) -> dict[str, int]:
+        c = self.counters.get(unit)
+        if c is None:
+            c = self.counters[unit] = new_counters()
+        return c
+
+    def summary_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            **{k: self.identities.get(k) for k in IDENTITY_KINDS},
+            "status": self.status.value,
+            "plan": self.plan,
+            "created_ms": self.created_ms,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "identities": self.identities,
+            "status": self.status.value,
+            "created_ms": self.created_ms,
+            "plan": self.plan,
+            "buckets": [b.to_json() for b in self.buckets.values()],
+            "reservations": [r.to_json() for r in self.reservations.values()],
+            "counters": {u.value: c for u, c in self.counters.items()},
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Subscriber:
+        sub = cls(
+            id=doc["id"],
+            identities=dict(doc["identities"]),
+            status=Status(doc["status"]),
+            created_ms=doc["created_ms"],
+            plan=doc["plan"],
+        )
+        for b in doc["buckets"]:
+            bucket = Bucket.from_json(b)
+            sub.buckets[bucket.id] = bucket
+        for r in doc["reservations"]:
+            res = Reservation.from_json(r)
+            sub.reservations[res.id] = res
+        sub.counters = {Unit(u): dict(c) for u, c in doc["counters"].items()}
+        return sub

@@ -1,0 +1,60 @@
+"""What the engine needs from a store. The embedded store is one; a Redis Cluster store will follow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from quotaflow.ledger import ChargingError, Subscriber
+
+Result = dict[str, Any]
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StoreUnavailable(ChargingError):
+    """The store cannot make changes durable; nothing more is acknowledged."""
+
+    code = "store_unavailable"
+
+
+class Store(Protocol):
+    """A ledger made durable. `execute` returns only once its change is on disk."""
+
+    clock: Clock
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def execute(
+        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
+    ) -> Result: ...
+
+    async def get_subscriber(self, subscriber_id: str) -> Subscriber:
+        """A read-only view of one subscriber; raises UnknownSubscriber."""
+        ...
+
+    async def list_subscribers(self, offset: int, limit: int) -> list[Subscriber]: ...
+
+    async def resolve(self, kind: str, value: str) -> str:
+        """Subscriber id for an identity; raises UnknownSubscriber."""
+        ...
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
+
+    async def sessions_of(self, subscriber_id: str) -> dict[str, dict[str, Any]]: ...
+
+    async def recorded(self, op_id: str) -> Result | None:
+        """The first answer to an operation id still within the idempotency window."""
+        ...
+
+    def payable_units(
+        self, sub: Subscriber, unit: str, rating_group: int | None, price: dict[str, int] | None
+    ) -> int: ...
+
+    def stats(self) -> dict[str, Any]: ...

@@ -1,0 +1,300 @@
+"""The embedded store: the ledger in memory, every change journaled to SQLite by group commit.
+
+An operation is applied to memory at once and its journal row joins the open batch; its caller
+waits on the batch's barrier, which is released only after the batch's transaction committed
+(WAL, synchronous=FULL). While one batch is being written on the writer thread, the next one
+fills up, so a busy server commits thousands of operations per fsync. On start the latest
+snapshot is loaded and the journal after it replayed through the same ledger code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from quotaflow.ledger import ChargingError, LimitReached, Price, Subscriber, Unit
+from quotaflow.ledger.ledger import Ledger, Limits
+from quotaflow.store.base import Clock, Result, StoreUnavailable, wall_clock_ms
+
+log = logging.getLogger("quotaflow.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    op TEXT NOT NULL,
+    op_id TEXT,
+    args BLOB NOT NULL,
+    now_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    seq INTEGER PRIMARY KEY,
+    taken_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+
+Row = tuple[int, str, str | None, bytes, int]
+
+
+class EmbeddedStore:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        clock: Clock = wall_clock_ms,
+        limits: Limits | None = None,
+        snapshot_every_ops: int = 500_000,
+        pending_rows_max: int = 200_000,
+        sweep_interval_s: float = 1.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.snapshot_every_ops = snapshot_every_ops
+        self.pending_rows_max = pending_rows_max
+        self.sweep_interval_s = sweep_interval_s
+        self.ledger = Ledger(self.limits)
+        self._db: sqlite3.Connection | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-journal")
+        self._seq = 0
+        self._rows: list[Row] = []
+        self._barrier: asyncio.Future[None] | None = None
+        self._committing = False
+        self._since_snapshot = 0
+        self._failed: BaseException | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.committed_rows = 0
+        self.last_commit_s = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"
+
+    async def open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        self._db = db
+        started = time.perf_counter()
+        replayed = self._recover(db)
+        log.info(
+            "ledger recovered",
+            extra={"seq": self._seq, "replayed": replayed, "subscribers":
+                   len(self.ledger.subscribers), "seconds": round(time.perf_counter() - started, 3)},
+        )
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    def _recover(self, db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq, body FROM snapshot ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            self._seq = row[0]
+            self.ledger = Ledger.restore(orjson.loads(row[1]), self.limits)
+        replayed = 0
+        for seq, op, op_id, args, now_ms in db.execute(
+            "SELECT seq, op, op_id, args, now_ms FROM journal WHERE seq > ? ORDER BY seq",
+            (self._seq,),
+        ):
+            # Only operations that succeeded were journaled, so replay must succeed too.
+            self.ledger.apply(op, op_id, orjson.loads(args), now_ms)
+            self._seq = seq
+            replayed += 1
+        self._since_snapshot = replayed
+        return replayed
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.flush()
+        if self._db is not None and self._failed is None:
+            await self.snapshot()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._writer.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ writes
+
+    def submit(
+        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
+    ) -> tuple[Result, asyncio.Future[None] | None]:
+        """Apply now; returns the result and the barrier to await before answering.
+
+        The barrier is None when nothing is pending. A refusal raises; its caller should still
+        wait for `pending()` so it never answers ahead of the state it saw.
+        """
+        if self._failed is not None:
+            raise StoreUnavailable("journal write failed; refusing changes", cause=repr(self._failed))
+        if len(self._rows) >= self.pending_rows_max:
+            raise LimitReached("journal backlog full", limit=self.pending_rows_max)
+        now = self.clock() if now_ms is None else now_ms
+        result, changed = self.ledger.apply(op, op_id, args, now)
+        if changed:
+            self._seq += 1
+            self._rows.append((self._seq, op, op_id, orjson.dumps(args), now))
+        return result, self.pending()
+
+    def pending(self) -> asyncio.Future[None] | None:
+        """The barrier of everything applied so far, or None when all of it is durable."""
+        if not self._rows and not self._committing:
+            return None
+        if self._barrier is None:
+            self._barrier = asyncio.get_running_loop().create_future()
+            if not self._committing:
+                self._committing = True
+                asyncio.get_running_loop().call_soon(self._start_commit)
+        return self._barrier
+
+    async def execute(
+        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
+    ) -> Result:
+        try:
+            result, barrier = self.submit(op, op_id, args, now_ms)
+        except ChargingError:
+            barrier = self.pending()
+            if barrier is not None:
+                await asyncio.shield(barrier)
+            raise
+        if barrier is not None:
+            await asyncio.shield(barrier)
+        return result
+
+    async def flush(self) -> None:
+        barrier = self.pending()
+        if barrier is not None:
+            await asyncio.shield(barrier)
+
+    def _start_commit(self) -> None:
+        asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._rows or self._barrier is not None:
+                rows, barrier = self._rows, self._barrier
+                self._rows, self._barrier = [], None
+                snapshot = None
+                self._since_snapshot += len(rows)
+                if self._since_snapshot >= self.snapshot_every_ops:
+                    snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
+                    self._since_snapshot = 0
+                try:
+                    await loop.run_in_executor(self._writer, self._write, rows, snapshot)
+                except BaseException as exc:  # fail-stop: memory is now ahead of disk
+                    self._failed = exc
+                    log.critical("journal write failed; store refuses changes", exc_info=exc)
+                    failure = StoreUnavailable("journal write failed", cause=repr(exc))
+                    for b in (barrier, self._barrier):
+                        if b is not None and not b.done():
+                            b.set_exception(failure)
+                    self._rows, self._barrier = [], None
+                    return
+                if barrier is not None and not barrier.done():
+                    barrier.set_result(None)
+        finally:
+            self._committing = False
+
+    def _write(self, rows: list[Row], snapshot: tuple[int, bytes] | None) -> None:
+        db = self._db
+        assert db is not None, "store is closed"
+        started = time.perf_counter()
+        db.execute("BEGIN")
+        try:
+            if rows:
+                db.executemany(
+                    "INSERT INTO journal (seq, op, op_id, args, now_ms) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+            if snapshot is not None:
+                seq, body = snapshot
+                db.execute(
+                    "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
+                    (seq, wall_clock_ms(), body),
+                )
+                db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+                db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.committed_rows += len(rows)
+        self.last_commit_s = time.perf_counter() - started
+
+    async def snapshot(self) -> None:
+        """Write a snapshot of everything applied so far and drop the journal it covers."""
+        await self.flush()
+        body = orjson.dumps(self.ledger.snapshot())
+        await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._write, [], (self._seq, body)
+        )
+        self._since_snapshot = 0
+
+    async def _sweep_loop(self) -> None:
+        """Void lapsed reservations and purge expired buckets, as journaled operations."""
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            deadline = self.ledger.next_deadline_ms()
+            now = self.clock()
+            if deadline is not None and deadline <= now:
+                try:
+                    await self.execute("expire", None, {}, now)
+                except ChargingError as exc:
+                    log.error("sweep failed", extra={"error": exc.message})
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_subscriber(self, subscriber_id: str) -> Subscriber:
+        return self.ledger.subscriber(subscriber_id)
+
+    async def list_subscribers(self, offset: int, limit: int) -> list[Subscriber]:
+        subs = self.ledger.subscribers
+        return [subs[k] for k in list(subs)[offset : offset + limit]]
+
+    async def resolve(self, kind: str, value: str) -> str:
+        return self.ledger.resolve(kind, value)
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        return self.ledger.sessions.get(session_id)
+
+    async def sessions_of(self, subscriber_id: str) -> dict[str, dict[str, Any]]:
+        ids = self.ledger.sessions_by_subscriber.get(subscriber_id, ())
+        return {sid: self.ledger.sessions[sid] for sid in ids}
+
+    async def recorded(self, op_id: str) -> Result | None:
+        seen = self.ledger.idempotency.get(op_id)
+        return None if seen is None else seen[1]
+
+    def payable_units(
+        self, sub: Subscriber, unit: str, rating_group: int | None, price: dict[str, int] | None
+    ) -> int:
+        p = None if price is None else Price(price["price_micros"], price["per_units"])
+        return self.ledger.payable_units(sub, Unit(unit), rating_group, p, self.clock())
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": "embedded",
+            "path": str(self.path),
+            "seq": self._seq,
+            "pending_rows": len(self._rows),
+            "commits": self.commits,
+            "committed_rows": self.committed_rows,
+            "last_commit_s": self.last_commit_s,
+            "subscribers": len(self.ledger.subscribers),
+            "sessions": len(self.ledger.sessions),
+            "failed": None if self._failed is None else repr(self._failed),
+        }
