@@ -155,23 +155,32 @@ class Ledger:
 
         Raises a ChargingError and changes nothing when the operation is refused.
         """
+        result, changed, _ = self.apply_encoded(op, op_id, args, now_ms)
+        return result, changed
+
+    def apply_encoded(
+        self, op: str, op_id: str | None, args: Args, now_ms: int
+    ) -> tuple[Result, bool, bytes]:
+        """As `apply`, also returning the canonical JSON of `args` (what the journal keeps)."""
         fn = self._ops.get(op)
         if fn is None:
             raise InvalidRequest(f"unknown ledger operation {op!r}")
+        try:
+            content = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:  # e.g. an integer beyond 64 bits
+            raise InvalidAmount(f"arguments cannot be recorded: {exc}") from None
         if op_id is None:
-            return fn(args, now_ms), True
+            return fn(args, now_ms), True, content
         _check_id("op_id", op_id)
-        fingerprint = hashlib.blake2b(
-            op.encode() + orjson.dumps(args, option=orjson.OPT_SORT_KEYS), digest_size=16
-        ).digest()
+        fingerprint = hashlib.blake2b(op.encode() + content, digest_size=16).digest()
         seen = self.idempotency.get(op_id)
         if seen is not None:
             if seen[0] != fingerprint:
                 raise Conflict(f"operation id {op_id!r} was used with different content")
-            return seen[1], False
+            return seen[1], False, content
         result = fn(args, now_ms)
         self._remember(op_id, fingerprint, result, now_ms)
-        return result, True
+        return result, True, content
 
     def _remember(self, op_id: str, fingerprint: bytes, result: Result, now_ms: int) -> None:
         table = self.idempotency

@@ -142,10 +142,10 @@ class EmbeddedStore:
         if len(self._rows) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
         now = self.clock() if now_ms is None else now_ms
-        result, changed = self.ledger.apply(op, op_id, args, now)
+        result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
         if changed:
             self._seq += 1
-            self._rows.append((self._seq, op, op_id, orjson.dumps(args), now))
+            self._rows.append((self._seq, op, op_id, content, now))
         return result, self.pending()
 
     def pending(self) -> asyncio.Future[None] | None:

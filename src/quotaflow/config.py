@@ -1,0 +1,142 @@
+"""Server configuration: a TOML file, then command-line flags on top. Every default is stated."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from quotaflow.engine import GrantPolicy, UnitGrantLimits, default_prices
+from quotaflow.ledger import Limits, Price, Unit
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the server refuses to start with it."""
+
+
+@dataclass(slots=True)
+class DiameterPeer:
+    origin_host: str
+    address: str | None = None
+
+
+@dataclass(slots=True)
+class Config:
+    data_dir: Path = Path("./quotaflow-data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # A separate listener for the 5G SBI (Nchf); None serves it on the HTTP listener.
+    sbi_host: str | None = None
+    sbi_port: int | None = None
+    diameter_enabled: bool = True
+    diameter_host: str = "127.0.0.1"
+    diameter_port: int = 3868
+    diameter_identity: str = "ocs.quotaflow.local"
+    diameter_realm: str = "quotaflow.local"
+    # Empty: the development default, any peer that connects from loopback is accepted.
+    diameter_peers: list[DiameterPeer] = field(default_factory=list)
+    nchf_enabled: bool = True
+    snapshot_every_ops: int = 500_000
+    log_level: str = "INFO"
+    grants: GrantPolicy = field(default_factory=GrantPolicy)
+    prices: dict[Unit, Price] = field(default_factory=default_prices)
+    limits: Limits = field(default_factory=Limits)
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _int(table: dict[str, Any], key: str, where: str, default: int) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}.{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _money_micros(value: Any, where: str) -> int:
+    """Decimal money in configuration to integer micro-units, rounding down (never overcharge)."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"{where} is not a number: {value!r}") from None
+    if amount < 0:
+        raise ConfigError(f"{where} must not be negative")
+    return int((amount * 1_000_000).to_integral_value(rounding=ROUND_DOWN))
+
+
+def load(path: str | Path | None) -> Config:
+    cfg = Config()
+    if path is None:
+        return cfg
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    server = _section(doc, "server")
+    cfg.data_dir = Path(server.get("data_dir", cfg.data_dir))
+    cfg.log_level = str(server.get("log_level", cfg.log_level)).upper()
+    cfg.snapshot_every_ops = _int(server, "snapshot_every_ops", "server", cfg.snapshot_every_ops)
+    http = _section(doc, "http")
+    cfg.http_host = str(http.get("host", cfg.http_host))
+    cfg.http_port = _int(http, "port", "http", cfg.http_port)
+    sbi = _section(doc, "sbi")
+    if sbi:
+        cfg.sbi_host = str(sbi.get("host", cfg.http_host))
+        cfg.sbi_port = _int(sbi, "port", "sbi", 0)
+    cfg.nchf_enabled = bool(sbi.get("enabled", True))
+    dia = _section(doc, "diameter")
+    cfg.diameter_enabled = bool(dia.get("enabled", cfg.diameter_enabled))
+    cfg.diameter_host = str(dia.get("host", cfg.diameter_host))
+    cfg.diameter_port = _int(dia, "port", "diameter", cfg.diameter_port)
+    cfg.diameter_identity = str(dia.get("identity", cfg.diameter_identity))
+    cfg.diameter_realm = str(dia.get("realm", cfg.diameter_realm))
+    for i, peer in enumerate(dia.get("peers", [])):
+        if not isinstance(peer, dict) or "origin_host" not in peer:
+            raise ConfigError(f"diameter.peers[{i}] needs origin_host")
+        cfg.diameter_peers.append(DiameterPeer(str(peer["origin_host"]), peer.get("address")))
+    _load_grants(cfg, _section(doc, "grants"))
+    _load_prices(cfg, _section(doc, "prices"))
+    return cfg
+
+
+def _load_grants(cfg: Config, grants: dict[str, Any]) -> None:
+    policy = cfg.grants
+    policy.validity_s = _int(grants, "validity_s", "grants", policy.validity_s)
+    policy.grace_s = _int(grants, "grace_s", "grants", policy.grace_s)
+    if policy.validity_s == 0:
+        raise ConfigError("grants.validity_s must be positive")
+    for unit in Unit:
+        table = grants.get(unit.value)
+        if table is None:
+            continue
+        where = f"grants.{unit.value}"
+        old = policy.limits[unit]
+        try:
+            policy.limits[unit] = UnitGrantLimits(
+                _int(table, "min", where, old.min_units),
+                _int(table, "default", where, old.default_units),
+                _int(table, "max", where, old.max_units),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def _load_prices(cfg: Config, prices: dict[str, Any]) -> None:
+    for name, table in prices.items():
+        try:
+            unit = Unit(name)
+        except ValueError:
+            raise ConfigError(f"prices.{name}: unknown unit") from None
+        if unit is Unit.MONEY or not isinstance(table, dict):
+            raise ConfigError(f"prices.{name} must be a table for octets, seconds or events")
+        per_units = _int(table, "per_units", f"prices.{name}", 1)
+        if per_units == 0:
+            raise ConfigError(f"prices.{name}.per_units must be positive")
+        cfg.prices[unit] = Price(_money_micros(table.get("price", 0), f"prices.{name}.price"),
+                                 per_units)

@@ -1,0 +1,66 @@
+"""Prometheus metrics shared by every part of the server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry()
+
+HTTP_REQUESTS = Counter(
+    "quotaflow_http_requests",
+    "Management API requests by route and status",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+SESSION_STEPS = Counter(
+    "quotaflow_session_steps",
+    "Charging session steps by interface, kind and per-service result",
+    ["interface", "step", "result"],
+    registry=REGISTRY,
+)
+ENGINE_ERRORS = Counter(
+    "quotaflow_engine_errors", "Refused requests by reason", ["code"], registry=REGISTRY
+)
+REQUEST_SECONDS = Histogram(
+    "quotaflow_request_seconds",
+    "Time from request to durable answer",
+    ["interface"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+
+
+class _StoreCollector:
+    """Exports the store's own counters (commits, rows, subscribers, sessions) as gauges."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, Any]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.source is None:
+            return
+        stats = self.source()
+        for key in ("seq", "pending_rows", "commits", "committed_rows", "subscribers", "sessions"):
+            if isinstance(stats.get(key), int):
+                yield GaugeMetricFamily(f"quotaflow_store_{key}", f"store {key}", value=stats[key])
+        yield GaugeMetricFamily(
+            "quotaflow_store_last_commit_seconds",
+            "Duration of the last journal commit",
+            value=float(stats.get("last_commit_s", 0.0)),
+        )
+        yield GaugeMetricFamily(
+            "quotaflow_store_failed", "1 when the journal failed", value=1 if stats.get("failed") else 0
+        )
+
+
+_STORE = _StoreCollector()
+REGISTRY.register(_STORE)
+
+
+def watch_store(stats: Callable[[], dict[str, Any]]) -> None:
+    """Export this store's figures at /metrics (the latest server started in the process)."""
+    _STORE.source = stats

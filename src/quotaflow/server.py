@@ -1,0 +1,140 @@
+"""The server process: one store, one engine, every network interface on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
+
+from quotaflow.api import ManagementApi
+from quotaflow.config import Config
+from quotaflow.engine import Engine
+from quotaflow.metrics import watch_store
+from quotaflow.store import EmbeddedStore
+
+log = logging.getLogger("quotaflow.server")
+
+# An interface that plugs in: started with the engine and config, returns its stop coroutine.
+InterfaceStarter = Callable[[Engine, Config], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+def _nchf_mount(engine: Engine) -> BaseRoute | None:
+    try:
+        from quotaflow.nchf import create_app
+    except ImportError:
+        return None
+    return Mount("/nchf-convergedcharging/v3", app=create_app(engine))
+
+
+def build_app(engine: Engine, *, with_nchf: bool = True) -> Starlette:
+    routes: list[BaseRoute] = list(ManagementApi(engine).routes())
+    if with_nchf:
+        mount = _nchf_mount(engine)
+        if mount is not None:
+            routes.append(mount)
+    return Starlette(routes=routes)
+
+
+def _hypercorn(host: str, port: int) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"{host}:{port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("quotaflow.http")
+    hc.keep_alive_timeout = 75
+    hc.h2_max_concurrent_streams = 256
+    return hc
+
+
+async def _start_diameter(engine: Engine, cfg: Config) -> Callable[[], Awaitable[None]] | None:
+    try:
+        from quotaflow.diameter.gy import start_gy
+    except ImportError:
+        log.warning("diameter interface not available in this build")
+        return None
+    stop: Callable[[], Awaitable[None]] = await start_gy(engine, cfg)
+    return stop
+
+
+class Server:
+    """Start and stop everything; used by `quotaflow serve` and by the tests."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store = EmbeddedStore(
+            cfg.data_dir, limits=cfg.limits, snapshot_every_ops=cfg.snapshot_every_ops
+        )
+        self.engine = Engine(self.store, cfg.grants, cfg.prices)
+        self._stop_http = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        await self.store.open()
+        watch_store(self.store.stats)
+        separate_sbi = cfg.sbi_port is not None
+        app = build_app(self.engine, with_nchf=cfg.nchf_enabled and not separate_sbi)
+        self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
+        if separate_sbi and cfg.nchf_enabled:
+            sbi = Starlette(routes=[m for m in [_nchf_mount(self.engine)] if m is not None])
+            self._tasks.append(asyncio.create_task(
+                self._serve(sbi, cfg.sbi_host or cfg.http_host, cfg.sbi_port or 0)))
+        if cfg.diameter_enabled:
+            stop = await _start_diameter(self.engine, cfg)
+            if stop is not None:
+                self._stoppers.append(stop)
+        await self._wait_listening(cfg.http_host, cfg.http_port)
+        log.info(
+            "quotaflow serving",
+            extra={"http": f"{cfg.http_host}:{cfg.http_port}", "data_dir": str(cfg.data_dir),
+                   "diameter": f"{cfg.diameter_host}:{cfg.diameter_port}"
+                   if cfg.diameter_enabled else "off"},
+        )
+
+    async def _serve(self, app: Starlette, host: str, port: int) -> None:
+        await hypercorn_serve(app, _hypercorn(host, port), shutdown_trigger=self._stop_http.wait)  # type: ignore[arg-type]
+
+    async def _wait_listening(self, host: str, port: int) -> None:
+        for _ in range(200):
+            for task in self._tasks:
+                if task.done():
+                    task.result()  # a bind failure surfaces here
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(0.025)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        raise RuntimeError(f"HTTP listener {host}:{port} did not come up")
+
+    async def stop(self) -> None:
+        for stop in reversed(self._stoppers):
+            await stop()
+        self._stop_http.set()
+        for task in self._tasks:
+            with contextlib.suppress(Exception):
+                await task
+        await self.store.close()
+
+
+async def run(cfg: Config) -> None:
+    server = Server(cfg)
+    await server.start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    log.info("stopping")
+    await server.stop()

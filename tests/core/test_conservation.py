@@ -1,0 +1,203 @@
+"""Property-based: random operation sequences, with expiry, retries and restarts, conserve credit.
+
+The machine drives the real embedded store (SQLite journal, snapshots) and keeps its own
+account of what went in and out, from the answers it was given. After every step, for each
+subscriber and unit:
+    held in buckets (available + reserved) + consumed + debited + transferred out + expired
+      == credited (initial + top-ups) + refunded + transferred in
+and no bucket is negative. A restart is either a crash (journal replay) or a clean stop
+(snapshot), and must change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from quotaflow.ledger import ChargingError
+from quotaflow.store import EmbeddedStore
+
+SUBS = ["a", "b", "c"]
+RGS = [None, 10, 20]
+PRICE = {"price_micros": 7, "per_units": 3}
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.dir = Path(tempfile.mkdtemp(prefix="qf-prop-"))
+        self.now = 1_000_000
+        self.n = 0
+        self.credited: dict[tuple[str, str], int] = {}
+        self.consumed: dict[tuple[str, str], int] = {}
+        self.open: list[tuple[str, str]] = []
+        self.history: list[tuple[str, str, dict[str, Any], Any]] = []
+        self.store = self._open()
+
+    def _open(self) -> EmbeddedStore:
+        store = EmbeddedStore(self.dir, clock=lambda: self.now, snapshot_every_ops=7,
+                              sweep_interval_s=3600)
+        self.loop.run_until_complete(store.open())
+        return store
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _op(self, op: str, args: dict[str, Any], op_id: str | None = None) -> Any:
+        self.n += 1
+        op_id = op_id or f"op{self.n}"
+        try:
+            result = self.loop.run_until_complete(self.store.execute(op, op_id, args))
+        except ChargingError:
+            return None
+        self.history.append((op, op_id, args, result))
+        return result
+
+    def _add(self, table: dict[tuple[str, str], int], sub: str, unit: str, amount: int) -> None:
+        table[(sub, unit)] = table.get((sub, unit), 0) + amount
+
+    def _count_drawn(self, sub: str, drawn: dict[str, int]) -> None:
+        buckets = self.store.ledger.subscribers[sub].buckets
+        for bucket_id, amount in drawn.items():
+            self._add(self.consumed, sub, buckets[bucket_id].unit.value, amount)
+
+    @initialize()
+    def subscribers(self) -> None:
+        for sid in SUBS:
+            assert self._op("create_subscriber", {"id": sid, "msisdn": f"m-{sid}"})
+
+    @rule(sub=st.sampled_from(SUBS), unit=st.sampled_from(["octets", "money"]),
+          amount=st.integers(1, 500), rg=st.sampled_from([[], [10], [10, 20]]),
+          life=st.one_of(st.none(), st.integers(1, 50)))
+    def add_bucket(self, sub: str, unit: str, amount: int, rg: list[int], life: int | None) -> None:
+        self.n += 1
+        args = {"subscriber_id": sub, "bucket_id": f"bk{self.n}", "unit": unit, "amount": amount,
+                "rating_groups": rg, "expires_at_ms": None if life is None else self.now + life}
+        if self._op("add_bucket", args):
+            self._add(self.credited, sub, unit, amount)
+
+    @rule(sub=st.sampled_from(SUBS), amount=st.integers(1, 300))
+    def topup(self, sub: str, amount: int) -> None:
+        if self._op("topup", {"subscriber_id": sub, "unit": "octets", "amount": amount}):
+            self._add(self.credited, sub, "octets", amount)
+
+    @rule(sub=st.sampled_from(SUBS), rg=st.sampled_from(RGS), units=st.integers(1, 400),
+          priced=st.booleans(), validity=st.integers(1, 40))
+    def reserve(self, sub: str, rg: int | None, units: int, priced: bool, validity: int) -> None:
+        rid = f"res{self.n}"
+        result = self._op("reserve", {
+            "subscriber_id": sub, "reservation_id": rid, "unit": "octets", "rating_group": rg,
+            "units_max": units, "validity_ms": validity, "price": PRICE if priced else None})
+        if result:
+            assert 0 < result["units"] <= units
+            self.open.append((sub, rid))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), used=st.integers(0, 500))
+    def commit(self, data: st.DataObject, used: int) -> None:
+        sub, rid = self.open.pop(data.draw(st.integers(0, len(self.open) - 1)))
+        result = self._op("commit", {"subscriber_id": sub, "reservation_id": rid,
+                                     "used_units": used})
+        if result:
+            assert result["posted_units"] <= used
+            self._count_drawn(sub, result["drawn"])
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        sub, rid = self.open.pop(data.draw(st.integers(0, len(self.open) - 1)))
+        self._op("release", {"subscriber_id": sub, "reservation_id": rid})
+
+    @rule(sub=st.sampled_from(SUBS), rg=st.sampled_from(RGS), used=st.integers(0, 300),
+          units=st.integers(1, 300), session=st.sampled_from(["s1", "s2"]))
+    def charge(self, sub: str, rg: int | None, used: int, units: int, session: str) -> None:
+        result = self._op("charge", {
+            "subscriber_id": sub, "unit": "octets", "rating_group": rg, "used_units": used,
+            "reservation_id": f"{session}#{sub}#{rg}", "price": PRICE,
+            "reserve": {"units_max": units, "validity_ms": 20}})
+        if result:
+            assert result["posted_units"] + result["unpaid_units"] == used
+            self._count_drawn(sub, result["drawn"])
+
+    @rule(sub=st.sampled_from(SUBS), units=st.integers(1, 300), partial=st.booleans())
+    def debit(self, sub: str, units: int, partial: bool) -> None:
+        result = self._op("debit", {"subscriber_id": sub, "unit": "octets", "units": units,
+                                    "rating_group": 10, "price": PRICE, "partial": partial})
+        if result:
+            self._count_drawn(sub, result["drawn"])
+
+    @rule(sub=st.sampled_from(SUBS), amount=st.integers(1, 100))
+    def refund(self, sub: str, amount: int) -> None:
+        self._op("refund", {"subscriber_id": sub, "unit": "money", "amount": amount})
+
+    @rule(sub=st.sampled_from(SUBS), amount=st.integers(-200, 200).filter(bool))
+    def adjust(self, sub: str, amount: int) -> None:
+        result = self._op("adjust", {"subscriber_id": sub, "unit": "octets", "amount": amount,
+                                     "topup_id": f"adj{self.n}"})
+        if result and amount > 0:
+            self._add(self.credited, sub, "octets", amount)
+
+    @rule(ms=st.integers(1, 30))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+    @rule()
+    def sweep(self) -> None:
+        self.loop.run_until_complete(self.store.execute("expire", None, {}))
+
+    @precondition(lambda self: self.history)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        op, op_id, args, first = data.draw(st.sampled_from(self.history))
+        before = self.store.ledger.snapshot()["subscribers"]
+        again = self.loop.run_until_complete(self.store.execute(op, op_id, args))
+        assert again == first
+        assert self.store.ledger.snapshot()["subscribers"] == before
+
+    @rule(clean=st.booleans())
+    def restart(self, clean: bool) -> None:
+        before = self.store.ledger.snapshot()
+        if clean:
+            self.loop.run_until_complete(self.store.close())
+        else:  # a crash: what was acknowledged is on disk; drop the process state
+            self.loop.run_until_complete(self.store.flush())
+            assert self.store._db is not None
+            self.store._db.close()
+            self.store._db = None
+            if self.store._sweeper is not None:
+                self.store._sweeper.cancel()
+            self.store._writer.shutdown()
+        self.store = self._open()
+        assert self.store.ledger.snapshot() == before
+
+    @invariant()
+    def conserved(self) -> None:
+        ledger = self.store.ledger
+        ledger.check_invariants()
+        for sid, sub in ledger.subscribers.items():
+            for unit, c in sub.counters.items():
+                held = sum(b.amount for b in sub.buckets.values() if b.unit is unit)
+                key = (sid, unit.value)
+                assert c["consumed"] == self.consumed.get(key, 0)
+                assert c["credited"] == self.credited.get(key, 0)
+                assert held + c["consumed"] + c["debited"] + c["transferred_out"] + c["expired"] \
+                    == c["credited"] + c["refunded"] + c["transferred_in"]
+            for b in sub.buckets.values():
+                assert b.amount >= 0 and 0 <= b.reserved <= b.amount
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestConservation = LedgerMachine.TestCase

@@ -1,0 +1,231 @@
+"""The ledger's rules, one by one, on the pure in-memory ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from quotaflow.ledger import (
+    Conflict,
+    InvalidAmount,
+    InvalidRequest,
+    Ledger,
+    Limits,
+    LimitReached,
+    NoCredit,
+    NotFound,
+    SubscriberBarred,
+    UnknownSubscriber,
+)
+
+T0 = 1_700_000_000_000
+
+
+def make(amount: int = 1000, **bucket: Any) -> Ledger:
+    ledger = Ledger()
+    ledger.apply("create_subscriber", "c", {"id": "a", "msisdn": "4670", "imsi": "00101"}, T0)
+    if amount:
+        ledger.apply("add_bucket", "b", {"subscriber_id": "a", "bucket_id": "main",
+                                         "unit": "octets", "amount": amount, **bucket}, T0)
+    return ledger
+
+
+def reserve(ledger: Ledger, rid: str, units: int, now: int = T0, **extra: Any) -> dict[str, Any]:
+    result, _ = ledger.apply("reserve", f"r-{rid}-{now}", {
+        "subscriber_id": "a", "reservation_id": rid, "unit": "octets", "rating_group": 10,
+        "units_max": units, "validity_ms": 10_000, **extra}, now)
+    return result
+
+
+def test_reserve_commit_posts_used_and_releases_rest() -> None:
+    ledger = make(1000)
+    assert reserve(ledger, "r1", 600)["units"] == 600
+    bucket = ledger.subscribers["a"].buckets["main"]
+    assert (bucket.amount, bucket.reserved) == (1000, 600)
+    result, _ = ledger.apply("commit", "c1", {"subscriber_id": "a", "reservation_id": "r1",
+                                              "used_units": 250}, T0)
+    assert result["posted_units"] == 250
+    assert (bucket.amount, bucket.reserved) == (750, 0)
+    ledger.check_invariants()
+
+
+def test_release_voids_and_lapse_voids() -> None:
+    ledger = make(1000)
+    reserve(ledger, "r1", 400)
+    ledger.apply("release", "x", {"subscriber_id": "a", "reservation_id": "r1"}, T0)
+    assert ledger.subscribers["a"].buckets["main"].reserved == 0
+    reserve(ledger, "r2", 400)
+    # A later operation after the validity lapsed sees the credit back.
+    assert reserve(ledger, "r3", 1000, now=T0 + 10_000)["units"] == 1000
+    assert "r2" not in ledger.subscribers["a"].reservations
+    with pytest.raises(NotFound):
+        ledger.apply("commit", "late", {"subscriber_id": "a", "reservation_id": "r2",
+                                        "used_units": 1}, T0 + 10_001)
+    ledger.check_invariants()
+
+
+def test_sweep_voids_lapsed_reservations_of_untouched_subscribers() -> None:
+    ledger = make(1000)
+    reserve(ledger, "r1", 400)
+    result, _ = ledger.apply("expire", None, {}, T0 + 10_000)
+    assert result["voided"] == 1
+    assert ledger.subscribers["a"].buckets["main"].reserved == 0
+
+
+def test_grant_bounded_by_balance_and_minimum() -> None:
+    ledger = make(300)
+    result = reserve(ledger, "r1", 1000)
+    assert (result["units"], result["exhausted"]) == (300, True)
+    with pytest.raises(NoCredit):
+        reserve(ledger, "r2", 1000)
+    ledger2 = make(300)
+    with pytest.raises(NoCredit):
+        reserve(ledger2, "r1", 1000, units_min=500)
+    assert ledger2.subscribers["a"].buckets["main"].reserved == 0
+
+
+def test_consumption_order_scope_then_expiry_then_priority() -> None:
+    ledger = make(0)
+    buckets = [
+        ("any-late", [], T0 + 9_000_000, 0),
+        ("any-soon", [], T0 + 1_000_000, 0),
+        ("rg10-wide", [10, 20, 30], None, 0),
+        ("rg10-only", [10], None, 5),
+        ("rg10-only-prio", [10], None, 1),
+        ("rg20", [20], None, 0),
+    ]
+    for bid, groups, expires, prio in buckets:
+        ledger.apply("add_bucket", bid, {"subscriber_id": "a", "bucket_id": bid, "unit": "octets",
+                                         "amount": 10, "rating_groups": groups,
+                                         "expires_at_ms": expires, "priority": prio}, T0)
+    legs = reserve(ledger, "r1", 55)["legs"]
+    assert [leg[0] for leg in legs] == [
+        "rg10-only-prio", "rg10-only", "rg10-wide", "any-soon", "any-late"]
+    assert sum(leg[1] for leg in legs) == 50  # rg20 pays nothing for rating group 10
+
+
+def test_expired_and_not_yet_valid_buckets_pay_nothing() -> None:
+    ledger = make(0)
+    ledger.apply("add_bucket", "old", {"subscriber_id": "a", "bucket_id": "old", "unit": "octets",
+                                       "amount": 100, "expires_at_ms": T0 + 5}, T0)
+    ledger.apply("add_bucket", "future", {"subscriber_id": "a", "bucket_id": "future",
+                                          "unit": "octets", "amount": 100,
+                                          "valid_from_ms": T0 + 1000}, T0)
+    with pytest.raises(NoCredit):
+        reserve(ledger, "r1", 10, now=T0 + 10)
+    result, _ = ledger.apply("expire", None, {}, T0 + 10)
+    assert result["purged_buckets"] == 1
+    assert ledger.subscribers["a"].counters[ledger.subscribers["a"].buckets["future"].unit][
+        "expired"] == 100
+    assert reserve(ledger, "r2", 10, now=T0 + 1000)["units"] == 10
+    ledger.check_invariants()
+
+
+def test_same_id_same_content_returns_first_answer() -> None:
+    ledger = make(1000)
+    args = {"subscriber_id": "a", "unit": "octets", "amount": 50}
+    first, changed = ledger.apply("topup", "t1", args, T0)
+    again, changed_again = ledger.apply("topup", "t1", dict(args), T0 + 99)
+    assert changed and not changed_again and first == again
+    assert ledger.subscribers["a"].buckets["main-octets"].amount == 50
+    with pytest.raises(Conflict):
+        ledger.apply("topup", "t1", {**args, "amount": 51}, T0)
+
+
+def test_money_pays_for_units_at_the_flat_price() -> None:
+    ledger = make(0)
+    ledger.apply("add_bucket", "m", {"subscriber_id": "a", "bucket_id": "wallet", "unit": "money",
+                                     "amount": 25_000}, T0)
+    price = {"price_micros": 10_000, "per_units": 1_000_000}
+    result = reserve(ledger, "r1", 5_000_000, price=price)
+    assert result["units"] == 2_000_000 and result["exhausted"]
+    committed, _ = ledger.apply("commit", "c9", {"subscriber_id": "a", "reservation_id": "r1",
+                                                "used_units": 1_500_000}, T0)
+    assert committed["drawn"] == {"wallet": 20_000}  # two started blocks
+    assert ledger.subscribers["a"].buckets["wallet"].amount == 5_000
+    ledger.check_invariants()
+
+
+def test_charge_posts_overuse_without_going_negative() -> None:
+    ledger = make(1000)
+    reserve(ledger, "s#10", 100)
+    result, _ = ledger.apply("charge", "u1", {
+        "subscriber_id": "a", "unit": "octets", "rating_group": 10, "used_units": 2000,
+        "reservation_id": "s#10", "reserve": {"units_max": 100, "validity_ms": 1000}}, T0)
+    assert result["posted_units"] == 1000 and result["unpaid_units"] == 1000
+    assert result["grant"] is None and result["refused"] == "no_credit"
+    assert ledger.subscribers["a"].buckets["main"].amount == 0
+    ledger.check_invariants()
+
+
+def test_charge_refusal_changes_nothing() -> None:
+    ledger = make(1000)
+    reserve(ledger, "s#10", 100)
+    before = ledger.snapshot()
+    with pytest.raises(InvalidAmount):
+        ledger.apply("charge", "bad", {
+            "subscriber_id": "a", "unit": "octets", "rating_group": 10, "used_units": 50,
+            "reservation_id": "s#10", "reserve": {"units_max": -1, "validity_ms": 1000}}, T0)
+    assert ledger.snapshot() == before
+
+
+def test_barred_and_unknown_and_invalid() -> None:
+    ledger = make(1000)
+    ledger.apply("update_subscriber", "bar", {"id": "a", "status": "barred"}, T0)
+    with pytest.raises(SubscriberBarred):
+        reserve(ledger, "r1", 10)
+    with pytest.raises(UnknownSubscriber):
+        ledger.apply("reserve", "x", {"subscriber_id": "nobody"}, T0)
+    with pytest.raises(InvalidRequest):
+        ledger.apply("update_subscriber", "bad", {"id": "a", "status": "sleepy"}, T0)
+    for bad in (-5, 0, 1.5, "10", True, 2**70):
+        with pytest.raises(InvalidAmount):
+            ledger.apply("topup", f"t{bad!r}", {"subscriber_id": "a", "unit": "octets",
+                                                "amount": bad}, T0)
+    with pytest.raises(InvalidRequest):
+        ledger.apply("topup", "u", {"subscriber_id": "a", "unit": "litres", "amount": 1}, T0)
+
+
+def test_identities_resolve_and_are_unique() -> None:
+    ledger = make(0)
+    assert ledger.resolve("msisdn", "4670") == "a"
+    assert ledger.resolve("imsi", "00101") == "a"
+    with pytest.raises(Conflict):
+        ledger.apply("create_subscriber", "c2", {"id": "b", "msisdn": "4670"}, T0)
+    ledger.apply("update_subscriber", "u", {"id": "a", "msisdn": "4671"}, T0)
+    with pytest.raises(UnknownSubscriber):
+        ledger.resolve("msisdn", "4670")
+    assert ledger.resolve("msisdn", "4671") == "a"
+
+
+def test_limits_are_enforced() -> None:
+    ledger = Ledger(Limits(subscribers_max=1, reservations_per_subscriber_max=1))
+    ledger.apply("create_subscriber", "c", {"id": "a"}, T0)
+    with pytest.raises(LimitReached):
+        ledger.apply("create_subscriber", "c2", {"id": "b"}, T0)
+    ledger.apply("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 100}, T0)
+    reserve(ledger, "r1", 10)
+    with pytest.raises(LimitReached):
+        reserve(ledger, "r2", 10)
+
+
+def test_idempotency_window_forgets_old_ids() -> None:
+    ledger = Ledger(Limits(idempotency_window_ms=1000, idempotency_entries_max=3))
+    ledger.apply("create_subscriber", "c", {"id": "a"}, T0)
+    for i in range(5):
+        ledger.apply("topup", f"t{i}", {"subscriber_id": "a", "unit": "octets", "amount": 1}, T0)
+    assert len(ledger.idempotency) == 3
+    ledger.apply("expire", None, {}, T0 + 2000)
+    assert not ledger.idempotency
+
+
+def test_snapshot_restore_round_trip() -> None:
+    ledger = make(1000, rating_groups=[10], expires_at_ms=T0 + 50_000)
+    reserve(ledger, "r1", 100)
+    ledger.apply("session_open", "o", {"session_id": "s", "subscriber_id": "a"}, T0)
+    copy = Ledger.restore(ledger.snapshot())
+    assert copy.snapshot() == ledger.snapshot()
+    assert copy.resolve("msisdn", "4670") == "a"
+    copy.apply("expire", None, {}, T0 + 10_000)
+    assert not copy.subscribers["a"].reservations
