@@ -126,6 +126,10 @@ class Ledger:
         self._expiry_heap: list[tuple[int, str, str]] = []  # (expires_at_ms, sub id, res id)
         self._bucket_expiry_heap: list[tuple[int, str, str]] = []
         self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
+        # Reservations voided lazily because their validity lapsed. Such a void can happen in
+        # an operation that is then refused; the store journals that refusal too, so replay
+        # voids the same reservations at the same instant.
+        self.lapsed_voids = 0
         self._ops: dict[str, Callable[[Args, int], Result]] = {
             "create_subscriber": self._create_subscriber,
             "update_subscriber": self._update_subscriber,
@@ -454,6 +458,7 @@ class Ledger:
         for res in list(sub.reservations.values()):
             if res.expires_at_ms <= now_ms:
                 self._void(sub, res)
+                self.lapsed_voids += 1
             elif res.expires_at_ms < soonest:
                 soonest = res.expires_at_ms
         if soonest < NEVER_MS:

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS journal (
     op TEXT NOT NULL,
     op_id TEXT,
     args BLOB NOT NULL,
-    now_ms INTEGER NOT NULL
+    now_ms INTEGER NOT NULL,
+    refused INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshot (
     seq INTEGER PRIMARY KEY,
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS snapshot (
 );
 """
 
-Row = tuple[int, str, str | None, bytes, int]
+Row = tuple[int, str, str | None, bytes, int, int]
 
 
 class EmbeddedStore:
@@ -103,12 +104,17 @@ class EmbeddedStore:
             self._seq = row[0]
             self.ledger = Ledger.restore(orjson.loads(row[1]), self.limits)
         replayed = 0
-        for seq, op, op_id, args, now_ms in db.execute(
-            "SELECT seq, op, op_id, args, now_ms FROM journal WHERE seq > ? ORDER BY seq",
+        for seq, op, op_id, args, now_ms, refused in db.execute(
+            "SELECT seq, op, op_id, args, now_ms, refused FROM journal WHERE seq > ? ORDER BY seq",
             (self._seq,),
         ):
-            # Only operations that succeeded were journaled, so replay must succeed too.
-            self.ledger.apply(op, op_id, orjson.loads(args), now_ms)
+            if refused:
+                # Refused, but it voided lapsed reservations on its way: replay that part.
+                with contextlib.suppress(ChargingError):
+                    self.ledger.apply(op, op_id, orjson.loads(args), now_ms)
+            else:
+                # It succeeded when first applied, so it must succeed again.
+                self.ledger.apply(op, op_id, orjson.loads(args), now_ms)
             self._seq = seq
             replayed += 1
         self._since_snapshot = replayed
@@ -142,10 +148,17 @@ class EmbeddedStore:
         if len(self._rows) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
         now = self.clock() if now_ms is None else now_ms
-        result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
+        voids = self.ledger.lapsed_voids
+        try:
+            result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
+        except ChargingError:
+            if self.ledger.lapsed_voids != voids:
+                self._seq += 1
+                self._rows.append((self._seq, op, op_id, orjson.dumps(args), now, 1))
+            raise
         if changed:
             self._seq += 1
-            self._rows.append((self._seq, op, op_id, content, now))
+            self._rows.append((self._seq, op, op_id, content, now, 0))
         return result, self.pending()
 
     def pending(self) -> asyncio.Future[None] | None:
@@ -216,7 +229,7 @@ class EmbeddedStore:
         try:
             if rows:
                 db.executemany(
-                    "INSERT INTO journal (seq, op, op_id, args, now_ms) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO journal (seq, op, op_id, args, now_ms, refused) VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             if snapshot is not None:
