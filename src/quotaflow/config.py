@@ -138,5 +138,6 @@ def _load_prices(cfg: Config, prices: dict[str, Any]) -> None:
         per_units = _int(table, "per_units", f"prices.{name}", 1)
         if per_units == 0:
             raise ConfigError(f"prices.{name}.per_units must be positive")
-        cfg.prices[unit] = Price(_money_micros(table.get("price", 0), f"prices.{name}.price"),
-                                 per_units)
+        cfg.prices[unit] = Price(
+            _money_micros(table.get("price", 0), f"prices.{name}.price"), per_units
+        )

@@ -53,7 +53,9 @@ class _StoreCollector:
             value=float(stats.get("last_commit_s", 0.0)),
         )
         yield GaugeMetricFamily(
-            "quotaflow_store_failed", "1 when the journal failed", value=1 if stats.get("failed") else 0
+            "quotaflow_store_failed",
+            "1 when the journal failed",
+            value=1 if stats.get("failed") else 0,
         )
 
 

@@ -55,7 +55,7 @@ def _hypercorn(host: str, port: int) -> HypercornConfig:
 
 async def _start_diameter(engine: Engine, cfg: Config) -> Callable[[], Awaitable[None]] | None:
     try:
-        from quotaflow.diameter.gy import start_gy
+        from quotaflow.diameter.gy import start_gy  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         log.warning("diameter interface not available in this build")
         return None
@@ -85,8 +85,11 @@ class Server:
         self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
         if separate_sbi and cfg.nchf_enabled:
             sbi = Starlette(routes=[m for m in [_nchf_mount(self.engine)] if m is not None])
-            self._tasks.append(asyncio.create_task(
-                self._serve(sbi, cfg.sbi_host or cfg.http_host, cfg.sbi_port or 0)))
+            self._tasks.append(
+                asyncio.create_task(
+                    self._serve(sbi, cfg.sbi_host or cfg.http_host, cfg.sbi_port or 0)
+                )
+            )
         if cfg.diameter_enabled:
             stop = await _start_diameter(self.engine, cfg)
             if stop is not None:
@@ -94,9 +97,13 @@ class Server:
         await self._wait_listening(cfg.http_host, cfg.http_port)
         log.info(
             "quotaflow serving",
-            extra={"http": f"{cfg.http_host}:{cfg.http_port}", "data_dir": str(cfg.data_dir),
-                   "diameter": f"{cfg.diameter_host}:{cfg.diameter_port}"
-                   if cfg.diameter_enabled else "off"},
+            extra={
+                "http": f"{cfg.http_host}:{cfg.http_port}",
+                "data_dir": str(cfg.data_dir),
+                "diameter": f"{cfg.diameter_host}:{cfg.diameter_port}"
+                if cfg.diameter_enabled
+                else "off",
+            },
         )
 
     async def _serve(self, app: Starlette, host: str, port: int) -> None:

@@ -32,29 +32,44 @@ async def test_subscriber_lifecycle(api: httpx.AsyncClient) -> None:
 
 async def test_buckets_balance_topups_adjustments(api: httpx.AsyncClient) -> None:
     await create(api)
-    r = await api.post("/v1/subscribers/alice/buckets", json={
-        "id": "video", "unit": "octets", "amount": 5_000_000, "rating_groups": [20],
-        "priority": 1, "expires_at": "2099-01-01T00:00:00Z", "origin": "promotion"})
+    r = await api.post(
+        "/v1/subscribers/alice/buckets",
+        json={
+            "id": "video",
+            "unit": "octets",
+            "amount": 5_000_000,
+            "rating_groups": [20],
+            "priority": 1,
+            "expires_at": "2099-01-01T00:00:00Z",
+            "origin": "promotion",
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.json()["rating_groups"] == [20] and r.json()["expires_at_ms"] == 4070908800000
-    r = await api.post("/v1/subscribers/alice/topups", json={"id": "t-1", "unit": "octets",
-                                                             "amount": 1_000})
+    r = await api.post(
+        "/v1/subscribers/alice/topups", json={"id": "t-1", "unit": "octets", "amount": 1_000}
+    )
     assert r.status_code == 201
-    repeat = await api.post("/v1/subscribers/alice/topups", json={"id": "t-1", "unit": "octets",
-                                                                  "amount": 1_000})
+    repeat = await api.post(
+        "/v1/subscribers/alice/topups", json={"id": "t-1", "unit": "octets", "amount": 1_000}
+    )
     assert repeat.json() == r.json()
-    other = await api.post("/v1/subscribers/alice/topups", json={"id": "t-1", "unit": "octets",
-                                                                 "amount": 2_000})
+    other = await api.post(
+        "/v1/subscribers/alice/topups", json={"id": "t-1", "unit": "octets", "amount": 2_000}
+    )
     assert other.status_code == 409
-    r = await api.post("/v1/subscribers/alice/adjustments", json={"unit": "octets",
-                                                                  "amount": -400})
+    r = await api.post("/v1/subscribers/alice/adjustments", json={"unit": "octets", "amount": -400})
     assert r.status_code == 201, r.text
-    too_much = await api.post("/v1/subscribers/alice/adjustments",
-                              json={"unit": "octets", "amount": -10_000})
+    too_much = await api.post(
+        "/v1/subscribers/alice/adjustments", json={"unit": "octets", "amount": -10_000}
+    )
     assert too_much.status_code == 409 and too_much.json()["error"]["code"] == "no_credit"
     balance = (await api.get("/v1/subscribers/alice/balance")).json()
-    assert balance["totals"]["octets"] == {"amount": 5_000_600, "reserved": 0,
-                                           "available": 5_000_600}
+    assert balance["totals"]["octets"] == {
+        "amount": 5_000_600,
+        "reserved": 0,
+        "available": 5_000_600,
+    }
     assert {b["id"] for b in balance["buckets"]} == {"video", "main-octets"}
     reservations = (await api.get("/v1/subscribers/alice/reservations")).json()
     assert reservations["reservations"] == []
@@ -69,16 +84,27 @@ async def test_buckets_balance_topups_adjustments(api: httpx.AsyncClient) -> Non
         ("/v1/subscribers/alice/topups", {"unit": "octets", "amount": -5}, 422, "amount"),
         ("/v1/subscribers/alice/topups", {"unit": "octets", "amount": "5"}, 422, "amount"),
         ("/v1/subscribers/alice/topups", {"unit": "litres", "amount": 5}, 422, "unit"),
-        ("/v1/subscribers/alice/buckets", {"unit": "octets", "amount": 5,
-                                           "expires_at": "tomorrow"}, 422, "expires_at"),
-        ("/v1/subscribers/alice/buckets", {"unit": "octets", "amount": 5,
-                                           "expires_at": "2030-01-01T00:00:00"}, 422,
-         "expires_at"),
+        (
+            "/v1/subscribers/alice/buckets",
+            {"unit": "octets", "amount": 5, "expires_at": "tomorrow"},
+            422,
+            "expires_at",
+        ),
+        (
+            "/v1/subscribers/alice/buckets",
+            {"unit": "octets", "amount": 5, "expires_at": "2030-01-01T00:00:00"},
+            422,
+            "expires_at",
+        ),
         ("/v1/subscribers/alice/adjustments", {"unit": "octets", "amount": 0}, 422, "amount"),
     ],
 )
 async def test_bad_input_is_refused_with_a_reason(
-    api: httpx.AsyncClient, server: Server, path: str, body: dict[str, object], status: int,
+    api: httpx.AsyncClient,
+    server: Server,
+    path: str,
+    body: dict[str, object],
+    status: int,
     field: str,
 ) -> None:
     await create(api)
@@ -94,16 +120,23 @@ async def test_bad_input_is_refused_with_a_reason(
 async def test_malformed_bodies_get_400(api: httpx.AsyncClient) -> None:
     await create(api)
     for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b"x" * 70_000):
-        r = await api.post("/v1/subscribers/alice/topups", content=raw,
-                           headers={"content-type": "application/json"})
+        r = await api.post(
+            "/v1/subscribers/alice/topups",
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 400, raw[:10]
         assert r.json()["error"]["code"] == "bad_request"
     assert (await api.get("/v1/health")).status_code == 200
 
 
 async def test_unknown_subscriber_is_404(api: httpx.AsyncClient) -> None:
-    for method, path in [("GET", "/v1/subscribers/ghost"), ("GET", "/v1/subscribers/ghost/balance"),
-                         ("PATCH", "/v1/subscribers/ghost"), ("DELETE", "/v1/subscribers/ghost")]:
+    for method, path in [
+        ("GET", "/v1/subscribers/ghost"),
+        ("GET", "/v1/subscribers/ghost/balance"),
+        ("PATCH", "/v1/subscribers/ghost"),
+        ("DELETE", "/v1/subscribers/ghost"),
+    ]:
         r = await api.request(method, path, json={} if method == "PATCH" else None)
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_subscriber"
     r = await api.post("/v1/subscribers/ghost/topups", json={"unit": "octets", "amount": 5})
@@ -113,8 +146,10 @@ async def test_unknown_subscriber_is_404(api: httpx.AsyncClient) -> None:
 async def test_metrics_and_openapi(api: httpx.AsyncClient) -> None:
     await create(api)
     metrics = (await api.get("/metrics")).text
-    assert 'quotaflow_http_requests_total{method="POST",route="/v1/subscribers",status="201"}' \
+    assert (
+        'quotaflow_http_requests_total{method="POST",route="/v1/subscribers",status="201"}'
         in metrics
+    )
     assert "quotaflow_store_subscribers 1.0" in metrics
     doc = (await api.get("/v1/openapi.json")).json()
     assert doc["openapi"].startswith("3.") and "/v1/subscribers/{sid}/balance" in doc["paths"]

@@ -43,8 +43,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.store = self._open()
 
     def _open(self) -> EmbeddedStore:
-        store = EmbeddedStore(self.dir, clock=lambda: self.now, snapshot_every_ops=7,
-                              sweep_interval_s=3600)
+        store = EmbeddedStore(
+            self.dir, clock=lambda: self.now, snapshot_every_ops=7, sweep_interval_s=3600
+        )
         self.loop.run_until_complete(store.open())
         return store
 
@@ -76,13 +77,23 @@ class LedgerMachine(RuleBasedStateMachine):
         for sid in SUBS:
             assert self._op("create_subscriber", {"id": sid, "msisdn": f"m-{sid}"})
 
-    @rule(sub=st.sampled_from(SUBS), unit=st.sampled_from(["octets", "money"]),
-          amount=st.integers(1, 500), rg=st.sampled_from([[], [10], [10, 20]]),
-          life=st.one_of(st.none(), st.integers(1, 50)))
+    @rule(
+        sub=st.sampled_from(SUBS),
+        unit=st.sampled_from(["octets", "money"]),
+        amount=st.integers(1, 500),
+        rg=st.sampled_from([[], [10], [10, 20]]),
+        life=st.one_of(st.none(), st.integers(1, 50)),
+    )
     def add_bucket(self, sub: str, unit: str, amount: int, rg: list[int], life: int | None) -> None:
         self.n += 1
-        args = {"subscriber_id": sub, "bucket_id": f"bk{self.n}", "unit": unit, "amount": amount,
-                "rating_groups": rg, "expires_at_ms": None if life is None else self.now + life}
+        args = {
+            "subscriber_id": sub,
+            "bucket_id": f"bk{self.n}",
+            "unit": unit,
+            "amount": amount,
+            "rating_groups": rg,
+            "expires_at_ms": None if life is None else self.now + life,
+        }
         if self._op("add_bucket", args):
             self._add(self.credited, sub, unit, amount)
 
@@ -91,13 +102,27 @@ class LedgerMachine(RuleBasedStateMachine):
         if self._op("topup", {"subscriber_id": sub, "unit": "octets", "amount": amount}):
             self._add(self.credited, sub, "octets", amount)
 
-    @rule(sub=st.sampled_from(SUBS), rg=st.sampled_from(RGS), units=st.integers(1, 400),
-          priced=st.booleans(), validity=st.integers(1, 40))
+    @rule(
+        sub=st.sampled_from(SUBS),
+        rg=st.sampled_from(RGS),
+        units=st.integers(1, 400),
+        priced=st.booleans(),
+        validity=st.integers(1, 40),
+    )
     def reserve(self, sub: str, rg: int | None, units: int, priced: bool, validity: int) -> None:
         rid = f"res{self.n}"
-        result = self._op("reserve", {
-            "subscriber_id": sub, "reservation_id": rid, "unit": "octets", "rating_group": rg,
-            "units_max": units, "validity_ms": validity, "price": PRICE if priced else None})
+        result = self._op(
+            "reserve",
+            {
+                "subscriber_id": sub,
+                "reservation_id": rid,
+                "unit": "octets",
+                "rating_group": rg,
+                "units_max": units,
+                "validity_ms": validity,
+                "price": PRICE if priced else None,
+            },
+        )
         if result:
             assert 0 < result["units"] <= units
             self.open.append((sub, rid))
@@ -106,8 +131,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), used=st.integers(0, 500))
     def commit(self, data: st.DataObject, used: int) -> None:
         sub, rid = self.open.pop(data.draw(st.integers(0, len(self.open) - 1)))
-        result = self._op("commit", {"subscriber_id": sub, "reservation_id": rid,
-                                     "used_units": used})
+        result = self._op(
+            "commit", {"subscriber_id": sub, "reservation_id": rid, "used_units": used}
+        )
         if result:
             assert result["posted_units"] <= used
             self._count_drawn(sub, result["drawn"])
@@ -118,21 +144,43 @@ class LedgerMachine(RuleBasedStateMachine):
         sub, rid = self.open.pop(data.draw(st.integers(0, len(self.open) - 1)))
         self._op("release", {"subscriber_id": sub, "reservation_id": rid})
 
-    @rule(sub=st.sampled_from(SUBS), rg=st.sampled_from(RGS), used=st.integers(0, 300),
-          units=st.integers(1, 300), session=st.sampled_from(["s1", "s2"]))
+    @rule(
+        sub=st.sampled_from(SUBS),
+        rg=st.sampled_from(RGS),
+        used=st.integers(0, 300),
+        units=st.integers(1, 300),
+        session=st.sampled_from(["s1", "s2"]),
+    )
     def charge(self, sub: str, rg: int | None, used: int, units: int, session: str) -> None:
-        result = self._op("charge", {
-            "subscriber_id": sub, "unit": "octets", "rating_group": rg, "used_units": used,
-            "reservation_id": f"{session}#{sub}#{rg}", "price": PRICE,
-            "reserve": {"units_max": units, "validity_ms": 20}})
+        result = self._op(
+            "charge",
+            {
+                "subscriber_id": sub,
+                "unit": "octets",
+                "rating_group": rg,
+                "used_units": used,
+                "reservation_id": f"{session}#{sub}#{rg}",
+                "price": PRICE,
+                "reserve": {"units_max": units, "validity_ms": 20},
+            },
+        )
         if result:
             assert result["posted_units"] + result["unpaid_units"] == used
             self._count_drawn(sub, result["drawn"])
 
     @rule(sub=st.sampled_from(SUBS), units=st.integers(1, 300), partial=st.booleans())
     def debit(self, sub: str, units: int, partial: bool) -> None:
-        result = self._op("debit", {"subscriber_id": sub, "unit": "octets", "units": units,
-                                    "rating_group": 10, "price": PRICE, "partial": partial})
+        result = self._op(
+            "debit",
+            {
+                "subscriber_id": sub,
+                "unit": "octets",
+                "units": units,
+                "rating_group": 10,
+                "price": PRICE,
+                "partial": partial,
+            },
+        )
         if result:
             self._count_drawn(sub, result["drawn"])
 
@@ -142,8 +190,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(sub=st.sampled_from(SUBS), amount=st.integers(-200, 200).filter(bool))
     def adjust(self, sub: str, amount: int) -> None:
-        result = self._op("adjust", {"subscriber_id": sub, "unit": "octets", "amount": amount,
-                                     "topup_id": f"adj{self.n}"})
+        result = self._op(
+            "adjust",
+            {"subscriber_id": sub, "unit": "octets", "amount": amount, "topup_id": f"adj{self.n}"},
+        )
         if result and amount > 0:
             self._add(self.credited, sub, "octets", amount)
 
@@ -190,14 +240,18 @@ class LedgerMachine(RuleBasedStateMachine):
                 key = (sid, unit.value)
                 assert c["consumed"] == self.consumed.get(key, 0)
                 assert c["credited"] == self.credited.get(key, 0)
-                assert held + c["consumed"] + c["debited"] + c["transferred_out"] + c["expired"] \
+                assert (
+                    held + c["consumed"] + c["debited"] + c["transferred_out"] + c["expired"]
                     == c["credited"] + c["refunded"] + c["transferred_in"]
+                )
             for b in sub.buckets.values():
                 assert b.amount >= 0 and 0 <= b.reserved <= b.amount
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestConservation = LedgerMachine.TestCase

@@ -20,9 +20,21 @@ SUBSCRIBERS = 8
 
 def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quotaflow", "serve", "--http", f"127.0.0.1:{port}",
-         "--data-dir", str(data_dir), "--no-diameter", "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "quotaflow",
+            "serve",
+            "--http",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--no-diameter",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -50,12 +62,16 @@ async def load(port: int, acked: list[tuple[str, str, int]], stop_after: int) ->
                 op = f"c{n}-{k}"
                 try:
                     if k % 3:
-                        r = await api.post(f"/v1/subscribers/{sid}/topups", json={
-                            "id": op, "unit": "octets", "amount": 1000 + k, "bucket_id": op})
+                        r = await api.post(
+                            f"/v1/subscribers/{sid}/topups",
+                            json={"id": op, "unit": "octets", "amount": 1000 + k, "bucket_id": op},
+                        )
                         kind = "topup"
                     else:
-                        r = await api.post(f"/v1/subscribers/{sid}/adjustments", json={
-                            "id": op, "unit": "octets", "amount": -10})
+                        r = await api.post(
+                            f"/v1/subscribers/{sid}/adjustments",
+                            json={"id": op, "unit": "octets", "amount": -10},
+                        )
                         kind = "debit"
                 except httpx.HTTPError:
                     return  # the server is gone

@@ -11,8 +11,8 @@ from quotaflow.ledger import (
     InvalidAmount,
     InvalidRequest,
     Ledger,
-    Limits,
     LimitReached,
+    Limits,
     NoCredit,
     NotFound,
     SubscriberBarred,
@@ -26,15 +26,36 @@ def make(amount: int = 1000, **bucket: Any) -> Ledger:
     ledger = Ledger()
     ledger.apply("create_subscriber", "c", {"id": "a", "msisdn": "4670", "imsi": "00101"}, T0)
     if amount:
-        ledger.apply("add_bucket", "b", {"subscriber_id": "a", "bucket_id": "main",
-                                         "unit": "octets", "amount": amount, **bucket}, T0)
+        ledger.apply(
+            "add_bucket",
+            "b",
+            {
+                "subscriber_id": "a",
+                "bucket_id": "main",
+                "unit": "octets",
+                "amount": amount,
+                **bucket,
+            },
+            T0,
+        )
     return ledger
 
 
 def reserve(ledger: Ledger, rid: str, units: int, now: int = T0, **extra: Any) -> dict[str, Any]:
-    result, _ = ledger.apply("reserve", f"r-{rid}-{now}", {
-        "subscriber_id": "a", "reservation_id": rid, "unit": "octets", "rating_group": 10,
-        "units_max": units, "validity_ms": 10_000, **extra}, now)
+    result, _ = ledger.apply(
+        "reserve",
+        f"r-{rid}-{now}",
+        {
+            "subscriber_id": "a",
+            "reservation_id": rid,
+            "unit": "octets",
+            "rating_group": 10,
+            "units_max": units,
+            "validity_ms": 10_000,
+            **extra,
+        },
+        now,
+    )
     return result
 
 
@@ -43,8 +64,9 @@ def test_reserve_commit_posts_used_and_releases_rest() -> None:
     assert reserve(ledger, "r1", 600)["units"] == 600
     bucket = ledger.subscribers["a"].buckets["main"]
     assert (bucket.amount, bucket.reserved) == (1000, 600)
-    result, _ = ledger.apply("commit", "c1", {"subscriber_id": "a", "reservation_id": "r1",
-                                              "used_units": 250}, T0)
+    result, _ = ledger.apply(
+        "commit", "c1", {"subscriber_id": "a", "reservation_id": "r1", "used_units": 250}, T0
+    )
     assert result["posted_units"] == 250
     assert (bucket.amount, bucket.reserved) == (750, 0)
     ledger.check_invariants()
@@ -60,8 +82,12 @@ def test_release_voids_and_lapse_voids() -> None:
     assert reserve(ledger, "r3", 1000, now=T0 + 10_000)["units"] == 1000
     assert "r2" not in ledger.subscribers["a"].reservations
     with pytest.raises(NotFound):
-        ledger.apply("commit", "late", {"subscriber_id": "a", "reservation_id": "r2",
-                                        "used_units": 1}, T0 + 10_001)
+        ledger.apply(
+            "commit",
+            "late",
+            {"subscriber_id": "a", "reservation_id": "r2", "used_units": 1},
+            T0 + 10_001,
+        )
     ledger.check_invariants()
 
 
@@ -96,28 +122,65 @@ def test_consumption_order_scope_then_expiry_then_priority() -> None:
         ("rg20", [20], None, 0),
     ]
     for bid, groups, expires, prio in buckets:
-        ledger.apply("add_bucket", bid, {"subscriber_id": "a", "bucket_id": bid, "unit": "octets",
-                                         "amount": 10, "rating_groups": groups,
-                                         "expires_at_ms": expires, "priority": prio}, T0)
+        ledger.apply(
+            "add_bucket",
+            bid,
+            {
+                "subscriber_id": "a",
+                "bucket_id": bid,
+                "unit": "octets",
+                "amount": 10,
+                "rating_groups": groups,
+                "expires_at_ms": expires,
+                "priority": prio,
+            },
+            T0,
+        )
     legs = reserve(ledger, "r1", 55)["legs"]
     assert [leg[0] for leg in legs] == [
-        "rg10-only-prio", "rg10-only", "rg10-wide", "any-soon", "any-late"]
+        "rg10-only-prio",
+        "rg10-only",
+        "rg10-wide",
+        "any-soon",
+        "any-late",
+    ]
     assert sum(leg[1] for leg in legs) == 50  # rg20 pays nothing for rating group 10
 
 
 def test_expired_and_not_yet_valid_buckets_pay_nothing() -> None:
     ledger = make(0)
-    ledger.apply("add_bucket", "old", {"subscriber_id": "a", "bucket_id": "old", "unit": "octets",
-                                       "amount": 100, "expires_at_ms": T0 + 5}, T0)
-    ledger.apply("add_bucket", "future", {"subscriber_id": "a", "bucket_id": "future",
-                                          "unit": "octets", "amount": 100,
-                                          "valid_from_ms": T0 + 1000}, T0)
+    ledger.apply(
+        "add_bucket",
+        "old",
+        {
+            "subscriber_id": "a",
+            "bucket_id": "old",
+            "unit": "octets",
+            "amount": 100,
+            "expires_at_ms": T0 + 5,
+        },
+        T0,
+    )
+    ledger.apply(
+        "add_bucket",
+        "future",
+        {
+            "subscriber_id": "a",
+            "bucket_id": "future",
+            "unit": "octets",
+            "amount": 100,
+            "valid_from_ms": T0 + 1000,
+        },
+        T0,
+    )
     with pytest.raises(NoCredit):
         reserve(ledger, "r1", 10, now=T0 + 10)
     result, _ = ledger.apply("expire", None, {}, T0 + 10)
     assert result["purged_buckets"] == 1
-    assert ledger.subscribers["a"].counters[ledger.subscribers["a"].buckets["future"].unit][
-        "expired"] == 100
+    assert (
+        ledger.subscribers["a"].counters[ledger.subscribers["a"].buckets["future"].unit]["expired"]
+        == 100
+    )
     assert reserve(ledger, "r2", 10, now=T0 + 1000)["units"] == 10
     ledger.check_invariants()
 
@@ -135,13 +198,18 @@ def test_same_id_same_content_returns_first_answer() -> None:
 
 def test_money_pays_for_units_at_the_flat_price() -> None:
     ledger = make(0)
-    ledger.apply("add_bucket", "m", {"subscriber_id": "a", "bucket_id": "wallet", "unit": "money",
-                                     "amount": 25_000}, T0)
+    ledger.apply(
+        "add_bucket",
+        "m",
+        {"subscriber_id": "a", "bucket_id": "wallet", "unit": "money", "amount": 25_000},
+        T0,
+    )
     price = {"price_micros": 10_000, "per_units": 1_000_000}
     result = reserve(ledger, "r1", 5_000_000, price=price)
     assert result["units"] == 2_000_000 and result["exhausted"]
-    committed, _ = ledger.apply("commit", "c9", {"subscriber_id": "a", "reservation_id": "r1",
-                                                "used_units": 1_500_000}, T0)
+    committed, _ = ledger.apply(
+        "commit", "c9", {"subscriber_id": "a", "reservation_id": "r1", "used_units": 1_500_000}, T0
+    )
     assert committed["drawn"] == {"wallet": 20_000}  # two started blocks
     assert ledger.subscribers["a"].buckets["wallet"].amount == 5_000
     ledger.check_invariants()
@@ -150,9 +218,19 @@ def test_money_pays_for_units_at_the_flat_price() -> None:
 def test_charge_posts_overuse_without_going_negative() -> None:
     ledger = make(1000)
     reserve(ledger, "s#10", 100)
-    result, _ = ledger.apply("charge", "u1", {
-        "subscriber_id": "a", "unit": "octets", "rating_group": 10, "used_units": 2000,
-        "reservation_id": "s#10", "reserve": {"units_max": 100, "validity_ms": 1000}}, T0)
+    result, _ = ledger.apply(
+        "charge",
+        "u1",
+        {
+            "subscriber_id": "a",
+            "unit": "octets",
+            "rating_group": 10,
+            "used_units": 2000,
+            "reservation_id": "s#10",
+            "reserve": {"units_max": 100, "validity_ms": 1000},
+        },
+        T0,
+    )
     assert result["posted_units"] == 1000 and result["unpaid_units"] == 1000
     assert result["grant"] is None and result["refused"] == "no_credit"
     assert ledger.subscribers["a"].buckets["main"].amount == 0
@@ -164,9 +242,19 @@ def test_charge_refusal_changes_nothing() -> None:
     reserve(ledger, "s#10", 100)
     before = ledger.snapshot()
     with pytest.raises(InvalidAmount):
-        ledger.apply("charge", "bad", {
-            "subscriber_id": "a", "unit": "octets", "rating_group": 10, "used_units": 50,
-            "reservation_id": "s#10", "reserve": {"units_max": -1, "validity_ms": 1000}}, T0)
+        ledger.apply(
+            "charge",
+            "bad",
+            {
+                "subscriber_id": "a",
+                "unit": "octets",
+                "rating_group": 10,
+                "used_units": 50,
+                "reservation_id": "s#10",
+                "reserve": {"units_max": -1, "validity_ms": 1000},
+            },
+            T0,
+        )
     assert ledger.snapshot() == before
 
 
@@ -181,8 +269,9 @@ def test_barred_and_unknown_and_invalid() -> None:
         ledger.apply("update_subscriber", "bad", {"id": "a", "status": "sleepy"}, T0)
     for bad in (-5, 0, 1.5, "10", True, 2**70):
         with pytest.raises(InvalidAmount):
-            ledger.apply("topup", f"t{bad!r}", {"subscriber_id": "a", "unit": "octets",
-                                                "amount": bad}, T0)
+            ledger.apply(
+                "topup", f"t{bad!r}", {"subscriber_id": "a", "unit": "octets", "amount": bad}, T0
+            )
     with pytest.raises(InvalidRequest):
         ledger.apply("topup", "u", {"subscriber_id": "a", "unit": "litres", "amount": 1}, T0)
 

@@ -38,7 +38,6 @@ from quotaflow.ledger import (
     NoCredit,
     NotFound,
     SubscriberBarred,
-    Unit,
     UnknownSession,
     UnknownSubscriber,
 )
@@ -115,9 +114,12 @@ class ManagementApi:
             HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
             log.debug(
                 "request",
-                extra={"method": request.method, "path": request.url.path,
-                       "status": response.status_code,
-                       "ms": round((time.perf_counter() - started) * 1000, 3)},
+                extra={
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": response.status_code,
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                },
             )
             return response
 
@@ -202,8 +204,16 @@ class ManagementApi:
         body = await self._body(request)
         check_fields(
             body,
-            {"id", "unit", "amount", "rating_groups", "priority", "expires_at", "valid_from",
-             "origin"},
+            {
+                "id",
+                "unit",
+                "amount",
+                "rating_groups",
+                "priority",
+                "expires_at",
+                "valid_from",
+                "origin",
+            },
             {"unit", "amount"},
         )
         bucket_id = want_str(body, "id") or f"b-{uuid.uuid4().hex[:16]}"
@@ -240,7 +250,8 @@ class ManagementApi:
         sid = request.path_params["sid"]
         body = await self._body(request)
         check_fields(
-            body, {"id", "unit", "amount", "rating_groups", "expires_at", "bucket_id"},
+            body,
+            {"id", "unit", "amount", "rating_groups", "expires_at", "bucket_id"},
             {"unit", "amount"},
         )
         topup_id = want_str(body, "id") or f"t-{uuid.uuid4().hex}"
@@ -267,16 +278,23 @@ class ManagementApi:
         adj_id = want_str(body, "id") or f"a-{uuid.uuid4().hex}"
         want_int(body, "amount")
         want_str(body, "reason")
-        args = {"subscriber_id": sid, "unit": body["unit"], "amount": body["amount"],
-                "topup_id": adj_id, "reason": body.get("reason")}
+        args = {
+            "subscriber_id": sid,
+            "unit": body["unit"],
+            "amount": body["amount"],
+            "topup_id": adj_id,
+            "reason": body.get("reason"),
+        }
         result = await self.engine.admin("adjust", self._op_id(request, adj_id, ""), args)
         return json_response({"id": adj_id, **result}, 201)
 
     async def reservations(self, request: Request) -> Response:
         sub = await self.store.get_subscriber(request.path_params["sid"])
         return json_response(
-            {"subscriber_id": sub.id,
-             "reservations": [r.to_json() for r in sub.reservations.values()]}
+            {
+                "subscriber_id": sub.id,
+                "reservations": [r.to_json() for r in sub.reservations.values()],
+            }
         )
 
     async def sessions(self, request: Request) -> Response:
@@ -284,8 +302,8 @@ class ManagementApi:
         await self.store.get_subscriber(sid)
         sessions = await self.store.sessions_of(sid)
         return json_response(
-            {"subscriber_id": sid,
-             "sessions": [{"id": k, **v} for k, v in sorted(sessions.items())]}
+            {
+                "subscriber_id": sid,
+                "sessions": [{"id": k, **v} for k, v in sorted(sessions.items())],
+            }
         )
-
-

@@ -182,31 +182,60 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "Create a subscriber (a repeat with the same content is safe)",
                 "operationId": "createSubscriber",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SubscriberIn")}}},
-                "responses": {"201": _json(_ref("Subscriber"), "Created"), **_errors(400, 409, 422, 429)},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SubscriberIn")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Subscriber"), "Created"),
+                    **_errors(400, 409, 422, 429),
+                },
             },
             "get": {
                 "summary": "List subscribers",
                 "operationId": "listSubscribers",
                 "parameters": [
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
                 ],
                 "responses": {
-                    "200": _json({"type": "object", "properties": {"subscribers": {"type": "array", "items": _ref("Subscriber")}}}, "A page"),
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "subscribers": {"type": "array", "items": _ref("Subscriber")}
+                            },
+                        },
+                        "A page",
+                    ),
                     **_errors(422),
                 },
             },
         },
         "/v1/subscribers/{sid}": {
             "parameters": [SID],
-            "get": {"operationId": "getSubscriber", "responses": {"200": _json(_ref("Subscriber"), "The subscriber"), **_errors(404)}},
+            "get": {
+                "operationId": "getSubscriber",
+                "responses": {"200": _json(_ref("Subscriber"), "The subscriber"), **_errors(404)},
+            },
             "patch": {
                 "operationId": "updateSubscriber",
                 "summary": "Change identities, status (barring ends live sessions) or plan",
                 "parameters": [IDEMPOTENCY],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {**schemas["SubscriberIn"], "required": []}}}},
-                "responses": {"200": _json(_ref("Subscriber"), "Updated"), **_errors(400, 404, 409, 422)},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {**schemas["SubscriberIn"], "required": []}}
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("Subscriber"), "Updated"),
+                    **_errors(400, 404, 409, 422),
+                },
             },
             "delete": {
                 "operationId": "deleteSubscriber",
@@ -218,21 +247,41 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "operationId": "addBucket",
                 "parameters": [IDEMPOTENCY],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BucketIn")}}},
-                "responses": {"201": _json(_ref("Bucket"), "Created"), **_errors(400, 409, 429), **sub_errors},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("BucketIn")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Bucket"), "Created"),
+                    **_errors(400, 409, 429),
+                    **sub_errors,
+                },
             },
         },
         "/v1/subscribers/{sid}/balance": {
             "parameters": [SID],
-            "get": {"operationId": "getBalance", "responses": {"200": _json(_ref("Balance"), "Buckets and totals per unit"), **_errors(404)}},
+            "get": {
+                "operationId": "getBalance",
+                "responses": {
+                    "200": _json(_ref("Balance"), "Buckets and totals per unit"),
+                    **_errors(404),
+                },
+            },
         },
         "/v1/subscribers/{sid}/topups": {
             "parameters": [SID],
             "post": {
                 "operationId": "topup",
                 "parameters": [IDEMPOTENCY],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TopupIn")}}},
-                "responses": {"201": _json({"type": "object"}, "Credited"), **_errors(400, 409, 429), **sub_errors},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("TopupIn")}},
+                },
+                "responses": {
+                    "201": _json({"type": "object"}, "Credited"),
+                    **_errors(400, 409, 429),
+                    **sub_errors,
+                },
             },
         },
         "/v1/subscribers/{sid}/adjustments": {
@@ -240,23 +289,53 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "operationId": "adjust",
                 "parameters": [IDEMPOTENCY],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AdjustmentIn")}}},
-                "responses": {"201": _json({"type": "object"}, "Adjusted"), **_errors(400, 409, 429), **sub_errors},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("AdjustmentIn")}},
+                },
+                "responses": {
+                    "201": _json({"type": "object"}, "Adjusted"),
+                    **_errors(400, 409, 429),
+                    **sub_errors,
+                },
             },
         },
         "/v1/subscribers/{sid}/reservations": {
             "parameters": [SID],
             "get": {
                 "operationId": "listReservations",
-                "responses": {"200": _json({"type": "object", "properties": {"reservations": {"type": "array", "items": _ref("Reservation")}}}, "Open reservations"), **_errors(404)},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "reservations": {"type": "array", "items": _ref("Reservation")}
+                            },
+                        },
+                        "Open reservations",
+                    ),
+                    **_errors(404),
+                },
             },
         },
         "/v1/subscribers/{sid}/sessions": {
             "parameters": [SID],
-            "get": {"operationId": "listSessions", "responses": {"200": _json({"type": "object"}, "Open charging sessions"), **_errors(404)}},
+            "get": {
+                "operationId": "listSessions",
+                "responses": {
+                    "200": _json({"type": "object"}, "Open charging sessions"),
+                    **_errors(404),
+                },
+            },
         },
         "/v1/health": {
-            "get": {"operationId": "health", "responses": {"200": _json({"type": "object"}, "Healthy"), "503": _json({"type": "object"}, "Journal failed")}},
+            "get": {
+                "operationId": "health",
+                "responses": {
+                    "200": _json({"type": "object"}, "Healthy"),
+                    "503": _json({"type": "object"}, "Journal failed"),
+                },
+            },
         },
     }
     return {
@@ -264,7 +343,10 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "quotaflow management API",
             "version": "1",
-            "description": "Provisioning and balances. Amounts are integers in the bucket's unit; money is in micro-units.",
+            "description": (
+                "Provisioning and balances. Amounts are integers in the bucket's unit; "
+                "money is in micro-units."
+            ),
         },
         "paths": paths,
         "components": {"schemas": schemas},

@@ -21,7 +21,8 @@ def _show(label: str, answer: SessionAnswer) -> None:
     for s in answer.services:
         _say(
             f"  {label}: rating group {s.rating_group}: {s.result.value}, granted "
-            f"{s.granted_units / MB:.1f} MB for {s.validity_s} s, charged {s.posted_units / MB:.1f} MB"
+            f"{s.granted_units / MB:.1f} MB for {s.validity_s} s, "
+            f"charged {s.posted_units / MB:.1f} MB"
         )
 
 
@@ -41,25 +42,48 @@ async def run_demo(data_dir: Path | None) -> int:
         _say(f"ledger journal: {store.path}")
         for sid, msisdn, mb in (("alice", "46700000001", 50), ("bob", "46700000002", 12)):
             await engine.admin("create_subscriber", f"demo:{sid}", {"id": sid, "msisdn": msisdn})
-            await engine.admin("topup", f"demo:topup:{sid}",
-                               {"subscriber_id": sid, "unit": "octets", "amount": mb * MB})
+            await engine.admin(
+                "topup",
+                f"demo:topup:{sid}",
+                {"subscriber_id": sid, "unit": "octets", "amount": mb * MB},
+            )
             _say(f"provisioned {sid} ({msisdn}) with {mb} MB")
-        await engine.admin("add_bucket", "demo:promo", {
-            "subscriber_id": "alice", "bucket_id": "video-pass", "unit": "octets",
-            "amount": 20 * MB, "rating_groups": [20], "origin": "promotion"})
+        await engine.admin(
+            "add_bucket",
+            "demo:promo",
+            {
+                "subscriber_id": "alice",
+                "bucket_id": "video-pass",
+                "unit": "octets",
+                "amount": 20 * MB,
+                "rating_groups": [20],
+                "origin": "promotion",
+            },
+        )
         _say("alice also has a 20 MB video pass that pays only for rating group 20")
 
         _say("\nalice opens a data session with web (RG 10) and video (RG 20):")
-        a = await engine.session_start("demo-s1", "alice", 0, [ServiceRequest(10), ServiceRequest(20)])
+        a = await engine.session_start(
+            "demo-s1", "alice", 0, [ServiceRequest(10), ServiceRequest(20)]
+        )
         _show("initial", a)
-        a = await engine.session_update("demo-s1", 1, [
-            ServiceRequest(10, used_units=8 * MB), ServiceRequest(20, used_units=10 * MB)])
+        a = await engine.session_update(
+            "demo-s1",
+            1,
+            [ServiceRequest(10, used_units=8 * MB), ServiceRequest(20, used_units=10 * MB)],
+        )
         _show("update ", a)
-        again = await engine.session_update("demo-s1", 1, [
-            ServiceRequest(10, used_units=8 * MB), ServiceRequest(20, used_units=10 * MB)])
+        again = await engine.session_update(
+            "demo-s1",
+            1,
+            [ServiceRequest(10, used_units=8 * MB), ServiceRequest(20, used_units=10 * MB)],
+        )
         _say(f"  the same update retransmitted is answered alike: {again == a}")
-        a = await engine.session_terminate("demo-s1", 2, [
-            ServiceRequest(10, used_units=2 * MB), ServiceRequest(20, used_units=5 * MB)])
+        a = await engine.session_terminate(
+            "demo-s1",
+            2,
+            [ServiceRequest(10, used_units=2 * MB), ServiceRequest(20, used_units=5 * MB)],
+        )
         _show("final  ", a)
 
         _say("\nbob streams until his 12 MB run out:")
@@ -68,7 +92,8 @@ async def run_demo(data_dir: Path | None) -> int:
         n = 1
         while b.services[0].granted_units:
             b = await engine.session_update(
-                "demo-s2", n, [ServiceRequest(10, used_units=b.services[0].granted_units)])
+                "demo-s2", n, [ServiceRequest(10, used_units=b.services[0].granted_units)]
+            )
             _show(f"update {n}", b)
             n += 1
         await engine.session_terminate("demo-s2", n, [ServiceRequest(10)])

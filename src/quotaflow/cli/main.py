@@ -85,8 +85,10 @@ def _subscriber(args: argparse.Namespace) -> int:
         sys.stderr.write("quotaflow: subscriber id required\n")
         return 2
     if args.action == "add":
-        body = {"id": args.id, **{k: getattr(args, k) for k in ("msisdn", "imsi", "nai")
-                                  if getattr(args, k)}}
+        body = {
+            "id": args.id,
+            **{k: getattr(args, k) for k in ("msisdn", "imsi", "nai") if getattr(args, k)},
+        }
         return _call("POST", base, body)
     if args.action == "show":
         return _call("GET", f"{base}/{args.id}")

@@ -28,8 +28,8 @@ from quotaflow.ledger import (
     Price,
     Status,
     SubscriberBarred,
-    UnknownSession,
     Unit,
+    UnknownSession,
 )
 from quotaflow.store.base import Result, Store
 
@@ -237,7 +237,9 @@ class Engine:
             granted = 0
         elif grant is None:
             status = (
-                ServiceResult.BARRED if result.get("refused") == "barred" else ServiceResult.NO_CREDIT
+                ServiceResult.BARRED
+                if result.get("refused") == "barred"
+                else ServiceResult.NO_CREDIT
             )
             granted = 0
         else:
@@ -261,8 +263,13 @@ class Engine:
         result = await self.store.execute(
             "debit",
             op_id,
-            {"subscriber_id": subscriber_id, "unit": unit.value, "units": units,
-             "rating_group": rating_group, "price": self._price(unit)},
+            {
+                "subscriber_id": subscriber_id,
+                "unit": unit.value,
+                "units": units,
+                "rating_group": rating_group,
+                "price": self._price(unit),
+            },
         )
         return DebitAnswer(
             subscriber_id, unit, result["units"], result["cost_micros"], result["drawn"]
@@ -277,9 +284,7 @@ class Engine:
         await self._emit("credit_added", subscriber_id)
         return result
 
-    async def balance_check(
-        self, subscriber_id: str, unit: Unit, rating_group: int | None
-    ) -> int:
+    async def balance_check(self, subscriber_id: str, unit: Unit, rating_group: int | None) -> int:
         """Service units the subscriber could pay for now (unit buckets plus money)."""
         sub = await self.store.get_subscriber(subscriber_id)
         return self.store.payable_units(sub, unit.value, rating_group, self._price(unit))
@@ -298,8 +303,10 @@ class Engine:
     async def admin(self, op: str, op_id: str | None, args: dict[str, Any]) -> Result:
         """Provisioning operations; emits the events interfaces act on (RAR, ASR, notify)."""
         result = await self.store.execute(op, op_id, args)
-        if op in ("topup", "refund") or (op == "adjust" and args.get("amount", 0) > 0) or (
-            op == "add_bucket" and args.get("amount", 0) > 0
+        if (
+            op in ("topup", "refund")
+            or (op == "adjust" and args.get("amount", 0) > 0)
+            or (op == "add_bucket" and args.get("amount", 0) > 0)
         ):
             await self._emit("credit_added", args["subscriber_id"])
         elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:

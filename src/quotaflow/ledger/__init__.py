@@ -13,7 +13,16 @@ from quotaflow.ledger.errors import (
     UnknownSubscriber,
 )
 from quotaflow.ledger.ledger import Ledger, Limits
-from quotaflow.ledger.model import NEVER_MS, Bucket, Origin, Price, Reservation, Status, Subscriber, Unit
+from quotaflow.ledger.model import (
+    NEVER_MS,
+    Bucket,
+    Origin,
+    Price,
+    Reservation,
+    Status,
+    Subscriber,
+    Unit,
+)
 
 __all__ = [
     "NEVER_MS",
@@ -23,8 +32,8 @@ __all__ = [
     "InvalidAmount",
     "InvalidRequest",
     "Ledger",
-    "Limits",
     "LimitReached",
+    "Limits",
     "NoCredit",
     "NotFound",
     "Origin",
@@ -33,7 +42,7 @@ __all__ = [
     "Status",
     "Subscriber",
     "SubscriberBarred",
+    "Unit",
     "UnknownSession",
     "UnknownSubscriber",
-    "Unit",
 ]

@@ -51,7 +51,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool = False) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is not int:  # bool is a subclass of int: refuse it too
         raise InvalidAmount(f"{name} must be an integer", field=name)
     low = -AMOUNT_MAX if signed else (0 if zero_ok else 1)
     if not low <= value <= AMOUNT_MAX:
@@ -60,7 +60,7 @@ def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool 
 
 
 def _check_id(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= ID_LEN_MAX:
+    if type(value) is not str or not 0 < len(value) <= ID_LEN_MAX:
         raise InvalidRequest(f"{name} must be a string of 1..{ID_LEN_MAX} characters", field=name)
     return value
 
@@ -81,7 +81,9 @@ def _enum(cls: type[E], value: Any, name: str) -> E:
     try:
         return cls(value)
     except ValueError:
-        raise InvalidRequest(f"{name} must be one of {[m.value for m in cls]}", field=name) from None
+        raise InvalidRequest(
+            f"{name} must be one of {[m.value for m in cls]}", field=name
+        ) from None
 
 
 def _price(value: Any) -> Price | None:
@@ -175,7 +177,8 @@ class Ledger:
             raise InvalidAmount(f"arguments cannot be recorded: {exc}") from None
         if op_id is None:
             return fn(args, now_ms), True, content
-        _check_id("op_id", op_id)
+        if type(op_id) is not str or not 0 < len(op_id) <= ID_LEN_MAX:
+            _check_id("op_id", op_id)
         fingerprint = hashlib.blake2b(op.encode() + content, digest_size=16).digest()
         seen = self.idempotency.get(op_id)
         if seen is not None:
@@ -225,7 +228,12 @@ class Ledger:
         raise UnknownSubscriber(f"no subscriber with {kind} {value!r}")
 
     def payable_units(
-        self, sub: Subscriber, unit: Unit, rating_group: int | None, price: Price | None, now_ms: int
+        self,
+        sub: Subscriber,
+        unit: Unit,
+        rating_group: int | None,
+        price: Price | None,
+        now_ms: int,
     ) -> int:
         """How many service units the buckets could pay for now (for balance checks)."""
         total = sum(b.available for b in self._candidates(sub, unit, rating_group, now_ms))
@@ -408,7 +416,9 @@ class Ledger:
         bucket_id = args.get("bucket_id") or f"main-{unit.value}"
         bucket = sub.buckets.get(bucket_id)
         if bucket is None:
-            bucket = self._new_bucket(sub, bucket_id, {"unit": unit.value, "amount": 0}, Origin.REFUND)
+            bucket = self._new_bucket(
+                sub, bucket_id, {"unit": unit.value, "amount": 0}, Origin.REFUND
+            )
         if bucket.unit is not unit:
             raise InvalidRequest(f"bucket {bucket_id!r} holds {bucket.unit.value}")
         bucket.amount += amount
@@ -421,7 +431,12 @@ class Ledger:
     def _order(b: Bucket) -> tuple[int, int, int, str]:
         # Most specific scope first, then soonest expiry, then priority; the id breaks ties
         # so that replay draws from the same buckets in the same order.
-        return (len(b.rating_groups) if b.rating_groups else 2**32, b.expires_at_ms, b.priority, b.id)
+        return (
+            len(b.rating_groups) if b.rating_groups else 2**32,
+            b.expires_at_ms,
+            b.priority,
+            b.id,
+        )
 
     def _candidates(
         self, sub: Subscriber, unit: Unit, rating_group: int | None, now_ms: int
@@ -429,9 +444,13 @@ class Ledger:
         found = [
             b
             for b in sub.buckets.values()
-            if b.unit is unit and b.available > 0 and b.usable(now_ms) and b.pays_for(rating_group)
+            if b.unit is unit
+            and b.amount > b.reserved
+            and b.valid_from_ms <= now_ms < b.expires_at_ms
+            and (not b.rating_groups or rating_group in b.rating_groups)
         ]
-        found.sort(key=self._order)
+        if len(found) > 1:
+            found.sort(key=self._order)
         return found
 
     @staticmethod
@@ -495,7 +514,8 @@ class Ledger:
         units_max = _check_amount("units_max", args.get("units_max"))
         units_min = _check_amount("units_min", args.get("units_min", 1))
         validity_ms = _check_amount("validity_ms", args.get("validity_ms"))
-        price = _price(args.get("price"))
+        raw_price = args.get("price")
+        price = None if raw_price is None else _price(raw_price)
         legs: list[Leg] = []
         need = units_max
         for b in self._candidates(sub, unit, rating_group, now_ms):
@@ -579,7 +599,9 @@ class Ledger:
             if leg.price is None:
                 cost = here
             else:
-                cost = min(_ceil_div(here, leg.price.per_units) * leg.price.price_micros, leg.amount)
+                cost = min(
+                    _ceil_div(here, leg.price.per_units) * leg.price.price_micros, leg.amount
+                )
             remaining -= here
             if cost:
                 b.amount -= cost
@@ -595,8 +617,13 @@ class Ledger:
         }
 
     def _overuse(
-        self, sub: Subscriber, unit: Unit, rating_group: int | None, units: int,
-        price: Price | None, now_ms: int,
+        self,
+        sub: Subscriber,
+        unit: Unit,
+        rating_group: int | None,
+        units: int,
+        price: Price | None,
+        now_ms: int,
     ) -> Result:
         """Debit what was used beyond any grant, as far as the balance goes; never below zero."""
         return self._debit_on(sub, unit, rating_group, units, price, now_ms, partial=True)
@@ -642,8 +669,10 @@ class Ledger:
             _check_amount("units_min", reserve.get("units_min", 1))
             _check_amount("validity_ms", reserve.get("validity_ms"))
         self._sweep_subscriber(sub, now_ms)
-        if reserve and rid not in sub.reservations and (
-            len(sub.reservations) >= self.limits.reservations_per_subscriber_max
+        if (
+            reserve
+            and rid not in sub.reservations
+            and (len(sub.reservations) >= self.limits.reservations_per_subscriber_max)
         ):
             raise LimitReached(
                 "too many open reservations", limit=self.limits.reservations_per_subscriber_max
@@ -669,8 +698,14 @@ class Ledger:
         try:
             result["grant"] = self._reserve_on(
                 sub,
-                {**reserve, "units_max": units_max, "reservation_id": rid, "unit": unit.value,
-                 "rating_group": rating_group, "price": args.get("price")},
+                {
+                    **reserve,
+                    "units_max": units_max,
+                    "reservation_id": rid,
+                    "unit": unit.value,
+                    "rating_group": rating_group,
+                    "price": args.get("price"),
+                },
                 now_ms,
             )
         except NoCredit:
@@ -678,8 +713,15 @@ class Ledger:
         return result
 
     def _debit_on(
-        self, sub: Subscriber, unit: Unit, rating_group: int | None, units: int,
-        price: Price | None, now_ms: int, *, partial: bool,
+        self,
+        sub: Subscriber,
+        unit: Unit,
+        rating_group: int | None,
+        units: int,
+        price: Price | None,
+        now_ms: int,
+        *,
+        partial: bool,
     ) -> Result:
         units_left = units
         drawn: dict[str, int] = {}
@@ -715,14 +757,24 @@ class Ledger:
             drawn[b.id] = drawn.get(b.id, 0) + take
             if b.unit is Unit.MONEY and unit is not Unit.MONEY:
                 cost_micros += take
-        return {"units": units - units_left, "drawn": drawn, "free": free, "cost_micros": cost_micros}
+        return {
+            "units": units - units_left,
+            "drawn": drawn,
+            "free": free,
+            "cost_micros": cost_micros,
+        }
 
     def _debit(self, args: Args, now_ms: int) -> Result:
         sub = self._active_subscriber(args, now_ms)
         unit = _unit(args.get("unit"))
         units = _check_amount("units", args.get("units"))
         result = self._debit_on(
-            sub, unit, args.get("rating_group"), units, _price(args.get("price")), now_ms,
+            sub,
+            unit,
+            args.get("rating_group"),
+            units,
+            _price(args.get("price")),
+            now_ms,
             partial=bool(args.get("partial", False)),
         )
         return {"subscriber_id": sub.id, "unit": unit.value, **result}

@@ -1,4 +1,4 @@
-"""The ledger's records: subscribers, buckets, reservations. Plain data; all amounts are integers."""
+"""The ledger's records: subscribers, buckets, reservations. Plain data; amounts are integers."""
 
 from __future__ import annotations
 

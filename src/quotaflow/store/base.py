@@ -1,4 +1,4 @@
-"""What the engine needs from a store. The embedded store is one; a Redis Cluster store will follow."""
+"""What the engine needs from a store: the embedded one, and a Redis Cluster one to come."""
 
 from __future__ import annotations
 

@@ -27,13 +27,12 @@ from quotaflow.store.base import Clock, Result, StoreUnavailable, wall_clock_ms
 log = logging.getLogger("quotaflow.store")
 
 SCHEMA = """
+-- One row per group commit: `records` is a JSON array of
+-- [seq, op, op_id, args, now_ms, refused] for seq in first_seq..last_seq.
 CREATE TABLE IF NOT EXISTS journal (
-    seq INTEGER PRIMARY KEY,
-    op TEXT NOT NULL,
-    op_id TEXT,
-    args BLOB NOT NULL,
-    now_ms INTEGER NOT NULL,
-    refused INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    records BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot (
     seq INTEGER PRIMARY KEY,
@@ -42,7 +41,8 @@ CREATE TABLE IF NOT EXISTS snapshot (
 );
 """
 
-Row = tuple[int, str, str | None, bytes, int, int]
+# A journal record; args is the canonical JSON the ledger produced, embedded without re-encoding.
+Row = tuple[int, str, str | None, orjson.Fragment, int, int]
 
 
 class EmbeddedStore:
@@ -93,8 +93,12 @@ class EmbeddedStore:
         replayed = self._recover(db)
         log.info(
             "ledger recovered",
-            extra={"seq": self._seq, "replayed": replayed, "subscribers":
-                   len(self.ledger.subscribers), "seconds": round(time.perf_counter() - started, 3)},
+            extra={
+                "seq": self._seq,
+                "replayed": replayed,
+                "subscribers": len(self.ledger.subscribers),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
         )
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
 
@@ -104,21 +108,28 @@ class EmbeddedStore:
             self._seq = row[0]
             self.ledger = Ledger.restore(orjson.loads(row[1]), self.limits)
         replayed = 0
-        for seq, op, op_id, args, now_ms, refused in db.execute(
-            "SELECT seq, op, op_id, args, now_ms, refused FROM journal WHERE seq > ? ORDER BY seq",
-            (self._seq,),
+        snapshot_seq = self._seq
+        for (batch,) in db.execute(
+            "SELECT records FROM journal WHERE last_seq > ? ORDER BY last_seq", (snapshot_seq,)
         ):
-            if refused:
-                # Refused, but it voided lapsed reservations on its way: replay that part.
-                with contextlib.suppress(ChargingError):
-                    self.ledger.apply(op, op_id, orjson.loads(args), now_ms)
-            else:
-                # It succeeded when first applied, so it must succeed again.
-                self.ledger.apply(op, op_id, orjson.loads(args), now_ms)
-            self._seq = seq
-            replayed += 1
+            for seq, op, op_id, args, now_ms, refused in orjson.loads(batch):
+                if seq > snapshot_seq:
+                    self._replay(op, op_id, args, now_ms, refused)
+                    self._seq = seq
+                    replayed += 1
         self._since_snapshot = replayed
         return replayed
+
+    def _replay(
+        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int, refused: int
+    ) -> None:
+        if refused:
+            # Refused, but it voided lapsed reservations on its way: replay that part.
+            with contextlib.suppress(ChargingError):
+                self.ledger.apply(op, op_id, args, now_ms)
+        else:
+            # It succeeded when first applied, so it must succeed again.
+            self.ledger.apply(op, op_id, args, now_ms)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -144,7 +155,9 @@ class EmbeddedStore:
         wait for `pending()` so it never answers ahead of the state it saw.
         """
         if self._failed is not None:
-            raise StoreUnavailable("journal write failed; refusing changes", cause=repr(self._failed))
+            raise StoreUnavailable(
+                "journal write failed; refusing changes", cause=repr(self._failed)
+            )
         if len(self._rows) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
         now = self.clock() if now_ms is None else now_ms
@@ -154,11 +167,12 @@ class EmbeddedStore:
         except ChargingError:
             if self.ledger.lapsed_voids != voids:
                 self._seq += 1
-                self._rows.append((self._seq, op, op_id, orjson.dumps(args), now, 1))
+                fragment = orjson.Fragment(orjson.dumps(args))
+                self._rows.append((self._seq, op, op_id, fragment, now, 1))
             raise
         if changed:
             self._seq += 1
-            self._rows.append((self._seq, op, op_id, content, now, 0))
+            self._rows.append((self._seq, op, op_id, orjson.Fragment(content), now, 0))
         return result, self.pending()
 
     def pending(self) -> asyncio.Future[None] | None:
@@ -205,8 +219,12 @@ class EmbeddedStore:
                 if self._since_snapshot >= self.snapshot_every_ops:
                     snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
                     self._since_snapshot = 0
+                # Encoded here in one C call, so the writer thread needs the GIL only briefly.
+                batch = (rows[-1][0], rows[0][0], orjson.dumps(rows)) if rows else None
                 try:
-                    await loop.run_in_executor(self._writer, self._write, rows, snapshot)
+                    await loop.run_in_executor(
+                        self._writer, self._write, batch, len(rows), snapshot
+                    )
                 except BaseException as exc:  # fail-stop: memory is now ahead of disk
                     self._failed = exc
                     log.critical("journal write failed; store refuses changes", exc_info=exc)
@@ -221,16 +239,17 @@ class EmbeddedStore:
         finally:
             self._committing = False
 
-    def _write(self, rows: list[Row], snapshot: tuple[int, bytes] | None) -> None:
+    def _write(
+        self, batch: tuple[int, int, bytes] | None, count: int, snapshot: tuple[int, bytes] | None
+    ) -> None:
         db = self._db
         assert db is not None, "store is closed"
         started = time.perf_counter()
         db.execute("BEGIN")
         try:
-            if rows:
-                db.executemany(
-                    "INSERT INTO journal (seq, op, op_id, args, now_ms, refused) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
+            if batch is not None:
+                db.execute(
+                    "INSERT INTO journal (last_seq, first_seq, records) VALUES (?, ?, ?)", batch
                 )
             if snapshot is not None:
                 seq, body = snapshot
@@ -238,14 +257,14 @@ class EmbeddedStore:
                     "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
                     (seq, wall_clock_ms(), body),
                 )
-                db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+                db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
                 db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self.commits += 1
-        self.committed_rows += len(rows)
+        self.committed_rows += count
         self.last_commit_s = time.perf_counter() - started
 
     async def snapshot(self) -> None:
@@ -253,7 +272,7 @@ class EmbeddedStore:
         await self.flush()
         body = orjson.dumps(self.ledger.snapshot())
         await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._write, [], (self._seq, body)
+            self._writer, self._write, None, 0, (self._seq, body)
         )
         self._since_snapshot = 0
 
