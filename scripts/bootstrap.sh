@@ -1,7 +1,7 @@
 # Sourced by serve.sh and test.sh: a virtual environment with quotaflow installed in it.
-# Usage: . scripts/bootstrap.sh [extras]   (run from the repository root)
+# Usage: QF_EXTRAS=test . scripts/bootstrap.sh   (from the repository root; extras optional)
 set -eu
-QF_EXTRAS="${1:-}"
+QF_EXTRAS="${QF_EXTRAS:-}"
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     if ! "$PY" -m venv .venv 2>/dev/null; then

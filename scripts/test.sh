@@ -16,7 +16,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
 fi
-. scripts/bootstrap.sh test
+QF_EXTRAS=test . scripts/bootstrap.sh
 echo "== ruff" >&2
 .venv/bin/ruff check src tests bench
 echo "== mypy" >&2

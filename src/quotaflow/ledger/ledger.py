@@ -365,14 +365,14 @@ class Ledger:
         return bucket
 
     def _add_bucket(self, args: Args, now_ms: int) -> Result:
-        sub = self.subscriber(args.get("subscriber_id", ""))
+        sub = self._subject(args, now_ms)
         origin = _enum(Origin, args.get("origin", "purchase"), "origin")
         bucket = self._new_bucket(sub, _check_id("bucket_id", args.get("bucket_id")), args, origin)
         return bucket.to_json(now_ms)
 
     def _topup(self, args: Args, now_ms: int) -> Result:
         """Credit a bucket: the one named, the unscoped non-expiring main bucket, or a new one."""
-        sub = self.subscriber(args.get("subscriber_id", ""))
+        sub = self._subject(args, now_ms)
         unit = _unit(args.get("unit"))
         amount = _check_amount("amount", args.get("amount"))
         bucket_id = args.get("bucket_id")
@@ -398,8 +398,7 @@ class Ledger:
             raise InvalidAmount("an adjustment of zero changes nothing", field="amount")
         if amount > 0:
             return self._topup({**args, "amount": amount}, now_ms)
-        sub = self.subscriber(args.get("subscriber_id", ""))
-        self._sweep_subscriber(sub, now_ms)
+        sub = self._subject(args, now_ms)
         unit = _unit(args.get("unit"))
         want = -amount
         candidates = self._candidates(sub, unit, None, now_ms)
@@ -410,7 +409,7 @@ class Ledger:
         return {"subscriber_id": sub.id, "amount": amount, "drawn": drawn}
 
     def _refund(self, args: Args, now_ms: int) -> Result:
-        sub = self.subscriber(args.get("subscriber_id", ""))
+        sub = self._subject(args, now_ms)
         unit = _unit(args.get("unit"))
         amount = _check_amount("amount", args.get("amount"))
         bucket_id = args.get("bucket_id") or f"main-{unit.value}"
@@ -490,11 +489,16 @@ class Ledger:
             sub.buckets[leg.bucket_id].reserved -= leg.amount
         del sub.reservations[res.id]
 
-    def _active_subscriber(self, args: Args, now_ms: int) -> Subscriber:
+    def _subject(self, args: Args, now_ms: int) -> Subscriber:
+        """The subscriber an operation is about, with its lapsed reservations voided first."""
         sub = self.subscriber(args.get("subscriber_id", ""))
+        self._sweep_subscriber(sub, now_ms)
+        return sub
+
+    def _active_subscriber(self, args: Args, now_ms: int) -> Subscriber:
+        sub = self._subject(args, now_ms)
         if sub.status is Status.BARRED:
             raise SubscriberBarred(f"subscriber {sub.id!r} is barred")
-        self._sweep_subscriber(sub, now_ms)
         return sub
 
     def _reserve(self, args: Args, now_ms: int) -> Result:
@@ -629,14 +633,12 @@ class Ledger:
         return self._debit_on(sub, unit, rating_group, units, price, now_ms, partial=True)
 
     def _commit(self, args: Args, now_ms: int) -> Result:
-        sub = self.subscriber(args.get("subscriber_id", ""))
-        self._sweep_subscriber(sub, now_ms)
+        sub = self._subject(args, now_ms)
         used = _check_amount("used_units", args.get("used_units"), zero_ok=True)
         return self._commit_on(sub, _check_id("reservation_id", args.get("reservation_id")), used)
 
     def _release(self, args: Args, now_ms: int) -> Result:
-        sub = self.subscriber(args.get("subscriber_id", ""))
-        self._sweep_subscriber(sub, now_ms)
+        sub = self._subject(args, now_ms)
         rid = _check_id("reservation_id", args.get("reservation_id"))
         res = sub.reservations.get(rid)
         if res is None:
@@ -652,7 +654,7 @@ class Ledger:
         as far as it goes. Then a new reservation is made when asked. One operation, so a crash
         can never leave the usage posted without the next grant or the other way round.
         """
-        sub = self.subscriber(args.get("subscriber_id", ""))
+        sub = self._subject(args, now_ms)
         unit = _unit(args.get("unit"))
         rating_group = args.get("rating_group")
         price = _price(args.get("price"))
@@ -668,7 +670,6 @@ class Ledger:
             units_max = _check_amount("units_max", reserve.get("units_max"))
             _check_amount("units_min", reserve.get("units_min", 1))
             _check_amount("validity_ms", reserve.get("validity_ms"))
-        self._sweep_subscriber(sub, now_ms)
         if (
             reserve
             and rid not in sub.reservations
