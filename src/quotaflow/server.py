@@ -28,7 +28,7 @@ InterfaceStarter = Callable[[Engine, Config], Awaitable[Callable[[], Awaitable[N
 
 def _nchf_mount(engine: Engine) -> BaseRoute | None:
     try:
-        from quotaflow.nchf import create_app
+        from quotaflow.nchf import create_app  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     return Mount("/nchf-convergedcharging/v3", app=create_app(engine))
