@@ -137,7 +137,7 @@ async def test_unknown_subscriber_is_404(api: httpx.AsyncClient) -> None:
         ("PATCH", "/v1/subscribers/ghost"),
         ("DELETE", "/v1/subscribers/ghost"),
     ]:
-        r = await api.request(method, path, json={} if method == "PATCH" else None)
+        r = await api.request(method, path, json={"plan": "x"} if method == "PATCH" else None)
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_subscriber"
     r = await api.post("/v1/subscribers/ghost/topups", json={"unit": "octets", "amount": 5})
     assert r.status_code == 404

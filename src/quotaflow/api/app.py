@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,6 +42,7 @@ from quotaflow.ledger import (
     UnknownSession,
     UnknownSubscriber,
 )
+from quotaflow.ledger.ledger import AMOUNT_MAX
 from quotaflow.metrics import ENGINE_ERRORS, HTTP_REQUESTS, REGISTRY
 from quotaflow.store import StoreUnavailable
 
@@ -61,6 +63,7 @@ STATUS_BY_ERROR: list[tuple[type[ChargingError], int]] = [
 ]
 SUBSCRIBER_FIELDS = {"id", "msisdn", "imsi", "nai", "sip_uri", "status", "plan"}
 PAGE_MAX = 1000
+IDEMPOTENCY_KEY_LEN_MAX = 120
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -84,29 +87,33 @@ class ManagementApi:
         self.store = engine.store
 
     def routes(self) -> list[Route]:
-        def route(path: str, fn: Handler, methods: list[str]) -> Route:
-            return Route(path, self._wrap(path, fn), methods=methods)
-
+        table: dict[str, dict[str, Handler]] = {
+            "/v1/openapi.json": {"GET": self.openapi},
+            "/v1/health": {"GET": self.health},
+            "/metrics": {"GET": self.metrics},
+            "/v1/subscribers": {"POST": self.create_subscriber, "GET": self.list_subscribers},
+            "/v1/subscribers/{sid}": {
+                "GET": self.get_subscriber,
+                "PATCH": self.patch_subscriber,
+                "DELETE": self.delete_subscriber,
+            },
+            "/v1/subscribers/{sid}/buckets": {"POST": self.add_bucket},
+            "/v1/subscribers/{sid}/balance": {"GET": self.balance},
+            "/v1/subscribers/{sid}/topups": {"POST": self.topup},
+            "/v1/subscribers/{sid}/adjustments": {"POST": self.adjust},
+            "/v1/subscribers/{sid}/reservations": {"GET": self.reservations},
+            "/v1/subscribers/{sid}/sessions": {"GET": self.sessions},
+        }
+        # One route per path, so a wrong method gets a 405 listing every allowed one.
         return [
-            route("/v1/openapi.json", self.openapi, ["GET"]),
-            route("/v1/health", self.health, ["GET"]),
-            route("/metrics", self.metrics, ["GET"]),
-            route("/v1/subscribers", self.create_subscriber, ["POST"]),
-            route("/v1/subscribers", self.list_subscribers, ["GET"]),
-            route("/v1/subscribers/{sid}", self.get_subscriber, ["GET"]),
-            route("/v1/subscribers/{sid}", self.patch_subscriber, ["PATCH"]),
-            route("/v1/subscribers/{sid}", self.delete_subscriber, ["DELETE"]),
-            route("/v1/subscribers/{sid}/buckets", self.add_bucket, ["POST"]),
-            route("/v1/subscribers/{sid}/balance", self.balance, ["GET"]),
-            route("/v1/subscribers/{sid}/topups", self.topup, ["POST"]),
-            route("/v1/subscribers/{sid}/adjustments", self.adjust, ["POST"]),
-            route("/v1/subscribers/{sid}/reservations", self.reservations, ["GET"]),
-            route("/v1/subscribers/{sid}/sessions", self.sessions, ["GET"]),
+            Route(path, self._wrap(path, methods), methods=list(methods))
+            for path, methods in table.items()
         ]
 
-    def _wrap(self, path: str, fn: Handler) -> Handler:
+    def _wrap(self, path: str, methods: dict[str, Handler]) -> Handler:
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
+            fn = methods.get(request.method) or methods["GET"]  # HEAD is served as GET
             try:
                 response = await fn(request)
             except ChargingError as exc:
@@ -133,7 +140,13 @@ class ManagementApi:
 
     @staticmethod
     def _op_id(request: Request, body_id: str | None, fallback: str) -> str:
-        key = request.headers.get("idempotency-key") or body_id
+        header = request.headers.get("idempotency-key")
+        if header is not None and not 0 < len(header) <= IDEMPOTENCY_KEY_LEN_MAX:
+            raise InvalidRequest(
+                f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_LEN_MAX} characters",
+                field="Idempotency-Key",
+            )
+        key = header or body_id
         return f"api:{key}" if key else fallback
 
     # ------------------------------------------------------------------ meta
@@ -155,14 +168,13 @@ class ManagementApi:
 
     async def create_subscriber(self, request: Request) -> Response:
         body = await self._body(request)
-        check_fields(body, SUBSCRIBER_FIELDS, {"id"})
+        check_fields(body, SUBSCRIBER_FIELDS, {"id"}, nullable=SUBSCRIBER_FIELDS - {"id"})
         for name in SUBSCRIBER_FIELDS:
             want_str(body, name)
         sid = body["id"]
-        result = await self.engine.admin(
-            "create_subscriber", self._op_id(request, None, f"api:subscriber:{sid}"), body
-        )
-        return json_response(result, 201, {"location": f"/v1/subscribers/{sid}"})
+        op_id = self._op_id(request, None, f"api:subscriber:{sid}:{uuid.uuid4().hex}")
+        result = await self.engine.admin("create_subscriber", op_id, body)
+        return json_response(result, 201, {"location": f"/v1/subscribers/{quote(sid, safe='')}"})
 
     async def list_subscribers(self, request: Request) -> Response:
         try:
@@ -170,7 +182,7 @@ class ManagementApi:
             limit = int(request.query_params.get("limit", "100"))
         except ValueError:
             raise InvalidRequest("offset and limit must be integers") from None
-        if offset < 0 or not 0 < limit <= PAGE_MAX:
+        if not 0 <= offset <= AMOUNT_MAX or not 0 < limit <= PAGE_MAX:
             raise InvalidRequest(f"need offset >= 0 and 0 < limit <= {PAGE_MAX}")
         subs = await self.store.list_subscribers(offset, limit)
         return json_response({"subscribers": [s.summary_json() for s in subs], "offset": offset})
@@ -182,7 +194,9 @@ class ManagementApi:
     async def patch_subscriber(self, request: Request) -> Response:
         sid = request.path_params["sid"]
         body = await self._body(request)
-        check_fields(body, SUBSCRIBER_FIELDS - {"id"})
+        if not body:
+            raise BadRequest("a JSON object with the fields to change is required")
+        check_fields(body, SUBSCRIBER_FIELDS - {"id"}, nullable=SUBSCRIBER_FIELDS)
         for name in SUBSCRIBER_FIELDS:
             want_str(body, name)
         await self.store.get_subscriber(sid)

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 UNITS = ["octets", "seconds", "events", "money"]
+AMOUNT_MAX = 2**62  # the ledger's bound on any single amount
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -36,7 +37,23 @@ IDEMPOTENCY = {
     "required": False,
     "schema": {"type": "string", "minLength": 1, "maxLength": 120},
 }
-TIME = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}]}
+TIME = {
+    "oneOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX},
+    ]
+}
+ID = {"type": "string", "minLength": 1, "maxLength": 128}
+NULLABLE_ID = {**ID, "nullable": True}
+SUBSCRIBER_PROPS = {
+    "msisdn": NULLABLE_ID,
+    "imsi": NULLABLE_ID,
+    "nai": NULLABLE_ID,
+    "sip_uri": NULLABLE_ID,
+    "status": {"type": "string", "enum": ["active", "barred", None], "nullable": True},
+    "plan": {"type": "string", "nullable": True},
+}
+RATING_GROUPS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}}
 
 
 @cache
@@ -61,15 +78,13 @@ def openapi_document() -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "required": ["id"],
-            "properties": {
-                "id": {"type": "string", "minLength": 1, "maxLength": 128},
-                "msisdn": {"type": "string", "minLength": 1, "maxLength": 128},
-                "imsi": {"type": "string", "minLength": 1, "maxLength": 128},
-                "nai": {"type": "string", "minLength": 1, "maxLength": 128},
-                "sip_uri": {"type": "string", "minLength": 1, "maxLength": 128},
-                "status": {"type": "string", "enum": ["active", "barred"]},
-                "plan": {"type": "string"},
-            },
+            "properties": {"id": ID, **SUBSCRIBER_PROPS},
+        },
+        "SubscriberPatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": SUBSCRIBER_PROPS,
         },
         "Subscriber": {
             "type": "object",
@@ -92,9 +107,9 @@ def openapi_document() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string", "minLength": 1, "maxLength": 128},
                 "unit": {"type": "string", "enum": UNITS},
-                "amount": {"type": "integer", "minimum": 0},
-                "rating_groups": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "priority": {"type": "integer"},
+                "amount": {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX},
+                "rating_groups": RATING_GROUPS,
+                "priority": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
                 "expires_at": TIME,
                 "valid_from": TIME,
                 "origin": {"type": "string", "enum": ["purchase", "gift", "voucher", "promotion"]},
@@ -144,8 +159,8 @@ def openapi_document() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string", "minLength": 1, "maxLength": 120},
                 "unit": {"type": "string", "enum": UNITS},
-                "amount": {"type": "integer", "minimum": 1},
-                "rating_groups": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "amount": {"type": "integer", "minimum": 1, "maximum": AMOUNT_MAX},
+                "rating_groups": RATING_GROUPS,
                 "expires_at": TIME,
                 "bucket_id": {"type": "string", "minLength": 1, "maxLength": 128},
             },
@@ -157,7 +172,13 @@ def openapi_document() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string", "minLength": 1, "maxLength": 120},
                 "unit": {"type": "string", "enum": UNITS},
-                "amount": {"type": "integer", "description": "signed; never zero"},
+                "amount": {
+                    "type": "integer",
+                    "minimum": -AMOUNT_MAX,
+                    "maximum": AMOUNT_MAX,
+                    "not": {"enum": [0]},
+                    "description": "signed; never zero",
+                },
                 "reason": {"type": "string"},
             },
         },
@@ -195,7 +216,11 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "List subscribers",
                 "operationId": "listSubscribers",
                 "parameters": [
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX},
+                    },
                     {
                         "name": "limit",
                         "in": "query",
@@ -228,9 +253,7 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [IDEMPOTENCY],
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {"schema": {**schemas["SubscriberIn"], "required": []}}
-                    },
+                    "content": {"application/json": {"schema": _ref("SubscriberPatch")}},
                 },
                 "responses": {
                     "200": _json(_ref("Subscriber"), "Updated"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from datetime import datetime
 from typing import Any
 
@@ -32,10 +33,18 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def check_fields(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def check_fields(
+    body: dict[str, Any],
+    allowed: set[str],
+    required: Set[str] = frozenset(),
+    nullable: Set[str] = frozenset(),
+) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    for name in sorted(body):
+        if body[name] is None and name not in nullable:
+            raise InvalidRequest(f"field {name!r} must not be null", field=name)
     for name in sorted(required):
         if body.get(name) is None:
             raise InvalidRequest(f"field {name!r} is required", field=name)
@@ -60,7 +69,9 @@ def time_ms(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if type(value) is int:
+        if not 0 <= value <= 2**62:
+            raise InvalidRequest(f"field {name!r} out of range", field=name)
         return value
     if isinstance(value, str):
         try:

@@ -44,6 +44,7 @@ Args = dict[str, Any]
 
 AMOUNT_MAX = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
 ID_LEN_MAX = 128
+OP_ID_LEN_MAX = 256  # room for an interface's prefix around a caller's id
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -65,13 +66,14 @@ def _check_id(name: str, value: Any) -> str:
     return value
 
 
+_UNITS: dict[Any, Unit] = {u.value: u for u in Unit}
+
+
 def _unit(value: Any) -> Unit:
-    try:
-        return Unit(value)
-    except ValueError:
-        raise InvalidRequest(
-            f"unit must be one of {[u.value for u in Unit]}", field="unit"
-        ) from None
+    unit = _UNITS.get(value) if isinstance(value, str) else None
+    if unit is None:
+        raise InvalidRequest(f"unit must be one of {list(_UNITS)}", field="unit")
+    return unit
 
 
 E = TypeVar("E", Status, Origin)
@@ -177,8 +179,8 @@ class Ledger:
             raise InvalidAmount(f"arguments cannot be recorded: {exc}") from None
         if op_id is None:
             return fn(args, now_ms), True, content
-        if type(op_id) is not str or not 0 < len(op_id) <= ID_LEN_MAX:
-            _check_id("op_id", op_id)
+        if type(op_id) is not str or not 0 < len(op_id) <= OP_ID_LEN_MAX:
+            raise InvalidRequest(f"op_id must be a string of 1..{OP_ID_LEN_MAX} characters")
         fingerprint = hashlib.blake2b(op.encode() + content, digest_size=16).digest()
         seen = self.idempotency.get(op_id)
         if seen is not None:
@@ -276,13 +278,22 @@ class Ledger:
 
     def _create_subscriber(self, args: Args, now_ms: int) -> Result:
         sid = _check_id("id", args.get("id"))
-        if sid in self.subscribers:
-            raise Conflict(f"subscriber {sid!r} exists")
+        existing = self.subscribers.get(sid)
+        if existing is not None:
+            # Creating what already exists, identically, is a retry: answer as the first time.
+            same = (
+                existing.identities == self._identities(args)
+                and existing.status.value == (args.get("status") or "active")
+                and existing.plan == args.get("plan")
+            )
+            if same:
+                return existing.summary_json()
+            raise Conflict(f"subscriber {sid!r} exists with other content")
         if len(self.subscribers) >= self.limits.subscribers_max:
             raise LimitReached("subscriber table full", limit=self.limits.subscribers_max)
         identities = self._identities(args)
         self._claim_identities(sid, identities)
-        status = _enum(Status, args.get("status", "active"), "status")
+        status = _enum(Status, args.get("status") or "active", "status")
         sub = Subscriber(sid, identities, status, now_ms, plan=args.get("plan"))
         self.subscribers[sid] = sub
         for key, value in identities.items():
@@ -339,8 +350,8 @@ class Ledger:
         ):
             raise InvalidRequest("rating_groups must be a list of unsigned 32-bit integers")
         priority = args.get("priority", 0)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise InvalidRequest("priority must be an integer", field="priority")
+        if type(priority) is not int or not -(2**31) <= priority < 2**31:
+            raise InvalidRequest("priority must be a 32-bit integer", field="priority")
         valid_from = args.get("valid_from_ms") or 0
         expires = args.get("expires_at_ms")
         expires = NEVER_MS if expires is None else _check_amount("expires_at_ms", expires)
