@@ -1,0 +1,227 @@
+"""The asyncio Protocol wrapping one PeerConnection; shared by the server and the client.
+
+It owns no protocol logic: it feeds bytes to the PeerConnection, writes what it returns, runs
+the timers, dispatches application requests to an async handler and resolves the futures of
+requests we sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.events import (
+    AnswerReceived,
+    CapabilitiesExchanged,
+    ConnectionClosed,
+    Event,
+    MessageRejected,
+    PeerInfo,
+    RequestReceived,
+    UnmatchedAnswer,
+)
+from quotaflow.diameter.message import IPAddress, Message
+from quotaflow.diameter.peer import PeerConnection, PeerState
+
+log = logging.getLogger("quotaflow.diameter")
+
+RequestHandler = Callable[[PeerInfo, Message], Awaitable[Message]]
+
+IN_FLIGHT_MAX = 1_024  # application requests being handled per connection; beyond: 3004
+
+
+class LinkClosedError(ConnectionError):
+    """The connection closed before the answer arrived."""
+
+
+class PeerLink(asyncio.Protocol):
+    def __init__(
+        self,
+        make_connection: Callable[[IPAddress | None, IPAddress | None], PeerConnection],
+        handler: RequestHandler,
+        *,
+        watchdog_interval_s: float,
+        open_timeout_s: float,
+        in_flight_max: int = IN_FLIGHT_MAX,
+        on_open: Callable[[PeerLink], None] | None = None,
+        on_closed: Callable[[PeerLink], None] | None = None,
+    ) -> None:
+        assert watchdog_interval_s > 0 and open_timeout_s > 0 and in_flight_max > 0
+        self._make_connection = make_connection
+        self._handler = handler
+        self._watchdog_interval_s = watchdog_interval_s
+        self._open_timeout_s = open_timeout_s
+        self._in_flight_max = in_flight_max
+        self._on_open = on_open
+        self._on_closed = on_closed
+        self.connection: PeerConnection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[PeerInfo] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters: dict[int, asyncio.Future[Message]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def peer(self) -> PeerInfo | None:
+        return self.connection.peer if self.connection is not None else None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.connection = self._make_connection(
+            _address(transport.get_extra_info("sockname")),
+            _address(transport.get_extra_info("peername")),
+        )
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._open_timeout_s, self._open_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.connection is not None
+        self._handle(self.connection.receive_data(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.connection is not None:
+            self._handle(self.connection.connection_lost())
+        self._finish("connection lost" if exc is None else f"connection lost: {exc}")
+
+    def pause_writing(self) -> None:
+        # The peer reads slower than we answer: stop reading new requests until it catches up.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- used by the server and the client -----------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def send_request(self, request: Message) -> asyncio.Future[Message]:
+        """Send a request; the future gets its answer (or LinkClosedError)."""
+        assert self.connection is not None
+        data = self.connection.send(request)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiters[request.hop_by_hop] = future
+        self.write(data)
+        return future
+
+    def forget(self, request: Message) -> None:
+        """Stop waiting for the answer to `request` (timed out)."""
+        self._waiters.pop(request.hop_by_hop, None)
+        if self.connection is not None:
+            self.connection.cancel_request(request.hop_by_hop)
+
+    def abort(self, reason: str) -> None:
+        log.info("closing Diameter connection to %s: %s", self._name(), reason)
+        if self.transport is not None:
+            self.transport.close()
+        self._finish(reason)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        assert self.connection is not None
+        for event in events:
+            if isinstance(event, RequestReceived):
+                self._dispatch(event.request)
+            elif isinstance(event, AnswerReceived):
+                waiter = self._waiters.pop(event.answer.hop_by_hop, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event.answer)
+            elif isinstance(event, CapabilitiesExchanged):
+                self._opened(event.peer)
+            elif isinstance(event, MessageRejected):
+                log.warning("Diameter message from %s rejected: %s", self._name(), event.error)
+            elif isinstance(event, UnmatchedAnswer):
+                log.debug("unmatched answer from %s: %r", self._name(), event.answer)
+            elif isinstance(event, ConnectionClosed):
+                self.write(self.connection.data_to_send())
+                self.abort(event.reason)
+        self.write(self.connection.data_to_send())
+
+    def _opened(self, peer: PeerInfo) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(
+            self._watchdog_interval_s, self._watchdog
+        )
+        if not self.opened.done():
+            self.opened.set_result(peer)
+        if self._on_open is not None:
+            self._on_open(self)
+
+    def _dispatch(self, request: Message) -> None:
+        assert self.connection is not None
+        if len(self._tasks) >= self._in_flight_max:
+            busy = self.connection.answer(
+                request, ResultCode.TOO_BUSY, "too many requests in flight"
+            )
+            self.write(self.connection.send(busy))
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, request: Message) -> None:
+        connection = self.connection
+        assert connection is not None and connection.peer is not None
+        try:
+            answer = await self._handler(connection.peer, request)
+        except Exception:
+            log.exception("Diameter handler failed on %r", request)
+            answer = connection.answer(request, ResultCode.UNABLE_TO_COMPLY, "internal error")
+        if connection.state is not PeerState.CLOSED:
+            self.write(connection.send_answer(request, answer))
+
+    def _watchdog(self) -> None:
+        assert self.connection is not None
+        self._handle(self.connection.on_watchdog_timer())
+        if self.connection.state is PeerState.OPEN:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._watchdog_interval_s, self._watchdog
+            )
+
+    def _open_timeout(self) -> None:
+        self.abort(f"no capabilities exchange within {self._open_timeout_s} s")
+
+    def _finish(self, reason: str) -> None:
+        if self.closed.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(LinkClosedError(reason))
+        self._waiters.clear()
+        if not self.opened.done():
+            self.opened.set_exception(LinkClosedError(reason))
+            self.opened.exception()  # retrieved: nobody may be awaiting a refused connection
+        self.closed.set_result(reason)
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def _name(self) -> str:
+        peer = self.peer
+        if peer is not None:
+            return peer.origin_host
+        remote = self.connection.remote_address if self.connection is not None else None
+        return str(remote)
+
+
+def _address(sockaddr: object) -> IPAddress | None:
+    if isinstance(sockaddr, tuple) and sockaddr:
+        try:
+            return ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        except ValueError:
+            return None
+    return None

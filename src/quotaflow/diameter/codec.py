@@ -1,0 +1,301 @@
+"""Bytes <-> Message. Decoding checks framing and values; validate.py adds command grammar.
+
+Every problem in received bytes surfaces as a DiameterError (or FramingError) carrying the
+Result-Code and Failed-AVP RFC 6733 asks for; nothing else escapes decode_message.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from quotaflow.diameter._values import ValueProblem, decode_value, encode_value, zero_payload
+from quotaflow.diameter.constants import (
+    AVP_FLAG_MANDATORY,
+    AVP_FLAG_VENDOR,
+    DIAMETER_VERSION,
+    FLAG_RESERVED,
+    HEADER_OCTETS,
+    ResultCode,
+)
+from quotaflow.diameter.dictionary import (
+    GROUPED_DEPTH_MAX,
+    AvpDef,
+    AvpType,
+    Dictionary,
+    default_dictionary,
+)
+from quotaflow.diameter.errors import DiameterError, FramingError
+from quotaflow.diameter.message import Avp, AvpValue, Header, Message
+
+_S_HEADER = struct.Struct(">IIIII")
+_S_AVP = struct.Struct(">II")
+_S_AVP_VENDOR = struct.Struct(">III")
+_S_U32 = struct.Struct(">I")
+
+AVP_LENGTH_MAX = 0xFFFFFF  # 24-bit length field
+# AVPs per message, all nesting levels together: far above any real CCR, low enough to bound work.
+AVP_COUNT_MAX = 4096
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
+def encode_avp(avp: Avp) -> bytes:
+    """One AVP, padded to a multiple of 4 octets."""
+    value = avp.value
+    if isinstance(value, list):
+        data = b"".join([encode_avp(child) for child in value])
+    elif avp.definition is None or isinstance(value, bytes):
+        # Raw AVPs (unknown, or kept as received for Failed-AVP) and OctetStrings go out
+        # byte for byte.
+        if not isinstance(value, bytes):
+            raise TypeError(f"raw AVP {avp.name} needs a bytes value")
+        data = value
+    else:
+        data = encode_value(avp.definition.type, value)
+    flags = avp.flags
+    if avp.vendor_id:
+        flags |= AVP_FLAG_VENDOR
+        length = 12 + len(data)
+        head = _S_AVP_VENDOR.pack(avp.code, (flags << 24) | length, avp.vendor_id)
+    else:
+        flags &= ~AVP_FLAG_VENDOR
+        length = 8 + len(data)
+        head = _S_AVP.pack(avp.code, (flags << 24) | length)
+    if length > AVP_LENGTH_MAX:
+        raise ValueError(f"{avp.name} is {length} octets, above the 24-bit AVP length")
+    return head + data + b"\0" * (-length % 4)
+
+
+def encode_message(message: Message) -> bytes:
+    body = b"".join([encode_avp(avp) for avp in message.avps])
+    length = HEADER_OCTETS + len(body)
+    if length > AVP_LENGTH_MAX:
+        raise ValueError(f"message is {length} octets, above the 24-bit message length")
+    head = _S_HEADER.pack(
+        (DIAMETER_VERSION << 24) | length,
+        (message.flags << 24) | message.command_code,
+        message.application_id,
+        message.hop_by_hop,
+        message.end_to_end,
+    )
+    return head + body
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def decode_header(data: bytes) -> Header:
+    """The header of a frame; FramingError when the frame cannot be delimited or versioned."""
+    if len(data) < HEADER_OCTETS:
+        raise FramingError(ResultCode.INVALID_MESSAGE_LENGTH, "shorter than a Diameter header")
+    word0, word1, application_id, hop_by_hop, end_to_end = _S_HEADER.unpack_from(data)
+    header = Header(
+        version=word0 >> 24,
+        length=word0 & 0xFFFFFF,
+        flags=word1 >> 24,
+        command_code=word1 & 0xFFFFFF,
+        application_id=application_id,
+        hop_by_hop=hop_by_hop,
+        end_to_end=end_to_end,
+    )
+    if header.version != DIAMETER_VERSION:
+        raise FramingError(
+            ResultCode.UNSUPPORTED_VERSION, f"version {header.version}", header=header
+        )
+    if header.length < HEADER_OCTETS:
+        raise FramingError(
+            ResultCode.INVALID_MESSAGE_LENGTH, f"length {header.length}", header=header
+        )
+    return header
+
+
+def check_header_bits(header: Header) -> None:
+    """Reserved header bits must be zero (RFC 6733 section 3: 5013)."""
+    if header.flags & FLAG_RESERVED:
+        raise DiameterError(
+            ResultCode.INVALID_BIT_IN_HEADER,
+            f"reserved header bits set (flags 0x{header.flags:02x})",
+            header=header,
+        )
+
+
+def decode_message(data: bytes, dictionary: Dictionary | None = None) -> Message:
+    """Decode one complete frame (exactly `header.length` octets).
+
+    Checks framing, AVP lengths, values and unknown mandatory AVPs; command grammar is
+    validate.py's job. Raises DiameterError/FramingError only.
+    """
+    dictionary = dictionary if dictionary is not None else default_dictionary()
+    data = bytes(data)
+    header = decode_header(data)
+    if header.length != len(data):
+        raise FramingError(
+            ResultCode.INVALID_MESSAGE_LENGTH,
+            f"header says {header.length} octets, frame has {len(data)}",
+            header=header,
+        )
+    if header.length % 4:
+        raise DiameterError(
+            ResultCode.INVALID_MESSAGE_LENGTH, "length not a multiple of 4", header=header
+        )
+    try:
+        avps = _Decoder(data, dictionary).avps(HEADER_OCTETS, len(data), depth=0)
+    except DiameterError as error:
+        error.header = header
+        raise
+    return Message(
+        header.command_code,
+        header.application_id,
+        flags=header.flags,
+        hop_by_hop=header.hop_by_hop,
+        end_to_end=header.end_to_end,
+        avps=avps,
+        dictionary=dictionary,
+    )
+
+
+def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]:
+    """Best effort: the top-level AVPs that decode cleanly, up to the first framing problem.
+
+    Used to echo Session-Id and similar AVPs in the error answer to a broken request.
+    """
+    dictionary = dictionary if dictionary is not None else default_dictionary()
+    data = bytes(data)
+    if len(data) < HEADER_OCTETS:
+        return []
+    end = min(len(data), _S_U32.unpack_from(data)[0] & 0xFFFFFF)
+    salvaged: list[Avp] = []
+    for raw in _raw_avps(data, HEADER_OCTETS, end, dictionary):
+        if raw.definition is None or not isinstance(raw.value, bytes):
+            continue
+        payload = raw.value
+        try:
+            if raw.definition.type is AvpType.GROUPED:
+                value: AvpValue = _Decoder(payload, dictionary).avps(0, len(payload), 1)
+            else:
+                value = decode_value(raw.definition, payload)
+        except (DiameterError, ValueProblem):
+            continue
+        salvaged.append(Avp(raw.code, value, raw.vendor_id, raw.flags, raw.definition))
+    return salvaged
+
+
+class _Decoder:
+    """Walks the AVPs of one frame; counts them to enforce AVP_COUNT_MAX."""
+
+    __slots__ = ("count", "data", "dictionary")
+
+    def __init__(self, data: bytes, dictionary: Dictionary) -> None:
+        self.data = data
+        self.dictionary = dictionary
+        self.count = 0
+
+    def avps(self, start: int, end: int, depth: int) -> list[Avp]:
+        """The AVPs between offsets `start` and `end` of the frame."""
+        if depth > GROUPED_DEPTH_MAX:
+            raise DiameterError(
+                ResultCode.INVALID_AVP_VALUE, f"Grouped AVPs nested deeper than {GROUPED_DEPTH_MAX}"
+            )
+        data = self.data
+        lookup = self.dictionary.avps.get
+        avps: list[Avp] = []
+        pos = start
+        while pos < end:
+            code, flags, length, vendor_id, head = _avp_header(data, pos, end, self.dictionary)
+            self.count += 1
+            if self.count > AVP_COUNT_MAX:
+                raise DiameterError(
+                    ResultCode.RESOURCES_EXCEEDED, f"more than {AVP_COUNT_MAX} AVPs"
+                )
+            definition = lookup((code, vendor_id))
+            if definition is None:
+                payload = data[pos + head : pos + length]
+                if flags & AVP_FLAG_MANDATORY:
+                    raise DiameterError(
+                        ResultCode.AVP_UNSUPPORTED,
+                        f"unknown mandatory AVP code {code} vendor {vendor_id}",
+                        failed_avps=[Avp(code, payload, vendor_id, flags)],
+                    )
+                avps.append(Avp(code, payload, vendor_id, flags))
+            else:
+                value = self._value(definition, pos + head, pos + length, depth, flags)
+                avps.append(Avp(code, value, vendor_id, flags, definition))
+            pos += (length + 3) & ~3
+        return avps
+
+    def _value(self, definition: AvpDef, start: int, end: int, depth: int, flags: int) -> AvpValue:
+        try:
+            if definition.type is not AvpType.GROUPED:
+                try:
+                    return decode_value(definition, self.data[start:end])
+                except ValueProblem as problem:
+                    raise DiameterError(problem.result_code, str(problem)) from None
+            if definition.opaque:
+                # Failed-AVP holds whatever broke elsewhere: keep members raw if they do not decode.
+                try:
+                    return self.avps(start, end, depth + 1)
+                except DiameterError:
+                    return _raw_avps(self.data, start, end, self.dictionary)
+            return self.avps(start, end, depth + 1)
+        except DiameterError as error:
+            # Failed-AVP: the offender as received, inside its enclosing Grouped AVPs.
+            if definition.type is AvpType.GROUPED and error.failed_avps:
+                inner: AvpValue = error.failed_avps
+            else:
+                inner = self.data[start:end]
+            error.failed_avps = [Avp(definition.code, inner, definition.vendor_id, flags)]
+            raise
+
+
+def _avp_header(
+    data: bytes, pos: int, end: int, dictionary: Dictionary
+) -> tuple[int, int, int, int, int]:
+    """(code, flags, length, vendor_id, header_octets) of the AVP at `pos`, or 5014."""
+    if end - pos < 8:
+        raise DiameterError(
+            ResultCode.INVALID_AVP_LENGTH,
+            "truncated AVP header",
+            failed_avps=[Avp(0, b"", 0, 0)],
+        )
+    code, word = _S_AVP.unpack_from(data, pos)
+    flags = word >> 24
+    length = word & 0xFFFFFF
+    vendor_id = 0
+    head = 8
+    if flags & AVP_FLAG_VENDOR:
+        head = 12
+        if end - pos < 12:
+            raise DiameterError(
+                ResultCode.INVALID_AVP_LENGTH,
+                f"AVP {code}: truncated vendor id",
+                failed_avps=[Avp(code, b"", 0, flags & ~AVP_FLAG_VENDOR)],
+            )
+        vendor_id = _S_U32.unpack_from(data, pos + 8)[0]
+    if length < head or length > end - pos:
+        # RFC 6733 7.1.5: the AVP header with a zero-filled payload of its minimum size.
+        raise DiameterError(
+            ResultCode.INVALID_AVP_LENGTH,
+            f"AVP {code} vendor {vendor_id}: length {length} does not fit",
+            failed_avps=[
+                Avp(code, zero_payload(dictionary.lookup(code, vendor_id)), vendor_id, flags)
+            ],
+        )
+    return code, flags, length, vendor_id, head
+
+
+def _raw_avps(data: bytes, start: int, end: int, dictionary: Dictionary) -> list[Avp]:
+    """Framing-only walk: AVPs with raw payloads (definition attached when known)."""
+    found: list[Avp] = []
+    pos = start
+    while pos < end:
+        try:
+            code, flags, length, vendor_id, head = _avp_header(data, pos, end, dictionary)
+        except DiameterError:
+            break
+        definition = dictionary.lookup(code, vendor_id)
+        found.append(Avp(code, data[pos + head : pos + length], vendor_id, flags, definition))
+        pos += (length + 3) & ~3
+        if len(found) > AVP_COUNT_MAX:
+            break
+    return found

@@ -1,0 +1,246 @@
+"""Builders for the messages both ends need: answers, CER, DWR, DPR, CCR, RAR, ASR."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+from quotaflow.diameter.constants import (
+    APPLICATION_COMMON,
+    APPLICATION_CREDIT_CONTROL,
+    FLAG_ERROR,
+    FLAG_PROXIABLE,
+    CommandCode,
+    is_protocol_error,
+)
+from quotaflow.diameter.dictionary import VENDOR_3GPP
+from quotaflow.diameter.message import Avp, BuildValue, IPAddress, Message
+
+# Avoid Session-Id collisions across restarts: RFC 6733 8.8 suggests a high part from boot time.
+_SESSION_HIGH = int.from_bytes(os.urandom(4), "big")
+_session_counter = itertools.count(1)
+
+# AVPs every answer starts with, in this order (Session-Id first: freeDiameter insists).
+_ANSWER_HEAD = ("Session-Id", "Result-Code", "Origin-Host", "Origin-Realm")
+
+
+def new_session_id(origin_host: str, optional: str | None = None) -> str:
+    """`<DiameterIdentity>;<high 32 bits>;<low 32 bits>[;<optional>]` (RFC 6733 8.8)."""
+    low = next(_session_counter) & 0xFFFFFFFF
+    session_id = f"{origin_host};{_SESSION_HIGH};{low}"
+    return f"{session_id};{optional}" if optional else session_id
+
+
+def make_answer(
+    request: Message,
+    result_code: int,
+    origin_host: str,
+    origin_realm: str,
+    *,
+    error_message: str | None = None,
+    failed_avps: Sequence[Avp] = (),
+    echo_required: bool = True,
+) -> Message:
+    """The answer skeleton: same command, application, ids and P bit; E bit for 3xxx.
+
+    `echo_required` copies from the request the AVPs the answer grammar requires (e.g. CCA's
+    Auth-Application-Id, CC-Request-Type, CC-Request-Number) so error answers still pass
+    strict peers such as freeDiameter.
+    """
+    flags = request.flags & FLAG_PROXIABLE
+    if is_protocol_error(result_code):
+        flags |= FLAG_ERROR
+    answer = Message(
+        request.command_code,
+        request.application_id,
+        flags=flags,
+        hop_by_hop=request.hop_by_hop,
+        end_to_end=request.end_to_end,
+        dictionary=request.dictionary,
+    )
+    session = request.find("Session-Id")
+    if session is not None:
+        answer.avps.append(session)
+    answer.add("Result-Code", result_code)
+    answer.add("Origin-Host", origin_host)
+    answer.add("Origin-Realm", origin_realm)
+    command = request.command
+    if echo_required and command is not None and not answer.is_error:
+        for rule in command.answer.rules:
+            if rule.min_count and rule.name not in _ANSWER_HEAD:
+                answer.avps.extend(request.find_all(rule.name)[: rule.max_count])
+    if error_message:
+        answer.add("Error-Message", error_message)
+    if failed_avps:
+        answer.add("Failed-AVP", list(failed_avps))
+    return answer
+
+
+def normalize_answer(
+    request: Message, answer: Message, origin_host: str, origin_realm: str
+) -> None:
+    """Make an application's answer safe to send: ids echoed, R cleared, P copied, Session-Id
+    first, Origin-Host/Origin-Realm present."""
+    answer.hop_by_hop = request.hop_by_hop
+    answer.end_to_end = request.end_to_end
+    answer.command_code = request.command_code
+    answer.flags = (answer.flags & FLAG_ERROR) | (request.flags & FLAG_PROXIABLE)
+    sessions = [avp for avp in answer.avps if avp.code == 263 and avp.vendor_id == 0]
+    if not sessions:
+        session = request.find("Session-Id")
+        sessions = [session] if session is not None else []
+    rest = [avp for avp in answer.avps if not (avp.code == 263 and avp.vendor_id == 0)]
+    answer.avps = sessions[:1] + rest
+    if answer.find("Origin-Host") is None:
+        answer.add("Origin-Host", origin_host)
+    if answer.find("Origin-Realm") is None:
+        answer.add("Origin-Realm", origin_realm)
+
+
+def build_capabilities(
+    *,
+    request: Message | None,
+    result_code: int | None,
+    origin_host: str,
+    origin_realm: str,
+    host_ip_addresses: Iterable[IPAddress],
+    vendor_id: int,
+    product_name: str,
+    origin_state_id: int,
+    auth_application_ids: Iterable[int],
+    supported_vendor_ids: Iterable[int] = (VENDOR_3GPP,),
+    vendor_specific_ids: Iterable[tuple[int, int]] = (),
+    firmware_revision: int | None = None,
+) -> Message:
+    """A CER (request None) or the CEA answering `request`."""
+    if request is None:
+        message = Message.request(CommandCode.CAPABILITIES_EXCHANGE, APPLICATION_COMMON)
+    else:
+        assert result_code is not None
+        message = make_answer(request, result_code, origin_host, origin_realm, echo_required=False)
+    if request is None:
+        message.add("Origin-Host", origin_host)
+        message.add("Origin-Realm", origin_realm)
+    for address in host_ip_addresses:
+        message.add("Host-IP-Address", address)
+    message.add("Vendor-Id", vendor_id)
+    message.add("Product-Name", product_name)
+    message.add("Origin-State-Id", origin_state_id)
+    for supported in supported_vendor_ids:
+        message.add("Supported-Vendor-Id", supported)
+    for application_id in auth_application_ids:
+        message.add("Auth-Application-Id", application_id)
+    for vsa_vendor, vsa_application in vendor_specific_ids:
+        message.add(
+            "Vendor-Specific-Application-Id",
+            {"Vendor-Id": vsa_vendor, "Auth-Application-Id": vsa_application},
+        )
+    if firmware_revision is not None:
+        message.add("Firmware-Revision", firmware_revision)
+    return message
+
+
+def build_dwr(origin_host: str, origin_realm: str, origin_state_id: int) -> Message:
+    return Message.request(
+        CommandCode.DEVICE_WATCHDOG,
+        APPLICATION_COMMON,
+        [
+            ("Origin-Host", origin_host),
+            ("Origin-Realm", origin_realm),
+            ("Origin-State-Id", origin_state_id),
+        ],
+    )
+
+
+def build_dpr(origin_host: str, origin_realm: str, cause: int) -> Message:
+    return Message.request(
+        CommandCode.DISCONNECT_PEER,
+        APPLICATION_COMMON,
+        [("Origin-Host", origin_host), ("Origin-Realm", origin_realm), ("Disconnect-Cause", cause)],
+    )
+
+
+def build_ccr(
+    *,
+    session_id: str,
+    origin_host: str,
+    origin_realm: str,
+    destination_realm: str,
+    request_type: int,
+    request_number: int,
+    service_context_id: str = "32251@3gpp.org",
+    extra: Mapping[str, BuildValue] | Sequence[tuple[str, BuildValue]] = (),
+) -> Message:
+    """A Credit-Control-Request with the mandatory AVPs, then `extra` (e.g. Subscription-Id,
+    Multiple-Services-Credit-Control) in the order given."""
+    message = Message.request(
+        CommandCode.CREDIT_CONTROL,
+        APPLICATION_CREDIT_CONTROL,
+        [
+            ("Session-Id", session_id),
+            ("Origin-Host", origin_host),
+            ("Origin-Realm", origin_realm),
+            ("Destination-Realm", destination_realm),
+            ("Auth-Application-Id", APPLICATION_CREDIT_CONTROL),
+            ("Service-Context-Id", service_context_id),
+            ("CC-Request-Type", request_type),
+            ("CC-Request-Number", request_number),
+        ],
+    )
+    message.extend(extra)
+    return message
+
+
+def build_rar(
+    *,
+    session_id: str,
+    origin_host: str,
+    origin_realm: str,
+    destination_host: str,
+    destination_realm: str,
+    re_auth_request_type: int = 0,
+    extra: Mapping[str, BuildValue] | Sequence[tuple[str, BuildValue]] = (),
+) -> Message:
+    """A Re-Auth-Request (RFC 4006 5.5): the client should send a CCR-U soon."""
+    message = Message.request(
+        CommandCode.RE_AUTH,
+        APPLICATION_CREDIT_CONTROL,
+        [
+            ("Session-Id", session_id),
+            ("Origin-Host", origin_host),
+            ("Origin-Realm", origin_realm),
+            ("Destination-Realm", destination_realm),
+            ("Destination-Host", destination_host),
+            ("Auth-Application-Id", APPLICATION_CREDIT_CONTROL),
+            ("Re-Auth-Request-Type", re_auth_request_type),
+        ],
+    )
+    message.extend(extra)
+    return message
+
+
+def build_asr(
+    *,
+    session_id: str,
+    origin_host: str,
+    origin_realm: str,
+    destination_host: str,
+    destination_realm: str,
+    extra: Mapping[str, BuildValue] | Sequence[tuple[str, BuildValue]] = (),
+) -> Message:
+    """An Abort-Session-Request: the client should end the session (with a CCR-T)."""
+    message = Message.request(
+        CommandCode.ABORT_SESSION,
+        APPLICATION_CREDIT_CONTROL,
+        [
+            ("Session-Id", session_id),
+            ("Origin-Host", origin_host),
+            ("Origin-Realm", origin_realm),
+            ("Destination-Realm", destination_realm),
+            ("Destination-Host", destination_host),
+            ("Auth-Application-Id", APPLICATION_CREDIT_CONTROL),
+        ],
+    )
+    message.extend(extra)
+    return message
