@@ -127,7 +127,11 @@ class Ledger:
         self.sessions_by_subscriber: dict[str, set[str]] = {}
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
-        self._expiry_heap: list[tuple[int, str, str]] = []  # (expires_at_ms, sub id, res id)
+        # Open reservations by the second they lapse in: removed on commit or release, so
+        # the table holds only what is open (a heap would keep every committed one until its
+        # expiry came round). The heap holds each second that has an entry, once.
+        self._lapse_slots: dict[int, set[tuple[str, str]]] = {}
+        self._lapse_seconds: list[int] = []
         self._bucket_expiry_heap: list[tuple[int, str, str]] = []
         self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
         # Reservations voided lazily because their validity lapsed. Such a void can happen in
@@ -499,12 +503,26 @@ class Ledger:
         for leg in res.legs:
             sub.buckets[leg.bucket_id].reserved -= leg.amount
         del sub.reservations[res.id]
+        self._untrack(sub.id, res)
 
     def _subject(self, args: Args, now_ms: int) -> Subscriber:
         """The subscriber an operation is about, with its lapsed reservations voided first."""
         sub = self.subscriber(args.get("subscriber_id", ""))
         self._sweep_subscriber(sub, now_ms)
         return sub
+
+    def _track(self, sid: str, res: Reservation) -> None:
+        second = res.expires_at_ms // 1000
+        slot = self._lapse_slots.get(second)
+        if slot is None:
+            slot = self._lapse_slots[second] = set()
+            heapq.heappush(self._lapse_seconds, second)
+        slot.add((sid, res.id))
+
+    def _untrack(self, sid: str, res: Reservation) -> None:
+        slot = self._lapse_slots.get(res.expires_at_ms // 1000)
+        if slot is not None:
+            slot.discard((sid, res.id))
 
     def _active_subscriber(self, args: Args, now_ms: int) -> Subscriber:
         sub = self._subject(args, now_ms)
@@ -564,7 +582,7 @@ class Ledger:
             session_id=args.get("session_id"),
         )
         sub.reservations[rid] = res
-        heapq.heappush(self._expiry_heap, (expires, sub.id, rid))
+        self._track(sub.id, res)
         nxt = self._next_expiry.get(sub.id)
         if nxt is None or expires < nxt:
             self._next_expiry[sub.id] = expires
@@ -623,6 +641,7 @@ class Ledger:
                 sub.counter(b.unit)["consumed"] += cost
                 drawn[b.id] = drawn.get(b.id, 0) + cost
         del sub.reservations[rid]
+        self._untrack(sub.id, res)
         return {
             "reservation_id": rid,
             "posted_units": posted,
@@ -832,14 +851,19 @@ class Ledger:
     def _expire(self, args: Args, now_ms: int) -> Result:
         """Void lapsed reservations and purge expired buckets that hold no reservation."""
         voided = 0
-        heap = self._expiry_heap
-        while heap and heap[0][0] <= now_ms:
-            expires, sid, rid = heapq.heappop(heap)
-            sub = self.subscribers.get(sid)
-            res = None if sub is None else sub.reservations.get(rid)
-            if sub is not None and res is not None and res.expires_at_ms == expires:
-                self._void(sub, res)
-                voided += 1
+        now_s = now_ms // 1000
+        seconds = self._lapse_seconds
+        while seconds and seconds[0] <= now_s:
+            entries = self._lapse_slots.get(seconds[0], set())
+            for sid, rid in sorted(entries):  # sorted: the same order on replay
+                sub = self.subscribers[sid]
+                res = sub.reservations[rid]
+                if res.expires_at_ms <= now_ms:
+                    self._void(sub, res)
+                    voided += 1
+            if entries:  # later in this very second: keep the slot
+                break
+            self._lapse_slots.pop(heapq.heappop(seconds), None)
         purged = 0
         bheap = self._bucket_expiry_heap
         deferred: list[tuple[int, str, str]] = []
@@ -862,7 +886,9 @@ class Ledger:
 
     def next_deadline_ms(self) -> int | None:
         """When the next reservation lapses or bucket expires (for the sweeper's timer)."""
-        times = [h[0][0] for h in (self._expiry_heap, self._bucket_expiry_heap) if h]
+        times = [self._lapse_seconds[0] * 1000] if self._lapse_seconds else []
+        if self._bucket_expiry_heap:
+            times.append(self._bucket_expiry_heap[0][0])
         return min(times) if times else None
 
     # ------------------------------------------------------------------ snapshots
@@ -883,7 +909,7 @@ class Ledger:
             for key, value in sub.identities.items():
                 ledger.identity_index[f"{key}:{value}"] = sub.id
             for res in sub.reservations.values():
-                heapq.heappush(ledger._expiry_heap, (res.expires_at_ms, sub.id, res.id))
+                ledger._track(sub.id, res)
                 nxt = ledger._next_expiry.get(sub.id)
                 if nxt is None or res.expires_at_ms < nxt:
                     ledger._next_expiry[sub.id] = res.expires_at_ms

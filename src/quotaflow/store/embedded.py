@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sqlite3
 import time
@@ -25,6 +26,14 @@ from quotaflow.ledger.ledger import Ledger, Limits
 from quotaflow.store.base import Clock, Result, StoreUnavailable, wall_clock_ms
 
 log = logging.getLogger("quotaflow.store")
+
+# The ledger's state is millions of long-lived, acyclic objects. CPython's cyclic collector
+# would rescan them again and again as the state grows (measured: a third of the throughput),
+# so the store raises the young-generation threshold and moves what has settled into the
+# permanent generation every FREEZE_EVERY_ROWS journal records. Acyclic garbage is still
+# freed at once by reference counting.
+GC_THRESHOLDS = (50_000, 20, 100)
+FREEZE_EVERY_ROWS = 200_000
 
 SCHEMA = """
 -- One row per group commit: `records` is a JSON array of
@@ -55,6 +64,7 @@ class EmbeddedStore:
         snapshot_every_ops: int = 500_000,
         pending_rows_max: int = 200_000,
         sweep_interval_s: float = 1.0,
+        tune_gc: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock
@@ -62,6 +72,8 @@ class EmbeddedStore:
         self.snapshot_every_ops = snapshot_every_ops
         self.pending_rows_max = pending_rows_max
         self.sweep_interval_s = sweep_interval_s
+        self.tune_gc = tune_gc
+        self._rows_since_freeze = 0
         self.ledger = Ledger(self.limits)
         self._db: sqlite3.Connection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-journal")
@@ -100,6 +112,10 @@ class EmbeddedStore:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
+        if self.tune_gc:
+            gc.set_threshold(*GC_THRESHOLDS)
+            gc.collect()
+            gc.freeze()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
 
     def _recover(self, db: sqlite3.Connection) -> int:
@@ -236,6 +252,10 @@ class EmbeddedStore:
                     return
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
+                self._rows_since_freeze += len(rows)
+                if self.tune_gc and self._rows_since_freeze >= FREEZE_EVERY_ROWS:
+                    gc.freeze()
+                    self._rows_since_freeze = 0
         finally:
             self._committing = False
 
