@@ -856,10 +856,10 @@ class Ledger:
         while seconds and seconds[0] <= now_s:
             entries = self._lapse_slots.get(seconds[0], set())
             for sid, rid in sorted(entries):  # sorted: the same order on replay
-                sub = self.subscribers[sid]
-                res = sub.reservations[rid]
+                owner = self.subscribers[sid]
+                res = owner.reservations[rid]
                 if res.expires_at_ms <= now_ms:
-                    self._void(sub, res)
+                    self._void(owner, res)
                     voided += 1
             if entries:  # later in this very second: keep the slot
                 break
