@@ -148,3 +148,36 @@ def test_split_identity() -> None:
     assert split_identity("nai-user@realm") == ("nai", "user@realm")
     assert split_identity("sip:bob@ims") == ("sip_uri", "sip:bob@ims")
     assert split_identity("plain") == ("id", "plain")
+
+
+async def test_charging_records_written_with_the_debit(
+    engine: Engine, clock: Clock, tmp_path: Path
+) -> None:
+    store = engine.store
+    assert isinstance(store, EmbeddedStore)
+    await engine.session_start("s", "a", 0, [ServiceRequest(10)], meta={"interface": "gy"})
+    clock.ms += 10_000
+    used = ServiceRequest(10, used_units=3 * MB, used_input_octets=MB, used_output_octets=2 * MB)
+    await engine.session_update("s", 1, [used])
+    await engine.session_update("s", 1, [used])  # retransmission: no second record
+    await engine.session_terminate("s", 2, [ServiceRequest(10, used_units=MB)], cause="logout")
+    await engine.admin("topup", "m", {"subscriber_id": "a", "unit": "money", "amount": 60_000})
+    await engine.direct_debit("sms-9", "a", Unit.EVENTS, 1, None, interface="gy")
+    records = store.read_records(0, 100)
+    assert [
+        (r["kind"], r["posted_units"] if "posted_units" in r else r["units"]) for r in records
+    ] == [("session", 3 * MB), ("session", MB), ("event", 1)]
+    first = records[0]
+    assert first["interface"] == "gy" and first["session_id"] == "s"
+    assert first["input_octets"] == MB and first["output_octets"] == 2 * MB
+    assert first["interval_start_ms"] == clock.ms - 10_000 and first["drawn"] == {
+        "main-octets": 3 * MB
+    }
+    assert records[1]["final"] and records[1]["cause"] == "logout"
+    assert records[2]["cost_micros"] == 50_000
+    # The records are in the same database as the journal, committed with it.
+    await store.close()
+    again = EmbeddedStore(tmp_path, clock=clock, sweep_interval_s=3600)
+    await again.open()
+    assert again.read_records(0, 100) == records
+    engine.store = again

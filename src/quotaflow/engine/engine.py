@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from quotaflow.engine.grants import GrantPolicy, RateTracker
@@ -34,6 +35,18 @@ from quotaflow.ledger import (
 from quotaflow.store.base import Result, Store
 
 log = logging.getLogger("quotaflow.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One request of one session: who, which request number, and what to record with it."""
+
+    session_id: str
+    subscriber_id: str
+    request_number: int
+    closing: bool
+    meta: dict[str, Any]
+
 
 Listener = Callable[[EngineEvent], None]
 SERVICES_PER_REQUEST_MAX = 64
@@ -113,34 +126,39 @@ class Engine:
         sub = await self.store.get_subscriber(subscriber_id)
         if sub.status is Status.BARRED:
             raise SubscriberBarred(f"subscriber {sub.id!r} is barred")
-        await self.store.execute(
+        record = await self.store.execute(
             "session_open",
             f"{session_id}#open",
             {"session_id": session_id, "subscriber_id": sub.id, "meta": meta or {}},
         )
-        return await self._step(session_id, sub.id, request_number, services, closing=False)
+        step = _Step(session_id, sub.id, request_number, False, record.get("meta") or {})
+        return await self._step(step, services)
 
     async def session_update(
         self, session_id: str, request_number: int, services: list[ServiceRequest]
     ) -> SessionAnswer:
-        subscriber_id = await self._session_owner(session_id)
-        return await self._step(session_id, subscriber_id, request_number, services, closing=False)
+        record = await self._session(session_id)
+        step = _Step(session_id, record["subscriber_id"], request_number, False, record["meta"])
+        return await self._step(step, services)
 
     async def session_terminate(
-        self, session_id: str, request_number: int, services: list[ServiceRequest]
+        self,
+        session_id: str,
+        request_number: int,
+        services: list[ServiceRequest],
+        cause: str | None = None,
     ) -> SessionAnswer:
         """Post the final usage and release everything the session still holds."""
-        recorded = await self.store.recorded(f"{session_id}#close")
-        if recorded is not None:  # a retransmitted termination
-            subscriber_id = recorded["subscriber_id"]
+        closed = await self.store.recorded(f"{session_id}#close")
+        if closed is not None:  # a retransmitted termination
+            record: dict[str, Any] = {"subscriber_id": closed["subscriber_id"], "meta": {}}
         else:
-            subscriber_id = await self._session_owner(session_id)
-        final = [
-            ServiceRequest(s.rating_group, s.unit, s.used_units, None, want_grant=False)
-            for s in services
-        ]
-        answer = await self._step(session_id, subscriber_id, request_number, final, closing=True)
-        if recorded is None:
+            record = await self._session(session_id)
+        final = [replace(s, requested_units=None, want_grant=False) for s in services]
+        meta = {**record["meta"], "cause": cause}
+        step = _Step(session_id, record["subscriber_id"], request_number, True, meta)
+        answer = await self._step(step, final)
+        if closed is None:
             await self.store.execute(
                 "session_close", f"{session_id}#close", {"session_id": session_id}
             )
@@ -148,22 +166,13 @@ class Engine:
             del self._rates[key]
         return answer
 
-    async def _session_owner(self, session_id: str) -> str:
+    async def _session(self, session_id: str) -> dict[str, Any]:
         record = await self.store.get_session(session_id)
         if record is None:
             raise UnknownSession(f"unknown session {session_id!r}")
-        owner: str = record["subscriber_id"]
-        return owner
+        return {"subscriber_id": record["subscriber_id"], "meta": record.get("meta") or {}}
 
-    async def _step(
-        self,
-        session_id: str,
-        subscriber_id: str,
-        request_number: int,
-        services: list[ServiceRequest],
-        *,
-        closing: bool,
-    ) -> SessionAnswer:
+    async def _step(self, step: _Step, services: list[ServiceRequest]) -> SessionAnswer:
         if len(services) > SERVICES_PER_REQUEST_MAX:
             raise LimitReached("too many services in one request", limit=SERVICES_PER_REQUEST_MAX)
         seen: set[int | None] = set()
@@ -173,24 +182,14 @@ class Engine:
             seen.add(s.rating_group)
             if s.used_units < 0 or (s.requested_units is not None and s.requested_units < 0):
                 raise InvalidAmount("units must not be negative")
-        answers = [
-            await self._charge_one(session_id, subscriber_id, request_number, s, closing)
-            for s in services
-        ]
-        return SessionAnswer(session_id, subscriber_id, answers)
+        answers = [await self._charge_one(step, s) for s in services]
+        return SessionAnswer(step.session_id, step.subscriber_id, answers)
 
-    async def _charge_one(
-        self,
-        session_id: str,
-        subscriber_id: str,
-        request_number: int,
-        s: ServiceRequest,
-        closing: bool,
-    ) -> ServiceAnswer:
-        op_id = f"{session_id}#{request_number}#{s.rating_group}"
+    async def _charge_one(self, step: _Step, s: ServiceRequest) -> ServiceAnswer:
+        op_id = f"{step.session_id}#{step.request_number}#{s.rating_group}"
         result = await self.store.recorded(op_id)
         if result is None:
-            args = self._charge_args(session_id, subscriber_id, s, closing)
+            args = self._charge_args(step, s)
             try:
                 result = await self.store.execute("charge", op_id, args)
             except Conflict:
@@ -201,32 +200,46 @@ class Engine:
                     raise
         return self._answer(s, result)
 
-    def _charge_args(
-        self, session_id: str, subscriber_id: str, s: ServiceRequest, closing: bool
-    ) -> dict[str, Any]:
-        key = (session_id, s.rating_group)
+    def _charge_args(self, step: _Step, s: ServiceRequest) -> dict[str, Any]:
+        key = (step.session_id, s.rating_group)
         now_ms = self.store.clock()
         tracker = self._rates.get(key)
         if tracker is None:
             tracker = self._rates[key] = RateTracker(now_ms)
-        elif s.used_units:
-            tracker.observe(s.used_units, now_ms, self.policy.rate_weight)
+            interval_start_ms = now_ms
+        else:
+            interval_start_ms = tracker.last_ms
+            if s.used_units:
+                tracker.observe(s.used_units, now_ms, self.policy.rate_weight)
         args: dict[str, Any] = {
-            "subscriber_id": subscriber_id,
+            "subscriber_id": step.subscriber_id,
             "unit": s.unit.value,
             "rating_group": s.rating_group,
             "used_units": s.used_units,
-            "reservation_id": f"{session_id}#{s.rating_group}",
+            "reservation_id": f"{step.session_id}#{s.rating_group}",
             "price": self._price(s.unit),
         }
-        if s.want_grant and not closing:
+        if s.used_units or step.closing:
+            # Written with the debit, in the same commit (see store: charging records).
+            args["record"] = {
+                "kind": "session",
+                "interface": step.meta.get("interface", "unknown"),
+                "session_id": step.session_id,
+                "request_number": step.request_number,
+                "interval_start_ms": interval_start_ms,
+                "input_octets": s.used_input_octets,
+                "output_octets": s.used_output_octets,
+                "final": step.closing,
+                "cause": step.meta.get("cause"),
+            }
+        if s.want_grant and not step.closing:
             units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
             lim = self.policy.limits[s.unit]
             args["reserve"] = {
                 "units_max": units,
                 "units_min": min(lim.min_units, units),
                 "validity_ms": (self.policy.validity_s + self.policy.grace_s) * 1000,
-                "session_id": session_id,
+                "session_id": step.session_id,
             }
         return args
 
@@ -258,7 +271,13 @@ class Engine:
     # ------------------------------------------------------------------ events (one-shot)
 
     async def direct_debit(
-        self, op_id: str, subscriber_id: str, unit: Unit, units: int, rating_group: int | None
+        self,
+        op_id: str,
+        subscriber_id: str,
+        unit: Unit,
+        units: int,
+        rating_group: int | None,
+        interface: str = "api",
     ) -> DebitAnswer:
         result = await self.store.execute(
             "debit",
@@ -269,6 +288,7 @@ class Engine:
                 "units": units,
                 "rating_group": rating_group,
                 "price": self._price(unit),
+                "record": {"kind": "event", "interface": interface, "event_id": op_id},
             },
         )
         return DebitAnswer(
@@ -276,10 +296,17 @@ class Engine:
         )
 
     async def refund(
-        self, op_id: str, subscriber_id: str, unit: Unit, units: int
+        self, op_id: str, subscriber_id: str, unit: Unit, units: int, interface: str = "api"
     ) -> dict[str, Any]:
         result = await self.store.execute(
-            "refund", op_id, {"subscriber_id": subscriber_id, "unit": unit.value, "amount": units}
+            "refund",
+            op_id,
+            {
+                "subscriber_id": subscriber_id,
+                "unit": unit.value,
+                "amount": units,
+                "record": {"kind": "refund", "interface": interface, "event_id": op_id},
+            },
         )
         await self._emit("credit_added", subscriber_id)
         return result

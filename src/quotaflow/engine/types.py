@@ -27,6 +27,9 @@ class ServiceRequest:
     # None: the OCS sizes the grant itself; a number is the network's wish, an upper bound.
     requested_units: int | None = None
     want_grant: bool = True
+    # Octets each way, for the charging record, when the network reports them apart.
+    used_input_octets: int | None = None
+    used_output_octets: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

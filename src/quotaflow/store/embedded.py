@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS journal (
     first_seq INTEGER NOT NULL,
     records BLOB NOT NULL
 );
+-- Charging records, written in the same transaction as the operation that charged: no debit
+-- without its record. `body` is JSON: the caller's `record` fields plus what the ledger posted.
+CREATE TABLE IF NOT EXISTS cdr (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    subscriber_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshot (
     seq INTEGER PRIMARY KEY,
     taken_ms INTEGER NOT NULL,
@@ -52,6 +60,8 @@ CREATE TABLE IF NOT EXISTS snapshot (
 
 # A journal record; args is the canonical JSON the ledger produced, embedded without re-encoding.
 Row = tuple[int, str, str | None, orjson.Fragment, int, int]
+Record = tuple[int, int, str, bytes]  # (seq, at_ms, subscriber id, JSON body)
+RECORDED_FIELDS = ("unit", "rating_group", "used_units", "units", "amount")
 
 
 class EmbeddedStore:
@@ -76,9 +86,11 @@ class EmbeddedStore:
         self._rows_since_freeze = 0
         self.ledger = Ledger(self.limits)
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-journal")
         self._seq = 0
         self._rows: list[Row] = []
+        self._records: list[Record] = []
         self._barrier: asyncio.Future[None] | None = None
         self._committing = False
         self._since_snapshot = 0
@@ -158,6 +170,9 @@ class EmbeddedStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._writer.shutdown(wait=True)
 
     # ------------------------------------------------------------------ writes
@@ -189,7 +204,26 @@ class EmbeddedStore:
         if changed:
             self._seq += 1
             self._rows.append((self._seq, op, op_id, orjson.Fragment(content), now, 0))
+            record = args.get("record")
+            if record is not None:
+                self._records.append(self._record(op, args, result, record, now))
         return result, self.pending()
+
+    def _record(
+        self, op: str, args: dict[str, Any], result: Result, record: Any, now: int
+    ) -> Record:
+        body: dict[str, Any] = {"seq": self._seq, "at_ms": now, "op": op}
+        if isinstance(record, dict):
+            body.update(record)
+        subscriber_id = str(args.get("subscriber_id", ""))
+        body["subscriber_id"] = subscriber_id
+        for key in RECORDED_FIELDS:
+            if key in args:
+                body[key] = args[key]
+        for key in ("posted_units", "unpaid_units", "units", "drawn", "cost_micros", "amount"):
+            if key in result:
+                body[key] = result[key]
+        return (self._seq, now, subscriber_id, orjson.dumps(body))
 
     def pending(self) -> asyncio.Future[None] | None:
         """The barrier of everything applied so far, or None when all of it is durable."""
@@ -228,8 +262,8 @@ class EmbeddedStore:
         loop = asyncio.get_running_loop()
         try:
             while self._rows or self._barrier is not None:
-                rows, barrier = self._rows, self._barrier
-                self._rows, self._barrier = [], None
+                rows, records, barrier = self._rows, self._records, self._barrier
+                self._rows, self._records, self._barrier = [], [], None
                 snapshot = None
                 self._since_snapshot += len(rows)
                 if self._since_snapshot >= self.snapshot_every_ops:
@@ -239,7 +273,7 @@ class EmbeddedStore:
                 batch = (rows[-1][0], rows[0][0], orjson.dumps(rows)) if rows else None
                 try:
                     await loop.run_in_executor(
-                        self._writer, self._write, batch, len(rows), snapshot
+                        self._writer, self._write, batch, len(rows), snapshot, records
                     )
                 except BaseException as exc:  # fail-stop: memory is now ahead of disk
                     self._failed = exc
@@ -248,7 +282,7 @@ class EmbeddedStore:
                     for b in (barrier, self._barrier):
                         if b is not None and not b.done():
                             b.set_exception(failure)
-                    self._rows, self._barrier = [], None
+                    self._rows, self._records, self._barrier = [], [], None
                     return
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
@@ -260,7 +294,11 @@ class EmbeddedStore:
             self._committing = False
 
     def _write(
-        self, batch: tuple[int, int, bytes] | None, count: int, snapshot: tuple[int, bytes] | None
+        self,
+        batch: tuple[int, int, bytes] | None,
+        count: int,
+        snapshot: tuple[int, bytes] | None,
+        records: list[Record] | None = None,
     ) -> None:
         db = self._db
         assert db is not None, "store is closed"
@@ -270,6 +308,11 @@ class EmbeddedStore:
             if batch is not None:
                 db.execute(
                     "INSERT INTO journal (last_seq, first_seq, records) VALUES (?, ?, ?)", batch
+                )
+            if records:
+                db.executemany(
+                    "INSERT INTO cdr (seq, at_ms, subscriber_id, body) VALUES (?, ?, ?, ?)",
+                    records,
                 )
             if snapshot is not None:
                 seq, body = snapshot
@@ -309,6 +352,16 @@ class EmbeddedStore:
                     log.error("sweep failed", extra={"error": exc.message})
 
     # ------------------------------------------------------------------ reads
+
+    def read_records(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Charging records with seq > after_seq, oldest first (for exporters and the API)."""
+        # Its own connection: the writer's would show rows of a transaction not yet committed.
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        rows = self._reader.execute(
+            "SELECT body FROM cdr WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ).fetchall()
+        return [orjson.loads(body) for (body,) in rows]
 
     async def get_subscriber(self, subscriber_id: str) -> Subscriber:
         return self.ledger.subscriber(subscriber_id)
