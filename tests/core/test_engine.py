@@ -117,9 +117,13 @@ async def test_barred_unknown_and_events(engine: Engine) -> None:
     engine.subscribe(events.append)
     await engine.session_start("s", "a", 0, [ServiceRequest(10)])
     await engine.admin("topup", "t3", {"subscriber_id": "a", "unit": "octets", "amount": MB})
-    assert events[-1].kind == "credit_added" and "s" in events[-1].sessions
+    kinds = [e.kind for e in events]
+    added = next(e for e in events if e.kind == "credit_added")
+    assert "s" in added.sessions and kinds[-1] == "balance_changed"
     await engine.admin("update_subscriber", "bar", {"id": "a", "status": "barred"})
-    assert events[-1].kind == "barred"
+    assert events[-1].kind == "barred" and "s" in events[-1].sessions
+    await engine.abort_sessions("a", ["s", "nope"])
+    assert events[-1].kind == "abort" and list(events[-1].sessions) == ["s"]
     with pytest.raises(SubscriberBarred):
         await engine.session_start("s2", "a", 0, [ServiceRequest(10)])
     blocked = await engine.session_update("s", 1, [ServiceRequest(10, used_units=10)])

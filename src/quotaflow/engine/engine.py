@@ -26,6 +26,7 @@ from quotaflow.ledger import (
     InvalidAmount,
     InvalidRequest,
     LimitReached,
+    NoCredit,
     Price,
     Status,
     SubscriberBarred,
@@ -50,6 +51,8 @@ class _Step:
 
 Listener = Callable[[EngineEvent], None]
 SERVICES_PER_REQUEST_MAX = 64
+# Events interfaces act on (re-authorise, abort); they carry the open sessions.
+SESSION_EVENTS = frozenset({"credit_added", "barred", "abort"})
 IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
 
 
@@ -91,14 +94,25 @@ class Engine:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    async def _emit(self, kind: str, subscriber_id: str) -> None:
-        sessions = await self.store.sessions_of(subscriber_id)
-        event = EngineEvent(kind, subscriber_id, sessions)
+    async def _emit(
+        self, kind: str, subscriber_id: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Tell listeners. Kinds that interfaces act on carry the subscriber's open sessions."""
+        sessions = await self.store.sessions_of(subscriber_id) if kind in SESSION_EVENTS else {}
+        self._notify(EngineEvent(kind, subscriber_id, sessions, detail or {}))
+
+    def _notify(self, event: EngineEvent) -> None:
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:  # a listener's failure must never fail the charging answer
-                log.exception("event listener failed", extra={"kind": kind})
+                log.exception("event listener failed", extra={"kind": event.kind})
+
+    async def abort_sessions(self, subscriber_id: str, session_ids: list[str]) -> None:
+        """Ask the interfaces to end these sessions (Gy ASR, Nchf abort notification)."""
+        everything = await self.store.sessions_of(subscriber_id)
+        chosen = {sid: everything[sid] for sid in session_ids if sid in everything}
+        self._notify(EngineEvent("abort", subscriber_id, chosen, {}))
 
     # ------------------------------------------------------------------ identities
 
@@ -198,7 +212,22 @@ class Engine:
                 result = await self.store.recorded(op_id)
                 if result is None:
                     raise
+            else:
+                await self._after_charge(step, s, result)
         return self._answer(s, result)
+
+    async def _after_charge(self, step: _Step, s: ServiceRequest, result: Result) -> None:
+        if not self._listeners:
+            return
+        detail = {
+            "session_id": step.session_id,
+            "rating_group": s.rating_group,
+            "unit": s.unit.value,
+        }
+        if result.get("refused") == "no_credit":
+            await self._emit("no_credit", step.subscriber_id, detail)
+        if result["posted_units"] or result.get("grant"):
+            await self._emit("balance_changed", step.subscriber_id, detail)
 
     def _charge_args(self, step: _Step, s: ServiceRequest) -> dict[str, Any]:
         key = (step.session_id, s.rating_group)
@@ -279,7 +308,26 @@ class Engine:
         rating_group: int | None,
         interface: str = "api",
     ) -> DebitAnswer:
-        result = await self.store.execute(
+        try:
+            result = await self._debit(op_id, subscriber_id, unit, units, rating_group, interface)
+        except NoCredit:
+            await self._emit("no_credit", subscriber_id, {"unit": unit.value, "event_id": op_id})
+            raise
+        await self._emit("balance_changed", subscriber_id, {"unit": unit.value})
+        return DebitAnswer(
+            subscriber_id, unit, result["units"], result["cost_micros"], result["drawn"]
+        )
+
+    async def _debit(
+        self,
+        op_id: str,
+        subscriber_id: str,
+        unit: Unit,
+        units: int,
+        rating_group: int | None,
+        interface: str,
+    ) -> Result:
+        return await self.store.execute(
             "debit",
             op_id,
             {
@@ -290,9 +338,6 @@ class Engine:
                 "price": self._price(unit),
                 "record": {"kind": "event", "interface": interface, "event_id": op_id},
             },
-        )
-        return DebitAnswer(
-            subscriber_id, unit, result["units"], result["cost_micros"], result["drawn"]
         )
 
     async def refund(
@@ -338,4 +383,6 @@ class Engine:
             await self._emit("credit_added", args["subscriber_id"])
         elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:
             await self._emit("barred", args["id"])
+        if "subscriber_id" in args:
+            await self._emit("balance_changed", args["subscriber_id"], {"op": op})
         return result

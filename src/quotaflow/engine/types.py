@@ -67,6 +67,9 @@ class DebitAnswer:
 class EngineEvent:
     """Something interfaces may act on: re-authorise sessions after a top-up, abort when barred."""
 
-    kind: str  # "credit_added", "barred", "session_closed"
+    # "credit_added", "barred", "abort" (interfaces act on these; `sessions` is filled),
+    # "balance_changed", "no_credit" (for thresholds and notifications; `detail` says more)
+    kind: str
     subscriber_id: str
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
