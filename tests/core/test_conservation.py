@@ -27,6 +27,13 @@ from quotaflow.store import EmbeddedStore
 SUBS = ["a", "b", "c"]
 RGS = [None, 10, 20]
 PRICE = {"price_micros": 7, "per_units": 3}
+PATTERN = {
+    "price_micros": 7,
+    "per_units": 3,
+    "first_units": 5,
+    "next_units": 2,
+    "connect_micros": 4,
+}
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -76,6 +83,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def subscribers(self) -> None:
         for sid in SUBS:
             assert self._op("create_subscriber", {"id": sid, "msisdn": f"m-{sid}"})
+            for session in ("s1", "s2"):
+                opened = self._op(
+                    "session_open", {"session_id": f"{session}-{sid}", "subscriber_id": sid}
+                )
+                assert opened
 
     @rule(
         sub=st.sampled_from(SUBS),
@@ -150,8 +162,20 @@ class LedgerMachine(RuleBasedStateMachine):
         used=st.integers(0, 300),
         units=st.integers(1, 300),
         session=st.sampled_from(["s1", "s2"]),
+        price=st.sampled_from([PRICE, PATTERN]),
+        payer=st.sampled_from([None, *SUBS]),
     )
-    def charge(self, sub: str, rg: int | None, used: int, units: int, session: str) -> None:
+    def charge(
+        self,
+        sub: str,
+        rg: int | None,
+        used: int,
+        units: int,
+        session: str,
+        price: dict[str, int],
+        payer: str | None,
+    ) -> None:
+        sid = f"{session}-{sub}"
         result = self._op(
             "charge",
             {
@@ -159,14 +183,18 @@ class LedgerMachine(RuleBasedStateMachine):
                 "unit": "octets",
                 "rating_group": rg,
                 "used_units": used,
-                "reservation_id": f"{session}#{sub}#{rg}",
-                "price": PRICE,
+                "reservation_id": f"{sid}#{rg}",
+                "price": price,
+                "session_id": sid,
+                "payer": payer if payer != sub else None,
                 "reserve": {"units_max": units, "validity_ms": 20},
             },
         )
         if result:
             assert result["posted_units"] + result["unpaid_units"] == used
-            self._count_drawn(sub, result["drawn"])
+            for key, amount in result["drawn"].items():
+                owner, _, bucket_id = key.rpartition("/")
+                self._count_drawn(owner or sub, {bucket_id: amount})
 
     @rule(sub=st.sampled_from(SUBS), units=st.integers(1, 300), partial=st.booleans())
     def debit(self, sub: str, units: int, partial: bool) -> None:

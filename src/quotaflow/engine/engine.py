@@ -59,7 +59,7 @@ IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:"
 def default_prices() -> dict[Unit, Price]:
     """Flat prices used when unit buckets run out and money must pay (rating will replace this)."""
     return {
-        Unit.OCTETS: Price(10_000, 1_000_000),  # 0.01 per MB
+        Unit.OCTETS: Price(10_000, 1_000_000, 1_000_000, 1_000_000),  # 0.01 per started MB
         Unit.SECONDS: Price(2_000, 1),  # 0.12 per minute
         Unit.EVENTS: Price(50_000, 1),  # 0.05 per event
     }

@@ -95,7 +95,11 @@ def _price(value: Any) -> Price | None:
         raise InvalidRequest("price must be an object", field="price")
     price = _check_amount("price.price_micros", value.get("price_micros"), zero_ok=True)
     per = _check_amount("price.per_units", value.get("per_units"))
-    return Price(price, per)
+    # Without a billing pattern, every started block of `per_units` is charged whole.
+    first = _check_amount("price.first_units", value.get("first_units", per))
+    step = _check_amount("price.next_units", value.get("next_units", per))
+    connect = _check_amount("price.connect_micros", value.get("connect_micros", 0), zero_ok=True)
+    return Price(price, per, first, step, connect)
 
 
 class Limits:
@@ -246,24 +250,24 @@ class Ledger:
         if price is not None and unit is not Unit.MONEY:
             if price.price_micros == 0:
                 return AMOUNT_MAX
-            for b in self._candidates(sub, Unit.MONEY, rating_group, now_ms):
-                total += (b.available // price.price_micros) * price.per_units
+            money = sum(b.available for b in self._candidates(sub, Unit.MONEY, None, now_ms))
+            total += price.units_for(money, 0)
         return total
 
     def check_invariants(self) -> None:
         """Conservation and non-negativity for every subscriber; raises AssertionError."""
+        reserved_by_bucket: dict[tuple[str, str], int] = {}
         for sub in self.subscribers.values():
-            reserved_by_bucket: dict[str, int] = {}
             for res in sub.reservations.values():
                 for leg in res.legs:
-                    reserved_by_bucket[leg.bucket_id] = (
-                        reserved_by_bucket.get(leg.bucket_id, 0) + leg.amount
-                    )
+                    key = (leg.account or sub.id, leg.bucket_id)
+                    reserved_by_bucket[key] = reserved_by_bucket.get(key, 0) + leg.amount
+        for sub in self.subscribers.values():
             held: dict[Unit, int] = {}
             for b in sub.buckets.values():
                 assert b.amount >= 0, f"bucket {b.id} negative: {b.amount}"
                 assert 0 <= b.reserved <= b.amount, f"bucket {b.id} reserved {b.reserved}"
-                assert b.reserved == reserved_by_bucket.get(b.id, 0), f"bucket {b.id} legs"
+                assert b.reserved == reserved_by_bucket.get((sub.id, b.id), 0), f"{b.id} legs"
                 held[b.unit] = held.get(b.unit, 0) + b.amount
             for unit, c in sub.counters.items():
                 out = held.get(unit, 0) + c["consumed"] + c["debited"] + c["transferred_out"]
@@ -331,7 +335,7 @@ class Ledger:
     def _delete_subscriber(self, args: Args, now_ms: int) -> Result:
         sub = self.subscriber(args["id"])
         self._sweep_subscriber(sub, now_ms)
-        if sub.reservations:
+        if sub.reservations or any(b.reserved for b in sub.buckets.values()):
             raise Conflict("subscriber has open reservations", count=len(sub.reservations))
         for key, value in sub.identities.items():
             self.identity_index.pop(f"{key}:{value}", None)
@@ -499,9 +503,12 @@ class Ledger:
         else:
             self._next_expiry.pop(sub.id, None)
 
+    def _account(self, sub: Subscriber, leg: Leg) -> Subscriber:
+        return sub if leg.account is None else self.subscribers[leg.account]
+
     def _void(self, sub: Subscriber, res: Reservation) -> None:
         for leg in res.legs:
-            sub.buckets[leg.bucket_id].reserved -= leg.amount
+            self._account(sub, leg).buckets[leg.bucket_id].reserved -= leg.amount
         del sub.reservations[res.id]
         self._untrack(sub.id, res)
 
@@ -534,7 +541,16 @@ class Ledger:
         sub = self._active_subscriber(args, now_ms)
         return self._reserve_on(sub, args, now_ms)
 
-    def _reserve_on(self, sub: Subscriber, args: Args, now_ms: int) -> Result:
+    def _reserve_on(
+        self,
+        sub: Subscriber,
+        args: Args,
+        now_ms: int,
+        payer: Subscriber | None = None,
+        base: int = 0,
+    ) -> Result:
+        """Hold a grant: unit buckets first, then money by the price (from the payer's buckets
+        when a sponsor pays). `base` is what the session already paid with money."""
         rid = _check_id("reservation_id", args.get("reservation_id"))
         if rid in sub.reservations:
             raise Conflict(f"reservation {rid!r} is open")
@@ -551,23 +567,26 @@ class Ledger:
         price = None if raw_price is None else _price(raw_price)
         legs: list[Leg] = []
         need = units_max
-        for b in self._candidates(sub, unit, rating_group, now_ms):
+        account = None if payer is None else payer.id
+        acct = payer or sub
+        for b in self._candidates(acct, unit, rating_group, now_ms):
             take = min(b.available, need)
             b.reserved += take
-            legs.append(Leg(b.id, take, take))
+            legs.append(Leg(b.id, take, account))
             need -= take
             if need == 0:
                 break
-        free_units = 0
+        free_units = priced_units = 0
         if need and price is not None and unit is not Unit.MONEY:
             if price.price_micros == 0:  # zero-rated: nothing to hold
                 free_units, need = need, 0
             else:
-                need = self._reserve_money(sub, rating_group, price, need, legs, now_ms)
+                priced_units = self._reserve_money(acct, account, price, base, need, legs, now_ms)
+                need -= priced_units
         granted = units_max - need
         if granted < min(units_min, units_max) or granted == 0:
             for leg in legs:
-                sub.buckets[leg.bucket_id].reserved -= leg.amount
+                self._account(sub, leg).buckets[leg.bucket_id].reserved -= leg.amount
             raise NoCredit("balance cannot pay for the minimum grant", payable=granted)
         expires = now_ms + validity_ms
         res = Reservation(
@@ -580,6 +599,9 @@ class Ledger:
             created_ms=now_ms,
             expires_at_ms=expires,
             session_id=args.get("session_id"),
+            priced_units=priced_units,
+            price=price if priced_units else None,
+            base=base,
         )
         sub.reservations[rid] = res
         self._track(sub.id, res)
@@ -597,26 +619,31 @@ class Ledger:
 
     def _reserve_money(
         self,
-        sub: Subscriber,
-        rating_group: int | None,
+        acct: Subscriber,
+        account: str | None,
         price: Price,
+        base: int,
         need: int,
         legs: list[Leg],
         now_ms: int,
     ) -> int:
-        """Hold money for the service units the unit buckets could not cover; returns the rest."""
-        for b in self._candidates(sub, Unit.MONEY, rating_group, now_ms):
-            blocks = min(b.available // price.price_micros, _ceil_div(need, price.per_units))
-            if blocks == 0:
-                continue
-            amount = blocks * price.price_micros
-            units = min(blocks * price.per_units, need)
-            b.reserved += amount
-            legs.append(Leg(b.id, amount, units, price))
-            need -= units
-            if need == 0:
+        """Hold money for units the unit buckets could not cover; returns how many it covers.
+
+        Units inside an increment the session already paid for cost nothing more.
+        """
+        buckets = self._candidates(acct, Unit.MONEY, None, now_ms)
+        money = sum(b.available for b in buckets)
+        units = min(need, price.units_for(money, base))
+        cost = price.cost(base + units) - price.cost(base)
+        for b in buckets:
+            if cost == 0:
                 break
-        return need
+            take = min(b.available, cost)
+            b.reserved += take
+            legs.append(Leg(b.id, take, account))
+            cost -= take
+        assert cost == 0, "units_for promised what the buckets cannot pay"
+        return units
 
     def _commit_on(self, sub: Subscriber, rid: str, used: int) -> Result:
         res = sub.reservations.get(rid)
@@ -625,42 +652,49 @@ class Ledger:
         posted = min(used, res.units)
         remaining = posted
         drawn: dict[str, int] = {}
+        priced = res.unit is not Unit.MONEY
+        money_legs: list[tuple[Subscriber, Bucket, Leg]] = []
         for leg in res.legs:
-            b = sub.buckets[leg.bucket_id]
+            acct = self._account(sub, leg)
+            b = acct.buckets[leg.bucket_id]
             b.reserved -= leg.amount
-            here = min(leg.units, remaining)
-            if leg.price is None:
-                cost = here
-            else:
-                cost = min(
-                    _ceil_div(here, leg.price.per_units) * leg.price.price_micros, leg.amount
-                )
+            if priced and b.unit is Unit.MONEY:
+                money_legs.append((acct, b, leg))
+                continue
+            here = min(leg.amount, remaining)
             remaining -= here
-            if cost:
-                b.amount -= cost
-                sub.counter(b.unit)["consumed"] += cost
-                drawn[b.id] = drawn.get(b.id, 0) + cost
+            if here:
+                self._draw(acct, b, here, leg.account, drawn)
+        money_units = min(res.priced_units, remaining)
+        cost_micros = 0
+        if money_units and res.price is not None:
+            cost = cost_micros = res.price.cost(res.base + money_units) - res.price.cost(res.base)
+            for acct, b, leg in money_legs:
+                take = min(leg.amount, cost)
+                cost -= take
+                if take:
+                    self._draw(acct, b, take, leg.account, drawn)
+            assert cost == 0, "a commit cost more than its reservation held"
         del sub.reservations[rid]
         self._untrack(sub.id, res)
         return {
             "reservation_id": rid,
             "posted_units": posted,
+            "money_units": money_units,
+            "cost_micros": cost_micros,
             "drawn": drawn,
             "unit": res.unit.value,
             "rating_group": res.rating_group,
         }
 
-    def _overuse(
-        self,
-        sub: Subscriber,
-        unit: Unit,
-        rating_group: int | None,
-        units: int,
-        price: Price | None,
-        now_ms: int,
-    ) -> Result:
-        """Debit what was used beyond any grant, as far as the balance goes; never below zero."""
-        return self._debit_on(sub, unit, rating_group, units, price, now_ms, partial=True)
+    @staticmethod
+    def _draw(
+        acct: Subscriber, b: Bucket, amount: int, account: str | None, drawn: dict[str, int]
+    ) -> None:
+        b.amount -= amount
+        acct.counter(b.unit)["consumed"] += amount
+        key = b.id if account is None else f"{account}/{b.id}"
+        drawn[key] = drawn.get(key, 0) + amount
 
     def _commit(self, args: Args, now_ms: int) -> Result:
         sub = self._subject(args, now_ms)
@@ -708,18 +742,31 @@ class Ledger:
             raise LimitReached(
                 "too many open reservations", limit=self.limits.reservations_per_subscriber_max
             )
-        result: Result = {"posted_units": 0, "unpaid_units": 0, "drawn": {}}
+        payer = None if args.get("payer") is None else self.subscriber(args["payer"])
+        session = self.sessions.get(args.get("session_id") or "")
+        key = str(rating_group)
+        base = 0 if session is None else session.get("money_units", {}).get(key, 0)
+        result: Result = {"posted_units": 0, "unpaid_units": 0, "drawn": {}, "cost_micros": 0}
         if rid is not None and rid in sub.reservations:
             committed = self._commit_on(sub, rid, used)
             result["posted_units"] = committed["posted_units"]
             result["drawn"] = committed["drawn"]
+            result["cost_micros"] = committed["cost_micros"]
+            base += committed["money_units"]
         extra = used - result["posted_units"]
         if extra:
-            debit = self._overuse(sub, unit, rating_group, extra, price, now_ms)
+            # Used beyond the grant, or after it lapsed: take what the balance still pays.
+            debit = self._debit_on(
+                sub, unit, rating_group, extra, price, now_ms, partial=True, payer=payer, base=base
+            )
+            base += debit["money_units"]
             result["posted_units"] += debit["units"]
             result["unpaid_units"] = extra - debit["units"]
-            for key, value in debit["drawn"].items():
-                result["drawn"][key] = result["drawn"].get(key, 0) + value
+            result["cost_micros"] += debit["cost_micros"]
+            for name, value in debit["drawn"].items():
+                result["drawn"][name] = result["drawn"].get(name, 0) + value
+        if session is not None:
+            session.setdefault("money_units", {})[key] = base
         if not reserve:
             return result
         result["grant"] = None
@@ -738,6 +785,8 @@ class Ledger:
                     "price": args.get("price"),
                 },
                 now_ms,
+                payer=payer,
+                base=base,
             )
         except NoCredit:
             result["refused"] = "no_credit"
@@ -753,45 +802,51 @@ class Ledger:
         now_ms: int,
         *,
         partial: bool,
+        payer: Subscriber | None = None,
+        base: int = 0,
     ) -> Result:
+        """Take `units` at once: unit buckets first, then money by the price after `base`.
+
+        With `partial`, take what the balance pays and report the rest; without, all or nothing.
+        """
+        acct = payer or sub
+        account = None if payer is None else payer.id
         units_left = units
-        drawn: dict[str, int] = {}
-        unit_buckets = self._candidates(sub, unit, rating_group, now_ms)
         plan: list[tuple[Bucket, int]] = []
-        for b in unit_buckets:
+        for b in self._candidates(acct, unit, rating_group, now_ms):
             take = min(b.available, units_left)
-            if take:
-                plan.append((b, take))
-                units_left -= take
+            plan.append((b, take))
+            units_left -= take
             if units_left == 0:
                 break
         free = False
+        money_units = cost_micros = 0
         if units_left and price is not None and unit is not Unit.MONEY:
             if price.price_micros == 0:
                 units_left, free = 0, True
             else:
-                for b in self._candidates(sub, Unit.MONEY, rating_group, now_ms):
-                    blocks = min(
-                        b.available // price.price_micros, _ceil_div(units_left, price.per_units)
-                    )
-                    if blocks:
-                        plan.append((b, blocks * price.price_micros))
-                        units_left = max(0, units_left - blocks * price.per_units)
-                    if units_left == 0:
+                buckets = self._candidates(acct, Unit.MONEY, None, now_ms)
+                money = sum(b.available for b in buckets)
+                money_units = min(units_left, price.units_for(money, base))
+                cost = cost_micros = price.cost(base + money_units) - price.cost(base)
+                for b in buckets:
+                    if cost == 0:
                         break
+                    take = min(b.available, cost)
+                    plan.append((b, take))
+                    cost -= take
+                units_left -= money_units
         if units_left and not partial:
             raise NoCredit("balance cannot pay for the debit", missing_units=units_left)
-        cost_micros = 0
+        drawn: dict[str, int] = {}
         for b, take in plan:
-            b.amount -= take
-            sub.counter(b.unit)["consumed"] += take
-            drawn[b.id] = drawn.get(b.id, 0) + take
-            if b.unit is Unit.MONEY and unit is not Unit.MONEY:
-                cost_micros += take
+            if take:
+                self._draw(acct, b, take, account, drawn)
         return {
             "units": units - units_left,
             "drawn": drawn,
             "free": free,
+            "money_units": money_units,
             "cost_micros": cost_micros,
         }
 
@@ -799,6 +854,7 @@ class Ledger:
         sub = self._active_subscriber(args, now_ms)
         unit = _unit(args.get("unit"))
         units = _check_amount("units", args.get("units"))
+        payer = None if args.get("payer") is None else self.subscriber(args["payer"])
         result = self._debit_on(
             sub,
             unit,
@@ -807,6 +863,7 @@ class Ledger:
             _price(args.get("price")),
             now_ms,
             partial=bool(args.get("partial", False)),
+            payer=payer,
         )
         return {"subscriber_id": sub.id, "unit": unit.value, **result}
 

@@ -35,15 +35,59 @@ IDENTITY_KINDS = ("msisdn", "imsi", "nai", "sip_uri")
 NEVER_MS = 2**62  # "no expiry": later than any real clock, still an int for sorting
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Price:
-    """A flat price: `price_micros` money for every started block of `per_units` service units."""
+    """What service units cost with money, by a billing pattern; integers only.
+
+    Units are charged in a first increment, then in later increments (a 30/6 voice tariff:
+    the first 30 s, then every started 6 s). Charged units cost `price_micros` per `per_units`,
+    rounded down to the micro-unit, so a charge is never more than the tariff says; the connect
+    fee comes with the first unit. `cost` takes the units of a whole session, so that several
+    reports cost exactly what one report of the same total would.
+    """
 
     price_micros: int
     per_units: int
+    first_units: int = 1
+    next_units: int = 1
+    connect_micros: int = 0
+
+    def charged_units(self, units: int) -> int:
+        if units <= 0:
+            return 0
+        if units <= self.first_units:
+            return self.first_units
+        steps = -(-(units - self.first_units) // self.next_units)
+        return self.first_units + steps * self.next_units
+
+    def cost(self, units: int) -> int:
+        """Money for the first `units` units of a session (0 for none)."""
+        if units <= 0:
+            return 0
+        return self.connect_micros + self.charged_units(units) * self.price_micros // self.per_units
+
+    def units_for(self, money_micros: int, before: int) -> int:
+        """The most units after `before` that `money_micros` pays for, on whole increments."""
+        if self.price_micros == 0:
+            raise ValueError("a free price pays for any number of units")
+        budget = money_micros + self.cost(before) - self.connect_micros
+        if budget < 0:
+            return 0
+        # The largest x with floor(x * price / per) <= budget, then down to an increment edge.
+        x = ((budget + 1) * self.per_units - 1) // self.price_micros
+        if x < self.first_units:
+            return 0
+        total = self.first_units + (x - self.first_units) // self.next_units * self.next_units
+        return max(0, total - before)
 
     def to_json(self) -> dict[str, int]:
-        return {"price_micros": self.price_micros, "per_units": self.per_units}
+        return {
+            "price_micros": self.price_micros,
+            "per_units": self.per_units,
+            "first_units": self.first_units,
+            "next_units": self.next_units,
+            "connect_micros": self.connect_micros,
+        }
 
 
 @dataclass(slots=True)
@@ -116,32 +160,31 @@ class Bucket:
 class Leg:
     """One bucket's share of a reservation.
 
-    `amount` is held in the bucket's unit; `units` is how many service units it pays for.
-    A money leg carries the price it was reserved at, so commit charges by the same rule.
+    `amount` is held in the bucket's unit. A unit leg pays for `amount` service units; a money
+    leg (a money bucket under a reservation of another unit) holds part of the money for the
+    reservation's `priced_units`. `account` is the subscriber whose bucket it is when that is
+    not the reservation's own (a sponsor).
     """
 
     bucket_id: str
     amount: int
-    units: int
-    price: Price | None = None
+    account: str | None = None
 
     def to_json(self) -> list[Any]:
-        return [
-            self.bucket_id,
-            self.amount,
-            self.units,
-            None if self.price is None else self.price.to_json(),
-        ]
+        return [self.bucket_id, self.amount, self.account]
 
     @classmethod
     def from_json(cls, doc: list[Any]) -> Leg:
-        price = None if doc[3] is None else Price(**doc[3])
-        return cls(bucket_id=doc[0], amount=doc[1], units=doc[2], price=price)
+        return cls(doc[0], doc[1], doc[2])
 
 
 @dataclass(slots=True)
 class Reservation:
-    """A pending debit (two-phase): posted by commit, voided by release or by lapsing."""
+    """A pending debit (two-phase): posted by commit, voided by release or by lapsing.
+
+    Of its `units`, `priced_units` are paid with money at `price`, after `base` units the
+    session had already paid with money (so a billing pattern spans the whole session).
+    """
 
     id: str
     subscriber_id: str
@@ -152,6 +195,9 @@ class Reservation:
     created_ms: int
     expires_at_ms: int
     session_id: str | None = None
+    priced_units: int = 0
+    price: Price | None = None
+    base: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,6 +210,9 @@ class Reservation:
             "created_ms": self.created_ms,
             "expires_at_ms": self.expires_at_ms,
             "session_id": self.session_id,
+            "priced_units": self.priced_units,
+            "price": None if self.price is None else self.price.to_json(),
+            "base": self.base,
         }
 
     @classmethod
@@ -178,6 +227,9 @@ class Reservation:
             created_ms=doc["created_ms"],
             expires_at_ms=doc["expires_at_ms"],
             session_id=doc["session_id"],
+            priced_units=doc["priced_units"],
+            price=None if doc["price"] is None else Price(**doc["price"]),
+            base=doc["base"],
         )
 
 
