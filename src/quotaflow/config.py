@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from quotaflow.engine import GrantPolicy, UnitGrantLimits, default_prices
-from quotaflow.ledger import Limits, Price, Unit
+from quotaflow.engine import GrantPolicy, UnitGrantLimits
+from quotaflow.ledger import Limits, Unit
+from quotaflow.rating import TariffBook, TariffError, load_text
 
 
 class ConfigError(ValueError):
@@ -41,7 +41,10 @@ class Config:
     snapshot_every_ops: int = 500_000
     log_level: str = "INFO"
     grants: GrantPolicy = field(default_factory=GrantPolicy)
-    prices: dict[Unit, Price] = field(default_factory=default_prices)
+    # Tariffs from this TOML file (then read-only through the API); None: the built-in tariff,
+    # or what was last set through /v1/tariffs.
+    tariff_file: Path | None = None
+    tariffs: TariffBook | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -57,17 +60,6 @@ def _int(table: dict[str, Any], key: str, where: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{where}.{key} must be a non-negative integer, got {value!r}")
     return value
-
-
-def _money_micros(value: Any, where: str) -> int:
-    """Decimal money in configuration to integer micro-units, rounding down (never overcharge)."""
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise ConfigError(f"{where} is not a number: {value!r}") from None
-    if amount < 0:
-        raise ConfigError(f"{where} must not be negative")
-    return int((amount * 1_000_000).to_integral_value(rounding=ROUND_DOWN))
 
 
 def load(path: str | Path | None) -> Config:
@@ -101,8 +93,25 @@ def load(path: str | Path | None) -> Config:
             raise ConfigError(f"diameter.peers[{i}] needs origin_host")
         cfg.diameter_peers.append(DiameterPeer(str(peer["origin_host"]), peer.get("address")))
     _load_grants(cfg, _section(doc, "grants"))
-    _load_prices(cfg, _section(doc, "prices"))
+    rating = _section(doc, "rating")
+    if rating.get("tariff_file") is not None:
+        cfg.tariff_file = Path(str(rating["tariff_file"]))
+        load_tariffs(cfg)
     return cfg
+
+
+def load_tariffs(cfg: Config) -> None:
+    """Read cfg.tariff_file; a tariff that cannot be used stops the server with its line."""
+    if cfg.tariff_file is None:
+        return
+    try:
+        text = cfg.tariff_file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read tariff file {cfg.tariff_file}: {exc}") from None
+    try:
+        cfg.tariffs = load_text(text, str(cfg.tariff_file))
+    except TariffError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _load_grants(cfg: Config, grants: dict[str, Any]) -> None:
@@ -125,19 +134,3 @@ def _load_grants(cfg: Config, grants: dict[str, Any]) -> None:
             )
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-
-
-def _load_prices(cfg: Config, prices: dict[str, Any]) -> None:
-    for name, table in prices.items():
-        try:
-            unit = Unit(name)
-        except ValueError:
-            raise ConfigError(f"prices.{name}: unknown unit") from None
-        if unit is Unit.MONEY or not isinstance(table, dict):
-            raise ConfigError(f"prices.{name} must be a table for octets, seconds or events")
-        per_units = _int(table, "per_units", f"prices.{name}", 1)
-        if per_units == 0:
-            raise ConfigError(f"prices.{name}.per_units must be positive")
-        cfg.prices[unit] = Price(
-            _money_micros(table.get("price", 0), f"prices.{name}.price"), per_units
-        )

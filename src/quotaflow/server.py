@@ -18,6 +18,8 @@ from quotaflow.api import ManagementApi
 from quotaflow.config import Config
 from quotaflow.engine import Engine
 from quotaflow.metrics import watch_store
+from quotaflow.rating import Rater
+from quotaflow.rating.api import TariffApi, persisted_tariffs
 from quotaflow.store import EmbeddedStore
 
 log = logging.getLogger("quotaflow.server")
@@ -34,8 +36,9 @@ def _nchf_mount(engine: Engine) -> BaseRoute | None:
     return Mount("/nchf-convergedcharging/v3", app=create_app(engine))
 
 
-def build_app(engine: Engine, *, with_nchf: bool = True) -> Starlette:
+def build_app(engine: Engine, cfg: Config, *, with_nchf: bool = True) -> Starlette:
     routes: list[BaseRoute] = list(ManagementApi(engine).routes())
+    routes += TariffApi(engine, cfg.data_dir, cfg.tariff_file).routes()
     if with_nchf:
         mount = _nchf_mount(engine)
         if mount is not None:
@@ -71,7 +74,10 @@ class Server:
         self.store = EmbeddedStore(
             cfg.data_dir, limits=cfg.limits, snapshot_every_ops=cfg.snapshot_every_ops
         )
-        self.engine = Engine(self.store, cfg.grants, cfg.prices)
+        tariffs = cfg.tariffs
+        if tariffs is None and cfg.tariff_file is None:
+            tariffs = persisted_tariffs(cfg.data_dir)
+        self.engine = Engine(self.store, cfg.grants, Rater(tariffs))
         self._stop_http = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
@@ -81,7 +87,7 @@ class Server:
         await self.store.open()
         watch_store(self.store.stats)
         separate_sbi = cfg.sbi_port is not None
-        app = build_app(self.engine, with_nchf=cfg.nchf_enabled and not separate_sbi)
+        app = build_app(self.engine, cfg, with_nchf=cfg.nchf_enabled and not separate_sbi)
         self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
         if separate_sbi and cfg.nchf_enabled:
             sbi = Starlette(routes=[m for m in [_nchf_mount(self.engine)] if m is not None])

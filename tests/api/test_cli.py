@@ -54,16 +54,24 @@ async def test_demo_runs_and_conserves() -> None:
 
 
 def test_config_file_is_read(tmp_path: Path) -> None:
+    tariff = tmp_path / "t.toml"
+    tariff.write_text(
+        '[[plan]]\nid = "p"\n[[plan.service]]\nunit = "seconds"\nprice = "0.0020009"\n'
+    )
     path = tmp_path / "q.toml"
     path.write_text(
         "[http]\nport = 9090\n[grants]\nvalidity_s = 120\n[grants.octets]\nmin = 1\n"
-        'default = 2\nmax = 3\n[prices]\nseconds = { price = "0.0020009", per_units = 1 }\n'
+        'default = 2\nmax = 3\n[rating]\ntariff_file = "TARIFF"\n'
         '[diameter]\npeers = [{ origin_host = "pgw.example", address = "127.0.0.1" }]\n'
     )
+    path.write_text(path.read_text().replace("TARIFF", str(tariff)))
     cfg = load(path)
     assert cfg.http_port == 9090 and cfg.grants.validity_s == 120
     assert cfg.grants.limits[Unit.OCTETS].max_units == 3
-    assert cfg.prices[Unit.SECONDS].price_micros == 2000  # rounded down, never up
+    assert cfg.tariffs is not None
+    service = cfg.tariffs.plans["p"].services[0]
+    assert service.unit is Unit.SECONDS
+    assert service.price.price_micros == 2000  # rounded down, never up
     assert cfg.diameter_peers[0].origin_host == "pgw.example"
 
 
@@ -72,8 +80,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     [
         ("[http]\nport = -1\n", "http.port"),
         ("[grants.octets]\nmin = 10\ndefault = 5\n", "grants.octets"),
-        ('[prices]\nlitres = { price = "1" }\n', "prices.litres"),
-        ('[prices]\noctets = { price = "-1", per_units = 1 }\n', "must not be negative"),
+        ('[rating]\ntariff_file = "/nonexistent/t.toml"\n', "cannot read tariff file"),
         ('[diameter]\npeers = [{ address = "x" }]\n', "origin_host"),
         ("not toml at all = = =", "cannot read config"),
     ],

@@ -1,6 +1,6 @@
 """The charging engine: sessions, grant sizing, event charging, administration."""
 
-from quotaflow.engine.engine import Engine, default_prices, split_identity
+from quotaflow.engine.engine import Engine, split_identity
 from quotaflow.engine.grants import GrantPolicy, UnitGrantLimits
 from quotaflow.engine.types import (
     DebitAnswer,
@@ -21,6 +21,5 @@ __all__ = [
     "ServiceResult",
     "SessionAnswer",
     "UnitGrantLimits",
-    "default_prices",
     "split_identity",
 ]

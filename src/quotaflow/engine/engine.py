@@ -27,12 +27,14 @@ from quotaflow.ledger import (
     InvalidRequest,
     LimitReached,
     NoCredit,
-    Price,
     Status,
+    Subscriber,
     SubscriberBarred,
     Unit,
     UnknownSession,
 )
+from quotaflow.ledger.ledger import AMOUNT_MAX
+from quotaflow.rating import Rated, Rater
 from quotaflow.store.base import Result, Store
 
 log = logging.getLogger("quotaflow.engine")
@@ -47,6 +49,7 @@ class _Step:
     request_number: int
     closing: bool
     meta: dict[str, Any]
+    subscriber: Subscriber | None = None
 
 
 Listener = Callable[[EngineEvent], None]
@@ -54,15 +57,6 @@ SERVICES_PER_REQUEST_MAX = 64
 # Events interfaces act on (re-authorise, abort); they carry the open sessions.
 SESSION_EVENTS = frozenset({"credit_added", "barred", "abort"})
 IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
-
-
-def default_prices() -> dict[Unit, Price]:
-    """Flat prices used when unit buckets run out and money must pay (rating will replace this)."""
-    return {
-        Unit.OCTETS: Price(10_000, 1_000_000, 1_000_000, 1_000_000),  # 0.01 per started MB
-        Unit.SECONDS: Price(2_000, 1),  # 0.12 per minute
-        Unit.EVENTS: Price(50_000, 1),  # 0.05 per event
-    }
 
 
 def split_identity(identity: str) -> tuple[str, str]:
@@ -81,11 +75,11 @@ class Engine:
         self,
         store: Store,
         policy: GrantPolicy | None = None,
-        prices: dict[Unit, Price] | None = None,
+        rater: Rater | None = None,
     ) -> None:
         self.store = store
         self.policy = policy or GrantPolicy()
-        self.prices = default_prices() if prices is None else prices
+        self.rater = rater or Rater()
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
         self._listeners: list[Listener] = []
 
@@ -125,9 +119,20 @@ class Engine:
 
     # ------------------------------------------------------------------ sessions
 
-    def _price(self, unit: Unit) -> dict[str, int] | None:
-        price = self.prices.get(unit)
-        return None if price is None else price.to_json()
+    def _rate(
+        self, sub: Subscriber, rating_group: int | None, unit: Unit, zone: str | None = None
+    ) -> Rated:
+        return self.rater.rate(sub.plan, rating_group, unit, self.store.clock(), zone)
+
+    @staticmethod
+    def _priced(args: dict[str, Any], rated: Rated) -> dict[str, Any]:
+        """Add what the ledger needs of a rating to an operation's arguments."""
+        args["price"] = None if rated.price is None else rated.price.to_json()
+        if rated.zero_rated:
+            args["zero_rated"] = True
+        if rated.sponsor is not None and rated.sponsor != args["subscriber_id"]:
+            args["payer"] = rated.sponsor
+        return args
 
     async def session_start(
         self,
@@ -196,6 +201,8 @@ class Engine:
             seen.add(s.rating_group)
             if s.used_units < 0 or (s.requested_units is not None and s.requested_units < 0):
                 raise InvalidAmount("units must not be negative")
+        if step.subscriber is None:
+            step = replace(step, subscriber=await self.store.get_subscriber(step.subscriber_id))
         answers = [await self._charge_one(step, s) for s in services]
         return SessionAnswer(step.session_id, step.subscriber_id, answers)
 
@@ -242,12 +249,15 @@ class Engine:
                 tracker.observe(s.used_units, now_ms, self.policy.rate_weight)
         args: dict[str, Any] = {
             "subscriber_id": step.subscriber_id,
+            "session_id": step.session_id,
             "unit": s.unit.value,
             "rating_group": s.rating_group,
             "used_units": s.used_units,
             "reservation_id": f"{step.session_id}#{s.rating_group}",
-            "price": self._price(s.unit),
         }
+        assert step.subscriber is not None
+        rated = self._rate(step.subscriber, s.rating_group, s.unit, step.meta.get("zone"))
+        self._priced(args, rated)
         if s.used_units or step.closing:
             # Written with the debit, in the same commit (see store: charging records).
             args["record"] = {
@@ -260,6 +270,7 @@ class Engine:
                 "output_octets": s.used_output_octets,
                 "final": step.closing,
                 "cause": step.meta.get("cause"),
+                "plan": rated.plan,
             }
         if s.want_grant and not step.closing:
             units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
@@ -327,18 +338,21 @@ class Engine:
         rating_group: int | None,
         interface: str,
     ) -> Result:
-        return await self.store.execute(
-            "debit",
-            op_id,
-            {
-                "subscriber_id": subscriber_id,
-                "unit": unit.value,
-                "units": units,
-                "rating_group": rating_group,
-                "price": self._price(unit),
-                "record": {"kind": "event", "interface": interface, "event_id": op_id},
+        sub = await self.store.get_subscriber(subscriber_id)
+        rated = self._rate(sub, rating_group, unit)
+        args = {
+            "subscriber_id": subscriber_id,
+            "unit": unit.value,
+            "units": units,
+            "rating_group": rating_group,
+            "record": {
+                "kind": "event",
+                "interface": interface,
+                "event_id": op_id,
+                "plan": rated.plan,
             },
-        )
+        }
+        return await self.store.execute("debit", op_id, self._priced(args, rated))
 
     async def refund(
         self, op_id: str, subscriber_id: str, unit: Unit, units: int, interface: str = "api"
@@ -359,16 +373,26 @@ class Engine:
     async def balance_check(self, subscriber_id: str, unit: Unit, rating_group: int | None) -> int:
         """Service units the subscriber could pay for now (unit buckets plus money)."""
         sub = await self.store.get_subscriber(subscriber_id)
-        return self.store.payable_units(sub, unit.value, rating_group, self._price(unit))
+        rated = self._rate(sub, rating_group, unit)
+        if rated.zero_rated:
+            return AMOUNT_MAX
+        price = None if rated.price is None else rated.price.to_json()
+        return self.store.payable_units(sub, unit.value, rating_group, price)
 
-    def price_enquiry(self, unit: Unit, units: int) -> int:
-        """Price in micro-units of `units` service units at the flat price (0 when free)."""
+    def price_enquiry(
+        self,
+        unit: Unit,
+        units: int,
+        *,
+        plan: str | None = None,
+        rating_group: int | None = None,
+        zone: str | None = None,
+    ) -> int:
+        """Money, in micro-units, that `units` would cost from the first unit (0 when free)."""
         if units < 0:
             raise InvalidAmount("units must not be negative")
-        price = self.prices.get(unit)
-        if price is None:
-            return 0
-        return -(-units // price.per_units) * price.price_micros
+        rated = self.rater.rate(plan, rating_group, unit, self.store.clock(), zone)
+        return 0 if rated.price is None else rated.price.cost(units)
 
     # ------------------------------------------------------------------ administration
 

@@ -548,9 +548,11 @@ class Ledger:
         now_ms: int,
         payer: Subscriber | None = None,
         base: int = 0,
+        zero_rated: bool = False,
     ) -> Result:
         """Hold a grant: unit buckets first, then money by the price (from the payer's buckets
-        when a sponsor pays). `base` is what the session already paid with money."""
+        when a sponsor pays). `base` is what the session already paid with money. A zero-rated
+        service takes nothing from any bucket."""
         rid = _check_id("reservation_id", args.get("reservation_id"))
         if rid in sub.reservations:
             raise Conflict(f"reservation {rid!r} is open")
@@ -569,7 +571,7 @@ class Ledger:
         need = units_max
         account = None if payer is None else payer.id
         acct = payer or sub
-        for b in self._candidates(acct, unit, rating_group, now_ms):
+        for b in [] if zero_rated else self._candidates(acct, unit, rating_group, now_ms):
             take = min(b.available, need)
             b.reserved += take
             legs.append(Leg(b.id, take, account))
@@ -577,8 +579,10 @@ class Ledger:
             if need == 0:
                 break
         free_units = priced_units = 0
-        if need and price is not None and unit is not Unit.MONEY:
-            if price.price_micros == 0:  # zero-rated: nothing to hold
+        if zero_rated:
+            free_units, need = need, 0
+        elif need and price is not None and unit is not Unit.MONEY:
+            if price.price_micros == 0:  # free beyond the buckets: nothing to hold
                 free_units, need = need, 0
             else:
                 priced_units = self._reserve_money(acct, account, price, base, need, legs, now_ms)
@@ -743,6 +747,7 @@ class Ledger:
                 "too many open reservations", limit=self.limits.reservations_per_subscriber_max
             )
         payer = None if args.get("payer") is None else self.subscriber(args["payer"])
+        zero_rated = bool(args.get("zero_rated"))
         session = self.sessions.get(args.get("session_id") or "")
         key = str(rating_group)
         base = 0 if session is None else session.get("money_units", {}).get(key, 0)
@@ -757,7 +762,16 @@ class Ledger:
         if extra:
             # Used beyond the grant, or after it lapsed: take what the balance still pays.
             debit = self._debit_on(
-                sub, unit, rating_group, extra, price, now_ms, partial=True, payer=payer, base=base
+                sub,
+                unit,
+                rating_group,
+                extra,
+                price,
+                now_ms,
+                partial=True,
+                payer=payer,
+                base=base,
+                zero_rated=zero_rated,
             )
             base += debit["money_units"]
             result["posted_units"] += debit["units"]
@@ -787,6 +801,7 @@ class Ledger:
                 now_ms,
                 payer=payer,
                 base=base,
+                zero_rated=zero_rated,
             )
         except NoCredit:
             result["refused"] = "no_credit"
@@ -804,6 +819,7 @@ class Ledger:
         partial: bool,
         payer: Subscriber | None = None,
         base: int = 0,
+        zero_rated: bool = False,
     ) -> Result:
         """Take `units` at once: unit buckets first, then money by the price after `base`.
 
@@ -811,15 +827,15 @@ class Ledger:
         """
         acct = payer or sub
         account = None if payer is None else payer.id
-        units_left = units
+        units_left = 0 if zero_rated else units
         plan: list[tuple[Bucket, int]] = []
-        for b in self._candidates(acct, unit, rating_group, now_ms):
+        for b in [] if zero_rated else self._candidates(acct, unit, rating_group, now_ms):
             take = min(b.available, units_left)
             plan.append((b, take))
             units_left -= take
             if units_left == 0:
                 break
-        free = False
+        free = zero_rated
         money_units = cost_micros = 0
         if units_left and price is not None and unit is not Unit.MONEY:
             if price.price_micros == 0:
@@ -864,6 +880,7 @@ class Ledger:
             now_ms,
             partial=bool(args.get("partial", False)),
             payer=payer,
+            zero_rated=bool(args.get("zero_rated")),
         )
         return {"subscriber_id": sub.id, "unit": unit.value, **result}
 

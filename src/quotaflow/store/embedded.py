@@ -387,7 +387,7 @@ class EmbeddedStore:
     def payable_units(
         self, sub: Subscriber, unit: str, rating_group: int | None, price: dict[str, int] | None
     ) -> int:
-        p = None if price is None else Price(price["price_micros"], price["per_units"])
+        p = None if price is None else Price(**price)
         return self.ledger.payable_units(sub, Unit(unit), rating_group, p, self.clock())
 
     def stats(self) -> dict[str, Any]:
