@@ -14,6 +14,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
+from quotaflow import notify, records
 from quotaflow.api import ManagementApi
 from quotaflow.config import Config
 from quotaflow.engine import Engine
@@ -86,8 +87,12 @@ class Server:
         cfg = self.cfg
         await self.store.open()
         watch_store(self.store.stats)
+        self._records = await records.start(self.engine, self.store, cfg.data_dir)
+        self._notify = await notify.start(self.engine, self.store, cfg.data_dir)
+        self._stoppers += [self._records, self._notify]
         separate_sbi = cfg.sbi_port is not None
         app = build_app(self.engine, cfg, with_nchf=cfg.nchf_enabled and not separate_sbi)
+        app.router.routes.extend([*records.routes(self._records), *notify.routes(self._notify)])
         self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
         if separate_sbi and cfg.nchf_enabled:
             sbi = Starlette(routes=[m for m in [_nchf_mount(self.engine)] if m is not None])

@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from quotaflow import __version__
+from quotaflow.records import cli as records_cli
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     b = client("balance", "show a subscriber's buckets and totals")
     b.add_argument("id")
+
+    records_cli.register(sub)
 
     d = sub.add_parser("demo", help="provision subscribers and drive sessions in-process")
     d.add_argument("--data-dir", type=Path, help="keep the demo ledger here (default: temporary)")
@@ -115,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from quotaflow.cli.demo import run_demo
 
         return asyncio.run(run_demo(args.data_dir))
+    if args.command in ("cdr", "settle"):
+        return records_cli.run(args)
     return 2
 
 

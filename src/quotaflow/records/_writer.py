@@ -1,0 +1,305 @@
+"""A rotating, hash-chained record file writer with a persisted position.
+
+Records are appended to `cdr-<first seq>.<fmt>.part` and fsynced, then the position
+(`position.json`: last seq and chain head) is replaced atomically. On rotation (size, age or
+record count) the part file is renamed to `cdr-<first>-<last>.<fmt>` and its signed manifest
+written next to it. After a crash the part file is the truth: a torn last line is cut off, the
+position is taken from whichever of file and position.json is further, and a finished file
+left without its manifest gets one. Blocking I/O only: the exporter runs this on a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from quotaflow.records._chain import (
+    FORMATS,
+    GENESIS,
+    MANIFEST_SUFFIX,
+    PART_SUFFIX,
+    MalformedLine,
+    SealedFile,
+    content_hash,
+    line_hash,
+    pack_entry,
+    sign_manifest,
+)
+
+log = logging.getLogger("quotaflow.records")
+
+POSITION_FILE = "position.json"
+
+
+@dataclass(slots=True)
+class Rotation:
+    """When a file is sealed: whichever limit is reached first."""
+
+    size_bytes_max: int = 64 * 1024 * 1024
+    age_s_max: float = 3600.0
+    records_max: int = 100_000
+
+    def __post_init__(self) -> None:
+        assert self.size_bytes_max > 0 and self.age_s_max > 0 and self.records_max > 0
+
+
+@dataclass(slots=True)
+class _Open:
+    path: Path
+    prev_head: str
+    created_ms: int
+    count: int = 0
+    size_bytes: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    entries: bytearray = field(default_factory=bytearray)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ChainWriter:
+    """Appends records of one format to rotating chained files in `folder`."""
+
+    def __init__(
+        self, folder: str | Path, fmt: str, key: Ed25519PrivateKey, rotation: Rotation
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown record format {fmt!r}; known: {sorted(FORMATS)}")
+        self.folder = Path(folder)
+        self.format = FORMATS[fmt]
+        self.key = key
+        self.rotation = rotation
+        self.last_seq = 0
+        self.head = GENESIS
+        self.written = 0
+        self.sealed_files = 0
+        self._open: _Open | None = None
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> None:
+        """Load the position, repair what a crash left behind. Call once before appending."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pos_path = self.folder / POSITION_FILE
+        if pos_path.exists():
+            pos = orjson.loads(pos_path.read_bytes())
+            self.last_seq, self.head = int(pos["last_seq"]), str(pos["head"])
+        for data in sorted(self.folder.glob(f"cdr-*-*.{self.format.name}")):
+            if not data.with_name(data.name + MANIFEST_SUFFIX).exists():
+                self._seal_existing(data)
+        parts = sorted(self.folder.glob(f"cdr-*.{self.format.name}{PART_SUFFIX}"))
+        assert len(parts) <= 1, f"more than one open record file in {self.folder}: {parts}"
+        if parts:
+            self._reopen(parts[0])
+
+    def _scan(self, path: Path) -> tuple[_Open, bool]:
+        """Read a file this writer wrote: its state, and whether its last line was torn."""
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        torn = lines.pop() != b""  # a complete file ends with a newline
+        header = self.format.header
+        state = _Open(path, GENESIS, _now_ms())
+        kept = 0
+        if header is not None and lines and lines[0] == header:
+            kept = len(header) + 1
+            lines = lines[1:]
+        for i, line in enumerate(lines):
+            seq, prev, _ = self.format.parse(line)
+            if i == 0:
+                state.prev_head, state.first_seq = prev, seq
+            state.count += 1
+            state.last_seq = seq
+            state.entries += pack_entry(seq, content_hash(self.format, line, prev))
+            kept += len(line) + 1
+        state.size_bytes = kept
+        state.created_ms = int(path.stat().st_mtime * 1000)
+        return state, torn
+
+    def _reopen(self, path: Path) -> None:
+        try:
+            state, torn = self._scan(path)
+        except MalformedLine as exc:
+            raise RuntimeError(f"open record file {path} is damaged: {exc}") from None
+        if torn:
+            log.warning("cutting a torn last line", extra={"file": str(path)})
+            with open(path, "r+b") as f:
+                f.truncate(state.size_bytes)
+                os.fsync(f.fileno())
+        if state.count:
+            if state.last_seq >= self.last_seq:
+                self.last_seq = state.last_seq
+                self.head = self._last_line_hash(path)
+        else:
+            state.prev_head = self.head
+        self._open = state
+
+    def _last_line_hash(self, path: Path) -> str:
+        lines = path.read_bytes().split(b"\n")
+        return line_hash(lines[-2])
+
+    def _seal_existing(self, data: Path) -> None:
+        state, torn = self._scan(data)
+        assert not torn, f"finished record file {data} ends in a torn line"
+        self._write_manifest(data, state, self._last_line_hash(data))
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, records: list[dict[str, Any]], now_ms: int | None = None) -> int:
+        """Write the records after the position, durably; returns how many were new."""
+        fresh = [r for r in records if r["seq"] > self.last_seq]
+        if not fresh:
+            return 0
+        assert all(a["seq"] < b["seq"] for a, b in itertools.pairwise(fresh))
+        now = _now_ms() if now_ms is None else now_ms
+        done = 0
+        while done < len(fresh):
+            state = self._open or self._start(fresh[done]["seq"], now)
+            done += self._write_lines(state, fresh[done:])
+            if self._due(state, now):
+                self._seal(now)
+        self._save_position()
+        return len(fresh)
+
+    def _start(self, first_seq: int, now_ms: int) -> _Open:
+        path = self.folder / f"cdr-{first_seq:012d}.{self.format.name}{PART_SUFFIX}"
+        state = _Open(path, self.head, now_ms, first_seq=first_seq)
+        if self.format.header is not None:
+            with open(path, "wb") as f:
+                f.write(self.format.header + b"\n")
+            state.size_bytes = len(self.format.header) + 1
+        self._open = state
+        return state
+
+    def _write_lines(self, state: _Open, records: list[dict[str, Any]]) -> int:
+        """Write as many records as fit before a size or count limit; returns how many."""
+        out = bytearray()
+        head = self.head
+        rot = self.rotation
+        n = 0
+        while n < len(records) and (
+            state.count + n == 0  # a file holds at least one record, whatever the limits
+            or (
+                state.count + n < rot.records_max
+                and state.size_bytes + len(out) < rot.size_bytes_max
+            )
+        ):
+            r = records[n]
+            line = self.format.encode(r, head)
+            state.entries += pack_entry(r["seq"], content_hash(self.format, line, head))
+            head = line_hash(line)
+            out += line + b"\n"
+            n += 1
+        if n == 0:
+            return 0
+        with open(state.path, "ab") as f:
+            f.write(out)
+            f.flush()
+            os.fsync(f.fileno())
+        if state.count == 0:
+            state.first_seq = records[0]["seq"]
+        state.count += n
+        state.size_bytes += len(out)
+        state.last_seq = records[n - 1]["seq"]
+        self.head, self.last_seq = head, state.last_seq
+        self.written += n
+        return n
+
+    def _due(self, state: _Open, now_ms: int) -> bool:
+        r = self.rotation
+        return (
+            state.count >= r.records_max
+            or state.size_bytes >= r.size_bytes_max
+            or (state.count > 0 and now_ms - state.created_ms >= r.age_s_max * 1000)
+        )
+
+    def rotate_if_due(self, now_ms: int | None = None) -> bool:
+        """Seal the open file if it is old enough (called on the exporter's idle ticks)."""
+        now = _now_ms() if now_ms is None else now_ms
+        if self._open is None or not self._due(self._open, now):
+            return False
+        self._seal(now)
+        return True
+
+    def seal(self) -> bool:
+        """Seal the open file now, whatever its size (on demand, e.g. before shipping)."""
+        if self._open is None or self._open.count == 0:
+            return False
+        self._seal(_now_ms())
+        return True
+
+    def _seal(self, now_ms: int) -> None:
+        state = self._open
+        assert state is not None and state.count > 0
+        final = self.folder / f"cdr-{state.first_seq:012d}-{state.last_seq:012d}.{self.format.name}"
+        os.replace(state.path, final)
+        _fsync_dir(self.folder)
+        self._write_manifest(final, state, self.head, now_ms)
+        self._open = None
+        self.sealed_files += 1
+        log.info("record file sealed", extra={"file": final.name, "records": state.count})
+
+    def _write_manifest(
+        self, data: Path, state: _Open, head: str, now_ms: int | None = None
+    ) -> None:
+        digest = hashlib.sha256(data.read_bytes()).hexdigest()
+        sealed = SealedFile(
+            file=data.name,
+            format=self.format.name,
+            count=state.count,
+            first_seq=state.first_seq,
+            last_seq=state.last_seq,
+            prev_head=state.prev_head,
+            head=head,
+            file_sha256=digest,
+            size_bytes=data.stat().st_size,
+            created_ms=state.created_ms,
+            sealed_ms=_now_ms() if now_ms is None else now_ms,
+            entries=bytes(state.entries),
+        )
+        write_atomic(data.with_name(data.name + MANIFEST_SUFFIX), sign_manifest(sealed, self.key))
+        _fsync_dir(self.folder)
+
+    def _save_position(self) -> None:
+        doc = {"last_seq": self.last_seq, "head": self.head, "format": self.format.name}
+        write_atomic(self.folder / POSITION_FILE, orjson.dumps(doc))
+
+    def status(self) -> dict[str, Any]:
+        state = self._open
+        return {
+            "format": self.format.name,
+            "folder": str(self.folder),
+            "last_seq": self.last_seq,
+            "head": self.head,
+            "written": self.written,
+            "sealed_files": self.sealed_files,
+            "open_file": None if state is None else state.path.name,
+            "open_records": 0 if state is None else state.count,
+        }
