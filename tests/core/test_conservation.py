@@ -46,7 +46,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.credited: dict[tuple[str, str], int] = {}
         self.consumed: dict[tuple[str, str], int] = {}
         self.open: list[tuple[str, str]] = []
-        self.history: list[tuple[str, str, dict[str, Any], Any]] = []
+        self.history: list[tuple[str, str, dict[str, Any], Any, int]] = []
         self.store = self._open()
 
     def _open(self) -> EmbeddedStore:
@@ -68,16 +68,19 @@ class LedgerMachine(RuleBasedStateMachine):
             result = self.loop.run_until_complete(self.store.execute(op, op_id, args))
         except ChargingError:
             return None
-        self.history.append((op, op_id, args, result))
+        self.history.append((op, op_id, args, result, self.now))
         return result
 
     def _add(self, table: dict[tuple[str, str], int], sub: str, unit: str, amount: int) -> None:
         table[(sub, unit)] = table.get((sub, unit), 0) + amount
 
     def _count_drawn(self, sub: str, drawn: dict[str, int]) -> None:
-        buckets = self.store.ledger.subscribers[sub].buckets
-        for bucket_id, amount in drawn.items():
-            self._add(self.consumed, sub, buckets[bucket_id].unit.value, amount)
+        """Count what was drawn; keys of another account's buckets are "account/bucket"."""
+        for key, amount in drawn.items():
+            owner, _, bucket_id = key.rpartition("/")
+            account = owner or sub
+            unit = self.store.ledger.subscribers[account].buckets[bucket_id].unit.value
+            self._add(self.consumed, account, unit, amount)
 
     @initialize()
     def subscribers(self) -> None:
@@ -88,9 +91,22 @@ class LedgerMachine(RuleBasedStateMachine):
                     "session_open", {"session_id": f"{session}-{sid}", "subscriber_id": sid}
                 )
                 assert opened
+        # a and b share the pool of group g; b may take at most 150 octets from it per period.
+        group = {
+            "group_id": "g",
+            "owner": "a",
+            "period": "daily",
+            "restrict_below": {"octets": 40},
+            "protected_priority": 0,
+        }
+        assert self._op("create_group", group)
+        assert self._op(
+            "add_member",
+            {"group_id": "g", "subscriber_id": "b", "priority": 1, "caps": {"octets": 150}},
+        )
 
     @rule(
-        sub=st.sampled_from(SUBS),
+        sub=st.sampled_from([*SUBS, "g"]),
         unit=st.sampled_from(["octets", "money"]),
         amount=st.integers(1, 500),
         rg=st.sampled_from([[], [10], [10, 20]]),
@@ -192,9 +208,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         if result:
             assert result["posted_units"] + result["unpaid_units"] == used
-            for key, amount in result["drawn"].items():
-                owner, _, bucket_id = key.rpartition("/")
-                self._count_drawn(owner or sub, {bucket_id: amount})
+            self._count_drawn(sub, result["drawn"])
 
     @rule(sub=st.sampled_from(SUBS), units=st.integers(1, 300), partial=st.booleans())
     def debit(self, sub: str, units: int, partial: bool) -> None:
@@ -236,7 +250,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.history)
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
-        op, op_id, args, first = data.draw(st.sampled_from(self.history))
+        op, op_id, args, first, at = data.draw(st.sampled_from(self.history))
+        if self.now - at >= self.store.ledger.limits.idempotency_window_ms:
+            return  # ids are remembered for a stated window only
         before = self.store.ledger.snapshot()["subscribers"]
         again = self.loop.run_until_complete(self.store.execute(op, op_id, args))
         assert again == first
@@ -257,6 +273,16 @@ class LedgerMachine(RuleBasedStateMachine):
             self.store._writer.shutdown()
         self.store = self._open()
         assert self.store.ledger.snapshot() == before
+
+    @invariant()
+    def caps_hold(self) -> None:
+        member = self.store.ledger.groups["g"].members["b"]
+        assert member.used.get("octets", 0) + member.held.get("octets", 0) <= 150
+
+    @rule(hours=st.integers(1, 30))
+    def new_day(self, hours: int) -> None:
+        self.now += hours * 3_600_000
+        self.loop.run_until_complete(self.store.execute("expire", None, {}))
 
     @invariant()
     def conserved(self) -> None:

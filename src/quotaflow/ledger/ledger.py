@@ -29,8 +29,11 @@ from quotaflow.ledger.errors import (
 from quotaflow.ledger.model import (
     IDENTITY_KINDS,
     NEVER_MS,
+    PERIODS,
     Bucket,
+    Group,
     Leg,
+    Member,
     Origin,
     Price,
     Reservation,
@@ -38,6 +41,7 @@ from quotaflow.ledger.model import (
     Subscriber,
     Unit,
 )
+from quotaflow.ledger.periods import next_reset_ms
 
 Result = dict[str, Any]
 Args = dict[str, Any]
@@ -129,6 +133,7 @@ class Ledger:
         self.identity_index: dict[str, str] = {}  # "msisdn:4670..." -> subscriber id
         self.sessions: dict[str, dict[str, Any]] = {}
         self.sessions_by_subscriber: dict[str, set[str]] = {}
+        self.groups: dict[str, Group] = {}
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
         # Open reservations by the second they lapse in: removed on commit or release, so
@@ -157,6 +162,12 @@ class Ledger:
             "refund": self._refund,
             "session_open": self._session_open,
             "session_close": self._session_close,
+            "create_group": self._create_group,
+            "update_group": self._update_group,
+            "add_member": self._add_member,
+            "update_member": self._update_member,
+            "remove_member": self._remove_member,
+            "group_reset": self._group_reset,
             "expire": self._expire,
         }
 
@@ -262,6 +273,17 @@ class Ledger:
                 for leg in res.legs:
                     key = (leg.account or sub.id, leg.bucket_id)
                     reserved_by_bucket[key] = reserved_by_bucket.get(key, 0) + leg.amount
+        pool_held: dict[tuple[str, str, str], int] = {}
+        for sub in self.subscribers.values():
+            for res in sub.reservations.values():
+                if res.pool is not None and res.pool in self.groups:
+                    key3 = (res.pool, sub.id, res.unit.value)
+                    pool_held[key3] = pool_held.get(key3, 0) + res.pool_units
+        for group in self.groups.values():
+            for member in group.members.values():
+                for unit_name, amount in member.held.items():
+                    want = pool_held.get((group.id, member.subscriber_id, unit_name), 0)
+                    assert amount == want, f"{group.id}/{member.subscriber_id} holds {amount}"
         for sub in self.subscribers.values():
             held: dict[Unit, int] = {}
             for b in sub.buckets.values():
@@ -337,6 +359,8 @@ class Ledger:
         self._sweep_subscriber(sub, now_ms)
         if sub.reservations or any(b.reserved for b in sub.buckets.values()):
             raise Conflict("subscriber has open reservations", count=len(sub.reservations))
+        if sub.group is not None or sub.kind == "group":
+            raise Conflict("remove it from its group first", group=sub.group or sub.id)
         for key, value in sub.identities.items():
             self.identity_index.pop(f"{key}:{value}", None)
         del self.subscribers[sub.id]
@@ -509,8 +533,21 @@ class Ledger:
     def _void(self, sub: Subscriber, res: Reservation) -> None:
         for leg in res.legs:
             self._account(sub, leg).buckets[leg.bucket_id].reserved -= leg.amount
+        self._settle_pool(res, 0)
         del sub.reservations[res.id]
         self._untrack(sub.id, res)
+
+    def _settle_pool(self, res: Reservation, posted: int) -> None:
+        """A pool reservation ends: its hold on the member's room goes, what was used counts."""
+        if res.pool is None:
+            return
+        group = self.groups.get(res.pool)
+        member = None if group is None else group.members.get(res.subscriber_id)
+        if member is None:  # left the group meanwhile: the pool was charged, nothing to count
+            return
+        key = res.unit.value
+        member.held[key] = member.held.get(key, 0) - res.pool_units
+        member.used[key] = member.used.get(key, 0) + posted
 
     def _subject(self, args: Args, now_ms: int) -> Subscriber:
         """The subscriber an operation is about, with its lapsed reservations voided first."""
@@ -571,14 +608,18 @@ class Ledger:
         need = units_max
         account = None if payer is None else payer.id
         acct = payer or sub
-        for b in [] if zero_rated else self._candidates(acct, unit, rating_group, now_ms):
-            take = min(b.available, need)
-            b.reserved += take
-            legs.append(Leg(b.id, take, account))
-            need -= take
-            if need == 0:
-                break
+        # A member draws on its own buckets first, then on its group's pool within its room.
+        pool, member, room = (None, None, 0) if payer else self._pool_for(sub, unit, now_ms)
+        pool_units = 0
+        if not zero_rated:
+            need = self._hold_units(acct, account, unit, rating_group, need, legs, now_ms)
+            if need and pool is not None and room != 0:
+                want = need if room is None else min(need, room)
+                left = self._hold_units(pool, pool.id, unit, rating_group, want, legs, now_ms)
+                pool_units = want - left
+                need -= pool_units
         free_units = priced_units = 0
+        pool_money = False
         if zero_rated:
             free_units, need = need, 0
         elif need and price is not None and unit is not Unit.MONEY:
@@ -586,6 +627,14 @@ class Ledger:
                 free_units, need = need, 0
             else:
                 priced_units = self._reserve_money(acct, account, price, base, need, legs, now_ms)
+                room_left = None if room is None else room - pool_units
+                if not priced_units and pool is not None and room_left != 0:
+                    want = need if room_left is None else min(need, room_left)
+                    priced_units = self._reserve_money(
+                        pool, pool.id, price, base, want, legs, now_ms
+                    )
+                    pool_money = priced_units > 0
+                    pool_units += priced_units
                 need -= priced_units
         granted = units_max - need
         if granted < min(units_min, units_max) or granted == 0:
@@ -606,7 +655,12 @@ class Ledger:
             priced_units=priced_units,
             price=price if priced_units else None,
             base=base,
+            pool=None if pool is None or not pool_units else pool.id,
+            pool_units=pool_units,
+            pool_money=pool_money,
         )
+        if member is not None and pool_units:
+            member.held[unit.value] = member.held.get(unit.value, 0) + pool_units
         sub.reservations[rid] = res
         self._track(sub.id, res)
         nxt = self._next_expiry.get(sub.id)
@@ -620,6 +674,49 @@ class Ledger:
             "expires_at_ms": expires,
             "legs": [leg.to_json() for leg in legs],
         }
+
+    def _hold_units(
+        self,
+        acct: Subscriber,
+        account: str | None,
+        unit: Unit,
+        rating_group: int | None,
+        need: int,
+        legs: list[Leg],
+        now_ms: int,
+    ) -> int:
+        """Reserve up to `need` from the account's unit buckets; returns what is still needed."""
+        for b in self._candidates(acct, unit, rating_group, now_ms):
+            take = min(b.available, need)
+            b.reserved += take
+            legs.append(Leg(b.id, take, account))
+            need -= take
+            if need == 0:
+                break
+        return need
+
+    def _pool_for(
+        self, sub: Subscriber, unit: Unit, now_ms: int
+    ) -> tuple[Subscriber | None, Member | None, int | None]:
+        """The member's pool account, its member record and the room it has (None: no cap).
+
+        Room is 0 while the member is restricted: the pool's available units are below the
+        group's threshold and the member's priority is not protected.
+        """
+        if sub.group is None:
+            return None, None, 0
+        group = self.groups.get(sub.group)
+        member = None if group is None else group.members.get(sub.id)
+        if group is None or member is None:
+            return None, None, 0
+        pool = self.subscribers[group.id]
+        room = member.room(unit)
+        threshold = group.restrict_below.get(unit.value)
+        if threshold is not None and member.priority > group.protected_priority:
+            available = sum(b.available for b in self._candidates(pool, unit, None, now_ms))
+            if available < threshold:
+                room = 0
+        return pool, member, room
 
     def _reserve_money(
         self,
@@ -658,6 +755,7 @@ class Ledger:
         drawn: dict[str, int] = {}
         priced = res.unit is not Unit.MONEY
         money_legs: list[tuple[Subscriber, Bucket, Leg]] = []
+        pool_posted = 0
         for leg in res.legs:
             acct = self._account(sub, leg)
             b = acct.buckets[leg.bucket_id]
@@ -669,7 +767,11 @@ class Ledger:
             remaining -= here
             if here:
                 self._draw(acct, b, here, leg.account, drawn)
+                if res.pool is not None and leg.account == res.pool:
+                    pool_posted += here
         money_units = min(res.priced_units, remaining)
+        if res.pool_money:
+            pool_posted += money_units
         cost_micros = 0
         if money_units and res.price is not None:
             cost = cost_micros = res.price.cost(res.base + money_units) - res.price.cost(res.base)
@@ -679,6 +781,7 @@ class Ledger:
                 if take:
                     self._draw(acct, b, take, leg.account, drawn)
             assert cost == 0, "a commit cost more than its reservation held"
+        self._settle_pool(res, pool_posted)
         del sub.reservations[rid]
         self._untrack(sub.id, res)
         return {
@@ -828,36 +931,61 @@ class Ledger:
         acct = payer or sub
         account = None if payer is None else payer.id
         units_left = 0 if zero_rated else units
-        plan: list[tuple[Bucket, int]] = []
-        for b in [] if zero_rated else self._candidates(acct, unit, rating_group, now_ms):
-            take = min(b.available, units_left)
-            plan.append((b, take))
-            units_left -= take
-            if units_left == 0:
-                break
+        # (account, its id in `drawn`, bucket, amount); a member's own buckets, then its pool.
+        plan: list[tuple[Subscriber, str | None, Bucket, int]] = []
+        pool, member, room = (
+            (None, None, 0) if payer or zero_rated else self._pool_for(sub, unit, now_ms)
+        )
+        pool_units = 0
+        sources: list[tuple[Subscriber, str | None, int | None]] = [(acct, account, None)]
+        if pool is not None and room != 0:
+            sources.append((pool, pool.id, room))
+        for owner, owner_id, limit in [] if zero_rated else sources:
+            want = units_left if limit is None else min(units_left, limit)
+            for b in self._candidates(owner, unit, rating_group, now_ms):
+                if want == 0:
+                    break
+                take = min(b.available, want)
+                plan.append((owner, owner_id, b, take))
+                want -= take
+                units_left -= take
+                if owner is pool:
+                    pool_units += take
         free = zero_rated
         money_units = cost_micros = 0
         if units_left and price is not None and unit is not Unit.MONEY:
             if price.price_micros == 0:
                 units_left, free = 0, True
             else:
-                buckets = self._candidates(acct, Unit.MONEY, None, now_ms)
-                money = sum(b.available for b in buckets)
-                money_units = min(units_left, price.units_for(money, base))
-                cost = cost_micros = price.cost(base + money_units) - price.cost(base)
-                for b in buckets:
-                    if cost == 0:
-                        break
-                    take = min(b.available, cost)
-                    plan.append((b, take))
-                    cost -= take
-                units_left -= money_units
+                for owner, owner_id, limit in sources:
+                    room_left = None if limit is None else limit - pool_units
+                    if room_left == 0:
+                        continue
+                    buckets = self._candidates(owner, Unit.MONEY, None, now_ms)
+                    money = sum(b.available for b in buckets)
+                    want = units_left if room_left is None else min(units_left, room_left)
+                    money_units = min(want, price.units_for(money, base))
+                    if not money_units:
+                        continue
+                    cost = cost_micros = price.cost(base + money_units) - price.cost(base)
+                    for b in buckets:
+                        if cost == 0:
+                            break
+                        take = min(b.available, cost)
+                        plan.append((owner, owner_id, b, take))
+                        cost -= take
+                    units_left -= money_units
+                    if owner is pool:
+                        pool_units += money_units
+                    break  # own money and pool money are never mixed
         if units_left and not partial:
             raise NoCredit("balance cannot pay for the debit", missing_units=units_left)
         drawn: dict[str, int] = {}
-        for b, take in plan:
+        for owner, owner_id, b, take in plan:
             if take:
-                self._draw(acct, b, take, account, drawn)
+                self._draw(owner, b, take, owner_id, drawn)
+        if member is not None and pool_units:
+            member.used[unit.value] = member.used.get(unit.value, 0) + pool_units
         return {
             "units": units - units_left,
             "drawn": drawn,
@@ -920,6 +1048,166 @@ class Ledger:
                 released += 1
         return {"session_id": session_id, "released_reservations": released}
 
+    # ------------------------------------------------------------------ groups
+
+    def group(self, group_id: str) -> Group:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise NotFound(f"unknown group {group_id!r}")
+        return group
+
+    def _group_settings(self, group: Group, args: Args, now_ms: int) -> None:
+        """Apply the settings an operation carries; all checked before anything changes."""
+        period = args.get("period", group.period)
+        if period not in PERIODS:
+            raise InvalidRequest(f"period must be one of {list(PERIODS)}", field="period")
+        day = args.get("reset_day", group.reset_day)
+        valid_day = 0 <= day <= 6 if period == "weekly" else 1 <= day <= 28
+        if type(day) is not int or not valid_day:
+            raise InvalidRequest("reset_day: 1..28 monthly, 0..6 weekly", field="reset_day")
+        restrict = args.get("restrict_below", group.restrict_below)
+        if not isinstance(restrict, dict) or any(
+            _UNITS.get(k) is None or type(v) is not int or v < 0 for k, v in restrict.items()
+        ):
+            raise InvalidRequest("restrict_below maps units to amounts", field="restrict_below")
+        protected = args.get("protected_priority", group.protected_priority)
+        if type(protected) is not int:
+            raise InvalidRequest("protected_priority must be an integer")
+        policy = args.get("policy", group.policy)
+        if not isinstance(policy, dict):
+            raise InvalidRequest("policy must be an object", field="policy")
+        if (period, day) != (group.period, group.reset_day) or group.next_reset_ms >= NEVER_MS:
+            group.next_reset_ms = next_reset_ms(period, day, now_ms)
+        group.period, group.reset_day = period, day
+        group.restrict_below, group.protected_priority = dict(restrict), protected
+        group.policy = dict(policy)
+
+    def _create_group(self, args: Args, now_ms: int) -> Result:
+        gid = _check_id("group_id", args.get("group_id"))
+        owner = self.subscriber(args.get("owner", ""))
+        if gid in self.subscribers or gid in self.groups:
+            raise Conflict(f"id {gid!r} is taken")
+        if owner.group is not None or owner.kind != "subscriber":
+            raise Conflict(f"owner {owner.id!r} already draws on group {owner.group!r}")
+        group = Group(gid, owner.id, now_ms)
+        self._group_settings(group, args, now_ms)
+        self.subscribers[gid] = Subscriber(gid, {}, Status.ACTIVE, now_ms, kind="group")
+        self.groups[gid] = group
+        group.members[owner.id] = Member(owner.id, 0)
+        owner.group = gid
+        return group.to_json()
+
+    def _update_group(self, args: Args, now_ms: int) -> Result:
+        group = self.group(args.get("group_id", ""))
+        probe = Group.from_json(group.to_json())
+        self._group_settings(probe, args, now_ms)  # all checks pass before anything changes
+        self._group_settings(group, args, now_ms)
+        return group.to_json()
+
+    @staticmethod
+    def _member_settings(member: Member, args: Args) -> None:
+        priority = args.get("priority", member.priority)
+        if type(priority) is not int or not 0 <= priority < 2**31:
+            raise InvalidRequest("priority must be an integer >= 0", field="priority")
+        caps = args.get("caps", member.caps)
+        if not isinstance(caps, dict) or any(
+            _UNITS.get(k) is None or (v is not None and (type(v) is not int or v < 0))
+            for k, v in caps.items()
+        ):
+            raise InvalidRequest("caps maps units to amounts per period", field="caps")
+        member.priority = priority
+        member.caps = {k: v for k, v in caps.items() if v is not None}
+
+    def _add_member(self, args: Args, now_ms: int) -> Result:
+        group = self.group(args.get("group_id", ""))
+        sub = self.subscriber(args.get("subscriber_id", ""))
+        if sub.kind != "subscriber":
+            raise InvalidRequest("only subscribers can be members")
+        if sub.group is not None:
+            raise Conflict(f"{sub.id!r} already draws on group {sub.group!r}")
+        member = Member(sub.id)
+        self._member_settings(member, args)
+        group.members[sub.id] = member
+        sub.group = group.id
+        return member.to_json()
+
+    def _update_member(self, args: Args, now_ms: int) -> Result:
+        group = self.group(args.get("group_id", ""))
+        member = group.members.get(args.get("subscriber_id", ""))
+        if member is None:
+            raise NotFound("not a member of this group")
+        self._member_settings(
+            Member(member.subscriber_id, member.priority, dict(member.caps)), args
+        )  # all checks pass before anything changes
+        self._member_settings(member, args)
+        return member.to_json()
+
+    def _remove_member(self, args: Args, now_ms: int) -> Result:
+        group = self.group(args.get("group_id", ""))
+        sid = args.get("subscriber_id", "")
+        if sid == group.owner:
+            raise Conflict("the owner cannot leave the group")
+        if group.members.pop(sid, None) is None:
+            raise NotFound("not a member of this group")
+        self.subscribers[sid].group = None
+        return {"group_id": group.id, "removed": sid}
+
+    def _group_reset(self, args: Args, now_ms: int) -> Result:
+        """A new period: what members used from the pool counts from zero again."""
+        group = self.group(args.get("group_id", ""))
+        for member in group.members.values():
+            member.used = {}
+        group.next_reset_ms = next_reset_ms(group.period, group.reset_day, now_ms)
+        return group.to_json()
+
+    def pool_available(self, group_id: str, unit: Unit, now_ms: int) -> int:
+        pool = self.subscribers[group_id]
+        return sum(b.available for b in self._candidates(pool, unit, None, now_ms))
+
+    def policy_counters(self, subscriber_id: str, now_ms: int) -> list[dict[str, Any]]:
+        """Counter statuses a policy function reads: the member's caps and its pool's."""
+        sub = self.subscriber(subscriber_id)
+        group = None if sub.group is None else self.groups.get(sub.group)
+        if group is None:
+            return []
+        counters: list[dict[str, Any]] = []
+        member = group.members[sub.id]
+        pool = self.subscribers[group.id]
+        for unit in Unit:
+            cap = member.caps.get(unit.value)
+            has_buckets = any(b.unit is unit for b in pool.buckets.values())
+            if cap is None and not has_buckets:
+                continue
+            available = self.pool_available(group.id, unit, now_ms)
+            threshold = group.restrict_below.get(unit.value)
+            if available == 0:
+                status = "pool-exhausted"
+            elif threshold is not None and available < threshold:
+                status = "pool-low"
+            else:
+                status = "normal"
+            counters.append(
+                {
+                    "id": f"{group.id}/pool/{unit.value}",
+                    "owner": group.owner,
+                    "unit": unit.value,
+                    "status": status,
+                    "available": available,
+                }
+            )
+            if cap is not None:
+                used = member.used.get(unit.value, 0) + member.held.get(unit.value, 0)
+                counters.append(
+                    {
+                        "id": f"{group.id}/member/{sub.id}/{unit.value}",
+                        "unit": unit.value,
+                        "cap": cap,
+                        "used": used,
+                        "status": "member-cap-reached" if used >= cap else "normal",
+                    }
+                )
+        return counters
+
     # ------------------------------------------------------------------ time
 
     def _expire(self, args: Args, now_ms: int) -> Result:
@@ -956,11 +1244,20 @@ class Ledger:
         for entry in deferred:
             heapq.heappush(bheap, (now_ms + 1, entry[1], entry[2]))
         pruned = self.prune_idempotency(now_ms)
-        return {"voided": voided, "purged_buckets": purged, "pruned_ids": pruned}
+        resets = sorted(g.id for g in self.groups.values() if g.next_reset_ms <= now_ms)
+        for gid in resets:
+            self._group_reset({"group_id": gid}, now_ms)
+        return {
+            "voided": voided,
+            "purged_buckets": purged,
+            "pruned_ids": pruned,
+            "group_resets": resets,
+        }
 
     def next_deadline_ms(self) -> int | None:
         """When the next reservation lapses or bucket expires (for the sweeper's timer)."""
         times = [self._lapse_seconds[0] * 1000] if self._lapse_seconds else []
+        times += [g.next_reset_ms for g in self.groups.values() if g.next_reset_ms < NEVER_MS]
         if self._bucket_expiry_heap:
             times.append(self._bucket_expiry_heap[0][0])
         return min(times) if times else None
@@ -971,6 +1268,7 @@ class Ledger:
         return {
             "subscribers": [s.to_json() for s in self.subscribers.values()],
             "sessions": self.sessions,
+            "groups": [g.to_json() for g in self.groups.values()],
             "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
         }
 
@@ -990,6 +1288,7 @@ class Ledger:
             for b in sub.buckets.values():
                 if b.expires_at_ms < NEVER_MS:
                     heapq.heappush(ledger._bucket_expiry_heap, (b.expires_at_ms, sub.id, b.id))
+        ledger.groups = {g["id"]: Group.from_json(g) for g in doc.get("groups", [])}
         ledger.sessions = dict(doc["sessions"])
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)

@@ -198,6 +198,11 @@ class Reservation:
     priced_units: int = 0
     price: Price | None = None
     base: int = 0
+    # Drawn through a shared pool: which group, how many of `units`, and whether the pool's
+    # money pays the priced units (own money and pool money are never mixed in one grant).
+    pool: str | None = None
+    pool_units: int = 0
+    pool_money: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -213,6 +218,9 @@ class Reservation:
             "priced_units": self.priced_units,
             "price": None if self.price is None else self.price.to_json(),
             "base": self.base,
+            "pool": self.pool,
+            "pool_units": self.pool_units,
+            "pool_money": self.pool_money,
         }
 
     @classmethod
@@ -230,6 +238,9 @@ class Reservation:
             priced_units=doc["priced_units"],
             price=None if doc["price"] is None else Price(**doc["price"]),
             base=doc["base"],
+            pool=doc["pool"],
+            pool_units=doc["pool_units"],
+            pool_money=doc["pool_money"],
         )
 
 
@@ -255,6 +266,8 @@ class Subscriber:
     status: Status
     created_ms: int
     plan: str | None = None
+    kind: str = "subscriber"  # or "group": a shared pool's own account
+    group: str | None = None  # the group this subscriber draws on, if any
     buckets: dict[str, Bucket] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     # Flows per unit, for the conservation check: see Ledger.check_conservation.
@@ -272,6 +285,7 @@ class Subscriber:
             **{k: self.identities.get(k) for k in IDENTITY_KINDS},
             "status": self.status.value,
             "plan": self.plan,
+            "group": self.group,
             "created_ms": self.created_ms,
         }
 
@@ -282,6 +296,8 @@ class Subscriber:
             "status": self.status.value,
             "created_ms": self.created_ms,
             "plan": self.plan,
+            "kind": self.kind,
+            "group": self.group,
             "buckets": [b.to_json() for b in self.buckets.values()],
             "reservations": [r.to_json() for r in self.reservations.values()],
             "counters": {u.value: c for u, c in self.counters.items()},
@@ -295,6 +311,8 @@ class Subscriber:
             status=Status(doc["status"]),
             created_ms=doc["created_ms"],
             plan=doc["plan"],
+            kind=doc["kind"],
+            group=doc["group"],
         )
         for b in doc["buckets"]:
             bucket = Bucket.from_json(b)
@@ -304,3 +322,93 @@ class Subscriber:
             sub.reservations[res.id] = res
         sub.counters = {Unit(u): dict(c) for u, c in doc["counters"].items()}
         return sub
+
+
+PERIODS = ("none", "daily", "weekly", "monthly")
+
+
+@dataclass(slots=True)
+class Member:
+    """A subscriber's place in a group: its priority, caps per period, and what it drew."""
+
+    subscriber_id: str
+    priority: int = 0  # 0 is the highest
+    caps: dict[str, int] = field(default_factory=dict)  # unit -> units per period from the pool
+    used: dict[str, int] = field(default_factory=dict)  # unit -> posted from the pool this period
+    held: dict[str, int] = field(default_factory=dict)  # unit -> reserved from the pool now
+
+    def room(self, unit: Unit) -> int | None:
+        """Units the member may still reserve from the pool this period; None: no cap."""
+        cap = self.caps.get(unit.value)
+        if cap is None:
+            return None
+        return max(0, cap - self.used.get(unit.value, 0) - self.held.get(unit.value, 0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subscriber_id": self.subscriber_id,
+            "priority": self.priority,
+            "caps": self.caps,
+            "used": self.used,
+            "held": self.held,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Member:
+        return cls(
+            doc["subscriber_id"],
+            doc["priority"],
+            dict(doc["caps"]),
+            dict(doc["used"]),
+            dict(doc["held"]),
+        )
+
+
+@dataclass(slots=True)
+class Group:
+    """A shared balance: its buckets live in the account of the same id (kind "group")."""
+
+    id: str
+    owner: str
+    created_ms: int
+    members: dict[str, Member] = field(default_factory=dict)
+    period: str = "none"
+    reset_day: int = 1  # day of month (monthly) or weekday 0=Monday (weekly)
+    next_reset_ms: int = NEVER_MS
+    # Below this much available in the pool (per unit), members of a priority number above
+    # `protected_priority` are restricted to their own buckets until it rises again.
+    restrict_below: dict[str, int] = field(default_factory=dict)
+    protected_priority: int = 0
+    policy: dict[str, Any] = field(default_factory=dict)  # the engine's allocation settings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "created_ms": self.created_ms,
+            "members": [m.to_json() for m in self.members.values()],
+            "period": self.period,
+            "reset_day": self.reset_day,
+            "next_reset_ms": None if self.next_reset_ms >= NEVER_MS else self.next_reset_ms,
+            "restrict_below": self.restrict_below,
+            "protected_priority": self.protected_priority,
+            "policy": self.policy,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Group:
+        group = cls(
+            id=doc["id"],
+            owner=doc["owner"],
+            created_ms=doc["created_ms"],
+            period=doc["period"],
+            reset_day=doc["reset_day"],
+            next_reset_ms=NEVER_MS if doc["next_reset_ms"] is None else doc["next_reset_ms"],
+            restrict_below=dict(doc["restrict_below"]),
+            protected_priority=doc["protected_priority"],
+            policy=dict(doc["policy"]),
+        )
+        for m in doc["members"]:
+            member = Member.from_json(m)
+            group.members[member.subscriber_id] = member
+        return group
