@@ -18,6 +18,7 @@ from quotaflow import notify, records
 from quotaflow.api import ManagementApi
 from quotaflow.config import Config
 from quotaflow.engine import Engine
+from quotaflow.groups import CounterWatch, GroupApi
 from quotaflow.metrics import watch_store
 from quotaflow.rating import Rater
 from quotaflow.rating.api import TariffApi, persisted_tariffs
@@ -40,6 +41,7 @@ def _nchf_mount(engine: Engine) -> BaseRoute | None:
 def build_app(engine: Engine, cfg: Config, *, with_nchf: bool = True) -> Starlette:
     routes: list[BaseRoute] = list(ManagementApi(engine).routes())
     routes += TariffApi(engine, cfg.data_dir, cfg.tariff_file).routes()
+    routes += GroupApi(engine).routes()
     if with_nchf:
         mount = _nchf_mount(engine)
         if mount is not None:
@@ -89,7 +91,8 @@ class Server:
         watch_store(self.store.stats)
         self._records = await records.start(self.engine, self.store, cfg.data_dir)
         self._notify = await notify.start(self.engine, self.store, cfg.data_dir)
-        self._stoppers += [self._records, self._notify]
+        self._counters = CounterWatch(self.engine, self._notify).start()
+        self._stoppers += [self._records, self._notify, self._counters]
         separate_sbi = cfg.sbi_port is not None
         app = build_app(self.engine, cfg, with_nchf=cfg.nchf_enabled and not separate_sbi)
         app.router.routes.extend([*records.routes(self._records), *notify.routes(self._notify)])

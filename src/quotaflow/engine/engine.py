@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from quotaflow.engine.grants import GrantPolicy, RateTracker
+from quotaflow.engine.grants import GrantPolicy, RateTracker, UnitGrantLimits
+from quotaflow.engine.pools import reclaimable, size_pool_grant
 from quotaflow.engine.types import (
     DebitAnswer,
     EngineEvent,
@@ -34,6 +35,7 @@ from quotaflow.ledger import (
     UnknownSession,
 )
 from quotaflow.ledger.ledger import AMOUNT_MAX
+from quotaflow.ledger.model import Group
 from quotaflow.rating import Rated, Rater
 from quotaflow.store.base import Result, Store
 
@@ -50,12 +52,25 @@ class _Step:
     closing: bool
     meta: dict[str, Any]
     subscriber: Subscriber | None = None
+    group: Group | None = None
+
+
+def _rank(order: list[int], s: ServiceRequest) -> int:
+    return order.index(s.rating_group) if s.rating_group in order else len(order)
+
+
+def _short(result: Result, lim: UnitGrantLimits) -> bool:
+    """The grant asked for was refused, or is below the minimum while more was wanted."""
+    if result.get("refused") == "no_credit":
+        return True
+    grant = result.get("grant")
+    return grant is not None and grant["exhausted"] and grant["units"] < lim.min_units
 
 
 Listener = Callable[[EngineEvent], None]
 SERVICES_PER_REQUEST_MAX = 64
 # Events interfaces act on (re-authorise, abort); they carry the open sessions.
-SESSION_EVENTS = frozenset({"credit_added", "barred", "abort"})
+SESSION_EVENTS = frozenset({"credit_added", "barred", "abort", "reauthorize"})
 IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
 
 
@@ -82,6 +97,7 @@ class Engine:
         self.rater = rater or Rater()
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
         self._listeners: list[Listener] = []
+        self.reclaims = 0  # reclaim rounds started (the simulator reports it)
 
     # ------------------------------------------------------------------ events
 
@@ -203,8 +219,18 @@ class Engine:
                 raise InvalidAmount("units must not be negative")
         if step.subscriber is None:
             step = replace(step, subscriber=await self.store.get_subscriber(step.subscriber_id))
-        answers = [await self._charge_one(step, s) for s in services]
-        return SessionAnswer(step.session_id, step.subscriber_id, answers)
+        assert step.subscriber is not None
+        if step.subscriber.group is not None:
+            step = replace(step, group=await self.store.get_group(step.subscriber.group))
+        # The services the group designates are served first when they compete for credit.
+        order = [] if step.group is None else step.group.policy.get("service_priority", [])
+        ranked = sorted(range(len(services)), key=lambda i: _rank(order, services[i]))
+        answers: list[ServiceAnswer | None] = [None] * len(services)
+        for i in ranked:
+            answers[i] = await self._charge_one(step, services[i])
+        return SessionAnswer(
+            step.session_id, step.subscriber_id, [a for a in answers if a is not None]
+        )
 
     async def _charge_one(self, step: _Step, s: ServiceRequest) -> ServiceAnswer:
         op_id = f"{step.session_id}#{step.request_number}#{s.rating_group}"
@@ -221,7 +247,53 @@ class Engine:
                     raise
             else:
                 await self._after_charge(step, s, result)
+                if step.group is not None and _short(result, self.policy.limits[s.unit]):
+                    retry_s = await self._reclaim(step, s)
+                    if retry_s is not None:
+                        return self._answer(s, result, retry_s=retry_s)
         return self._answer(s, result)
+
+    async def _reclaim(self, step: _Step, s: ServiceRequest) -> int | None:
+        """Reclaim policy: when the pool cannot give a member its minimum grant, ask the
+        sessions holding idle pool credit to report now (Gy RAR / Nchf re-authorisation).
+
+        Returns the short validity for the member to come back after, or None when there is
+        nothing worth reclaiming (then the refusal stands).
+        """
+        group = step.group
+        assert group is not None
+        if group.policy.get("allocation") != "reclaim":
+            return None
+        others = [
+            r
+            for r in await self.store.pool_reservations(group.id)
+            if r.session_id != step.session_id and r.unit is s.unit
+        ]
+        rates = {key: t.rate_per_s for key, t in self._rates.items()}
+        total, worth = reclaimable(others, rates, self.store.clock())
+        if total < self.policy.limits[s.unit].min_units:
+            return None
+        sessions: dict[str, dict[str, Any]] = {}
+        for res in worth:
+            if res.session_id is not None:
+                record = await self.store.get_session(res.session_id)
+                if record is not None:
+                    sessions[res.session_id] = record
+        by_owner: dict[str, dict[str, dict[str, Any]]] = {}
+        for sid, record in sessions.items():
+            by_owner.setdefault(record["subscriber_id"], {})[sid] = record
+        for owner, owned in by_owner.items():
+            self._notify(
+                EngineEvent(
+                    "reauthorize",
+                    owner,
+                    owned,
+                    {"group_id": group.id, "reclaim_for": step.subscriber_id},
+                )
+            )
+        self.reclaims += 1
+        retry_s: int = group.policy.get("retry_s", 5)
+        return retry_s
 
     async def _after_charge(self, step: _Step, s: ServiceRequest, result: Result) -> None:
         if not self._listeners:
@@ -273,18 +345,37 @@ class Engine:
                 "plan": rated.plan,
             }
         if s.want_grant and not step.closing:
-            units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
+            validity_s = self.policy.validity_s
+            if step.group is not None:
+                pool_grant = size_pool_grant(
+                    step.group.policy,
+                    self.policy,
+                    s.unit,
+                    tracker.rate_per_s,
+                    s.requested_units,
+                    self.store.pool_available(step.group.id, s.unit.value),
+                    len(step.group.members),
+                )
+                units, validity_s = pool_grant.units, pool_grant.validity_s
+            else:
+                units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
             lim = self.policy.limits[s.unit]
             args["reserve"] = {
                 "units_max": units,
                 "units_min": min(lim.min_units, units),
-                "validity_ms": (self.policy.validity_s + self.policy.grace_s) * 1000,
+                "validity_ms": (validity_s + self.policy.grace_s) * 1000,
                 "session_id": step.session_id,
             }
         return args
 
-    def _answer(self, s: ServiceRequest, result: Result) -> ServiceAnswer:
+    def _answer(
+        self, s: ServiceRequest, result: Result, retry_s: int | None = None
+    ) -> ServiceAnswer:
         grant = result.get("grant")
+        validity_s = self.policy.validity_s
+        if grant is not None:
+            validity_ms = grant.get("validity_ms", (validity_s + self.policy.grace_s) * 1000)
+            validity_s = max(1, validity_ms // 1000 - self.policy.grace_s)
         if "grant" not in result:
             status = ServiceResult.REPORTED
             granted = 0
@@ -298,12 +389,14 @@ class Engine:
         else:
             granted = grant["units"]
             status = ServiceResult.FINAL if grant["exhausted"] else ServiceResult.GRANTED
+        if retry_s is not None:  # credit is being reclaimed for this member: come back soon
+            status, validity_s = ServiceResult.RETRY, retry_s
         return ServiceAnswer(
             rating_group=s.rating_group,
             unit=s.unit,
             result=status,
             granted_units=granted,
-            validity_s=self.policy.validity_s,
+            validity_s=validity_s,
             posted_units=result["posted_units"],
             unpaid_units=result["unpaid_units"],
         )
@@ -404,9 +497,24 @@ class Engine:
             or (op == "adjust" and args.get("amount", 0) > 0)
             or (op == "add_bucket" and args.get("amount", 0) > 0)
         ):
-            await self._emit("credit_added", args["subscriber_id"])
+            for sid in await self._holders(args["subscriber_id"]):
+                await self._emit("credit_added", sid)
         elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:
             await self._emit("barred", args["id"])
+        elif op in ("update_group", "update_member", "group_reset", "add_member"):
+            # New caps, priorities or policy apply to live sessions at their next report: ask
+            # for it now.
+            members = [args["subscriber_id"]] if "subscriber_id" in args else None
+            for sid in members or await self._holders(args["group_id"]):
+                await self._emit("reauthorize", sid, {"group_id": args["group_id"], "op": op})
         if "subscriber_id" in args:
             await self._emit("balance_changed", args["subscriber_id"], {"op": op})
         return result
+
+    async def _holders(self, account_id: str) -> list[str]:
+        """Who draws on an account: its members for a group's pool, else the subscriber."""
+        sub = await self.store.get_subscriber(account_id)
+        if sub.kind != "group":
+            return [account_id]
+        group = await self.store.get_group(account_id)
+        return list(group.members)

@@ -17,6 +17,7 @@ class ServiceResult(StrEnum):
     NO_CREDIT = "no_credit"  # nothing could be granted
     REPORTED = "reported"  # usage posted, no grant was asked for
     BARRED = "barred"
+    RETRY = "retry"  # nothing now (credit is being reclaimed); ask again after the validity
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,8 @@ class DebitAnswer:
 class EngineEvent:
     """Something interfaces may act on: re-authorise sessions after a top-up, abort when barred."""
 
-    # "credit_added", "barred", "abort" (interfaces act on these; `sessions` is filled),
+    # "credit_added", "barred", "abort", "reauthorize" (interfaces act on these: re-auth or
+    # abort the `sessions` given),
     # "balance_changed", "no_credit" (for thresholds and notifications; `detail` says more)
     kind: str
     subscriber_id: str

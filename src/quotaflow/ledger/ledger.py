@@ -671,6 +671,7 @@ class Ledger:
             "units": granted,
             "free_units": free_units,
             "exhausted": granted < units_max,
+            "validity_ms": validity_ms,
             "expires_at_ms": expires,
             "legs": [leg.to_json() for leg in legs],
         }

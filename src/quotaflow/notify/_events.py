@@ -19,6 +19,7 @@ EVENT_TYPES = frozenset(
         "refused_requests",  # refusals for lack of credit passed the configured count
         "choice_offered",  # credit runs low with several sessions: pick the one to keep
         "choice_made",  # the answer: the other sessions are being ended
+        "policy_counter",  # a member's policy counter changed status (pool-low, cap reached...)
     }
 )
 SIGNATURE_HEADER = "quotaflow-signature"

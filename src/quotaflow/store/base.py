@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from quotaflow.ledger import ChargingError, Subscriber
+from quotaflow.ledger.model import Group, Reservation
 
 Result = dict[str, Any]
 Clock = Callable[[], int]
@@ -56,5 +57,17 @@ class Store(Protocol):
     def payable_units(
         self, sub: Subscriber, unit: str, rating_group: int | None, price: dict[str, int] | None
     ) -> int: ...
+
+    async def get_group(self, group_id: str) -> Group:
+        """A read-only view of a group; raises NotFound."""
+        ...
+
+    def pool_available(self, group_id: str, unit: str) -> int: ...
+
+    async def pool_reservations(self, group_id: str) -> list[Reservation]:
+        """Open reservations that hold units of this group's pool."""
+        ...
+
+    def policy_counters(self, subscriber_id: str) -> list[dict[str, Any]]: ...
 
     def stats(self) -> dict[str, Any]: ...

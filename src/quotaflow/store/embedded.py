@@ -23,6 +23,7 @@ import orjson
 
 from quotaflow.ledger import ChargingError, LimitReached, Price, Subscriber, Unit
 from quotaflow.ledger.ledger import Ledger, Limits
+from quotaflow.ledger.model import Group, Reservation
 from quotaflow.store.base import Clock, Result, StoreUnavailable, wall_clock_ms
 
 log = logging.getLogger("quotaflow.store")
@@ -389,6 +390,24 @@ class EmbeddedStore:
     ) -> int:
         p = None if price is None else Price(**price)
         return self.ledger.payable_units(sub, Unit(unit), rating_group, p, self.clock())
+
+    async def get_group(self, group_id: str) -> Group:
+        return self.ledger.group(group_id)
+
+    def pool_available(self, group_id: str, unit: str) -> int:
+        return self.ledger.pool_available(group_id, Unit(unit), self.clock())
+
+    async def pool_reservations(self, group_id: str) -> list[Reservation]:
+        group = self.ledger.group(group_id)
+        found: list[Reservation] = []
+        for sid in group.members:
+            sub = self.ledger.subscribers.get(sid)
+            if sub is not None:
+                found += [r for r in sub.reservations.values() if r.pool == group_id]
+        return found
+
+    def policy_counters(self, subscriber_id: str) -> list[dict[str, Any]]:
+        return self.ledger.policy_counters(subscriber_id, self.clock())
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,104 @@
+"""Allocation policies for shared pools: how big a member's grant is, and for how long.
+
+Every policy is strict by construction: a grant is a reservation on the pool's buckets, so the
+grants outstanding plus what was used never exceed the pool. They differ in how they trade
+stranded credit (idle grants a member cannot use) against signalling (how often sessions
+report). See docs/SHARED-POOLS.md for the measures and the simulator that compares them.
+
+A group's `policy` object selects one and tunes it:
+    allocation     "fixed" | "progressive" | "reclaim" | "validity" | "predictive" (default)
+    fixed_units    the fixed policy's grant (default: the unit's default grant)
+    divisor        progressive: a grant is at most pool / (divisor x members) (default 2)
+    max_drift      validity: the most one member may use on a grant before it must report,
+                   i.e. how far two views of the pool can drift apart (default: default grant)
+    validity_min_s the shortest validity any policy gives (default 10)
+    retry_s        reclaim: the validity of an empty grant while credit is being reclaimed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quotaflow.engine.grants import GrantPolicy
+from quotaflow.ledger import Reservation, Unit
+
+ALLOCATIONS = ("fixed", "progressive", "reclaim", "validity", "predictive")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolGrant:
+    units: int
+    validity_s: int
+
+
+def _int(policy: dict[str, Any], key: str, default: int) -> int:
+    value = policy.get(key, default)
+    return value if type(value) is int and value > 0 else default
+
+
+def check_policy(policy: dict[str, Any]) -> None:
+    """Refuse a policy object the engine could not apply (raises ValueError naming the key)."""
+    allocation = policy.get("allocation", "predictive")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}")
+    for key in ("fixed_units", "divisor", "max_drift", "validity_min_s", "retry_s"):
+        value = policy.get(key)
+        if value is not None and (type(value) is not int or value <= 0):
+            raise ValueError(f"{key} must be a positive integer")
+    order = policy.get("service_priority", [])
+    if not isinstance(order, list) or not all(type(rg) is int for rg in order):
+        raise ValueError("service_priority must be a list of rating groups")
+
+
+def size_pool_grant(
+    policy: dict[str, Any],
+    grants: GrantPolicy,
+    unit: Unit,
+    rate_per_s: float | None,
+    requested: int | None,
+    pool_available: int,
+    members: int,
+) -> PoolGrant:
+    """The grant to ask the ledger for; the ledger still bounds it by pool, caps and balance."""
+    allocation = policy.get("allocation", "predictive")
+    lim = grants.limits[unit]
+    validity = grants.validity_s
+    validity_min = min(_int(policy, "validity_min_s", 10), validity)
+    if allocation == "fixed":
+        units = _int(policy, "fixed_units", lim.default_units)
+    elif allocation == "progressive":
+        share = pool_available // (_int(policy, "divisor", 2) * max(1, members))
+        units = max(lim.min_units, min(lim.default_units, share))
+    else:
+        units = grants.size(unit, rate_per_s, requested)
+        if allocation == "validity" and rate_per_s:
+            # Report before using more than max_drift: bounds how far views can drift apart.
+            drift = _int(policy, "max_drift", lim.default_units)
+            validity = max(validity_min, min(validity, int(drift / rate_per_s)))
+            units = max(lim.min_units, min(units, drift))
+    if requested:
+        units = min(units, max(lim.min_units, requested))
+    return PoolGrant(max(1, units), validity)
+
+
+def reclaimable(
+    others: list[Reservation],
+    rates: dict[tuple[str, int | None], float | None],
+    now_ms: int,
+) -> tuple[int, list[Reservation]]:
+    """Units other members hold beyond what their rate says they used since the grant.
+
+    Returns the total and the reservations worth asking to report early (those holding more
+    than they are predicted to use before their next report).
+    """
+    total = 0
+    worth: list[Reservation] = []
+    for res in others:
+        rate = rates.get((res.session_id or "", res.rating_group)) or 0.0
+        predicted = int(rate * (now_ms - res.created_ms) / 1000)
+        idle = res.pool_units - predicted
+        if idle > 0:
+            total += idle
+            worth.append(res)
+    return total, worth

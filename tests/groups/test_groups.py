@@ -1,0 +1,185 @@
+"""Shared balances through the real server: the API, members' sessions on the pool, caps,
+restriction, resets, policy counters and their webhook, reclaim and service priority."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from quotaflow.engine import EngineEvent, ServiceRequest, ServiceResult
+from quotaflow.server import Server
+from tests.records.harness import serve_asgi
+
+MB = 1_000_000
+
+
+async def family(api: httpx.AsyncClient, policy: dict[str, Any] | None = None) -> None:
+    for sid in ("mum", "kid", "dad"):
+        assert (await api.post("/v1/subscribers", json={"id": sid})).status_code == 201
+    r = await api.post(
+        "/v1/groups",
+        json={
+            "id": "fam",
+            "owner": "mum",
+            "period": "monthly",
+            "reset_day": 1,
+            "restrict_below": {"octets": 20 * MB},
+            "protected_priority": 0,
+            "policy": policy or {"allocation": "predictive"},
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = await api.post(
+        "/v1/groups/fam/members",
+        json={"subscriber_id": "kid", "priority": 1, "caps": {"octets": 15 * MB}},
+    )
+    assert r.status_code == 201, r.text
+    r = await api.post("/v1/groups/fam/members", json={"subscriber_id": "dad", "priority": 0})
+    assert r.status_code == 201, r.text
+    r = await api.post(
+        "/v1/groups/fam/buckets", json={"id": "shared", "unit": "octets", "amount": 100 * MB}
+    )
+    assert r.status_code == 201, r.text
+
+
+async def test_members_draw_on_the_pool_within_caps(api: httpx.AsyncClient, server: Server) -> None:
+    await family(api)
+    engine = server.engine
+    await api.post("/v1/subscribers/kid/topups", json={"unit": "octets", "amount": 2 * MB})
+    kid = await engine.session_start("k1", "kid", 0, [ServiceRequest(10, requested_units=30 * MB)])
+    # Own 2 MB first, then the pool, but never past the 15 MB cap.
+    assert kid.services[0].granted_units == 17 * MB
+    more = await engine.session_update(
+        "k1", 1, [ServiceRequest(10, used_units=17 * MB, requested_units=30 * MB)]
+    )
+    assert more.services[0].result is ServiceResult.NO_CREDIT
+    counters = (await api.get("/v1/policy-counters/kid")).json()["counters"]
+    statuses = {c["id"]: c["status"] for c in counters}
+    assert statuses["fam/member/kid/octets"] == "member-cap-reached"
+    assert statuses["fam/pool/octets"] == "normal"
+    dad = await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=90 * MB)])
+    assert dad.services[0].granted_units == 85 * MB  # what the kid left in the pool
+    group = (await api.get("/v1/groups/fam")).json()
+    assert group["pool_available"]["octets"] == 0
+    kid_member = next(m for m in group["members"] if m["subscriber_id"] == "kid")
+    assert kid_member["used"] == {"octets": 15 * MB}
+    # A new period: the kid's cap counts from zero again (here through the API).
+    assert (await api.post("/v1/groups/fam/reset")).status_code == 200
+    server.store.ledger.check_invariants()
+
+
+async def test_low_pool_restricts_unprotected_members(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    await family(api)
+    engine = server.engine
+    dad = await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=85 * MB)])
+    assert dad.services[0].granted_units == 85 * MB
+    # 15 MB left is below the 20 MB threshold: the kid (priority 1) is restricted,
+    kid = await engine.session_start("k1", "kid", 0, [ServiceRequest(10)])
+    assert kid.services[0].result is ServiceResult.NO_CREDIT
+    counters = (await api.get("/v1/policy-counters/kid")).json()["counters"]
+    assert {c["status"] for c in counters if c["id"].startswith("fam/pool")} == {"pool-low"}
+    # ... mum (priority 0, protected) is not.
+    mum = await engine.session_start("m1", "mum", 0, [ServiceRequest(10, requested_units=MB)])
+    assert mum.services[0].granted_units == MB
+    # A top-up of the pool lifts the restriction and asks the members' sessions to come back.
+    events: list[EngineEvent] = []
+    engine.subscribe(events.append)
+    await api.post("/v1/groups/fam/topups", json={"unit": "octets", "amount": 50 * MB})
+    assert {e.subscriber_id for e in events if e.kind == "credit_added"} == {"mum", "kid", "dad"}
+    kid = await engine.session_update("k1", 1, [ServiceRequest(10)])
+    assert kid.services[0].granted_units > 0
+
+
+async def test_reclaim_asks_idle_sessions_to_report(api: httpx.AsyncClient, server: Server) -> None:
+    await family(api, {"allocation": "reclaim", "retry_s": 3})
+    engine = server.engine
+    events: list[EngineEvent] = []
+    engine.subscribe(events.append)
+    await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=100 * MB)])
+    # The pool is all in dad's grant and he has used nothing of it: the mum's request makes
+    # the engine ask dad's session to report, and mum is told to come back in 3 s.
+    mum = await engine.session_start("m1", "mum", 0, [ServiceRequest(10)])
+    assert mum.services[0].result is ServiceResult.RETRY
+    assert mum.services[0].validity_s == 3
+    reauth = [e for e in events if e.kind == "reauthorize"]
+    assert reauth and reauth[-1].subscriber_id == "dad" and "d1" in reauth[-1].sessions
+    # Dad reports (as a gateway does after the RAR); his next grant is sized to his use and
+    # the surplus goes back to the pool, so mum's next request is served.
+    await engine.session_update(
+        "d1", 1, [ServiceRequest(10, used_units=MB, requested_units=5 * MB)]
+    )
+    mum = await engine.session_update("m1", 1, [ServiceRequest(10)])
+    assert mum.services[0].granted_units > 0
+
+
+async def test_designated_service_is_served_first(api: httpx.AsyncClient, server: Server) -> None:
+    await family(api, {"allocation": "predictive", "service_priority": [30]})
+    engine = server.engine
+    await engine.session_start("d0", "dad", 0, [ServiceRequest(10, requested_units=95 * MB)])
+    # 5 MB left; web (RG 10) is listed first but video calls (RG 30) are designated.
+    both = await engine.session_start(
+        "m1",
+        "mum",
+        0,
+        [ServiceRequest(10, requested_units=5 * MB), ServiceRequest(30, requested_units=5 * MB)],
+    )
+    web, call = both.services
+    assert (web.rating_group, call.rating_group) == (10, 30)
+    assert call.granted_units == 5 * MB and web.result is ServiceResult.NO_CREDIT
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"id": "g", "owner": "mum", "policy": {"allocation": "greedy"}}, "policy"),
+        ({"id": "g", "owner": "mum", "period": "yearly"}, "period"),
+        ({"id": "g", "owner": "mum", "period": "monthly", "reset_day": 31}, "reset_day"),
+        ({"id": "g", "owner": "mum", "restrict_below": {"litres": 5}}, "restrict_below"),
+        ({"id": "g", "owner": "mum", "colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_group_settings_are_refused(
+    api: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    await api.post("/v1/subscribers", json={"id": "mum"})
+    r = await api.post("/v1/groups", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["detail"].get("field") == field
+    assert (await api.get("/v1/groups/g")).status_code == 404
+
+
+async def test_policy_counter_changes_reach_a_webhook(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: Request) -> Response:
+        received.append(orjson.loads(await request.body()))
+        return Response(status_code=204)
+
+    async with serve_asgi(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        r = await api.post(
+            "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["policy_counter"]}
+        )
+        assert r.status_code == 201, r.text
+        await family(api)
+        await server.engine.session_start(
+            "d1", "dad", 0, [ServiceRequest(10, requested_units=85 * MB)]
+        )
+        for _ in range(100):
+            if any(e.get("data", {}).get("status") == "pool-low" for e in received):
+                break
+            await asyncio.sleep(0.05)
+    lows = [e for e in received if e["data"]["status"] == "pool-low"]
+    assert {e["subscriber_id"] for e in lows} == {"mum", "kid", "dad"}
+    assert all(e["type"] == "policy_counter" for e in received)
