@@ -20,33 +20,23 @@ from quotaflow.config import Config
 from quotaflow.engine import Engine
 from quotaflow.groups import CounterWatch, GroupApi
 from quotaflow.metrics import watch_store
+from quotaflow.nchf import BASE_PATH, create_app, problem_exception_handlers
 from quotaflow.rating import Rater
 from quotaflow.rating.api import TariffApi, persisted_tariffs
 from quotaflow.store import EmbeddedStore
 
 log = logging.getLogger("quotaflow.server")
 
-# An interface that plugs in: started with the engine and config, returns its stop coroutine.
-InterfaceStarter = Callable[[Engine, Config], Awaitable[Callable[[], Awaitable[None]]]]
 
-
-def _nchf_mount(engine: Engine) -> BaseRoute | None:
-    try:
-        from quotaflow.nchf import create_app  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    return Mount("/nchf-convergedcharging/v3", app=create_app(engine))
-
-
-def build_app(engine: Engine, cfg: Config, *, with_nchf: bool = True) -> Starlette:
+def build_app(engine: Engine, cfg: Config, nchf: Starlette | None) -> Starlette:
+    """The HTTP listener: /v1, /metrics and, unless it has its own listener, Nchf."""
     routes: list[BaseRoute] = list(ManagementApi(engine).routes())
     routes += TariffApi(engine, cfg.data_dir, cfg.tariff_file).routes()
     routes += GroupApi(engine).routes()
-    if with_nchf:
-        mount = _nchf_mount(engine)
-        if mount is not None:
-            routes.append(mount)
-    return Starlette(routes=routes)
+    if nchf is not None:
+        routes.append(Mount(BASE_PATH, app=nchf))
+    # Problem details for what no route matches, as the SBI requires (plain text otherwise).
+    return Starlette(routes=routes, exception_handlers=problem_exception_handlers())
 
 
 def _hypercorn(host: str, port: int) -> HypercornConfig:
@@ -56,6 +46,7 @@ def _hypercorn(host: str, port: int) -> HypercornConfig:
     hc.errorlog = logging.getLogger("quotaflow.http")
     hc.keep_alive_timeout = 75
     hc.h2_max_concurrent_streams = 256
+    hc.keep_alive_max_requests = 2**62  # hypercorn's default sends GOAWAY every 1,000 requests
     return hc
 
 
@@ -94,16 +85,18 @@ class Server:
         self._counters = CounterWatch(self.engine, self._notify).start()
         self._stoppers += [self._records, self._notify, self._counters]
         separate_sbi = cfg.sbi_port is not None
-        app = build_app(self.engine, cfg, with_nchf=cfg.nchf_enabled and not separate_sbi)
+        nchf = create_app(self.engine) if cfg.nchf_enabled else None
+        if nchf is not None:
+            self._stoppers.append(nchf.state.nchf_close)
+        app = build_app(self.engine, cfg, None if separate_sbi else nchf)
         app.router.routes.extend([*records.routes(self._records), *notify.routes(self._notify)])
         self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
-        if separate_sbi and cfg.nchf_enabled:
-            sbi = Starlette(routes=[m for m in [_nchf_mount(self.engine)] if m is not None])
-            self._tasks.append(
-                asyncio.create_task(
-                    self._serve(sbi, cfg.sbi_host or cfg.http_host, cfg.sbi_port or 0)
-                )
+        if separate_sbi and nchf is not None:
+            sbi = Starlette(
+                routes=[Mount(BASE_PATH, app=nchf)], exception_handlers=problem_exception_handlers()
             )
+            sbi_host = cfg.sbi_host or cfg.http_host
+            self._tasks.append(asyncio.create_task(self._serve(sbi, sbi_host, cfg.sbi_port or 0)))
         if cfg.diameter_enabled:
             stop = await _start_diameter(self.engine, cfg)
             if stop is not None:

@@ -101,18 +101,25 @@ async def test_low_pool_restricts_unprotected_members(
 
 
 async def test_reclaim_asks_idle_sessions_to_report(api: httpx.AsyncClient, server: Server) -> None:
-    await family(api, {"allocation": "reclaim", "retry_s": 3})
+    await family(api, {"allocation": "reclaim", "retry_s": 3, "reclaim_min_age_s": 0})
     engine = server.engine
     events: list[EngineEvent] = []
     engine.subscribe(events.append)
-    await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=100 * MB)])
-    # The pool is all in dad's grant and he has used nothing of it: the mum's request makes
-    # the engine ask dad's session to report, and mum is told to come back in 3 s.
+    # Grants shrink with the pool (at most pool / (2 x 3 members) each): dad's devices take it
+    # all in ever smaller grants, and use none of it.
+    n = 0
+    while server.store.pool_available("fam", "octets") >= 100_000:
+        n += 1
+        await engine.session_start(f"d{n}", "dad", 0, [ServiceRequest(10)])
+    assert n > 10
+    # The pool is all in dad's idle grants: the mum's request makes the engine ask dad's
+    # sessions to report, and mum is told to come back in 3 s.
     mum = await engine.session_start("m1", "mum", 0, [ServiceRequest(10)])
     assert mum.services[0].result is ServiceResult.RETRY
     assert mum.services[0].validity_s == 3
     reauth = [e for e in events if e.kind == "reauthorize"]
     assert reauth and reauth[-1].subscriber_id == "dad" and "d1" in reauth[-1].sessions
+    assert len(reauth[-1].sessions) == n
     # Dad reports (as a gateway does after the RAR); his next grant is sized to his use and
     # the surplus goes back to the pool, so mum's next request is served.
     await engine.session_update(

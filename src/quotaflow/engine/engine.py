@@ -270,7 +270,8 @@ class Engine:
             if r.session_id != step.session_id and r.unit is s.unit
         ]
         rates = {key: t.rate_per_s for key, t in self._rates.items()}
-        total, worth = reclaimable(others, rates, self.store.clock())
+        min_age_ms = int(group.policy.get("reclaim_min_age_s", 10)) * 1000
+        total, worth = reclaimable(others, rates, self.store.clock(), min_age_ms)
         if total < self.policy.limits[s.unit].min_units:
             return None
         sessions: dict[str, dict[str, Any]] = {}

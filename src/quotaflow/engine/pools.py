@@ -13,6 +13,9 @@ A group's `policy` object selects one and tunes it:
                    i.e. how far two views of the pool can drift apart (default: default grant)
     validity_min_s the shortest validity any policy gives (default 10)
     retry_s        reclaim: the validity of an empty grant while credit is being reclaimed
+    reclaim_min_age_s  reclaim: grants younger than this are not asked back (default 10)
+    horizon_s      predictive, reclaim: a grant is what the member's rate predicts for this
+                   long (default 60 s, at most the validity): the surplus stays in the pool
 """
 
 from __future__ import annotations
@@ -42,10 +45,20 @@ def check_policy(policy: dict[str, Any]) -> None:
     allocation = policy.get("allocation", "predictive")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}")
-    for key in ("fixed_units", "divisor", "max_drift", "validity_min_s", "retry_s"):
+    for key in (
+        "fixed_units",
+        "divisor",
+        "max_drift",
+        "validity_min_s",
+        "retry_s",
+        "horizon_s",
+    ):
         value = policy.get(key)
         if value is not None and (type(value) is not int or value <= 0):
             raise ValueError(f"{key} must be a positive integer")
+    age = policy.get("reclaim_min_age_s")
+    if age is not None and (type(age) is not int or age < 0):
+        raise ValueError("reclaim_min_age_s must be an integer >= 0")
     order = policy.get("service_priority", [])
     if not isinstance(order, list) or not all(type(rg) is int for rg in order):
         raise ValueError("service_priority must be a list of rating groups")
@@ -72,6 +85,13 @@ def size_pool_grant(
         units = max(lim.min_units, min(lim.default_units, share))
     else:
         units = grants.size(unit, rate_per_s, requested)
+        if allocation in ("predictive", "reclaim") and rate_per_s is not None:
+            horizon = min(_int(policy, "horizon_s", 60), validity)
+            units = max(lim.min_units, min(lim.max_units, int(rate_per_s * horizon)))
+        if allocation == "reclaim":
+            # As the pool drains, grants shrink too, so the last credit is spread thin.
+            share = pool_available // (_int(policy, "divisor", 2) * max(1, members))
+            units = max(lim.min_units, min(units, share))
         if allocation == "validity" and rate_per_s:
             # Report before using more than max_drift: bounds how far views can drift apart.
             drift = _int(policy, "max_drift", lim.default_units)
@@ -86,15 +106,19 @@ def reclaimable(
     others: list[Reservation],
     rates: dict[tuple[str, int | None], float | None],
     now_ms: int,
+    min_age_ms: int = 10_000,
 ) -> tuple[int, list[Reservation]]:
     """Units other members hold beyond what their rate says they used since the grant.
 
     Returns the total and the reservations worth asking to report early (those holding more
-    than they are predicted to use before their next report).
+    than they are predicted to use before their next report). A grant younger than
+    `min_age_ms` is left alone: it was just sized, possibly by the last reclaim.
     """
     total = 0
     worth: list[Reservation] = []
     for res in others:
+        if now_ms - res.created_ms < min_age_ms:
+            continue
         rate = rates.get((res.session_id or "", res.rating_group)) or 0.0
         predicted = int(rate * (now_ms - res.created_ms) / 1000)
         idle = res.pool_units - predicted

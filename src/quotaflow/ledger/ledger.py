@@ -1047,7 +1047,7 @@ class Ledger:
             for res in [r for r in sub.reservations.values() if r.session_id == session_id]:
                 self._void(sub, res)
                 released += 1
-        return {"session_id": session_id, "released_reservations": released}
+        return {"session_id": session_id, "subscriber_id": sid, "released_reservations": released}
 
     # ------------------------------------------------------------------ groups
 
