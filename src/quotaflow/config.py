@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.engine import GrantPolicy, UnitGrantLimits
 from quotaflow.ledger import Limits, Unit
 from quotaflow.rating import TariffBook, TariffError, load_text
@@ -37,6 +38,7 @@ class Config:
     diameter_realm: str = "quotaflow.local"
     # Empty: the development default, any peer that connects from loopback is accepted.
     diameter_peers: list[DiameterPeer] = field(default_factory=list)
+    diameter_gy: GyConfig = field(default_factory=GyConfig)
     nchf_enabled: bool = True
     snapshot_every_ops: int = 500_000
     log_level: str = "INFO"
@@ -92,12 +94,38 @@ def load(path: str | Path | None) -> Config:
         if not isinstance(peer, dict) or "origin_host" not in peer:
             raise ConfigError(f"diameter.peers[{i}] needs origin_host")
         cfg.diameter_peers.append(DiameterPeer(str(peer["origin_host"]), peer.get("address")))
+    cfg.diameter_gy = _load_gy(_section(dia, "gy"))
     _load_grants(cfg, _section(doc, "grants"))
     rating = _section(doc, "rating")
     if rating.get("tariff_file") is not None:
         cfg.tariff_file = Path(str(rating["tariff_file"]))
         load_tariffs(cfg)
     return cfg
+
+
+def _load_gy(gy: dict[str, Any]) -> GyConfig:
+    """[diameter.gy]: Final-Unit-Action and its details, thresholds, units, currency."""
+    settings: dict[str, Any] = {}
+    try:
+        for key in ("final_unit_action", "redirect_address_type", "redirect_server_address"):
+            if key in gy:
+                settings[key] = str(gy[key])
+        for key in ("restricted_validity_s", "quota_threshold_percent", "currency_code"):
+            if key in gy:
+                settings[key] = _int(gy, key, "diameter.gy", 0)
+        for key in ("restriction_filter_rules", "filter_ids"):
+            if key in gy:
+                settings[key] = tuple(str(item) for item in gy[key])
+        for key in ("free_rating_groups", "rated_rating_groups"):
+            if key in gy:
+                settings[key] = frozenset(int(rg) for rg in gy[key])
+        if "rating_group_units" in gy:
+            settings["rating_group_units"] = {
+                int(rg): Unit(u) for rg, u in gy["rating_group_units"].items()
+            }
+        return GyConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"diameter.gy: {exc}") from None
 
 
 def load_tariffs(cfg: Config) -> None:

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount
 from quotaflow import notify, records
 from quotaflow.api import ManagementApi
 from quotaflow.config import Config
+from quotaflow.diameter.gy import start_gy
 from quotaflow.engine import Engine
 from quotaflow.groups import CounterWatch, GroupApi
 from quotaflow.metrics import watch_store
@@ -48,16 +49,6 @@ def _hypercorn(host: str, port: int) -> HypercornConfig:
     hc.h2_max_concurrent_streams = 256
     hc.keep_alive_max_requests = 2**62  # hypercorn's default sends GOAWAY every 1,000 requests
     return hc
-
-
-async def _start_diameter(engine: Engine, cfg: Config) -> Callable[[], Awaitable[None]] | None:
-    try:
-        from quotaflow.diameter.gy import start_gy  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        log.warning("diameter interface not available in this build")
-        return None
-    stop: Callable[[], Awaitable[None]] = await start_gy(engine, cfg)
-    return stop
 
 
 class Server:
@@ -98,9 +89,7 @@ class Server:
             sbi_host = cfg.sbi_host or cfg.http_host
             self._tasks.append(asyncio.create_task(self._serve(sbi, sbi_host, cfg.sbi_port or 0)))
         if cfg.diameter_enabled:
-            stop = await _start_diameter(self.engine, cfg)
-            if stop is not None:
-                self._stoppers.append(stop)
+            self._stoppers.append(await start_gy(self.engine, cfg, cfg.diameter_gy))
         await self._wait_listening(cfg.http_host, cfg.http_port)
         log.info(
             "quotaflow serving",

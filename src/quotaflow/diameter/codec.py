@@ -176,7 +176,11 @@ def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]
             else:
                 value = decode_value(raw.definition, payload)
         except (DiameterError, ValueProblem):
-            continue
+            if raw.definition.type is not AvpType.ENUMERATED or len(payload) != 4:
+                continue
+            # A value outside the enumeration is still echoed (e.g. CC-Request-Type in the
+            # CCA answering it: freeDiameter drops a CCA without one).
+            value = int.from_bytes(payload, "big", signed=True)
         salvaged.append(Avp(raw.code, value, raw.vendor_id, raw.flags, raw.definition))
     return salvaged
 

@@ -104,6 +104,10 @@ class Engine:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     async def _emit(
         self, kind: str, subscriber_id: str, detail: dict[str, Any] | None = None
     ) -> None:

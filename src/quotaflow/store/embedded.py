@@ -383,7 +383,10 @@ class EmbeddedStore:
 
     async def recorded(self, op_id: str) -> Result | None:
         seen = self.ledger.idempotency.get(op_id)
-        return None if seen is None else seen[1]
+        if seen is None:
+            return None
+        await self.flush()  # never hand out a first answer that is not durable yet
+        return seen[1]
 
     def payable_units(
         self, sub: Subscriber, unit: str, rating_group: int | None, price: dict[str, int] | None

@@ -1,0 +1,350 @@
+"""The Diameter Gy/Ro credit-control application (RFC 4006, TS 32.299) on the charging engine.
+
+    stop = await start_gy(engine, cfg)   # serves cfg.diameter_host:cfg.diameter_port
+    await stop()
+
+CCR INITIAL / UPDATE / TERMINATION map to the engine's session steps (the Session-Id is the
+session id, CC-Request-Number the request number); EVENT to one-shot debits, refunds, balance
+checks and price enquiries (gy_event). Accept what real clients send (Destination-Realm is never
+checked: Open5GS puts its own realm there); answer exactly to the spec (gy_answer).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from quotaflow.diameter.constants import CcRequestType, CommandCode, ResultCode
+from quotaflow.diameter.dictionary import Dictionary
+from quotaflow.diameter.events import PeerInfo
+from quotaflow.diameter.gy_answer import (
+    AvpFactory,
+    Outcome,
+    add_outcomes,
+    command_result,
+    credit_control_answer,
+    outcome,
+)
+from quotaflow.diameter.gy_config import GyConfig
+from quotaflow.diameter.gy_event import EventCharging
+from quotaflow.diameter.gy_mapping import (
+    ISO_4217,
+    GyRequestError,
+    Reading,
+    ServiceAsk,
+    identities,
+    result_code_for,
+    service_asks,
+)
+from quotaflow.diameter.gy_notify import GyNotifier, session_meta
+from quotaflow.diameter.gy_retransmit import AnswerCache
+from quotaflow.diameter.message import Avp, Message
+from quotaflow.diameter.messages import make_answer
+from quotaflow.diameter.peer import AllowedPeer
+from quotaflow.diameter.transport import DiameterServer, serve_diameter
+from quotaflow.engine import Engine, ServiceRequest, SessionAnswer
+from quotaflow.ledger import ChargingError, SubscriberBarred, Unit, UnknownSubscriber
+from quotaflow.metrics import REQUEST_SECONDS, SESSION_STEPS
+from quotaflow.rating import TariffBook
+
+if TYPE_CHECKING:
+    from quotaflow.config import Config
+
+log = logging.getLogger("quotaflow.diameter.gy")
+
+_STEPS: dict[int, str] = {
+    CcRequestType.INITIAL: "initial",
+    CcRequestType.UPDATE: "update",
+    CcRequestType.TERMINATION: "termination",
+    CcRequestType.EVENT: "event",
+}
+DEFAULT_CURRENCY_CODE = 978  # EUR, when the tariff's currency is not in ISO_4217
+ERROR_MESSAGE_CHARS_MAX = 200
+# Answers a retry may get differently: not kept for retransmissions.
+_TRANSIENT = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
+# Vendor-0 codes of what every CCR is keyed by.
+_SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM = 263, 264, 296
+_CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 415, 416
+_KEYS = frozenset({_SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM, _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE})
+
+
+@dataclass(frozen=True, slots=True)
+class Ccr:
+    """What identifies a CCR, read once."""
+
+    message: Message
+    session_id: str
+    request_type: int
+    number: int
+    origin_host: str
+    origin_realm: str
+
+    @classmethod
+    def read(cls, message: Message) -> Ccr:
+        found: dict[int, object] = {}
+        for avp in message.avps:
+            if avp.code in _KEYS and not avp.vendor_id and avp.code not in found:
+                found[avp.code] = avp.value
+                if len(found) == len(_KEYS):
+                    break
+        session_id, request_type = found.get(_SESSION_ID), found.get(_CC_REQUEST_TYPE)
+        number = found.get(_CC_REQUEST_NUMBER)
+        # The grammar was checked on receipt: these are present, with these types.
+        assert isinstance(session_id, str) and isinstance(request_type, int)
+        assert isinstance(number, int)
+        host, realm = found.get(_ORIGIN_HOST), found.get(_ORIGIN_REALM)
+        return cls(message, session_id, request_type, number, str(host), str(realm))
+
+
+class GyApplication:
+    """The request handler of the Diameter server: CCR in, CCA out."""
+
+    def __init__(self, engine: Engine, config: GyConfig, identity: str, realm: str) -> None:
+        self.engine = engine
+        self.config = config
+        self.identity = identity
+        self.realm = realm
+        self.answers = AnswerCache(config.answers_kept_max, config.answers_kept_s)
+        self.notifier = GyNotifier(engine, config, identity, realm)
+        self.events = EventCharging(engine, config)
+        self._avps: AvpFactory | None = None
+        self._reading: tuple[TariffBook, Reading] | None = None
+        self._seconds = REQUEST_SECONDS.labels("gy")
+        self._steps: dict[tuple[int, int], Counter] = {}
+
+    async def handle(self, peer: PeerInfo, request: Message) -> Message:
+        if request.command_code != CommandCode.CREDIT_CONTROL:
+            # RAR/ASR are ours to send, not to receive.
+            return make_answer(request, ResultCode.COMMAND_UNSUPPORTED, self.identity, self.realm)
+        ccr = Ccr.read(request)
+        return await self.answers.answer(
+            (ccr.session_id, ccr.request_type, ccr.number),
+            lambda: self._answer(peer, ccr),
+            _keep,
+        )
+
+    async def _answer(self, peer: PeerInfo, ccr: Ccr) -> Message:
+        started = time.perf_counter()
+        reading = self.reading()
+        avps = self.avps(ccr.message.dictionary)
+        try:
+            if ccr.request_type == CcRequestType.INITIAL:
+                answer = await self._initial(peer, ccr, reading, avps)
+            elif ccr.request_type == CcRequestType.UPDATE:
+                answer = await self._update(ccr, reading, avps)
+            elif ccr.request_type == CcRequestType.TERMINATION:
+                answer = await self._terminate(ccr, reading, avps)
+            elif ccr.request_type == CcRequestType.EVENT:
+                answer = await self.events.answer(ccr.message, reading, avps, self._subscriber)
+            else:
+                raise GyRequestError(
+                    ResultCode.INVALID_AVP_VALUE,
+                    f"CC-Request-Type {ccr.request_type}",
+                    ccr.message.find("CC-Request-Type"),
+                )
+        except GyRequestError as exc:
+            answer = self._refusal(ccr.message, exc.result_code, str(exc), exc.failed)
+        except ChargingError as exc:
+            answer = self._refusal(ccr.message, result_code_for(exc), exc.message)
+        self._seconds.observe(time.perf_counter() - started)
+        self._count(ccr.request_type, answer)
+        return answer
+
+    # ------------------------------------------------------------------ session steps
+
+    async def _initial(
+        self, peer: PeerInfo, ccr: Ccr, reading: Reading, avps: AvpFactory
+    ) -> Message:
+        asks = service_asks(ccr.message, reading, initial=True)
+        subscriber_id = await self._subscriber(ccr.message)
+        meta = session_meta(ccr.origin_host, ccr.origin_realm, peer.origin_host)
+        try:
+            charged = await self.engine.session_start(
+                ccr.session_id, subscriber_id, ccr.number, _engine_requests(asks), meta
+            )
+        except SubscriberBarred:
+            denied = ResultCode.END_USER_SERVICE_DENIED
+            answer = credit_control_answer(ccr.message, denied, avps)
+            refused = [Outcome(ask, denied) for ask in asks if ask.in_mscc]
+            add_outcomes(answer, refused, self.config, avps, reading.currency_code)
+            return answer
+        answer, code = self._session_answer(ccr, asks, charged, reading, avps)
+        if code != ResultCode.SUCCESS:
+            # Refused: the client ends the service without a CCR-T, so release it here.
+            await self.engine.session_terminate(ccr.session_id, ccr.number, [], cause="refused")
+            self.notifier.forget(ccr.session_id)
+        return answer
+
+    async def _update(self, ccr: Ccr, reading: Reading, avps: AvpFactory) -> Message:
+        asks = service_asks(ccr.message, reading, initial=False)
+        charged = await self.engine.session_update(
+            ccr.session_id, ccr.number, _engine_requests(asks)
+        )
+        answer, _ = self._session_answer(ccr, asks, charged, reading, avps)
+        return answer
+
+    async def _terminate(self, ccr: Ccr, reading: Reading, avps: AvpFactory) -> Message:
+        # Every MSCC reports its last usage; a single-service request only when it has some.
+        asks = [
+            a
+            for a in service_asks(ccr.message, reading, initial=False)
+            if a.in_mscc or a.used_units
+        ]
+        await self.engine.session_terminate(
+            ccr.session_id,
+            ccr.number,
+            _engine_requests(asks),
+            cause=_termination_cause(ccr.message),
+        )
+        self.notifier.forget(ccr.session_id)
+        return credit_control_answer(ccr.message, ResultCode.SUCCESS, avps)
+
+    def _session_answer(
+        self,
+        ccr: Ccr,
+        asks: list[ServiceAsk],
+        charged: SessionAnswer,
+        reading: Reading,
+        avps: AvpFactory,
+    ) -> tuple[Message, int]:
+        services = iter(charged.services)
+        outcomes: list[Outcome] = []
+        for ask in asks:
+            if ask.refusal is not None:
+                outcomes.append(Outcome(ask, ask.refusal))
+            else:
+                outcomes.append(outcome(ask, next(services), self.config))
+        assert next(services, None) is None, "the engine answers each service asked"
+        code = command_result(outcomes)
+        answer = credit_control_answer(ccr.message, code, avps)
+        add_outcomes(answer, outcomes, self.config, avps, reading.currency_code)
+        self.notifier.track(ccr.session_id, any(o.starved for o in outcomes))
+        return answer, code
+
+    # ------------------------------------------------------------------ helpers
+
+    def reading(self) -> Reading:
+        """Settings plus what the current tariff says (it may be replaced at any time)."""
+        book = self.engine.rater.book
+        if self._reading is None or self._reading[0] is not book:
+            code = self.config.currency_code
+            if code is None:
+                code = ISO_4217.get(book.currency, DEFAULT_CURRENCY_CODE)
+            self._reading = (book, Reading(self.config, self._unit_of, code))
+        return self._reading[1]
+
+    def avps(self, dictionary: Dictionary) -> AvpFactory:
+        factory = self._avps
+        if factory is None or factory.dictionary is not dictionary:
+            factory = self._avps = AvpFactory(dictionary, self.identity, self.realm)
+        return factory
+
+    def _unit_of(self, rating_group: int | None) -> Unit:
+        """The configured unit of a rating group, else the tariff's, else the default."""
+        if rating_group is None:
+            return self.config.default_unit
+        unit = self.config.rating_group_units.get(rating_group)
+        if unit is not None:
+            return unit
+        named = self.engine.rater.book.rating_groups.get(rating_group)
+        return named[1] if named is not None else self.config.default_unit
+
+    async def _subscriber(self, request: Message) -> str:
+        """The subscriber of the first Subscription-Id that names one; UnknownSubscriber."""
+        for kind, value in identities(request):
+            try:
+                return await self.engine.resolve(kind, value)
+            except UnknownSubscriber:
+                continue
+        raise UnknownSubscriber("no Subscription-Id names a known subscriber")
+
+    def _refusal(
+        self, request: Message, code: int, message: str, failed: Avp | None = None
+    ) -> Message:
+        return make_answer(
+            request,
+            code,
+            self.identity,
+            self.realm,
+            error_message=message[:ERROR_MESSAGE_CHARS_MAX],
+            failed_avps=[failed] if failed is not None else (),
+        )
+
+    def _count(self, request_type: int, answer: Message) -> None:
+        code = answer.get("Result-Code", 0)
+        assert isinstance(code, int)
+        counter = self._steps.get((request_type, code))
+        if counter is None:
+            step = _STEPS.get(request_type, "other")
+            counter = self._steps[request_type, code] = SESSION_STEPS.labels("gy", step, code)
+        counter.inc()
+
+
+def _engine_requests(asks: list[ServiceAsk]) -> list[ServiceRequest]:
+    return [a.engine_request() for a in asks if a.refusal is None]
+
+
+def _termination_cause(request: Message) -> str | None:
+    """The Termination-Cause by name (DIAMETER_LOGOUT, ...), for the charging record."""
+    avp = request.find("Termination-Cause")
+    if avp is None or not isinstance(avp.value, int):
+        return None
+    names = avp.definition.enum if avp.definition is not None else None
+    return (names or {}).get(avp.value, str(avp.value))
+
+
+def _keep(answer: Message) -> bool:
+    return answer.get("Result-Code") not in _TRANSIENT
+
+
+# ---------------------------------------------------------------------- start and stop
+
+
+class GyService:
+    """What start_gy returns: calling it stops the application (RAR/ASR in flight are
+    cancelled, peers get a DPR)."""
+
+    def __init__(self, app: GyApplication, server: DiameterServer) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self) -> None:
+        await self.app.notifier.aclose()
+        await self.server.close()
+
+
+def allowed_peers(cfg: Config) -> list[AllowedPeer]:
+    peers = []
+    for peer in cfg.diameter_peers:
+        addresses = frozenset({ipaddress.ip_address(peer.address)}) if peer.address else frozenset()
+        peers.append(AllowedPeer(peer.origin_host, addresses))
+    return peers
+
+
+async def start_gy(engine: Engine, cfg: Config, config: GyConfig | None = None) -> GyService:
+    """Serve Gy on cfg.diameter_host:cfg.diameter_port. With no cfg.diameter_peers, any peer
+    connecting from loopback is accepted (the development default)."""
+    gy = config if config is not None else GyConfig.of(cfg)
+    app = GyApplication(engine, gy, cfg.diameter_identity, cfg.diameter_realm)
+    peers = allowed_peers(cfg)
+    server = await serve_diameter(
+        app.handle,
+        cfg.diameter_host,
+        cfg.diameter_port,
+        cfg.diameter_identity,
+        cfg.diameter_realm,
+        peers,
+        accept_any_loopback=not peers,
+    )
+    app.notifier.attach(server)
+    engine.subscribe(app.notifier.on_event)
+    log.info(
+        "Gy serving",
+        extra={"diameter": f"{cfg.diameter_host}:{server.port}", "peers": len(peers)},
+    )
+    return GyService(app, server)

@@ -1,0 +1,259 @@
+"""CCR AVPs to engine service requests (RFC 4006, TS 32.299), engine errors to Result-Codes.
+
+No business rules here: the engine sizes grants and decides what the balance pays; this module
+only reads what the network asks in credit-control words (gy_answer says the answer). Pure
+functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.gy_config import GyConfig
+from quotaflow.diameter.message import Avp, Message
+from quotaflow.engine import ServiceRequest
+from quotaflow.ledger import (
+    ChargingError,
+    Conflict,
+    InvalidAmount,
+    InvalidRequest,
+    LimitReached,
+    NoCredit,
+    SubscriberBarred,
+    Unit,
+    UnknownSession,
+    UnknownSubscriber,
+)
+
+UINT32_MAX = 2**32 - 1
+MONEY_EXPONENT_MAX = 18  # |Exponent| of a CC-Money Unit-Value; beyond it the value is refused
+MICROS_EXPONENT = -6  # money is held in micro-units of the currency
+
+# Subscription-Id-Type (RFC 4006 8.47) to the ledger's identity kinds.
+IDENTITY_KINDS = {0: "msisdn", 1: "imsi", 2: "sip_uri", 3: "nai"}
+# ISO 4217 numeric codes of the tariff's currency (Currency-Code, RFC 4006 8.11).
+ISO_4217 = {
+    "AUD": 36, "BRL": 986, "CAD": 124, "CHF": 756, "CNY": 156, "CZK": 203, "DKK": 208,
+    "EUR": 978, "GBP": 826, "HUF": 348, "INR": 356, "JPY": 392, "NOK": 578, "NZD": 554,
+    "PLN": 985, "RON": 946, "SEK": 752, "USD": 840, "ZAR": 710,
+}  # fmt: skip
+
+# When a request names several units, the one charged (after the rating group's own unit).
+_UNIT_ORDER = (Unit.OCTETS, Unit.SECONDS, Unit.EVENTS, Unit.MONEY)
+# RFC 4006 AVP codes (vendor 0) read on every request: matched by code, not by name.
+_CC_INPUT_OCTETS, _CC_MONEY, _CC_OUTPUT_OCTETS = 412, 413, 414
+_CC_SERVICE_SPECIFIC_UNITS, _CC_TIME, _CC_TOTAL_OCTETS = 417, 420, 421
+_RATING_GROUP, _RSU, _SERVICE_IDENTIFIER, _USU, _MSCC = 432, 437, 439, 446, 456
+
+# Engine errors to Result-Code, most specific class first. StoreUnavailable (code
+# "store_unavailable") becomes 3004 TOO_BUSY so that a client may fail over to another server.
+_ERROR_CODES: tuple[tuple[type[ChargingError], int], ...] = (
+    (UnknownSubscriber, ResultCode.USER_UNKNOWN),
+    (SubscriberBarred, ResultCode.END_USER_SERVICE_DENIED),
+    (NoCredit, ResultCode.CREDIT_LIMIT_REACHED),
+    (UnknownSession, ResultCode.UNKNOWN_SESSION_ID),
+    (InvalidAmount, ResultCode.INVALID_AVP_VALUE),
+    (InvalidRequest, ResultCode.INVALID_AVP_VALUE),
+    (LimitReached, ResultCode.RESOURCES_EXCEEDED),
+    (Conflict, ResultCode.UNABLE_TO_COMPLY),
+)
+
+
+class GyRequestError(Exception):
+    """A request that cannot be acted on; answered with `result_code` at command level."""
+
+    def __init__(self, result_code: int, message: str, failed: Avp | None = None) -> None:
+        super().__init__(message)
+        self.result_code = result_code
+        self.failed = failed
+
+
+def result_code_for(exc: ChargingError) -> int:
+    if exc.code == "store_unavailable":
+        return ResultCode.TOO_BUSY
+    for kind, code in _ERROR_CODES:
+        if isinstance(exc, kind):
+            return code
+    return ResultCode.UNABLE_TO_COMPLY
+
+
+# ---------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAsk:
+    """One service of a CCR: an MSCC, or the top-level units of a single-service request."""
+
+    rating_group: int | None
+    unit: Unit
+    requested_units: int | None  # None: the OCS sizes the grant
+    used_units: int
+    wants_grant: bool
+    in_mscc: bool
+    service_identifiers: tuple[Avp, ...] = ()
+    refusal: int | None = None  # decided without the engine: 4011 (free) or 5031 (not rated)
+    used_input_octets: int | None = None  # for the charging record, when reported apart
+    used_output_octets: int | None = None
+
+    def engine_request(self) -> ServiceRequest:
+        return ServiceRequest(
+            self.rating_group,
+            self.unit,
+            self.used_units,
+            self.requested_units,
+            self.wants_grant,
+            self.used_input_octets,
+            self.used_output_octets,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What reading a CCR needs besides the settings: the unit a rating group is charged in
+    when the request names none, and the currency."""
+
+    config: GyConfig
+    unit_of: Callable[[int | None], Unit]
+    currency_code: int
+
+
+def service_asks(request: Message, reading: Reading, *, initial: bool) -> list[ServiceAsk]:
+    """One ask per Multiple-Services-Credit-Control, in order; without any MSCC, one ask from
+    the top-level Requested-/Used-Service-Unit (RFC 4006 single-service mode)."""
+    msccs = [a for a in request.avps if a.code == _MSCC and not a.vendor_id]
+    if msccs:
+        return [_ask(mscc.children, reading, initial=initial, in_mscc=True) for mscc in msccs]
+    return [_ask(request.avps, reading, initial=initial, in_mscc=False)]
+
+
+def _ask(avps: list[Avp], reading: Reading, *, initial: bool, in_mscc: bool) -> ServiceAsk:
+    config = reading.config
+    rating_group: int | None = None
+    rsu: Avp | None = None
+    usus: list[Avp] = []
+    identifiers: list[Avp] = []
+    for avp in avps:  # one pass by code: this runs for every service of every request
+        if avp.vendor_id:
+            continue
+        code = avp.code
+        if code == _USU:
+            usus.append(avp)
+        elif code == _RSU:
+            rsu = avp
+        elif in_mscc and code == _RATING_GROUP and isinstance(avp.value, int):
+            rating_group = avp.value
+        elif in_mscc and code == _SERVICE_IDENTIFIER:
+            identifiers.append(avp)
+    refusal: int | None = None
+    if rating_group in config.free_rating_groups:
+        refusal = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
+    elif config.rated_rating_groups is not None and rating_group not in config.rated_rating_groups:
+        refusal = ResultCode.RATING_FAILED
+    try:
+        requested = None if rsu is None else _amounts(rsu, reading.currency_code)[0]
+        used: dict[Unit, int] = {}
+        each_way: list[int | None] = [None, None]
+        for usu in usus:
+            amounts, input_octets, output_octets = _amounts(usu, reading.currency_code)
+            for unit, amount in amounts.items():
+                used[unit] = used.get(unit, 0) + amount
+            for i, part in enumerate((input_octets, output_octets)):
+                if part is not None:
+                    each_way[i] = (each_way[i] or 0) + part
+    except _ForeignCurrency:
+        requested, used, refusal = None, {}, ResultCode.RATING_FAILED
+        each_way = [None, None]
+    unit = choose_unit(requested, used, reading.unit_of(rating_group))
+    octets = unit is Unit.OCTETS
+    return ServiceAsk(
+        rating_group=rating_group,
+        unit=unit,
+        requested_units=(requested or {}).get(unit) or None,
+        used_units=used.get(unit, 0),
+        wants_grant=rsu is not None or initial,
+        in_mscc=in_mscc,
+        service_identifiers=tuple(identifiers),
+        refusal=refusal,
+        used_input_octets=each_way[0] if octets else None,
+        used_output_octets=each_way[1] if octets else None,
+    )
+
+
+def choose_unit(requested: dict[Unit, int] | None, used: dict[Unit, int], preferred: Unit) -> Unit:
+    """The unit the request names (Requested-Service-Unit first, then Used-Service-Unit),
+    the rating group's own unit when it names several or none."""
+    for named in (requested, used):
+        if named:
+            if preferred in named:
+                return preferred
+            return min(named, key=_UNIT_ORDER.index)
+    return preferred
+
+
+class _ForeignCurrency(Exception):
+    pass
+
+
+def unit_amounts(group: Avp, currency_code: int) -> dict[Unit, int]:
+    """The amounts a Requested-/Used-Service-Unit names, in engine units. CC-Input-Octets plus
+    CC-Output-Octets count only when CC-Total-Octets is absent."""
+    return _amounts(group, currency_code)[0]
+
+
+def _amounts(group: Avp, currency_code: int) -> tuple[dict[Unit, int], int | None, int | None]:
+    """unit_amounts, and the octets each way when reported apart."""
+    found: dict[Unit, int] = {}
+    total = input_octets = output_octets = None
+    for avp in group.children:  # each at most once: the grammar was checked on receipt
+        value = avp.value
+        if avp.vendor_id or not isinstance(value, int | list):
+            continue
+        code = avp.code
+        if code == _CC_TOTAL_OCTETS and isinstance(value, int):
+            total = value
+        elif code == _CC_INPUT_OCTETS and isinstance(value, int):
+            input_octets = value
+        elif code == _CC_OUTPUT_OCTETS and isinstance(value, int):
+            output_octets = value
+        elif code == _CC_TIME and isinstance(value, int):
+            found[Unit.SECONDS] = value
+        elif code == _CC_SERVICE_SPECIFIC_UNITS and isinstance(value, int):
+            found[Unit.EVENTS] = value
+        elif code == _CC_MONEY:
+            found[Unit.MONEY] = money_micros(avp, currency_code)
+    if total is not None:
+        found[Unit.OCTETS] = total
+    elif input_octets is not None or output_octets is not None:
+        found[Unit.OCTETS] = (input_octets or 0) + (output_octets or 0)
+    return found, input_octets, output_octets
+
+
+def money_micros(money: Avp, currency_code: int) -> int:
+    """A CC-Money amount in micro-units, rounded down (never charge more than was said)."""
+    currency = money.get("Currency-Code")
+    if currency is not None and currency != currency_code:
+        raise _ForeignCurrency
+    digits = money.get("Unit-Value/Value-Digits")
+    exponent = money.get("Unit-Value/Exponent", 0)
+    if not isinstance(digits, int) or not isinstance(exponent, int):
+        raise GyRequestError(ResultCode.INVALID_AVP_VALUE, "CC-Money without a value", money)
+    if digits < 0 or abs(exponent) > MONEY_EXPONENT_MAX:
+        raise GyRequestError(ResultCode.INVALID_AVP_VALUE, "CC-Money out of range", money)
+    shift = exponent - MICROS_EXPONENT
+    scale: int = 10 ** abs(shift)
+    return digits * scale if shift >= 0 else digits // scale
+
+
+def identities(request: Message) -> Iterator[tuple[str, str]]:
+    """(ledger identity kind, value) of each Subscription-Id this server understands."""
+    for subscription in request.find_all("Subscription-Id"):
+        kind = IDENTITY_KINDS.get(_int(subscription.get("Subscription-Id-Type")))
+        data = subscription.get("Subscription-Id-Data")
+        if kind is not None and isinstance(data, str) and data:
+            yield kind, data
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else -1

@@ -1,0 +1,84 @@
+"""First answers to credit-control requests, so a retransmission gets the very same answer.
+
+A retransmission (T flag after a failover, or a client retry) has the same Session-Id,
+CC-Request-Type and CC-Request-Number. While the first is still being charged the copy waits
+for it, so it is never answered before the first answer is durable; afterwards it gets a copy
+of that answer. The table is bounded in entries and age; past it, the engine's idempotency
+still charges a request only once and rebuilds the same answer from the first result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from quotaflow.diameter.constants import FLAG_ERROR
+from quotaflow.diameter.message import Message
+
+AnswerKey = tuple[str, int, int]  # Session-Id, CC-Request-Type, CC-Request-Number
+
+
+def copy_answer(answer: Message) -> Message:
+    """A new Message with the same AVPs (they are never mutated once built); the transport
+    then sets the ids of the request it answers."""
+    return Message(
+        answer.command_code,
+        answer.application_id,
+        flags=answer.flags & FLAG_ERROR,
+        avps=list(answer.avps),
+        dictionary=answer.dictionary,
+    )
+
+
+class AnswerCache:
+    def __init__(self, entries_max: int, age_max_s: float) -> None:
+        assert entries_max > 0 and age_max_s > 0
+        self._entries_max = entries_max
+        self._age_max_s = age_max_s
+        # Insertion order is age order: the oldest entry is always first.
+        self._entries: dict[AnswerKey, tuple[float, asyncio.Future[Message]]] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def answer(
+        self,
+        key: AnswerKey,
+        compute: Callable[[], Awaitable[Message]],
+        keep: Callable[[Message], bool],
+    ) -> Message:
+        """The first answer for `key` if it is known or being computed, else `compute()`'s.
+        Answers for which `keep` is false (transient failures) are not kept."""
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry[0] <= self._age_max_s:
+            self.hits += 1
+            return copy_answer(await asyncio.shield(entry[1]))
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._insert(key, now, future)
+        try:
+            answer = await compute()
+        except BaseException as exc:
+            self._discard(key, future)
+            future.set_exception(exc)
+            future.exception()  # retrieved: no copy may be waiting for it
+            raise
+        future.set_result(answer)
+        if not keep(answer):
+            self._discard(key, future)
+        return answer
+
+    def _insert(self, key: AnswerKey, now: float, future: asyncio.Future[Message]) -> None:
+        entries = self._entries
+        entries.pop(key, None)  # an expired entry: the new one goes to the end
+        entries[key] = (now, future)
+        horizon = now - self._age_max_s
+        while len(entries) > self._entries_max or entries[next(iter(entries))][0] < horizon:
+            del entries[next(iter(entries))]
+
+    def _discard(self, key: AnswerKey, future: asyncio.Future[Message]) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] is future:
+            del self._entries[key]

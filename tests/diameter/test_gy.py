@@ -1,0 +1,279 @@
+"""Gy sessions against a real quotaflow Server over TCP: grants, usage, final units, refusals,
+retransmissions and what Open5GS sends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from quotaflow.diameter import CcRequestType, Message
+from quotaflow.diameter.constants import FLAG_RETRANSMIT
+from quotaflow.ledger import Unit
+
+from .helpers import open5gs_like_ccr
+from .test_gy_support import MB, GyEnv, ccr, e164, gy_env, mscc, msccs
+
+pytestmark = pytest.mark.timeout(30)
+
+INIT, UPD, TERM = CcRequestType.INITIAL, CcRequestType.UPDATE, CcRequestType.TERMINATION
+GSU_OCTETS = "Granted-Service-Unit/CC-Total-Octets"
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[GyEnv]:
+    async with gy_env(tmp_path) as env:
+        yield env
+
+
+async def test_full_session_charges_what_was_used(env: GyEnv) -> None:
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+
+    cca = await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    assert cca.avps[0].name == "Session-Id" and cca.session_id == sid
+    assert cca.get("Result-Code") == 2001
+    assert (cca.get("CC-Request-Type"), cca.get("CC-Request-Number")) == (INIT, 0)
+    assert cca.get("Auth-Application-Id") == 4
+    [service] = msccs(cca)
+    assert service["Rating-Group"] == 10 and service["Result-Code"] == 2001
+    assert service[GSU_OCTETS] == 10 * MB  # the engine's default grant: no usage seen yet
+    assert service["Validity-Time"] == 600
+    assert service["Volume-Quota-Threshold"] == 2 * MB  # 20 % left
+    assert "Final-Unit-Indication" not in service
+    assert env.amount("alice") == 100 * MB and env.reserved("alice") == 10 * MB
+    assert env.server.store.ledger.sessions[sid]["meta"]["interface"] == "gy"
+
+    cca = await client.request(
+        ccr(client, sid, UPD, 1, mscc(10, requested={}, used={"CC-Total-Octets": 4 * MB}))
+    )
+    assert cca.get("Result-Code") == 2001 and msccs(cca)[0][GSU_OCTETS] > 0
+    assert env.amount("alice") == 96 * MB
+
+    cca = await client.request(
+        ccr(client, sid, TERM, 2, mscc(10, used={"CC-Total-Octets": 3 * MB}))
+    )
+    assert cca.get("Result-Code") == 2001 and cca.get("CC-Request-Type") == TERM
+    assert not msccs(cca)
+    assert env.amount("alice") == 93 * MB
+    assert env.reserved("alice") == 0  # CCR-T released everything
+    assert sid not in env.server.store.ledger.sessions
+
+
+async def test_rating_groups_each_in_their_own_unit(env: GyEnv) -> None:
+    await env.subscriber(octets=50 * MB)
+    await env.topup("alice", Unit.SECONDS, 1_000)
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(
+        ccr(
+            client,
+            sid,
+            INIT,
+            0,
+            mscc(10, requested={"CC-Total-Octets": 2 * MB}),
+            mscc(20, requested={"CC-Time": 0}),
+            ("Multiple-Services-Credit-Control", {"Requested-Service-Unit": {}}),
+        )
+    )
+    assert cca.get("Result-Code") == 2001
+    by_group = {m.get("Rating-Group"): m for m in msccs(cca)}
+    assert set(by_group) == {10, 20, None}  # no Rating-Group: still answered in an MSCC
+    assert by_group[10][GSU_OCTETS] == 2 * MB
+    assert by_group[20]["Granted-Service-Unit/CC-Time"] == 300
+    assert "Granted-Service-Unit/CC-Total-Octets" not in by_group[20]
+    assert by_group[20]["Time-Quota-Threshold"] == 60
+    assert by_group[None][GSU_OCTETS] == 10 * MB
+    cca = await client.request(
+        ccr(
+            client,
+            sid,
+            UPD,
+            1,
+            # No CC-Total-Octets: input plus output count.
+            mscc(
+                10,
+                requested={},
+                used={"CC-Input-Octets": MB, "CC-Output-Octets": 2 * MB, "CC-Time": 99},
+            ),
+            mscc(20, requested={"CC-Time": 0}, used={"CC-Time": 100}),
+        )
+    )
+    assert [m["Result-Code"] for m in msccs(cca)] == [2001, 2001]
+    assert env.amount("alice") == 47 * MB
+    assert env.amount("alice", Unit.SECONDS) == 900
+
+
+async def test_single_service_request_is_answered_at_top_level(env: GyEnv) -> None:
+    await env.subscriber(octets=50 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(
+        ccr(client, sid, INIT, 0, ("Requested-Service-Unit", {"CC-Total-Octets": 3 * MB}))
+    )
+    assert cca.get("Result-Code") == 2001 and not msccs(cca)
+    assert cca.get("Granted-Service-Unit/CC-Total-Octets") == 3 * MB
+    assert cca.get("Validity-Time") == 600
+    cca = await client.request(
+        ccr(client, sid, TERM, 1, ("Used-Service-Unit", {"CC-Total-Octets": MB}))
+    )
+    assert cca.get("Result-Code") == 2001 and env.amount("alice") == 49 * MB
+
+
+async def test_final_units_then_credit_limit_reached(env: GyEnv) -> None:
+    await env.subscriber(octets=5 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(
+        ccr(client, sid, INIT, 0, mscc(10, requested={"CC-Total-Octets": 8 * MB}))
+    )
+    [service] = msccs(cca)
+    assert cca.get("Result-Code") == 2001 and service["Result-Code"] == 2001
+    assert service[GSU_OCTETS] == 5 * MB
+    assert service["Final-Unit-Indication/Final-Unit-Action"] == 0  # TERMINATE
+    assert "Volume-Quota-Threshold" not in service
+    cca = await client.request(
+        ccr(client, sid, UPD, 1, mscc(10, requested={}, used={"CC-Total-Octets": 5 * MB}))
+    )
+    [service] = msccs(cca)
+    assert service["Result-Code"] == 4012 and GSU_OCTETS not in service
+    assert cca.get("Result-Code") == 4012
+    assert env.amount("alice") == 0
+
+
+async def test_no_credit_at_start_is_refused_and_released(env: GyEnv) -> None:
+    await env.subscriber()
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    assert cca.get("Result-Code") == 4012
+    assert [m["Result-Code"] for m in msccs(cca)] == [4012]
+    assert sid not in env.server.store.ledger.sessions
+
+
+async def test_unknown_user_and_identity_kinds(env: GyEnv) -> None:
+    await env.subscriber(octets=100 * MB, msisdn=None, nai="alice@example.net")
+    client = env.client
+    cca = await client.request(
+        ccr(client, client.new_session_id(), INIT, 0, mscc(10, requested={}))
+    )
+    assert cca.get("Result-Code") == 5030 and not msccs(cca)
+    assert cca.get("CC-Request-Number") == 0 and cca.get("Auth-Application-Id") == 4
+    # The first Subscription-Id naming a known subscriber wins: here the second (IMSI).
+    imsi = (
+        "Subscription-Id",
+        {"Subscription-Id-Type": 1, "Subscription-Id-Data": "001010000000001"},
+    )
+    cca = await client.request(
+        ccr(client, client.new_session_id(), INIT, 0, mscc(10), subscription=[e164(), imsi])
+    )
+    assert cca.get("Result-Code") == 2001
+    nai = (
+        "Subscription-Id",
+        {"Subscription-Id-Type": 3, "Subscription-Id-Data": "alice@example.net"},
+    )
+    cca = await client.request(
+        ccr(client, client.new_session_id(), INIT, 0, mscc(10), subscription=[nai])
+    )
+    assert cca.get("Result-Code") == 2001
+    cca = await client.request(ccr(client, client.new_session_id(), INIT, 0, subscription=[]))
+    assert cca.get("Result-Code") == 5030
+
+
+async def test_barred_subscriber_is_denied(env: GyEnv) -> None:
+    await env.subscriber(octets=10 * MB, status="barred")
+    client = env.client
+    cca = await client.request(
+        ccr(client, client.new_session_id(), INIT, 0, mscc(10, requested={}))
+    )
+    assert cca.get("Result-Code") == 4010
+    assert [m["Result-Code"] for m in msccs(cca)] == [4010]
+
+
+def _retransmission(first: Message) -> Message:
+    """The same request again with the T flag and the same End-to-End id (RFC 6733 3)."""
+    return Message(
+        first.command_code,
+        first.application_id,
+        flags=first.flags | FLAG_RETRANSMIT,
+        end_to_end=first.end_to_end,
+        avps=list(first.avps),
+    )
+
+
+async def test_retransmission_is_answered_identically_and_charged_once(env: GyEnv) -> None:
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    update = ccr(client, sid, UPD, 1, mscc(10, requested={}, used={"CC-Total-Octets": 2 * MB}))
+    first = await client.request(update)
+    again = await client.request(_retransmission(update))
+    assert again.encode()[20:] == first.encode()[20:]
+    assert again.end_to_end == first.end_to_end
+    assert env.amount("alice") == 98 * MB
+
+    # A retransmission while the first is still being charged waits for the first answer.
+    update = ccr(client, sid, UPD, 2, mscc(10, requested={}, used={"CC-Total-Octets": 3 * MB}))
+    first_future = client.send(update)
+    again_future = client.send(_retransmission(update))
+    first, again = await asyncio.wait_for(asyncio.gather(first_future, again_future), 10)
+    assert again.encode()[20:] == first.encode()[20:]
+    assert env.amount("alice") == 95 * MB
+
+    termination = ccr(client, sid, TERM, 3, mscc(10, used={"CC-Total-Octets": MB}))
+    first = await client.request(termination)
+    again = await client.request(_retransmission(termination))
+    assert again.encode()[20:] == first.encode()[20:] and again.get("Result-Code") == 2001
+    assert env.amount("alice") == 94 * MB and env.reserved("alice") == 0
+
+
+async def test_open5gs_shaped_session(env: GyEnv) -> None:
+    """M bits everywhere, no Rating-Group, Destination-Realm of the client's own realm,
+    Requested-Action in session requests, Service-Information with PS-Information."""
+    await env.subscriber(octets=100 * MB, msisdn="33612345678", imsi=None)
+    client = env.client
+    cca = await client.request(open5gs_like_ccr(INIT, 0))
+    assert cca.get("Result-Code") == 2001
+    [service] = msccs(cca)
+    assert "Rating-Group" not in service and service["Result-Code"] == 2001
+    assert service[GSU_OCTETS] == 10 * MB and service["Validity-Time"] == 600
+    cca = await client.request(open5gs_like_ccr(UPD, 1, used_octets=6 * MB))
+    assert cca.get("Result-Code") == 2001 and msccs(cca)[0][GSU_OCTETS] > 0
+    cca = await client.request(open5gs_like_ccr(TERM, 2, used_octets=MB))
+    assert cca.get("Result-Code") == 2001
+    assert env.amount("alice") == 93 * MB and env.reserved("alice") == 0
+
+
+async def test_update_of_unknown_session_is_5002(env: GyEnv) -> None:
+    await env.subscriber(octets=MB)
+    client = env.client
+    cca = await client.request(ccr(client, "pgw.gy.test;9;9", UPD, 1, mscc(10, requested={})))
+    assert cca.get("Result-Code") == 5002
+    cca = await client.request(ccr(client, "pgw.gy.test;9;9", TERM, 2, mscc(10, used={})))
+    assert cca.get("Result-Code") == 5002
+
+
+async def test_many_sessions_pipelined(env: GyEnv) -> None:
+    """Requests of many sessions in flight at once on one connection all get their answer."""
+    await env.subscriber(octets=10_000 * MB)
+    client = env.client
+    sessions = [client.new_session_id() for _ in range(50)]
+    for request_type, number, used in [(INIT, 0, None), (UPD, 1, MB), (TERM, 2, MB)]:
+        futures = [
+            client.send(
+                ccr(
+                    client,
+                    sid,
+                    request_type,
+                    number,
+                    mscc(
+                        10,
+                        requested=None if request_type == TERM else {},
+                        used=None if used is None else {"CC-Total-Octets": used},
+                    ),
+                )
+            )
+            for sid in sessions
+        ]
+        answers = await asyncio.wait_for(asyncio.gather(*futures), 20)
+        assert {a.get("Result-Code") for a in answers} == {2001}
+        assert [a.session_id for a in answers] == sessions
+    assert env.amount("alice") == 9_900 * MB and env.reserved("alice") == 0

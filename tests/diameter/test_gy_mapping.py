@@ -1,0 +1,165 @@
+"""The pure parts of the Gy application: units, money, result codes, settings, the answer table."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quotaflow.diameter import Message, default_dictionary, gy_config
+from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.gy_answer import AvpFactory, Outcome, command_result, money_value
+from quotaflow.diameter.gy_config import GyConfig
+from quotaflow.diameter.gy_mapping import (
+    GyRequestError,
+    ServiceAsk,
+    choose_unit,
+    money_micros,
+    result_code_for,
+    unit_amounts,
+)
+from quotaflow.diameter.gy_retransmit import AnswerCache
+from quotaflow.diameter.message import build_avp
+from quotaflow.ledger import (
+    ChargingError,
+    Conflict,
+    InvalidAmount,
+    LimitReached,
+    NoCredit,
+    SubscriberBarred,
+    Unit,
+    UnknownSession,
+    UnknownSubscriber,
+)
+from quotaflow.store.base import StoreUnavailable
+
+DICT = default_dictionary()
+
+
+def test_units_named_by_a_request() -> None:
+    rsu = build_avp(
+        DICT, "Used-Service-Unit", {"CC-Input-Octets": 5, "CC-Output-Octets": 7, "CC-Time": 3}
+    )
+    assert unit_amounts(rsu, 978) == {Unit.OCTETS: 12, Unit.SECONDS: 3}
+    rsu = build_avp(DICT, "Used-Service-Unit", {"CC-Total-Octets": 100, "CC-Input-Octets": 5})
+    assert unit_amounts(rsu, 978) == {Unit.OCTETS: 100}  # the total wins
+    assert unit_amounts(build_avp(DICT, "Requested-Service-Unit", {}), 978) == {}
+
+
+def test_choose_unit() -> None:
+    octets, seconds = Unit.OCTETS, Unit.SECONDS
+    assert choose_unit(None, {}, seconds) is seconds
+    assert choose_unit({}, {octets: 1, seconds: 2}, seconds) is seconds
+    assert choose_unit({}, {octets: 1, seconds: 2}, Unit.EVENTS) is octets
+    assert choose_unit({seconds: 0}, {octets: 1}, octets) is seconds
+
+
+@pytest.mark.parametrize(
+    ("digits", "exponent", "micros"),
+    [(5, 0, 5_000_000), (25, -1, 2_500_000), (1, -6, 1), (19, -7, 1), (3, 2, 300_000_000)],
+)
+def test_money_to_micros_rounds_down(digits: int, exponent: int, micros: int) -> None:
+    money = build_avp(
+        DICT, "CC-Money", {"Unit-Value": {"Value-Digits": digits, "Exponent": exponent}}
+    )
+    assert money_micros(money, 978) == micros
+
+
+def test_money_out_of_range() -> None:
+    money = build_avp(DICT, "CC-Money", {"Unit-Value": {"Value-Digits": 1, "Exponent": 40}})
+    with pytest.raises(GyRequestError) as caught:
+        money_micros(money, 978)
+    assert caught.value.result_code == ResultCode.INVALID_AVP_VALUE
+
+
+@given(st.integers(min_value=0, max_value=2**62))
+def test_money_value_round_trips(micros: int) -> None:
+    avps = AvpFactory(DICT, "ocs.test", "test")
+    money = avps("CC-Money", money_value(micros, 978, avps))
+    assert money_micros(money, 978) == micros
+    digits = money.get("Unit-Value/Value-Digits")
+    exponent = money.get("Unit-Value/Exponent")
+    assert isinstance(digits, int) and isinstance(exponent, int)
+    assert digits == 0 or digits % 10 or exponent == 0  # trailing zeros folded away
+
+
+def _outcome(code: int, *, kept: bool = False) -> Outcome:
+    ask = ServiceAsk(None, Unit.OCTETS, None, 0, True, True)
+    return Outcome(ask, code, kept=kept)
+
+
+def test_command_result() -> None:
+    assert command_result([]) == 2001
+    assert command_result([_outcome(4012), _outcome(2001)]) == 2001
+    assert command_result([_outcome(4012), _outcome(5031)]) == 4012
+    assert command_result([_outcome(4012, kept=True)]) == 2001
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UnknownSubscriber("x"), 5030),
+        (SubscriberBarred("x"), 4010),
+        (NoCredit("x"), 4012),
+        (UnknownSession("x"), 5002),
+        (InvalidAmount("x"), 5004),
+        (LimitReached("x"), 5006),
+        (Conflict("x"), 5012),
+        (StoreUnavailable("x"), 3004),
+        (ChargingError("x"), 5012),
+    ],
+)
+def test_engine_errors_to_result_codes(error: ChargingError, code: int) -> None:
+    assert result_code_for(error) == code
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="redirect_server_address"):
+        GyConfig(final_unit_action="REDIRECT")
+    with pytest.raises(ValueError, match="final_unit_action"):
+        GyConfig(final_unit_action="EXPLODE")
+    with pytest.raises(ValueError):
+        GyConfig(quota_threshold_percent=100)
+    with pytest.raises(ValueError, match="currency_code"):
+        GyConfig(currency_code=1978)
+    # The server Config's diameter_gy when it has one (see the proposed Config field).
+    mine = GyConfig(quota_threshold_percent=5)
+    assert GyConfig.of(SimpleNamespace(diameter_gy=mine)) is mine
+    assert GyConfig.of(SimpleNamespace()) is gy_config.DEFAULT
+
+
+async def test_answer_table_is_bounded_and_keeps_no_failures() -> None:
+    cache = AnswerCache(entries_max=2, age_max_s=60)
+    computed: list[int] = []
+
+    def compute(n: int) -> object:
+        async def run() -> Message:
+            computed.append(n)
+            await asyncio.sleep(0)
+            answer = Message(272, 4)
+            answer.add("Result-Code", n)
+            return answer
+
+        return run
+
+    def keep(answer: Message) -> bool:
+        return answer.get("Result-Code") != 5012
+
+    for n in (1, 2, 1, 3, 1):
+        await cache.answer(("s", 1, n), compute(n), keep)  # type: ignore[arg-type]
+    assert computed == [1, 2, 3, 1]  # 1 was evicted by 3 (two entries at most)
+    assert len(cache) == 2 and cache.hits == 1
+    await cache.answer(("s", 1, 5012), compute(5012), keep)  # type: ignore[arg-type]
+    await cache.answer(("s", 1, 5012), compute(5012), keep)  # type: ignore[arg-type]
+    assert computed[-2:] == [5012, 5012]
+
+    async def boom() -> Message:
+        raise RuntimeError("store down")
+
+    with pytest.raises(RuntimeError):
+        await cache.answer(("s", 2, 0), boom, keep)
+    again = await cache.answer(("s", 2, 0), compute(7), keep)  # type: ignore[arg-type]
+    assert again.get("Result-Code") == 7
