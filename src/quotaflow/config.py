@@ -11,6 +11,7 @@ from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.engine import GrantPolicy, UnitGrantLimits
 from quotaflow.ledger import Limits, Unit
 from quotaflow.rating import TariffBook, TariffError, load_text
+from quotaflow.records import NatsOptions, RecordOptions, Rotation
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class Config:
     # or what was last set through /v1/tariffs.
     tariff_file: Path | None = None
     tariffs: TariffBook | None = None
+    records: RecordOptions = field(default_factory=RecordOptions)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -96,11 +98,45 @@ def load(path: str | Path | None) -> Config:
         cfg.diameter_peers.append(DiameterPeer(str(peer["origin_host"]), peer.get("address")))
     cfg.diameter_gy = _load_gy(_section(dia, "gy"))
     _load_grants(cfg, _section(doc, "grants"))
+    cfg.records = _load_records(_section(doc, "records"))
     rating = _section(doc, "rating")
     if rating.get("tariff_file") is not None:
         cfg.tariff_file = Path(str(rating["tariff_file"]))
         load_tariffs(cfg)
     return cfg
+
+
+def _load_records(table: dict[str, Any]) -> RecordOptions:
+    """[records]: export formats and rotation; [records.nats]: the optional stream."""
+    formats = table.get("formats", ["jsonl"])
+    if (
+        not isinstance(formats, list)
+        or not formats
+        or any(f not in ("jsonl", "csv") for f in formats)
+    ):
+        raise ConfigError('records.formats must be a list of "jsonl" and/or "csv"')
+    rotation = Rotation(
+        size_bytes_max=_int(table, "rotate_bytes", "records", 64 * 1024 * 1024) or 1,
+        age_s_max=float(_int(table, "rotate_s", "records", 3600) or 1),
+        records_max=_int(table, "rotate_records", "records", 100_000) or 1,
+    )
+    nats = None
+    if "nats" in table:
+        n = table["nats"]
+        if not isinstance(n, dict):
+            raise ConfigError("[records.nats] must be a table")
+        defaults = NatsOptions()
+        nats = NatsOptions(
+            url=str(n.get("url", defaults.url)),
+            stream=str(n.get("stream", defaults.stream)),
+            subject=str(n.get("subject", defaults.subject)),
+        )
+    return RecordOptions(
+        export=bool(table.get("export", True)),
+        formats=tuple(formats),
+        rotation=rotation,
+        nats=nats,
+    )
 
 
 def _load_gy(gy: dict[str, Any]) -> GyConfig:

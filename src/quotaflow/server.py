@@ -71,7 +71,7 @@ class Server:
         cfg = self.cfg
         await self.store.open()
         watch_store(self.store.stats)
-        self._records = await records.start(self.engine, self.store, cfg.data_dir)
+        self._records = await records.start(self.engine, self.store, cfg.data_dir, cfg.records)
         self._notify = await notify.start(self.engine, self.store, cfg.data_dir)
         self._counters = CounterWatch(self.engine, self._notify).start()
         self._stoppers += [self._records, self._notify, self._counters]

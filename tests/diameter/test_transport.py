@@ -172,7 +172,7 @@ async def test_dev_mode_accepts_any_loopback_peer() -> None:
 
 def test_session_under_uvloop() -> None:
     """uvloop transports are not asyncio.Transport subclasses: the shell must not care."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop
 
     async def main() -> None:
         server = await serve_diameter(

@@ -7,8 +7,6 @@ import struct
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from quotaflow.diameter import (
     CcRequestType,
     Message,
@@ -88,9 +86,8 @@ def test_session_shape() -> None:
     assert names == ["CER", "CEA"] + ["CCR", "CCA"] * 3 + ["DWR", "DWA", "DPR", "DPA"]
 
 
-@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (Debian package tshark)")
 def test_tshark_finds_nothing_wrong(tmp_path: Path) -> None:
-    assert TSHARK is not None
+    assert TSHARK is not None, "tshark is missing: apt-get install tshark"
     pcap = tmp_path / "session.pcap"
     write_pcap(pcap, _session())
     listing = subprocess.run(
@@ -148,10 +145,9 @@ def _only_allowed(messages: str) -> bool:
     )
 
 
-@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (Debian package tshark)")
 def test_tshark_check_catches_a_broken_avp(tmp_path: Path) -> None:
     """Negative control: the same check flags a CC-Request-Number with a wrong length."""
-    assert TSHARK is not None
+    assert TSHARK is not None, "tshark is missing: apt-get install tshark"
     wire = _session()
     frame = bytearray(wire[2][1])
     offset = 20

@@ -190,3 +190,36 @@ async def test_policy_counter_changes_reach_a_webhook(
     lows = [e for e in received if e["data"]["status"] == "pool-low"]
     assert {e["subscriber_id"] for e in lows} == {"mum", "kid", "dad"}
     assert all(e["type"] == "policy_counter" for e in received)
+
+
+async def test_a_pool_threshold_fires_when_members_drain_it(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: Request) -> Response:
+        received.append(orjson.loads(await request.body()))
+        return Response(status_code=204)
+
+    async with serve_asgi(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        await family(api)
+        r = await api.post(
+            "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["low_balance"]}
+        )
+        assert r.status_code == 201, r.text
+        r = await api.post(
+            "/v1/thresholds",
+            json={"scope": "group", "group_id": "fam", "unit": "octets", "below_percent": 50},
+        )
+        assert r.status_code == 201, r.text
+        engine = server.engine
+        await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=60 * MB)])
+        await engine.session_update(
+            "d1", 1, [ServiceRequest(10, used_units=60 * MB, requested_units=MB)]
+        )
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+    assert [e["subscriber_id"] for e in received] == ["fam"]
+    assert received[0]["data"]["balance"] == 40 * MB

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 from typing import Any
 
 import httpx
@@ -162,7 +161,6 @@ async def test_stray_requests_keep_the_connection(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 async def test_curl_http2_prior_knowledge(chf: LiveChf) -> None:
     """An independent HTTP/2 client: curl --http2-prior-knowledge."""
     await subscriber(chf.engine, 44, 100 * MB)

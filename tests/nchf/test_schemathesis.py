@@ -34,7 +34,6 @@ CHECKS = ",".join(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ST.exists(), reason="schemathesis CLI not installed")
 async def test_schemathesis_finds_nothing(chf: LiveChf, client: SpecClient) -> None:
     sub = await subscriber(chf.engine, 1, 10**12)
     refs = []

@@ -149,7 +149,7 @@ async def test_subscriptions_api_and_durability(tmp_path: Path) -> None:
                 "/v1/thresholds",
                 json={"scope": "group", "unit": "octets", "group_id": "g", "below_units": 5},
             )
-            assert th.status_code == 422  # groups do not exist yet: the hook is documented
+            assert th.status_code == 404  # no group "g"
             th = await api.post("/v1/thresholds", json={"unit": "octets", "below_percent": 20})
             assert th.status_code == 201
         await service()

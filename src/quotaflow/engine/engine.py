@@ -312,6 +312,8 @@ class Engine:
             await self._emit("no_credit", step.subscriber_id, detail)
         if result["posted_units"] or result.get("grant"):
             await self._emit("balance_changed", step.subscriber_id, detail)
+            if step.group is not None:  # the shared pool may have moved too
+                await self._emit("balance_changed", step.group.id, detail)
 
     def _charge_args(self, step: _Step, s: ServiceRequest) -> dict[str, Any]:
         key = (step.session_id, s.rating_group)

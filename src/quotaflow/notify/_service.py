@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -169,11 +170,12 @@ class NotifyService:
     # ------------------------------------------------------------------ thresholds
 
     async def add_threshold(self, th: Threshold) -> Threshold:
-        if th.scope == "group" and self.options.groups is None:
-            raise InvalidRequest(
-                "group thresholds need shared groups, which this build does not have",
-                field="scope",
-            )
+        if th.scope == "group":
+            # A group's shared pool is the account with the group's id: its threshold watches
+            # that account. (Members' caps are watched as policy counters: see groups/watch.)
+            assert th.group_id is not None
+            await self.store.get_group(th.group_id)  # NotFound: 404
+            th = dataclasses.replace(th, scope="subscriber", subscriber_id=th.group_id)
         if th.id not in self.thresholds and len(self.thresholds) >= THRESHOLDS_MAX:
             raise InvalidRequest("too many thresholds", limit=THRESHOLDS_MAX)
         await self.db.put("thresholds", th.id, th.to_json())
