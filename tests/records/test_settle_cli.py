@@ -117,3 +117,73 @@ async def test_cdr_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     report = orjson.loads(capsys.readouterr().out)
     assert [(p["kind"], p["line"]) for p in report["problems"]] == [("reordered", 1)]
     assert run(["cdr", "verify", str(out), "--public-key", str(tmp_path / "nope")]) == 2
+
+
+AGREED_TOML = """\
+[[rating_group]]
+id = 100
+unit = "seconds"
+
+[[plan]]
+id = "roaming-eu"
+
+  [[plan.service]]
+  rating_groups = [100]
+  price = "0.12"
+  unit_size = 60
+  first_increment = 30
+  next_increment = 6
+"""
+
+
+def test_settlement_re_rates_with_a_rating_engine_plan(tmp_path: Path) -> None:
+    """The agreed tariff as a rating-engine plan: billing pattern included (30/6 voice)."""
+    partner = Ed25519PrivateKey.generate()
+    calls = [
+        {"seq": 1, "unit": "seconds", "rating_group": 100, "units": 10, "charge_micros": 60_000},
+        {"seq": 2, "unit": "seconds", "rating_group": 100, "units": 31, "charge_micros": 62_000},
+        {"seq": 3, "unit": "seconds", "rating_group": 100, "units": 37, "charge_micros": 84_000},
+    ]
+    data = partner_file(tmp_path / "partner", partner, calls)
+    tariff_path = tmp_path / "agreed.toml"
+    tariff_path.write_text(AGREED_TOML)
+    report = settle_verify(data, partner.public_key(), Tariff.load(tariff_path, "roaming-eu"))
+    assert report.verification.ok
+    # 31 s is charged as 36 s (30 + one 6 s step): 72,000 due, 62,000 claimed.
+    assert [(d.kind, d.seq) for d in report.discrepancies] == [("price", 2)]
+    key = tmp_path / "partner.pub"
+    key.write_bytes(public_pem(partner.public_key()))
+    assert (
+        run(
+            [
+                "settle",
+                "verify",
+                str(data),
+                "--partner-key",
+                str(key),
+                "--tariff",
+                str(tariff_path),
+                "--plan",
+                "roaming-eu",
+            ]
+        )
+        == 1
+    )
+    assert (
+        run(
+            [
+                "settle",
+                "verify",
+                str(data),
+                "--partner-key",
+                str(key),
+                "--tariff",
+                str(tariff_path),
+                "--plan",
+                "roaming-eu",
+                "--tolerance-micros",
+                "10000",
+            ]
+        )
+        == 0
+    )

@@ -25,6 +25,9 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from quotaflow.ledger import Price, Unit
+from quotaflow.rating import Rater, TariffBook, load_text
+from quotaflow.rating import TariffError as RatingTariffError
 from quotaflow.records._chain import FORMATS
 from quotaflow.records._verify import VerifyReport, read_lines, verify
 
@@ -46,12 +49,28 @@ class Rate:
         return -(-units // self.per_units) * self.price_micros
 
 
+@dataclass(frozen=True, slots=True)
+class PlanRate:
+    """A service of a rating-engine tariff plan: billing pattern, connect fee and all."""
+
+    price_of: Price
+
+    def price(self, units: int) -> int:
+        return self.price_of.cost(units)
+
+
 @dataclass(slots=True)
 class Tariff:
     rates: dict[tuple[str, int | None], Rate]
     tolerance_micros: int = 0
+    # Or the agreed plan of a rating-engine tariff file (TOML, see docs/RATING.md).
+    book: TariffBook | None = None
+    plan: str | None = None
 
-    def rate_for(self, unit: str, rating_group: int | None) -> Rate | None:
+    def rate_for(self, unit: str, rating_group: int | None) -> Rate | PlanRate | None:
+        if self.book is not None:
+            rated = Rater(self.book).rate(self.plan, rating_group, Unit(unit), 0)
+            return None if rated.price is None else PlanRate(rated.price)
         return self.rates.get((unit, rating_group)) or self.rates.get((unit, None))
 
     @classmethod
@@ -71,7 +90,16 @@ class Tariff:
         return cls(rates, tolerance)
 
     @classmethod
-    def load(cls, path: str | Path) -> Tariff:
+    def load(cls, path: str | Path, plan: str | None = None, tolerance_micros: int = 0) -> Tariff:
+        """A JSON list of flat rates, or a rating-engine TOML tariff and its agreed plan."""
+        if str(path).endswith(".toml"):
+            try:
+                book = load_text(Path(path).read_text(), str(path))
+            except (OSError, RatingTariffError) as exc:
+                raise TariffError(f"cannot use tariff {path}: {exc}") from None
+            if plan is not None and plan not in book.plans:
+                raise TariffError(f"tariff {path} has no plan {plan!r}")
+            return cls({}, tolerance_micros, book, plan)
         try:
             return cls.from_json(orjson.loads(Path(path).read_bytes()))
         except (OSError, orjson.JSONDecodeError) as exc:

@@ -53,7 +53,16 @@ def register(subparsers: Any) -> None:
     sv = settle_actions.add_parser("verify", help="verify and re-rate a partner's usage file")
     sv.add_argument("path", type=Path, help="the partner's signed record file")
     sv.add_argument("--partner-key", required=True, help="the partner's public key (PEM or hex)")
-    sv.add_argument("--tariff", type=Path, required=True, help="the agreed tariff (JSON)")
+    sv.add_argument(
+        "--tariff",
+        type=Path,
+        required=True,
+        help="the agreed tariff: a rating-engine TOML file (see RATING.md) or a JSON rate list",
+    )
+    sv.add_argument("--plan", help="the agreed plan of a TOML tariff (default: its default)")
+    sv.add_argument(
+        "--tolerance-micros", type=int, default=0, help="ignore differences up to this much"
+    )
     sv.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -187,7 +196,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _settle(args: argparse.Namespace) -> int:
-    report = settle_verify(args.path, load_public_key(args.partner_key), Tariff.load(args.tariff))
+    tariff = Tariff.load(args.tariff, args.plan, args.tolerance_micros)
+    report = settle_verify(args.path, load_public_key(args.partner_key), tariff)
     if args.json:
         _out(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
