@@ -5,10 +5,11 @@ set -eu
 cd "$(dirname "$0")/.."
 need=""
 command -v tshark >/dev/null 2>&1 || need="$need tshark"
-command -v freeDiameterd >/dev/null 2>&1 || need="$need freediameter"
+{ command -v freeDiameterd && ls /usr/lib/freeDiameter/dict_dcca_3gpp.fdx; } >/dev/null 2>&1 || need="$need freediameter"
 command -v h2load >/dev/null 2>&1 || need="$need nghttp2-client"
 command -v radclient >/dev/null 2>&1 || need="$need freeradius-utils"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v curl >/dev/null 2>&1 || need="$need curl"
 if [ -n "$need" ]; then
     echo "test: installing Debian packages:$need" >&2
     SUDO=""
