@@ -4,6 +4,8 @@ restriction, resets, policy counters and their webhook, reclaim and service prio
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,6 +21,18 @@ from quotaflow.server import Server
 from tests.records.harness import serve_asgi
 
 MB = 1_000_000
+
+
+@contextlib.asynccontextmanager
+async def webhook(received: list[dict[str, Any]]) -> AsyncIterator[str]:
+    """A real HTTP receiver on a free port; every event body it gets lands in `received`."""
+
+    async def hook(request: Request) -> Response:
+        received.append(orjson.loads(await request.body()))
+        return Response(status_code=204)
+
+    async with serve_asgi(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        yield url
 
 
 async def family(api: httpx.AsyncClient, policy: dict[str, Any] | None = None) -> None:
@@ -169,12 +183,7 @@ async def test_policy_counter_changes_reach_a_webhook(
     api: httpx.AsyncClient, server: Server
 ) -> None:
     received: list[dict[str, Any]] = []
-
-    async def hook(request: Request) -> Response:
-        received.append(orjson.loads(await request.body()))
-        return Response(status_code=204)
-
-    async with serve_asgi(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+    async with webhook(received) as url:
         r = await api.post(
             "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["policy_counter"]}
         )
@@ -196,12 +205,7 @@ async def test_a_pool_threshold_fires_when_members_drain_it(
     api: httpx.AsyncClient, server: Server
 ) -> None:
     received: list[dict[str, Any]] = []
-
-    async def hook(request: Request) -> Response:
-        received.append(orjson.loads(await request.body()))
-        return Response(status_code=204)
-
-    async with serve_asgi(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+    async with webhook(received) as url:
         await family(api)
         r = await api.post(
             "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["low_balance"]}

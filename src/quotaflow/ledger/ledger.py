@@ -55,6 +55,19 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _split(buckets: Iterable[Bucket], want: int) -> list[tuple[Bucket, int]]:
+    """How `want` is taken from what each bucket has free, in order (nothing moves here)."""
+    takes: list[tuple[Bucket, int]] = []
+    for b in buckets:
+        if want <= 0:
+            break
+        take = min(b.available, want)
+        if take:
+            takes.append((b, take))
+            want -= take
+    return takes
+
+
 def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool = False) -> int:
     if type(value) is not int:  # bool is a subclass of int: refuse it too
         raise InvalidAmount(f"{name} must be an integer", field=name)
@@ -497,16 +510,11 @@ class Ledger:
 
     @staticmethod
     def _take(buckets: Iterable[Bucket], want: int) -> dict[str, int]:
-        drawn: dict[str, int] = {}
-        for b in buckets:
-            if want == 0:
-                break
-            take = min(b.available, want)
+        takes = _split(buckets, want)
+        assert sum(take for _, take in takes) == want
+        for b, take in takes:
             b.amount -= take
-            drawn[b.id] = take
-            want -= take
-        assert want == 0
-        return drawn
+        return {b.id: take for b, take in takes}
 
     # ------------------------------------------------------------------ two-phase reservations
 
@@ -687,13 +695,10 @@ class Ledger:
         now_ms: int,
     ) -> int:
         """Reserve up to `need` from the account's unit buckets; returns what is still needed."""
-        for b in self._candidates(acct, unit, rating_group, now_ms):
-            take = min(b.available, need)
+        for b, take in _split(self._candidates(acct, unit, rating_group, now_ms), need):
             b.reserved += take
             legs.append(Leg(b.id, take, account))
             need -= take
-            if need == 0:
-                break
         return need
 
     def _pool_for(
@@ -737,10 +742,7 @@ class Ledger:
         money = sum(b.available for b in buckets)
         units = min(need, price.units_for(money, base))
         cost = price.cost(base + units) - price.cost(base)
-        for b in buckets:
-            if cost == 0:
-                break
-            take = min(b.available, cost)
+        for b, take in _split(buckets, cost):
             b.reserved += take
             legs.append(Leg(b.id, take, account))
             cost -= take
@@ -943,12 +945,8 @@ class Ledger:
             sources.append((pool, pool.id, room))
         for owner, owner_id, limit in [] if zero_rated else sources:
             want = units_left if limit is None else min(units_left, limit)
-            for b in self._candidates(owner, unit, rating_group, now_ms):
-                if want == 0:
-                    break
-                take = min(b.available, want)
+            for b, take in _split(self._candidates(owner, unit, rating_group, now_ms), want):
                 plan.append((owner, owner_id, b, take))
-                want -= take
                 units_left -= take
                 if owner is pool:
                     pool_units += take
@@ -968,13 +966,8 @@ class Ledger:
                     money_units = min(want, price.units_for(money, base))
                     if not money_units:
                         continue
-                    cost = cost_micros = price.cost(base + money_units) - price.cost(base)
-                    for b in buckets:
-                        if cost == 0:
-                            break
-                        take = min(b.available, cost)
-                        plan.append((owner, owner_id, b, take))
-                        cost -= take
+                    cost_micros = price.cost(base + money_units) - price.cost(base)
+                    plan += [(owner, owner_id, b, t) for b, t in _split(buckets, cost_micros)]
                     units_left -= money_units
                     if owner is pool:
                         pool_units += money_units
