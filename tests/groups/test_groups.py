@@ -227,3 +227,11 @@ async def test_a_pool_threshold_fires_when_members_drain_it(
             await asyncio.sleep(0.05)
     assert [e["subscriber_id"] for e in received] == ["fam"]
     assert received[0]["data"]["balance"] == 40 * MB
+
+
+async def test_a_pool_is_not_a_subscriber(api: httpx.AsyncClient, server: Server) -> None:
+    from quotaflow.ledger import InvalidRequest
+
+    await family(api)
+    with pytest.raises(InvalidRequest):
+        await server.engine.session_start("x", "fam", 0, [ServiceRequest(10)])

@@ -163,6 +163,8 @@ class Engine:
         meta: dict[str, Any] | None = None,
     ) -> SessionAnswer:
         sub = await self.store.get_subscriber(subscriber_id)
+        if sub.kind != "subscriber":
+            raise InvalidRequest(f"{sub.id!r} is a group's pool, not a subscriber")
         if sub.status is Status.BARRED:
             raise SubscriberBarred(f"subscriber {sub.id!r} is barred")
         record = await self.store.execute(
