@@ -42,7 +42,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "progressive": {"allocation": "progressive"},
     "validity": {"allocation": "validity", "max_drift": 20 * MB},
     "predictive": {"allocation": "predictive", "horizon_s": 120},
-    "reclaim": {"allocation": "reclaim", "horizon_s": 120, "retry_s": 2},
+    "reclaim": {"allocation": "reclaim", "horizon_s": 120, "retry_s": 2, "reclaim_wait_ms": 3000},
 }
 
 
@@ -83,6 +83,7 @@ class Member:
     reauth_at: int | None = None  # a re-auth arrived: report at this second
     request_number: int = 0
     started: bool = False
+    pending: bool = False  # a request is out (maybe held by the engine while it reclaims)
     served: int = 0
     demanded: int = 0
 
@@ -102,16 +103,16 @@ class Result:
 
 
 class Simulation:
-    def __init__(self, policy: str, traces: list[list[int]], pool_octets: int,
-                 data_dir: Path, latency_s: int) -> None:
+    def __init__(
+        self, policy: str, traces: list[list[int]], pool_octets: int, data_dir: Path, latency_s: int
+    ) -> None:
         self.policy = policy
         self.now_s = 0
         self.members = [Member(f"m{i}", t) for i, t in enumerate(traces)]
         self.by_id = {m.sid: m for m in self.members}
         self.pool_octets = pool_octets
         self.latency_s = latency_s
-        self.store = EmbeddedStore(data_dir, clock=lambda: self.now_s * 1000,
-                                   sweep_interval_s=3600)
+        self.store = EmbeddedStore(data_dir, clock=lambda: self.now_s * 1000, sweep_interval_s=3600)
         self.engine = Engine(self.store, GrantPolicy(validity_s=600, grace_s=30))
         self.result = Result(policy)
         self.engine.subscribe(self._on_event)
@@ -129,22 +130,39 @@ class Simulation:
         admin = self.engine.admin
         for m in self.members:
             await admin("create_subscriber", f"c-{m.sid}", {"id": m.sid})
-        await admin("create_group", "g", {"group_id": "g", "owner": "m0",
-                                         "policy": POLICIES[self.policy]})
+        await admin(
+            "create_group", "g", {"group_id": "g", "owner": "m0", "policy": POLICIES[self.policy]}
+        )
         for m in self.members[1:]:
             await admin("add_member", f"a-{m.sid}", {"group_id": "g", "subscriber_id": m.sid})
-        await admin("add_bucket", "pool", {"subscriber_id": "g", "bucket_id": "pool",
-                                          "unit": "octets", "amount": self.pool_octets})
+        await admin(
+            "add_bucket",
+            "pool",
+            {
+                "subscriber_id": "g",
+                "bucket_id": "pool",
+                "unit": "octets",
+                "amount": self.pool_octets,
+            },
+        )
 
     def unused_elsewhere(self, member: Member) -> int:
         return sum(m.grant_left for m in self.members if m is not member)
 
     async def report(self, m: Member) -> None:
+        m.pending = True
+        try:
+            await self._report(m)
+        finally:
+            m.pending = False
+
+    async def _report(self, m: Member) -> None:
         minimum = self.engine.policy.limits[ServiceRequest(RG).unit].min_units
         want = ServiceRequest(RG, used_units=m.used_since_report)
         if not m.started:
-            answer = await self.engine.session_start(m.sid, m.sid, 0, [want],
-                                                     meta={"interface": "sim"})
+            answer = await self.engine.session_start(
+                m.sid, m.sid, 0, [want], meta={"interface": "sim"}
+            )
             m.started = True
         else:
             m.request_number += 1
@@ -168,14 +186,28 @@ class Simulation:
         if self.result.t_exhausted is None and self.store.pool_available("g", "octets") == 0:
             self.result.t_exhausted = self.now_s
 
+    async def _settle(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Run the requests in flight until each is answered or held by the engine."""
+        while True:
+            for task in [t for t in tasks if t.done()]:
+                tasks.discard(task)
+                task.result()
+            if len(tasks) <= self.engine.pool_waiters:
+                return
+            await asyncio.sleep(0.0002)
+
     async def run(self, seconds: int) -> Result:
         await self.setup()
+        tasks: set[asyncio.Task[None]] = set()
         for m in self.members:
             await self.report(m)
         for self.now_s in range(seconds):
+            self.engine._pool_moved("g")  # a tick: held answers look at the clock again
             for m in self.members:
                 d = m.demand[self.now_s]
                 m.demanded += d
+                if m.pending:
+                    continue  # no quota while its request is out
                 use = min(d, m.grant_left)
                 m.grant_left -= use
                 m.used_since_report += use
@@ -186,13 +218,18 @@ class Simulation:
                     or (self.now_s >= m.valid_until and (m.grant_left or m.used_since_report))
                 )
                 if due:
-                    await self.report(m)
+                    m.grant_left = 0  # a report hands back what is left of the grant
+                    tasks.add(asyncio.get_running_loop().create_task(self.report(m)))
+            await self._settle(tasks)
+        self.engine._pool_moved("g")
+        await asyncio.gather(*tasks)
         r = self.result
         r.served = sum(m.served for m in self.members)
         r.overspent = max(0, r.served - self.pool_octets)
         r.shares = [m.served / m.demanded for m in self.members if m.demanded]
         r.pool_left = self.store.pool_available("g", "octets") + sum(
-            m.grant_left for m in self.members)
+            m.grant_left for m in self.members
+        )
         self.store.ledger.check_invariants()
         await self.store.close()
         return r
@@ -204,19 +241,23 @@ def jain(values: list[float]) -> float:
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
     rng = random.Random(args.seed)
-    traces = [demand_trace(rng, PROFILES[i % len(PROFILES)], args.seconds)
-              for i in range(args.members)]
+    traces = [
+        demand_trace(rng, PROFILES[i % len(PROFILES)], args.seconds) for i in range(args.members)
+    ]
     demand = sum(sum(t) for t in traces)
     pool = int(demand * args.pool_share)
-    print(f"{args.members} members, {args.seconds} s, demand {demand / 1e9:.2f} GB, "
-          f"pool {pool / 1e9:.2f} GB ({args.pool_share:.0%}), seed {args.seed}, "
-          f"report latency {args.latency_s} s")
+    print(
+        f"{args.members} members, {args.seconds} s, demand {demand / 1e9:.2f} GB, "
+        f"pool {pool / 1e9:.2f} GB ({args.pool_share:.0%}), seed {args.seed}, "
+        f"report latency {args.latency_s} s"
+    )
     results = []
     base = os.environ.get("BENCH_DIR") or ("/dev/shm" if Path("/dev/shm").is_dir() else None)
     for name in args.policies.split(","):
         with tempfile.TemporaryDirectory(dir=base) as tmp:
-            results.append(await Simulation(name, traces, pool, Path(tmp),
-                                            args.latency_s).run(args.seconds))
+            results.append(
+                await Simulation(name, traces, pool, Path(tmp), args.latency_s).run(args.seconds)
+            )
     return results
 
 

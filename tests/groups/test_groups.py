@@ -115,7 +115,10 @@ async def test_low_pool_restricts_unprotected_members(
 
 
 async def test_reclaim_asks_idle_sessions_to_report(api: httpx.AsyncClient, server: Server) -> None:
-    await family(api, {"allocation": "reclaim", "retry_s": 3, "reclaim_min_age_s": 0})
+    await family(
+        api,
+        {"allocation": "reclaim", "retry_s": 3, "reclaim_min_age_s": 0, "reclaim_wait_ms": 100},
+    )
     engine = server.engine
     events: list[EngineEvent] = []
     engine.subscribe(events.append)
@@ -235,3 +238,33 @@ async def test_a_pool_is_not_a_subscriber(api: httpx.AsyncClient, server: Server
     await family(api)
     with pytest.raises(InvalidRequest):
         await server.engine.session_start("x", "fam", 0, [ServiceRequest(10)])
+
+
+async def test_reclaim_holds_the_answer_until_the_credit_comes_back(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    await family(api, {"allocation": "reclaim", "reclaim_min_age_s": 0, "reclaim_wait_ms": 5000})
+    engine = server.engine
+    n = 0
+    while server.store.pool_available("fam", "octets") >= 100_000:
+        n += 1
+        await engine.session_start(f"d{n}", "dad", 0, [ServiceRequest(10)])
+    reports: list[asyncio.Task[object]] = []
+
+    def gateway(event: EngineEvent) -> None:
+        # What a PGW does with a RAR: report what was used (nothing) on each session.
+        if event.kind == "reauthorize" and event.subscriber_id == "dad":
+            for sid in event.sessions:
+                reports.append(
+                    asyncio.get_running_loop().create_task(
+                        engine.session_update(sid, 1, [ServiceRequest(10)])
+                    )
+                )
+
+    engine.subscribe(gateway)
+    mum = await engine.session_start("m1", "mum", 0, [ServiceRequest(10)])
+    await asyncio.gather(*reports)
+    # Not refused, not told to retry: answered once the idle credit came back.
+    assert mum.services[0].result is ServiceResult.GRANTED
+    assert mum.services[0].granted_units >= 100_000
+    server.store.ledger.check_invariants()

@@ -7,6 +7,7 @@ except through ledger operations. Session steps get deterministic operation ids
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -98,6 +99,8 @@ class Engine:
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
         self._listeners: list[Listener] = []
         self.reclaims = 0  # reclaim rounds started (the simulator reports it)
+        self._pool_events: dict[str, asyncio.Event] = {}
+        self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
 
     # ------------------------------------------------------------------ events
 
@@ -253,11 +256,51 @@ class Engine:
                     raise
             else:
                 await self._after_charge(step, s, result)
-                if step.group is not None and _short(result, self.policy.limits[s.unit]):
-                    retry_s = await self._reclaim(step, s)
-                    if retry_s is not None:
-                        return self._answer(s, result, retry_s=retry_s)
+                if step.group is not None:
+                    self._pool_moved(step.group.id)
+                    if _short(result, self.policy.limits[s.unit]):
+                        retry_s = await self._reclaim(step, s)
+                        if retry_s is not None:
+                            granted = await self._wait_for_reclaim(step, s, op_id, args)
+                            if granted is not None:
+                                return self._answer(s, {**result, **granted})
+                            return self._answer(s, result, retry_s=retry_s)
         return self._answer(s, result)
+
+    def _pool_moved(self, group_id: str) -> None:
+        """A member's charge may have returned pool credit: wake whoever waits for it."""
+        event = self._pool_events.pop(group_id, None)
+        if event is not None:
+            event.set()
+
+    async def _wait_for_reclaim(
+        self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any]
+    ) -> Result | None:
+        """Hold the member's answer while the sessions asked to report do so, then grant from
+        what they returned. None when nothing came back within `reclaim_wait_ms`."""
+        assert step.group is not None
+        gid = step.group.id
+        minimum = self.policy.limits[s.unit].min_units
+        deadline_ms = self.store.clock() + int(step.group.policy.get("reclaim_wait_ms", 1_000))
+        again = {k: v for k, v in args.items() if k != "record"}
+        again["used_units"] = 0
+        attempt = 0
+        while (left_ms := deadline_ms - self.store.clock()) > 0:
+            event = self._pool_events.setdefault(gid, asyncio.Event())
+            self.pool_waiters += 1
+            try:
+                await asyncio.wait_for(event.wait(), left_ms / 1000)
+            except TimeoutError:
+                return None
+            finally:
+                self.pool_waiters -= 1
+            if self.store.pool_available(gid, s.unit.value) < minimum:
+                continue  # woken, but nothing came back yet
+            attempt += 1
+            result = await self.store.execute("charge", f"{op_id}#held{attempt}", again)
+            if not _short(result, self.policy.limits[s.unit]):
+                return {"grant": result["grant"], "refused": None}
+        return None
 
     async def _reclaim(self, step: _Step, s: ServiceRequest) -> int | None:
         """Reclaim policy: when the pool cannot give a member its minimum grant, ask the
@@ -517,6 +560,7 @@ class Engine:
             for sid in members or await self._holders(args["group_id"]):
                 await self._emit("reauthorize", sid, {"group_id": args["group_id"], "op": op})
         if "subscriber_id" in args:
+            self._pool_moved(args["subscriber_id"])  # a pool's top-up wakes held answers
             await self._emit("balance_changed", args["subscriber_id"], {"op": op})
         return result
 

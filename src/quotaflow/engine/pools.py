@@ -14,6 +14,8 @@ A group's `policy` object selects one and tunes it:
     validity_min_s the shortest validity any policy gives (default 10)
     retry_s        reclaim: the validity of an empty grant while credit is being reclaimed
     reclaim_min_age_s  reclaim: grants younger than this are not asked back (default 10)
+    reclaim_wait_ms    reclaim: how long the member's answer is held while the sessions asked
+                   to report do so; it is then granted from what they returned (default 1000)
     horizon_s      predictive, reclaim: a grant is what the member's rate predicts for this
                    long (default 60 s, at most the validity): the surplus stays in the pool
 """
@@ -46,6 +48,7 @@ def check_policy(policy: dict[str, Any]) -> None:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}")
     for key in (
+        "reclaim_wait_ms",
         "fixed_units",
         "divisor",
         "max_drift",
