@@ -42,7 +42,13 @@ POLICIES: dict[str, dict[str, Any]] = {
     "progressive": {"allocation": "progressive"},
     "validity": {"allocation": "validity", "max_drift": 20 * MB},
     "predictive": {"allocation": "predictive", "horizon_s": 120},
-    "reclaim": {"allocation": "reclaim", "horizon_s": 120, "retry_s": 2, "reclaim_wait_ms": 3000},
+    "reclaim": {
+        "allocation": "reclaim",
+        "horizon_s": 120,
+        "retry_s": 2,
+        "reclaim_wait_ms": 3000,
+        "exhausted_retry_s": 300,
+    },
 }
 
 

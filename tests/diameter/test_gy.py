@@ -277,3 +277,29 @@ async def test_many_sessions_pipelined(env: GyEnv) -> None:
         assert {a.get("Result-Code") for a in answers} == {2001}
         assert [a.session_id for a in answers] == sessions
     assert env.amount("alice") == 9_900 * MB and env.reserved("alice") == 0
+
+
+async def test_a_shared_pool_reclaiming_answers_zero_units_for_a_while(tmp_path: Path) -> None:
+    """A member of a reclaim group whose pool is spent gets 2001, no units and a short
+    Validity-Time (not 4012, which ends the service on Open5GS)."""
+    async with gy_env(tmp_path) as env:
+        await env.subscriber("mum", msisdn="4670001", imsi=None)
+        r = await env.api.post(
+            "/v1/groups",
+            json={
+                "id": "fam",
+                "owner": "mum",
+                "policy": {"allocation": "reclaim", "exhausted_retry_s": 30},
+            },
+        )
+        assert r.status_code == 201, r.text
+        client = env.client
+        sid = client.new_session_id()
+        answer = await client.request(
+            ccr(client, sid, CcRequestType.INITIAL, 0, mscc(10), subscription=[e164("4670001")])
+        )
+        assert answer.get("Result-Code") == 2001
+        (service,) = msccs(answer)
+        assert service["Result-Code"] == 2001
+        assert service["Granted-Service-Unit/CC-Total-Octets"] == 0
+        assert service["Validity-Time"] == 30

@@ -113,6 +113,7 @@ class Outcome:
     final: bool = False  # carries a Final-Unit-Indication
     kept: bool = False  # no credit, but the session stays up, restricted
     starved: bool = False  # final units or no credit: a top-up should re-authorise it
+    zero_grant: bool = False  # say "0 units" explicitly (a pool asks the session to wait)
 
 
 def outcome(ask: ServiceAsk, answer: ServiceAnswer, config: GyConfig) -> Outcome:
@@ -130,6 +131,10 @@ def outcome(ask: ServiceAsk, answer: ServiceAnswer, config: GyConfig) -> Outcome
         )
     if result is ServiceResult.REPORTED:
         return Outcome(ask, ResultCode.SUCCESS)
+    if result is ServiceResult.RETRY:
+        # A shared pool is reclaiming credit (or is spent): no units now, but not a refusal,
+        # which Open5GS would treat as the end; Validity-Time brings the request back.
+        return Outcome(ask, ResultCode.SUCCESS, 0, answer.validity_s, starved=True, zero_grant=True)
     if result is ServiceResult.BARRED:
         return Outcome(ask, ResultCode.END_USER_SERVICE_DENIED)
     assert result is ServiceResult.NO_CREDIT, result
@@ -177,7 +182,7 @@ def add_outcomes(
 def _mscc(o: Outcome, config: GyConfig, avps: AvpFactory, currency_code: int) -> list[Avp]:
     """Members in the order of the MSCC grammar."""
     members: list[Avp] = []
-    if o.granted_units:
+    if o.granted_units or o.zero_grant:
         members.append(granted_service_unit(o, avps, currency_code))
     members += o.ask.service_identifiers
     if o.ask.rating_group is not None:

@@ -244,8 +244,10 @@ class Engine:
     async def _charge_one(self, step: _Step, s: ServiceRequest) -> ServiceAnswer:
         op_id = f"{step.session_id}#{step.request_number}#{s.rating_group}"
         result = await self.store.recorded(op_id)
+        idle = False
         if result is None:
             args = self._charge_args(step, s)
+            idle = bool(args.get("idle"))
             try:
                 result = await self.store.execute("charge", op_id, args)
             except Conflict:
@@ -265,7 +267,16 @@ class Engine:
                             if granted is not None:
                                 return self._answer(s, {**result, **granted})
                             return self._answer(s, result, retry_s=retry_s)
-        return self._answer(s, result)
+                        backoff_s = step.group.policy.get("exhausted_retry_s")
+                        if step.group.policy.get("allocation") == "reclaim" and backoff_s:
+                            # Nothing to reclaim: the pool is spent. Keep the session, without
+                            # quota, and tell it when to ask again; a top-up re-authorises it.
+                            return self._answer(s, result, retry_s=int(backoff_s))
+        answer = self._answer(s, result, idle=idle)
+        tracker = self._rates.get((step.session_id, s.rating_group))
+        if tracker is not None:
+            tracker.granted = answer.granted_units
+        return answer
 
     def _pool_moved(self, group_id: str) -> None:
         """A member's charge may have returned pool credit: wake whoever waits for it."""
@@ -369,7 +380,10 @@ class Engine:
             interval_start_ms = now_ms
         else:
             interval_start_ms = tracker.last_ms
-            if s.used_units:
+            # In a shared pool a report of nothing used is a sample too: an idle member's rate
+            # decays, so its grants shrink to nothing. Elsewhere a session that has not used
+            # anything yet keeps the size it asked for.
+            if s.used_units or step.group is not None:
                 tracker.observe(s.used_units, now_ms, self.policy.rate_weight)
         args: dict[str, Any] = {
             "subscriber_id": step.subscriber_id,
@@ -407,8 +421,12 @@ class Engine:
                     s.requested_units,
                     self.store.pool_available(step.group.id, s.unit.value),
                     len(step.group.members),
+                    idle=s.used_units == 0 and tracker.granted > 0,
                 )
                 units, validity_s = pool_grant.units, pool_grant.validity_s
+                if units == 0:  # idle: nothing held; the network asks again on traffic
+                    args["idle"] = True
+                    return args
             else:
                 units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
             lim = self.policy.limits[s.unit]
@@ -421,10 +439,20 @@ class Engine:
         return args
 
     def _answer(
-        self, s: ServiceRequest, result: Result, retry_s: int | None = None
+        self, s: ServiceRequest, result: Result, retry_s: int | None = None, idle: bool = False
     ) -> ServiceAnswer:
         grant = result.get("grant")
         validity_s = self.policy.validity_s
+        if "grant" not in result and idle:
+            return ServiceAnswer(
+                s.rating_group,
+                s.unit,
+                ServiceResult.GRANTED,
+                0,
+                validity_s,
+                result["posted_units"],
+                result["unpaid_units"],
+            )
         if grant is not None:
             validity_ms = grant.get("validity_ms", (validity_s + self.policy.grace_s) * 1000)
             validity_s = max(1, validity_ms // 1000 - self.policy.grace_s)

@@ -57,6 +57,7 @@ class RateTracker:
 
     last_ms: int
     rate_per_s: float | None = None
+    granted: int = 0  # what the last answer granted: a report of nothing used on a grant is idle
 
     def observe(self, used_units: int, now_ms: int, weight: float) -> None:
         elapsed_ms = now_ms - self.last_ms

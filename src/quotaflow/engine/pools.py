@@ -14,6 +14,9 @@ A group's `policy` object selects one and tunes it:
     validity_min_s the shortest validity any policy gives (default 10)
     retry_s        reclaim: the validity of an empty grant while credit is being reclaimed
     reclaim_min_age_s  reclaim: grants younger than this are not asked back (default 10)
+    exhausted_retry_s  reclaim: when nothing can be reclaimed, answer `retry` with this validity
+                   instead of refusing (the session stays; a top-up re-authorises it at once)
+    max_units      predictive, reclaim: the largest grant (default: the unit's maximum)
     reclaim_wait_ms    reclaim: how long the member's answer is held while the sessions asked
                    to report do so; it is then granted from what they returned (default 1000)
     horizon_s      predictive, reclaim: a grant is what the member's rate predicts for this
@@ -49,6 +52,8 @@ def check_policy(policy: dict[str, Any]) -> None:
         raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}")
     for key in (
         "reclaim_wait_ms",
+        "exhausted_retry_s",
+        "max_units",
         "fixed_units",
         "divisor",
         "max_drift",
@@ -75,8 +80,14 @@ def size_pool_grant(
     requested: int | None,
     pool_available: int,
     members: int,
+    idle: bool = False,
 ) -> PoolGrant:
-    """The grant to ask the ledger for; the ledger still bounds it by pool, caps and balance."""
+    """The grant to ask the ledger for; the ledger still bounds it by pool, caps and balance.
+
+    Zero units means: nothing now, ask again when there is traffic. Predictive and reclaim give
+    that to an `idle` member (it held a grant and used none of it) whose rate predicts less than
+    a minimum grant: an idle phone holding quota is what strands credit.
+    """
     allocation = policy.get("allocation", "predictive")
     lim = grants.limits[unit]
     validity = grants.validity_s
@@ -90,11 +101,19 @@ def size_pool_grant(
         units = grants.size(unit, rate_per_s, requested)
         if allocation in ("predictive", "reclaim") and rate_per_s is not None:
             horizon = min(_int(policy, "horizon_s", 60), validity)
-            units = max(lim.min_units, min(lim.max_units, int(rate_per_s * horizon)))
+            predicted = int(rate_per_s * horizon)
+            if idle and predicted < lim.min_units:
+                return PoolGrant(0, validity)
+            units = max(lim.min_units, min(_int(policy, "max_units", lim.max_units), predicted))
         if allocation == "reclaim":
-            # As the pool drains, grants shrink too, so the last credit is spread thin.
+            # As the pool drains, grants shrink too, so the last credit is spread thin; once
+            # it is nearly gone they are also short-lived, so what an idle phone holds comes
+            # back by itself within validity_min_s even if the network ignores re-auth.
             share = pool_available // (_int(policy, "divisor", 2) * max(1, members))
-            units = max(lim.min_units, min(units, share))
+            if policy.get("shrink", True):
+                units = max(lim.min_units, min(units, share))
+                if share < lim.min_units:
+                    validity = validity_min
         if allocation == "validity" and rate_per_s:
             # Report before using more than max_drift: bounds how far views can drift apart.
             drift = _int(policy, "max_drift", lim.default_units)
@@ -120,11 +139,16 @@ def reclaimable(
     total = 0
     worth: list[Reservation] = []
     for res in others:
-        if now_ms - res.created_ms < min_age_ms:
+        age_ms = now_ms - res.created_ms
+        if age_ms < min_age_ms:
             continue
         rate = rates.get((res.session_id or "", res.rating_group)) or 0.0
-        predicted = int(rate * (now_ms - res.created_ms) / 1000)
+        predicted = int(rate * age_ms / 1000)
         idle = res.pool_units - predicted
+        if idle <= 0 and predicted > res.pool_units * 1.2:
+            # At its rate the session would have used this up and reported by now: it did
+            # not, so it is using less than predicted and holds an unknown part idle.
+            idle = res.pool_units // 2
         if idle > 0:
             total += idle
             worth.append(res)

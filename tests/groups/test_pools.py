@@ -1,0 +1,83 @@
+"""The allocation policies' arithmetic, on its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from quotaflow.engine import GrantPolicy
+from quotaflow.engine.pools import check_policy, reclaimable, size_pool_grant
+from quotaflow.ledger import Reservation, Unit
+
+MB = 1_000_000
+GRANTS = GrantPolicy(validity_s=600)
+
+
+def grant(policy: dict[str, object], rate: float | None, pool: int, idle: bool = False) -> int:
+    return size_pool_grant(policy, GRANTS, Unit.OCTETS, rate, None, pool, 10, idle).units
+
+
+def test_each_policy_sizes_differently() -> None:
+    assert grant({"allocation": "fixed", "fixed_units": 7 * MB}, 1e6, 10**10) == 7 * MB
+    # progressive: at most pool / (2 x 10 members), never below the minimum
+    assert grant({"allocation": "progressive"}, None, 100 * MB) == 5 * MB
+    assert grant({"allocation": "progressive"}, None, MB) == 100_000
+    # predictive: the rate for the horizon; an idle member that held quota gets nothing
+    assert grant({"allocation": "predictive", "horizon_s": 60}, 50_000, 10**10) == 3 * MB
+    assert grant({"allocation": "predictive"}, 100, 10**10, idle=True) == 0
+    assert grant({"allocation": "predictive"}, 100, 10**10, idle=False) == 100_000
+    # reclaim: predictive, but shrinking with the pool, and short-lived once nearly spent
+    assert grant({"allocation": "reclaim", "horizon_s": 60}, 1e6, 200 * MB) == 10 * MB
+    low = size_pool_grant({"allocation": "reclaim"}, GRANTS, Unit.OCTETS, 1e6, None, MB, 10)
+    assert (low.units, low.validity_s) == (100_000, 10)
+
+
+def test_validity_policy_bounds_the_drift() -> None:
+    g = size_pool_grant(
+        {"allocation": "validity", "max_drift": 20 * MB}, GRANTS, Unit.OCTETS, 1e6, None, 10**10, 10
+    )
+    assert g.units == 20 * MB and g.validity_s == 20
+
+
+def _res(rid: str, units: int, created_ms: int) -> Reservation:
+    return Reservation(
+        rid,
+        "m",
+        Unit.OCTETS,
+        10,
+        units,
+        [],
+        created_ms,
+        10**12,
+        session_id=rid,
+        pool="g",
+        pool_units=units,
+    )
+
+
+def test_reclaimable_counts_idle_and_overdue_grants() -> None:
+    now = 100_000
+    rates = {("busy", 10): 1e6, ("quiet", 10): 0.0, ("overdue", 10): 1e6, ("young", 10): 0.0}
+    others = [
+        _res("busy", 200 * MB, now - 50_000),  # 1 MB/s for 50 s: 50 MB used, 150 MB idle
+        _res("quiet", 10 * MB, now - 50_000),  # uses nothing: all of it idle
+        _res("overdue", 20 * MB, now - 50_000),  # should have run out 30 s ago: half counted
+        _res("young", 10 * MB, now - 1_000),  # just granted: left alone
+    ]
+    total, worth = reclaimable(others, rates, now, min_age_ms=10_000)
+    assert total == 150 * MB + 10 * MB + 10 * MB
+    assert [r.id for r in worth] == ["busy", "quiet", "overdue"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"allocation": "x"},
+        {"horizon_s": 0},
+        {"retry_s": "2"},
+        {"service_priority": ["a"]},
+        {"reclaim_min_age_s": -1},
+    ],
+)
+def test_bad_policies_are_refused(policy: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        check_policy(policy)
