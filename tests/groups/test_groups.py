@@ -268,3 +268,35 @@ async def test_reclaim_holds_the_answer_until_the_credit_comes_back(
     assert mum.services[0].result is ServiceResult.GRANTED
     assert mum.services[0].granted_units >= 100_000
     server.store.ledger.check_invariants()
+
+
+async def test_a_member_cap_threshold_fires_before_the_cap(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    received: list[dict[str, Any]] = []
+    async with webhook(received) as url:
+        await family(api)
+        r = await api.post(
+            "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["low_balance", "exhausted"]}
+        )
+        assert r.status_code == 201, r.text
+        r = await api.post(
+            "/v1/thresholds",
+            json={
+                "scope": "member_cap",
+                "group_id": "fam",
+                "subscriber_id": "kid",
+                "unit": "octets",
+                "below_percent": 20,
+            },
+        )
+        assert r.status_code == 201, r.text
+        engine = server.engine
+        # 15 MB cap: after 13 MB drawn, 2 MB (13%) of the cap is left: below 20%.
+        await engine.session_start("k1", "kid", 0, [ServiceRequest(10, requested_units=13 * MB)])
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+    assert [(e["type"], e["subscriber_id"]) for e in received] == [("low_balance", "kid")]
+    assert received[0]["data"]["balance"] == 2 * MB

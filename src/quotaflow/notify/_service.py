@@ -26,6 +26,7 @@ from quotaflow.notify._thresholds import (
     ANNOUNCED,
     OK,
     GroupResolver,
+    Target,
     Threshold,
     expiring,
     next_state,
@@ -170,9 +171,14 @@ class NotifyService:
     # ------------------------------------------------------------------ thresholds
 
     async def add_threshold(self, th: Threshold) -> Threshold:
+        if th.scope == "member_cap":
+            assert th.group_id is not None
+            group = await self.store.get_group(th.group_id)  # NotFound: 404
+            if th.subscriber_id not in group.members:
+                raise InvalidRequest("not a member of that group", field="subscriber_id")
         if th.scope == "group":
             # A group's shared pool is the account with the group's id: its threshold watches
-            # that account. (Members' caps are watched as policy counters: see groups/watch.)
+            # that account.
             assert th.group_id is not None
             await self.store.get_group(th.group_id)  # NotFound: 404
             th = dataclasses.replace(th, scope="subscriber", subscriber_id=th.group_id)
@@ -205,8 +211,24 @@ class NotifyService:
         if credited and sid in self._out:
             await self._credit_back(sub)
 
+    async def _targets(self, th: Threshold, sub: Subscriber, now_ms: int) -> list[Target]:
+        if th.scope != "member_cap":
+            return targets(th, sub, now_ms)
+        # What a member may still draw from its group's pool this period, against its cap.
+        assert th.group_id is not None and th.unit is not None
+        try:
+            group = await self.store.get_group(th.group_id)
+        except ChargingError:
+            return []
+        member = group.members.get(sub.id)
+        cap = None if member is None else member.caps.get(th.unit.value)
+        if member is None or cap is None:
+            return []
+        room = member.room(th.unit) or 0
+        return [Target(f"{sub.id}/cap/{group.id}/{th.unit.value}", room, cap, th.unit)]
+
     async def _levels(self, th: Threshold, sub: Subscriber, now_ms: int, credited: bool) -> None:
-        for t in targets(th, sub, now_ms):
+        for t in await self._targets(th, sub, now_ms):
             key = (th.id, t.key)
             base = self._bases.get(key)
             if base is None or credited:  # the base: the balance after the latest credit

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from quotaflow.ledger import NEVER_MS, Bucket, InvalidRequest, Subscriber, Unit
 
-SCOPES = ("subscriber", "bucket", "group")
+SCOPES = ("subscriber", "bucket", "group", "member_cap")
 OK, LOW, EXHAUSTED, ANNOUNCED = "ok", "low", "exhausted", "announced"
 THRESHOLD_FIELDS = {
     "id",
@@ -94,10 +94,14 @@ class Threshold:
                 unit = Unit(doc["unit"])
             except ValueError:
                 raise InvalidRequest("unknown unit", field="unit") from None
-        if scope in ("subscriber", "group") and unit is None:
+        if scope in ("subscriber", "group", "member_cap") and unit is None:
             raise InvalidRequest(f"a {scope} threshold needs a unit", field="unit")
-        if scope == "group" and not doc.get("group_id"):
-            raise InvalidRequest("a group threshold needs group_id", field="group_id")
+        if scope in ("group", "member_cap") and not doc.get("group_id"):
+            raise InvalidRequest(f"a {scope} threshold needs group_id", field="group_id")
+        if scope == "member_cap" and not doc.get("subscriber_id"):
+            raise InvalidRequest(
+                "a member_cap threshold needs subscriber_id", field="subscriber_id"
+            )
         for name in ("subscriber_id", "bucket_id", "group_id", "id"):
             if doc.get(name) is not None and not (
                 isinstance(doc[name], str) and 0 < len(doc[name]) <= 120
@@ -198,7 +202,7 @@ def next_state(th: Threshold, state: str, balance: int, base: int) -> tuple[str,
 
 def expiring(th: Threshold, sub: Subscriber, now_ms: int) -> list[Bucket]:
     """Buckets in the threshold's scope with credit left that expire within its period."""
-    if th.expiring_within_s is None or th.scope == "group":
+    if th.expiring_within_s is None or th.scope in ("group", "member_cap"):
         return []
     horizon = now_ms + th.expiring_within_s * 1000
     return [
