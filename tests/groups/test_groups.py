@@ -300,3 +300,32 @@ async def test_a_member_cap_threshold_fires_before_the_cap(
             await asyncio.sleep(0.05)
     assert [(e["type"], e["subscriber_id"]) for e in received] == [("low_balance", "kid")]
     assert received[0]["data"]["balance"] == 2 * MB
+
+
+async def test_out_of_credit_then_reallocated_when_the_pool_resets(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    received: list[dict[str, Any]] = []
+    async with webhook(received) as url:
+        await family(api)
+        r = await api.post(
+            "/v1/subscriptions",
+            json={
+                "url": f"{url}/hook",
+                "events": ["out_of_credit", "credit_reallocated"],
+                "subscriber_ids": ["kid"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        engine = server.engine
+        await engine.session_start("k1", "kid", 0, [ServiceRequest(10, requested_units=15 * MB)])
+        refused = await engine.session_update("k1", 1, [ServiceRequest(10, used_units=15 * MB)])
+        assert refused.services[0].result is ServiceResult.NO_CREDIT  # the cap is reached
+        # A new period gives the kid's cap room back: the application hears credit is back.
+        assert (await api.post("/v1/groups/fam/reset")).status_code == 200
+        for _ in range(100):
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert [e["type"] for e in received] == ["out_of_credit", "credit_reallocated"]
+    assert received[1]["data"]["payable"] == 15 * MB

@@ -587,6 +587,7 @@ class Engine:
             members = [args["subscriber_id"]] if "subscriber_id" in args else None
             for sid in members or await self._holders(args["group_id"]):
                 await self._emit("reauthorize", sid, {"group_id": args["group_id"], "op": op})
+                await self._emit("balance_changed", sid, {"group_id": args["group_id"], "op": op})
         if "subscriber_id" in args:
             self._pool_moved(args["subscriber_id"])  # a pool's top-up wakes held answers
             await self._emit("balance_changed", args["subscriber_id"], {"op": op})

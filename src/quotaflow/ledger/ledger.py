@@ -269,8 +269,13 @@ class Ledger:
         price: Price | None,
         now_ms: int,
     ) -> int:
-        """How many service units the buckets could pay for now (for balance checks)."""
+        """How many service units the buckets could pay for now (for balance checks): the
+        subscriber's own, then its group's pool within its cap room."""
         total = sum(b.available for b in self._candidates(sub, unit, rating_group, now_ms))
+        pool, _, room = self._pool_for(sub, unit, now_ms)
+        if pool is not None and room != 0:
+            shared = sum(b.available for b in self._candidates(pool, unit, rating_group, now_ms))
+            total += shared if room is None else min(shared, room)
         if price is not None and unit is not Unit.MONEY:
             if price.price_micros == 0:
                 return AMOUNT_MAX

@@ -208,7 +208,9 @@ class NotifyService:
             if th.has_level:
                 await self._levels(th, sub, now_ms, credited)
             await self._expiring(th, sub, now_ms)
-        if credited and sid in self._out:
+        if sid in self._out:
+            # Credit can come back in many ways (top-up, gift, refund, a pool's reset or
+            # reclaim): whatever moved, check whether the refused service can be paid again.
             await self._credit_back(sub)
 
     async def _targets(self, th: Threshold, sub: Subscriber, now_ms: int) -> list[Target]:
