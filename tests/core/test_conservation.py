@@ -98,8 +98,11 @@ class LedgerMachine(RuleBasedStateMachine):
             "period": "daily",
             "restrict_below": {"octets": 40},
             "protected_priority": 0,
+            "mode": "soft",  # b may overspend the pool by 50 octets, repaid by top-ups first
+            "soft_overspend_max": {"octets": 50},
         }
         assert self._op("create_group", group)
+        self._add(self.credited, "g", "octets", 50)  # the credit line is the pool's to spend
         assert self._op(
             "add_member",
             {"group_id": "g", "subscriber_id": "b", "priority": 1, "caps": {"octets": 150}},
@@ -125,7 +128,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if self._op("add_bucket", args):
             self._add(self.credited, sub, unit, amount)
 
-    @rule(sub=st.sampled_from(SUBS), amount=st.integers(1, 300))
+    @rule(sub=st.sampled_from([*SUBS, "g"]), amount=st.integers(1, 300))
     def topup(self, sub: str, amount: int) -> None:
         if self._op("topup", {"subscriber_id": sub, "unit": "octets", "amount": amount}):
             self._add(self.credited, sub, "octets", amount)

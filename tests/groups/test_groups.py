@@ -329,3 +329,33 @@ async def test_out_of_credit_then_reallocated_when_the_pool_resets(
             await asyncio.sleep(0.05)
     assert [e["type"] for e in received] == ["out_of_credit", "credit_reallocated"]
     assert received[1]["data"]["payable"] == 15 * MB
+
+
+async def test_soft_mode_overspends_by_at_most_its_limit(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    await family(api)
+    r = await api.patch(
+        "/v1/groups/fam", json={"mode": "soft", "soft_overspend_max": {"octets": 5 * MB}}
+    )
+    assert r.status_code == 200 and r.json()["mode"] == "soft", r.text
+    engine = server.engine
+    dad = await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=200 * MB)])
+    # 100 MB of pool and 5 MB of credit line: never more.
+    assert dad.services[0].granted_units == 105 * MB
+    await engine.session_terminate("d1", 1, [ServiceRequest(10, used_units=103 * MB)])
+    group = (await api.get("/v1/groups/fam")).json()
+    assert group["pool_available"]["octets"] == 2 * MB  # 2 MB of the line left
+    # The line is in use: it cannot be changed until it is repaid.
+    r = await api.patch("/v1/groups/fam", json={"mode": "strict"})
+    assert r.status_code == 409
+    # A top-up repays the 3 MB drawn on the line first, then fills the pool.
+    r = await api.post("/v1/groups/fam/topups", json={"unit": "octets", "amount": 10 * MB})
+    assert r.status_code == 201 and r.json()["repaid"] == 3 * MB
+    balance = (await api.get("/v1/groups/fam/balance")).json()
+    amounts = {b["id"]: b["amount"] for b in balance["buckets"]}
+    assert amounts["overdraft-octets"] == 5 * MB and amounts["main-octets"] == 7 * MB
+    assert (await api.patch("/v1/groups/fam", json={"mode": "strict"})).status_code == 200
+    balance = (await api.get("/v1/groups/fam/balance")).json()
+    assert "overdraft-octets" not in {b["id"] for b in balance["buckets"]}
+    server.store.ledger.check_invariants()

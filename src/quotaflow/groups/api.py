@@ -30,6 +30,8 @@ GROUP_FIELDS = {
     "restrict_below",
     "protected_priority",
     "policy",
+    "mode",
+    "soft_overspend_max",
 }
 MEMBER_FIELDS = {"subscriber_id", "priority", "caps"}
 

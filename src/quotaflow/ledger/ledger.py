@@ -435,22 +435,40 @@ class Ledger:
         """Credit a bucket: the one named, the unscoped non-expiring main bucket, or a new one."""
         sub = self._subject(args, now_ms)
         unit = _unit(args.get("unit"))
-        amount = _check_amount("amount", args.get("amount"))
+        amount = total = _check_amount("amount", args.get("amount"))
+        repay = 0
         bucket_id = args.get("bucket_id")
         scoped = bool(args.get("rating_groups")) or args.get("expires_at_ms") is not None
         if bucket_id is None and not scoped:
             bucket_id = f"main-{unit.value}"
         if bucket_id is None:
             bucket_id = _check_id("topup_id", args.get("topup_id"))
+        line = sub.buckets.get(f"overdraft-{unit.value}") if sub.kind == "group" else None
+        if line is not None and line.amount < line.initial:
+            # A soft pool's credit line is repaid first; the rest goes where it would have.
+            repay = min(amount, line.initial - line.amount)
+            line.amount += repay
+            sub.counter(unit)["credited"] += repay
+            amount -= repay
+            if amount == 0:
+                return {
+                    "subscriber_id": sub.id,
+                    "bucket": line.to_json(now_ms),
+                    "amount": repay,
+                    "repaid": repay,
+                }
         bucket = sub.buckets.get(bucket_id)
         if bucket is None:
-            bucket = self._new_bucket(sub, bucket_id, args, Origin.TOPUP)
+            bucket = self._new_bucket(sub, bucket_id, {**args, "amount": amount}, Origin.TOPUP)
         else:
             if bucket.unit is not unit:
                 raise InvalidRequest(f"bucket {bucket_id!r} holds {bucket.unit.value}")
             bucket.amount += amount
             sub.counter(unit)["credited"] += amount
-        return {"subscriber_id": sub.id, "bucket": bucket.to_json(now_ms), "amount": amount}
+        result = {"subscriber_id": sub.id, "bucket": bucket.to_json(now_ms), "amount": total}
+        if repay:
+            result["repaid"] = repay
+        return result
 
     def _adjust(self, args: Args, now_ms: int) -> Result:
         """A signed correction. Credits go to the main bucket; debits take from what is free."""
@@ -1075,11 +1093,53 @@ class Ledger:
         policy = args.get("policy", group.policy)
         if not isinstance(policy, dict):
             raise InvalidRequest("policy must be an object", field="policy")
+        soft = self._soft_limits(group, args)
         if (period, day) != (group.period, group.reset_day) or group.next_reset_ms >= NEVER_MS:
             group.next_reset_ms = next_reset_ms(period, day, now_ms)
         group.period, group.reset_day = period, day
         group.restrict_below, group.protected_priority = dict(restrict), protected
         group.policy = dict(policy)
+        group.soft_overspend_max = soft
+
+    def _soft_limits(self, group: Group, args: Args) -> dict[str, int]:
+        """Strict or soft mode; a credit line can change only while nothing was drawn on it."""
+        mode = args.get("mode", "soft" if group.soft_overspend_max else "strict")
+        if mode not in ("strict", "soft"):
+            raise InvalidRequest("mode must be strict or soft", field="mode")
+        limits = args.get("soft_overspend_max", group.soft_overspend_max)
+        if not isinstance(limits, dict) or any(
+            _UNITS.get(k) is None or type(v) is not int or not 0 < v <= AMOUNT_MAX
+            for k, v in limits.items()
+        ):
+            raise InvalidRequest(
+                "soft_overspend_max maps units to positive amounts", field="soft_overspend_max"
+            )
+        if mode == "soft" and not limits:
+            raise InvalidRequest("soft mode needs soft_overspend_max", field="soft_overspend_max")
+        wanted = dict(limits) if mode == "soft" else {}
+        pool = self.subscribers.get(group.id)
+        for unit in set(wanted) | set(group.soft_overspend_max):
+            line = None if pool is None else pool.buckets.get(f"overdraft-{unit}")
+            if (
+                wanted.get(unit) != group.soft_overspend_max.get(unit)
+                and line is not None
+                and (line.amount != line.initial or line.reserved)
+            ):
+                raise Conflict(f"the {unit} credit line is in use; repay it first")
+        return wanted
+
+    def _sync_overdraft(self, group: Group) -> None:
+        """Make the pool's credit-line buckets match the group's soft limits."""
+        pool = self.subscribers[group.id]
+        for b in [b for b in pool.buckets.values() if b.origin is Origin.OVERDRAFT]:
+            if group.soft_overspend_max.get(b.unit.value) != b.initial:
+                pool.counter(b.unit)["debited"] += b.amount  # an unused line is withdrawn
+                del pool.buckets[b.id]
+        for unit_name, limit in group.soft_overspend_max.items():
+            bucket_id = f"overdraft-{unit_name}"
+            if bucket_id not in pool.buckets:
+                args = {"unit": unit_name, "amount": limit, "priority": 2**31 - 1}
+                self._new_bucket(pool, bucket_id, args, Origin.OVERDRAFT)
 
     def _create_group(self, args: Args, now_ms: int) -> Result:
         gid = _check_id("group_id", args.get("group_id"))
@@ -1092,6 +1152,7 @@ class Ledger:
         self._group_settings(group, args, now_ms)
         self.subscribers[gid] = Subscriber(gid, {}, Status.ACTIVE, now_ms, kind="group")
         self.groups[gid] = group
+        self._sync_overdraft(group)
         group.members[owner.id] = Member(owner.id, 0)
         owner.group = gid
         return group.to_json()
@@ -1101,6 +1162,7 @@ class Ledger:
         probe = Group.from_json(group.to_json())
         self._group_settings(probe, args, now_ms)  # all checks pass before anything changes
         self._group_settings(group, args, now_ms)
+        self._sync_overdraft(group)
         return group.to_json()
 
     @staticmethod

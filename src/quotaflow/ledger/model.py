@@ -24,6 +24,7 @@ class Origin(StrEnum):
     TOPUP = "topup"
     ADJUSTMENT = "adjustment"
     REFUND = "refund"
+    OVERDRAFT = "overdraft"  # a soft-mode pool's bounded credit line, repaid by top-ups first
 
 
 class Status(StrEnum):
@@ -380,6 +381,9 @@ class Group:
     restrict_below: dict[str, int] = field(default_factory=dict)
     protected_priority: int = 0
     policy: dict[str, Any] = field(default_factory=dict)  # the engine's allocation settings
+    # Soft mode: per unit, how far members may overspend the pool (a bucket `overdraft-<unit>`
+    # of that size, consumed last). Strict mode (empty): never.
+    soft_overspend_max: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -393,6 +397,8 @@ class Group:
             "restrict_below": self.restrict_below,
             "protected_priority": self.protected_priority,
             "policy": self.policy,
+            "mode": "soft" if self.soft_overspend_max else "strict",
+            "soft_overspend_max": self.soft_overspend_max,
         }
 
     @classmethod
@@ -407,6 +413,7 @@ class Group:
             restrict_below=dict(doc["restrict_below"]),
             protected_priority=doc["protected_priority"],
             policy=dict(doc["policy"]),
+            soft_overspend_max=dict(doc.get("soft_overspend_max", {})),
         )
         for m in doc["members"]:
             member = Member.from_json(m)
