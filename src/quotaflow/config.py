@@ -99,11 +99,31 @@ def load(path: str | Path | None) -> Config:
     cfg.diameter_gy = _load_gy(_section(dia, "gy"))
     _load_grants(cfg, _section(doc, "grants"))
     cfg.records = _load_records(_section(doc, "records"))
+    _load_transfers(cfg, _section(doc, "transfers"))
     rating = _section(doc, "rating")
     if rating.get("tariff_file") is not None:
         cfg.tariff_file = Path(str(rating["tariff_file"]))
         load_tariffs(cfg)
     return cfg
+
+
+def _load_transfers(cfg: Config, table: dict[str, Any]) -> None:
+    """[transfers]: per_transfer, per_day and keep_min, each a table of unit = amount."""
+    limits = cfg.limits.transfers
+    for key in ("per_transfer", "per_day", "keep_min"):
+        given = table.get(key)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise ConfigError(f"transfers.{key} must be a table of unit = amount")
+        values = {}
+        for unit_name in given:
+            try:
+                Unit(unit_name)
+            except ValueError:
+                raise ConfigError(f"transfers.{key}.{unit_name}: unknown unit") from None
+            values[unit_name] = _int(given, unit_name, f"transfers.{key}", 0)
+        getattr(limits, key).update(values)
 
 
 def _load_records(table: dict[str, Any]) -> RecordOptions:

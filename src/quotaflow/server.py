@@ -25,6 +25,7 @@ from quotaflow.nchf import BASE_PATH, create_app, problem_exception_handlers
 from quotaflow.rating import Rater
 from quotaflow.rating.api import TariffApi, persisted_tariffs
 from quotaflow.store import EmbeddedStore
+from quotaflow.transfers import TransferApi
 
 log = logging.getLogger("quotaflow.server")
 
@@ -34,6 +35,7 @@ def build_app(engine: Engine, cfg: Config, nchf: Starlette | None) -> Starlette:
     routes: list[BaseRoute] = list(ManagementApi(engine).routes())
     routes += TariffApi(engine, cfg.data_dir, cfg.tariff_file).routes()
     routes += GroupApi(engine).routes()
+    routes += TransferApi(engine).routes()
     if nchf is not None:
         routes.append(Mount(BASE_PATH, app=nchf))
     # Problem details for what no route matches, as the SBI requires (plain text otherwise).

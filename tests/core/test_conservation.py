@@ -46,6 +46,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.credited: dict[tuple[str, str], int] = {}
         self.consumed: dict[tuple[str, str], int] = {}
         self.open: list[tuple[str, str]] = []
+        self.transfers: list[str] = []
         self.history: list[tuple[str, str, dict[str, Any], Any, int]] = []
         self.store = self._open()
 
@@ -242,6 +243,33 @@ class LedgerMachine(RuleBasedStateMachine):
         if result and amount > 0:
             self._add(self.credited, sub, "octets", amount)
 
+    @rule(
+        giver=st.sampled_from(SUBS),
+        receiver=st.sampled_from(SUBS),
+        amount=st.integers(1, 200),
+        reset=st.booleans(),
+    )
+    def transfer(self, giver: str, receiver: str, amount: int, reset: bool) -> None:
+        self.n += 1
+        args: dict[str, Any] = {
+            "transfer_id": f"tr{self.n}",
+            "from": giver,
+            "to": receiver,
+            "unit": "octets",
+            "amount": amount,
+        }
+        if reset:
+            args.update(expiry="reset", expires_at_ms=self.now + 25)
+        if self._op("transfer", args):
+            self.transfers.append(f"tr{self.n}")
+
+    @precondition(lambda self: self.transfers)
+    @rule(data=st.data())
+    def reverse(self, data: st.DataObject) -> None:
+        tid = data.draw(st.sampled_from(self.transfers))
+        self.n += 1
+        self._op("reverse_transfer", {"transfer_id": tid, "reversal_id": f"rv{self.n}"})
+
     @rule(ms=st.integers(1, 30))
     def advance(self, ms: int) -> None:
         self.now += ms
@@ -286,6 +314,15 @@ class LedgerMachine(RuleBasedStateMachine):
     def new_day(self, hours: int) -> None:
         self.now += hours * 3_600_000
         self.loop.run_until_complete(self.store.execute("expire", None, {}))
+
+    @invariant()
+    def transfers_balance(self) -> None:
+        ins = outs = 0
+        for sub in self.store.ledger.subscribers.values():
+            for c in sub.counters.values():
+                ins += c["transferred_in"]
+                outs += c["transferred_out"]
+        assert ins == outs
 
     @invariant()
     def conserved(self) -> None:

@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("amount", type=int)
     t.add_argument("--topup-id", help="makes the top-up safe to retry")
 
+    g = client("transfer", "give credit to another subscriber, or reverse a gift")
+    g.add_argument("giver", help="who gives (or, with --reverse, the transfer id)")
+    g.add_argument("receiver", nargs="?")
+    g.add_argument("unit", nargs="?", choices=["octets", "seconds", "events", "money"])
+    g.add_argument("amount", nargs="?", type=int)
+    g.add_argument("--id", required=True, help="the transfer's id (makes it safe to retry)")
+    g.add_argument("--reverse", action="store_true", help="give back what is left of GIVER")
+
     b = client("balance", "show a subscriber's buckets and totals")
     b.add_argument("id")
 
@@ -112,6 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.topup_id:
             body["id"] = args.topup_id
         return _call("POST", f"{args.url}/v1/subscribers/{args.id}/topups", body)
+    if args.command == "transfer":
+        if args.reverse:
+            return _call("POST", f"{args.url}/v1/transfers/{args.giver}/reversal", {"id": args.id})
+        if None in (args.receiver, args.unit, args.amount):
+            sys.stderr.write("quotaflow: transfer GIVER RECEIVER UNIT AMOUNT --id ID\n")
+            return 2
+        body = {
+            "id": args.id,
+            "from": args.giver,
+            "to": args.receiver,
+            "unit": args.unit,
+            "amount": args.amount,
+        }
+        return _call("POST", f"{args.url}/v1/transfers", body)
     if args.command == "balance":
         return _call("GET", f"{args.url}/v1/subscribers/{args.id}/balance")
     if args.command == "demo":

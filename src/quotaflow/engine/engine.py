@@ -579,6 +579,9 @@ class Engine:
         ):
             for sid in await self._holders(args["subscriber_id"]):
                 await self._emit("credit_added", sid)
+        elif op in ("transfer", "reverse_transfer"):
+            await self._emit("credit_added", result["to"], {"transfer_id": result["id"]})
+            await self._emit("balance_changed", result["from"], {"op": op})
         elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:
             await self._emit("barred", args["id"])
         elif op in ("update_group", "update_member", "group_reset", "add_member"):

@@ -42,6 +42,17 @@ from quotaflow.ledger.model import (
     Unit,
 )
 from quotaflow.ledger.periods import next_reset_ms
+from quotaflow.ledger.transfers import (
+    DAY_MS,
+    Transfer,
+    TransferLimits,
+    already_reversed,
+    check_limits,
+    check_parties,
+    gift_expiry,
+    plan_transfer,
+    transfer_unknown,
+)
 
 Result = dict[str, Any]
 Args = dict[str, Any]
@@ -130,6 +141,8 @@ class Limits:
         sessions_max: int = 4_000_000,
         idempotency_entries_max: int = 2_000_000,
         idempotency_window_ms: int = 3_600_000,
+        transfers_max: int = 10_000_000,
+        transfers: TransferLimits | None = None,
     ) -> None:
         self.subscribers_max = subscribers_max
         self.buckets_per_subscriber_max = buckets_per_subscriber_max
@@ -137,6 +150,8 @@ class Limits:
         self.sessions_max = sessions_max
         self.idempotency_entries_max = idempotency_entries_max
         self.idempotency_window_ms = idempotency_window_ms
+        self.transfers_max = transfers_max
+        self.transfers = transfers or TransferLimits()
 
 
 class Ledger:
@@ -147,6 +162,8 @@ class Ledger:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.sessions_by_subscriber: dict[str, set[str]] = {}
         self.groups: dict[str, Group] = {}
+        self.transfers: dict[str, Transfer] = {}
+        self._sent: dict[str, int] = {}  # "giver|unit|day" -> amount transferred that day
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
         # Open reservations by the second they lapse in: removed on commit or release, so
@@ -181,6 +198,8 @@ class Ledger:
             "update_member": self._update_member,
             "remove_member": self._remove_member,
             "group_reset": self._group_reset,
+            "transfer": self._transfer,
+            "reverse_transfer": self._reverse_transfer,
             "expire": self._expire,
         }
 
@@ -1038,7 +1057,11 @@ class Ledger:
         if existing is not None:
             if existing["subscriber_id"] != sub.id:
                 raise Conflict(f"session {session_id!r} belongs to another subscriber")
-            return {"session_id": session_id, **existing}
+            return {
+                "session_id": session_id,
+                **existing,
+                "money_units": dict(existing.get("money_units", {})),
+            }
         if len(self.sessions) >= self.limits.sessions_max:
             raise LimitReached("session table full", limit=self.limits.sessions_max)
         record = {"subscriber_id": sub.id, "opened_ms": now_ms, "meta": args.get("meta") or {}}
@@ -1269,6 +1292,93 @@ class Ledger:
                 )
         return counters
 
+    # ------------------------------------------------------------------ moving quota
+
+    def _transfer(self, args: Args, now_ms: int) -> Result:
+        """Give free credit to another subscriber, at once and whole, or refuse saying why."""
+        tid = _check_id("transfer_id", args.get("transfer_id"))
+        if tid in self.transfers:
+            raise Conflict(f"transfer id {tid!r} is taken")
+        if len(self.transfers) >= self.limits.transfers_max:
+            raise LimitReached("transfer table full", limit=self.limits.transfers_max)
+        giver = self._subject({"subscriber_id": args.get("from", "")}, now_ms)
+        receiver = self._subject({"subscriber_id": args.get("to", "")}, now_ms)
+        check_parties(giver, receiver)
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"))
+        day_key = f"{giver.id}|{unit.value}|{now_ms // DAY_MS}"
+        check_limits(self.limits.transfers, giver, unit, amount, self._sent.get(day_key, 0), now_ms)
+        plan = plan_transfer(giver, unit, amount, now_ms)
+        expiries = [gift_expiry(args, b) for b, _ in plan]  # all checked before anything moves
+        if len(receiver.buckets) + len(plan) > self.limits.buckets_per_subscriber_max:
+            raise LimitReached(
+                "the receiver has too many buckets", limit=self.limits.buckets_per_subscriber_max
+            )
+        gifts = self._move(giver, receiver, unit, plan, expiries, tid, now_ms)
+        self._sent[day_key] = self._sent.get(day_key, 0) + amount
+        transfer = Transfer(tid, giver.id, receiver.id, unit, amount, now_ms, gifts)
+        self.transfers[tid] = transfer
+        return transfer.to_json()
+
+    def _move(
+        self,
+        giver: Subscriber,
+        receiver: Subscriber,
+        unit: Unit,
+        plan: list[tuple[Bucket, int]],
+        expiries: list[int],
+        tid: str,
+        now_ms: int,
+    ) -> list[str]:
+        gifts: list[str] = []
+        for n, ((source, take), expires) in enumerate(zip(plan, expiries, strict=True)):
+            source.amount -= take
+            bucket_id = f"gift-{tid}-{n}"
+            self._new_bucket(
+                receiver,
+                bucket_id,
+                {
+                    "unit": unit.value,
+                    "amount": take,
+                    "expires_at_ms": None if expires >= NEVER_MS else expires,
+                },
+                Origin.GIFT,
+            )
+            gifts.append(bucket_id)
+        total = sum(take for _, take in plan)
+        giver.counter(unit)["transferred_out"] += total
+        # _new_bucket counted the gifts as credited: they are transferred in, not new credit.
+        receiver.counter(unit)["credited"] -= total
+        receiver.counter(unit)["transferred_in"] += total
+        return gifts
+
+    def _reverse_transfer(self, args: Args, now_ms: int) -> Result:
+        """Give back what is left of a transfer's gift buckets; itself a transfer."""
+        original = self.transfers.get(args.get("transfer_id", ""))
+        if original is None:
+            raise transfer_unknown(str(args.get("transfer_id")))
+        if original.reversed_by is not None:
+            raise already_reversed(original)
+        rid = _check_id("reversal_id", args.get("reversal_id"))
+        if rid in self.transfers:
+            raise Conflict(f"transfer id {rid!r} is taken")
+        holder = self._subject({"subscriber_id": original.receiver}, now_ms)
+        back_to = self._subject({"subscriber_id": original.giver}, now_ms)
+        left = sum(
+            holder.buckets[b].available
+            for b in original.buckets
+            if b in holder.buckets and holder.buckets[b].usable(now_ms)
+        )
+        if left == 0:
+            raise NoCredit("nothing of the transfer is left to give back")
+        plan = plan_transfer(holder, original.unit, left, now_ms, only=original.buckets)
+        expiries = [b.expires_at_ms for b, _ in plan]
+        gifts = self._move(holder, back_to, original.unit, plan, expiries, rid, now_ms)
+        reversal = Transfer(rid, holder.id, back_to.id, original.unit, left, now_ms, gifts)
+        self.transfers[rid] = reversal
+        original.reversed_by = rid
+        return {**reversal.to_json(), "reverses": original.id}
+
     # ------------------------------------------------------------------ time
 
     def _expire(self, args: Args, now_ms: int) -> Result:
@@ -1305,6 +1415,9 @@ class Ledger:
         for entry in deferred:
             heapq.heappush(bheap, (now_ms + 1, entry[1], entry[2]))
         pruned = self.prune_idempotency(now_ms)
+        today = now_ms // DAY_MS
+        for key in [k for k in self._sent if int(k.rsplit("|", 1)[1]) < today]:
+            del self._sent[key]  # per-day transfer totals of past days
         resets = sorted(g.id for g in self.groups.values() if g.next_reset_ms <= now_ms)
         for gid in resets:
             self._group_reset({"group_id": gid}, now_ms)
@@ -1330,6 +1443,8 @@ class Ledger:
             "subscribers": [s.to_json() for s in self.subscribers.values()],
             "sessions": self.sessions,
             "groups": [g.to_json() for g in self.groups.values()],
+            "transfers": [t.to_json() for t in self.transfers.values()],
+            "sent": self._sent,
             "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
         }
 
@@ -1350,6 +1465,8 @@ class Ledger:
                 if b.expires_at_ms < NEVER_MS:
                     heapq.heappush(ledger._bucket_expiry_heap, (b.expires_at_ms, sub.id, b.id))
         ledger.groups = {g["id"]: Group.from_json(g) for g in doc.get("groups", [])}
+        ledger.transfers = {t["id"]: Transfer.from_json(t) for t in doc.get("transfers", [])}
+        ledger._sent = dict(doc.get("sent", {}))
         ledger.sessions = dict(doc["sessions"])
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)

@@ -349,9 +349,10 @@ class Member:
         return {
             "subscriber_id": self.subscriber_id,
             "priority": self.priority,
-            "caps": self.caps,
-            "used": self.used,
-            "held": self.held,
+            # Copies: a result keeps what it said, whatever changes later (idempotent replies).
+            "caps": dict(self.caps),
+            "used": dict(self.used),
+            "held": dict(self.held),
         }
 
     @classmethod
@@ -394,11 +395,11 @@ class Group:
             "period": self.period,
             "reset_day": self.reset_day,
             "next_reset_ms": None if self.next_reset_ms >= NEVER_MS else self.next_reset_ms,
-            "restrict_below": self.restrict_below,
+            "restrict_below": dict(self.restrict_below),
             "protected_priority": self.protected_priority,
-            "policy": self.policy,
+            "policy": dict(self.policy),
             "mode": "soft" if self.soft_overspend_max else "strict",
-            "soft_overspend_max": self.soft_overspend_max,
+            "soft_overspend_max": dict(self.soft_overspend_max),
         }
 
     @classmethod

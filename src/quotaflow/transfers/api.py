@@ -1,0 +1,75 @@
+"""`/v1/transfers`: give data, time, events or money to another subscriber; reverse a gift."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from quotaflow.api import error_response, json_response
+from quotaflow.api.validation import check_fields, parse_body, time_ms, want_int, want_str
+from quotaflow.engine import Engine
+from quotaflow.ledger import ChargingError, NotFound
+from quotaflow.store import EmbeddedStore
+
+Handler = Callable[[Request], Awaitable[Response]]
+FIELDS = {"id", "from", "to", "unit", "amount", "expiry", "expires_at"}
+
+
+class TransferApi:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/transfers", self._guard(self.create), methods=["POST"]),
+            Route("/v1/transfers/{tid}", self._guard(self.get), methods=["GET"]),
+            Route("/v1/transfers/{tid}/reversal", self._guard(self.reverse), methods=["POST"]),
+        ]
+
+    @staticmethod
+    def _guard(fn: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except ChargingError as exc:
+                return error_response(exc)
+
+        return handle
+
+    async def create(self, request: Request) -> Response:
+        body = parse_body(await request.body())
+        check_fields(body, FIELDS, {"id", "from", "to", "unit", "amount"})
+        for name in ("id", "from", "to", "unit", "expiry"):
+            want_str(body, name)
+        want_int(body, "amount")
+        args = {k: v for k, v in body.items() if k not in ("id", "expires_at")}
+        args["transfer_id"] = body["id"]
+        expires = time_ms(body, "expires_at")
+        if expires is not None:
+            args["expires_at_ms"] = expires
+        result = await self.engine.admin("transfer", f"api:transfer:{body['id']}", args)
+        return json_response(result, 201, {"location": f"/v1/transfers/{body['id']}"})
+
+    async def get(self, request: Request) -> Response:
+        store = self.engine.store
+        transfer = None
+        if isinstance(store, EmbeddedStore):
+            transfer = store.ledger.transfers.get(request.path_params["tid"])
+        if transfer is None:
+            raise NotFound(f"no transfer {request.path_params['tid']!r}")
+        return json_response(transfer.to_json())
+
+    async def reverse(self, request: Request) -> Response:
+        tid = request.path_params["tid"]
+        body = parse_body(await request.body())
+        check_fields(body, {"id"}, {"id"})
+        want_str(body, "id")
+        result = await self.engine.admin(
+            "reverse_transfer",
+            f"api:reversal:{body['id']}",
+            {"transfer_id": tid, "reversal_id": body["id"]},
+        )
+        return json_response(result, 201)

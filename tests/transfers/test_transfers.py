@@ -1,0 +1,135 @@
+"""Gifts and transfers through the real server: atomic, idempotent, limited, reversible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from quotaflow.engine import EngineEvent, ServiceRequest
+from quotaflow.ledger.transfers import TransferLimits
+from quotaflow.server import Server
+from tests.conftest import server_config
+
+MB = 1_000_000
+
+
+async def people(api: httpx.AsyncClient) -> None:
+    for sid in ("ann", "ben"):
+        assert (await api.post("/v1/subscribers", json={"id": sid})).status_code == 201
+    await api.post(
+        "/v1/subscribers/ann/buckets",
+        json={
+            "id": "month",
+            "unit": "octets",
+            "amount": 30 * MB,
+            "expires_at": "2099-01-01T00:00:00Z",
+        },
+    )
+
+
+async def octets(api: httpx.AsyncClient, sid: str) -> dict[str, int]:
+    balance = (await api.get(f"/v1/subscribers/{sid}/balance")).json()
+    return balance["totals"]["octets"]
+
+
+async def test_a_gift_moves_free_credit_once_with_its_expiry(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    await people(api)
+    events: list[EngineEvent] = []
+    server.engine.subscribe(events.append)
+    # 10 MB of ann's 30 MB are held by a live session: only 20 MB can be given.
+    await server.engine.session_start("s", "ann", 0, [ServiceRequest(10, requested_units=10 * MB)])
+    gift = {"id": "g1", "from": "ann", "to": "ben", "unit": "octets", "amount": 12 * MB}
+    r = await api.post("/v1/transfers", json=gift)
+    assert r.status_code == 201, r.text
+    assert (await api.post("/v1/transfers", json=gift)).json() == r.json()  # a retry
+    assert (await api.post("/v1/transfers", json={**gift, "amount": 1})).status_code == 409
+    assert (await octets(api, "ann"))["amount"] == 18 * MB
+    ben = (await api.get("/v1/subscribers/ben/balance")).json()
+    (bucket,) = ben["buckets"]
+    assert bucket["amount"] == 12 * MB and bucket["origin"] == "gift"
+    assert bucket["expires_at_ms"] == 4070908800000  # carried from ann's bucket
+    assert any(e.kind == "credit_added" and e.subscriber_id == "ben" for e in events)
+    too_much = await api.post("/v1/transfers", json={**gift, "id": "g2", "amount": 9 * MB})
+    assert too_much.status_code == 409 and "8000000" in too_much.json()["error"]["message"]
+    assert (await octets(api, "ann"))["amount"] == 18 * MB  # a refusal moves nothing
+    server.store.ledger.check_invariants()
+
+
+async def test_a_reversal_gives_back_what_is_left(api: httpx.AsyncClient, server: Server) -> None:
+    await people(api)
+    r = await api.post(
+        "/v1/transfers",
+        json={"id": "g1", "from": "ann", "to": "ben", "unit": "octets", "amount": 10 * MB},
+    )
+    assert r.status_code == 201
+    await server.engine.session_start("b", "ben", 0, [ServiceRequest(10, requested_units=4 * MB)])
+    await server.engine.session_terminate("b", 1, [ServiceRequest(10, used_units=4 * MB)])
+    back = await api.post("/v1/transfers/g1/reversal", json={"id": "r1"})
+    assert back.status_code == 201, back.text
+    assert back.json()["amount"] == 6 * MB and back.json()["reverses"] == "g1"
+    assert (await octets(api, "ann"))["amount"] == 26 * MB
+    assert (await octets(api, "ben"))["amount"] == 0
+    again = await api.post("/v1/transfers/g1/reversal", json={"id": "r2"})
+    assert again.status_code == 409
+    assert (await api.get("/v1/transfers/g1")).json()["reversed_by"] == "r1"
+    server.store.ledger.check_invariants()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"to": "ann"}, 422, "same"),
+        ({"to": "nobody"}, 404, "nobody"),
+        ({"amount": 0}, 422, "amount"),
+        ({"unit": "litres"}, 422, "unit"),
+        ({"expiry": "sometimes"}, 422, "expiry"),
+        ({"colour": "red"}, 422, "colour"),
+    ],
+)
+async def test_refused_transfers_say_why(
+    api: httpx.AsyncClient, body: dict[str, object], status: int, says: str
+) -> None:
+    await people(api)
+    base = {"id": "x", "from": "ann", "to": "ben", "unit": "octets", "amount": MB}
+    r = await api.post("/v1/transfers", json={**base, **body})
+    assert r.status_code == status, r.text
+    assert says in r.text
+
+
+async def test_limits_per_transfer_per_day_and_what_must_be_kept(tmp_path: Path) -> None:
+    cfg = server_config(tmp_path / "data")
+    cfg.limits.transfers = TransferLimits(
+        per_transfer={"octets": 8 * MB}, per_day={"octets": 12 * MB}, keep_min={"octets": 20 * MB}
+    )
+    server = Server(cfg)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http_port}") as api:
+            await people(api)
+            base = {"from": "ann", "to": "ben", "unit": "octets"}
+            r = await api.post("/v1/transfers", json={**base, "id": "a", "amount": 9 * MB})
+            assert r.status_code == 429 and "per transfer" in r.text
+            assert (
+                await api.post("/v1/transfers", json={**base, "id": "b", "amount": 8 * MB})
+            ).status_code == 201
+            r = await api.post("/v1/transfers", json={**base, "id": "c", "amount": 5 * MB})
+            assert r.status_code == 429 and "a day" in r.text
+            r = await api.post("/v1/transfers", json={**base, "id": "d", "amount": 4 * MB})
+            assert r.status_code == 429 and "must keep" in r.text  # 22 - 4 < 20
+    finally:
+        await server.stop()
+
+
+async def test_the_cli_gives_and_reverses(api: httpx.AsyncClient, server: Server) -> None:
+    from tests.api.test_cli import cli
+
+    await people(api)
+    url = f"http://127.0.0.1:{server.cfg.http_port}"
+    rc, _, err = await cli("transfer", "ann", "ben", "octets", "1000", "--id", "t9", "--url", url)
+    assert rc == 0, err
+    rc, out, _ = await cli("transfer", "t9", "--reverse", "--id", "t9-back", "--url", url)
+    assert rc == 0 and '"reverses": "t9"' in out
