@@ -12,6 +12,7 @@ and no bucket is negative. A restart is either a crash (journal replay) or a cle
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +48,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.consumed: dict[tuple[str, str], int] = {}
         self.open: list[tuple[str, str]] = []
         self.transfers: list[str] = []
+        self.vouchers: list[str] = []
         self.history: list[tuple[str, str, dict[str, Any], Any, int]] = []
         self.store = self._open()
 
@@ -269,6 +271,27 @@ class LedgerMachine(RuleBasedStateMachine):
         tid = data.draw(st.sampled_from(self.transfers))
         self.n += 1
         self._op("reverse_transfer", {"transfer_id": tid, "reversal_id": f"rv{self.n}"})
+
+    @rule(parent=st.sampled_from(SUBS), amount=st.integers(1, 200), life=st.integers(1, 40))
+    def voucher(self, parent: str, amount: int, life: int) -> None:
+        self.n += 1
+        token_hash = hashlib.sha256(f"tok{self.n}".encode()).hexdigest()
+        args = {
+            "voucher_id": f"v{self.n}",
+            "parent": parent,
+            "unit": "octets",
+            "amount": amount,
+            "token_hash": token_hash,
+            "expires_at_ms": self.now + life,
+        }
+        if self._op("create_voucher", args):
+            self.vouchers.append(token_hash)
+
+    @precondition(lambda self: self.vouchers)
+    @rule(data=st.data(), who=st.sampled_from(SUBS))
+    def redeem(self, data: st.DataObject, who: str) -> None:
+        token_hash = data.draw(st.sampled_from(self.vouchers))
+        self._op("redeem_voucher", {"token_hash": token_hash, "subscriber_id": who})
 
     @rule(ms=st.integers(1, 30))
     def advance(self, ms: int) -> None:

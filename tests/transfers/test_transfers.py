@@ -133,3 +133,55 @@ async def test_the_cli_gives_and_reverses(api: httpx.AsyncClient, server: Server
     assert rc == 0, err
     rc, out, _ = await cli("transfer", "t9", "--reverse", "--id", "t9-back", "--url", url)
     assert rc == 0 and '"reverses": "t9"' in out
+
+
+async def test_vouchers_carve_hand_over_and_redeem_once(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    await people(api)
+    r = await api.post(
+        "/v1/subscribers/ann/vouchers", json={"id": "v1", "unit": "octets", "amount": 10 * MB}
+    )
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert len(token) >= 32 and "token_hash" not in r.json()
+    assert (await octets(api, "ann"))["amount"] == 20 * MB  # the value left at creation
+    too_big = await api.post(
+        "/v1/subscribers/ann/vouchers", json={"id": "v2", "unit": "octets", "amount": 21 * MB}
+    )
+    assert too_big.status_code == 409  # never more than the account holds
+    wrong = await api.post("/v1/vouchers/redeem", json={"token": "x" * 32, "subscriber_id": "ben"})
+    used = await api.post("/v1/vouchers/redeem", json={"token": token, "subscriber_id": "ben"})
+    assert used.status_code == 200 and used.json()["redeemed_by"] == "ben"
+    again = await api.post("/v1/vouchers/redeem", json={"token": token, "subscriber_id": "ann"})
+    # A used token and a wrong one get the very same answer.
+    assert wrong.status_code == again.status_code == 404
+    assert wrong.json() == again.json()
+    assert (await octets(api, "ben"))["amount"] == 10 * MB
+    assert (await api.get("/v1/vouchers/v1")).json()["state"] == "redeemed"
+    server.store.ledger.check_invariants()
+
+
+async def test_an_unredeemed_voucher_returns_to_its_parent(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    import asyncio
+
+    await people(api)
+    soon = server.store.clock() + 1_000
+    r = await api.post(
+        "/v1/subscribers/ann/vouchers",
+        json={"id": "v1", "unit": "octets", "amount": 5 * MB, "expires_at": soon},
+    )
+    assert r.status_code == 201, r.text
+    assert (await octets(api, "ann"))["amount"] == 25 * MB
+    for _ in range(60):  # the sweeper runs every second
+        if (await octets(api, "ann"))["amount"] == 30 * MB:
+            break
+        await asyncio.sleep(0.1)
+    assert (await octets(api, "ann"))["amount"] == 30 * MB
+    assert (await api.get("/v1/vouchers/v1")).json()["state"] == "expired"
+    late = await api.post(
+        "/v1/vouchers/redeem", json={"token": r.json()["token"], "subscriber_id": "ben"}
+    )
+    assert late.status_code == 404

@@ -582,6 +582,10 @@ class Engine:
         elif op in ("transfer", "reverse_transfer"):
             await self._emit("credit_added", result["to"], {"transfer_id": result["id"]})
             await self._emit("balance_changed", result["from"], {"op": op})
+        elif op == "create_voucher":
+            await self._emit("balance_changed", result["parent"], {"op": op})
+        elif op == "redeem_voucher":
+            await self._emit("credit_added", result["redeemed_by"], {"voucher_id": result["id"]})
         elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:
             await self._emit("barred", args["id"])
         elif op in ("update_group", "update_member", "group_reset", "add_member"):

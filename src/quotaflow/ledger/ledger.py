@@ -46,10 +46,12 @@ from quotaflow.ledger.transfers import (
     DAY_MS,
     Transfer,
     TransferLimits,
+    Voucher,
     already_reversed,
     check_limits,
     check_parties,
     gift_expiry,
+    no_such_voucher,
     plan_transfer,
     transfer_unknown,
 )
@@ -164,6 +166,8 @@ class Ledger:
         self.groups: dict[str, Group] = {}
         self.transfers: dict[str, Transfer] = {}
         self._sent: dict[str, int] = {}  # "giver|unit|day" -> amount transferred that day
+        self.vouchers: dict[str, Voucher] = {}
+        self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
         # Open reservations by the second they lapse in: removed on commit or release, so
@@ -200,6 +204,8 @@ class Ledger:
             "group_reset": self._group_reset,
             "transfer": self._transfer,
             "reverse_transfer": self._reverse_transfer,
+            "create_voucher": self._create_voucher,
+            "redeem_voucher": self._redeem_voucher,
             "expire": self._expire,
         }
 
@@ -1379,6 +1385,58 @@ class Ledger:
         original.reversed_by = rid
         return {**reversal.to_json(), "reverses": original.id}
 
+    def _create_voucher(self, args: Args, now_ms: int) -> Result:
+        """Carve `amount` out of the parent's free credit into a voucher account, at once."""
+        vid = _check_id("voucher_id", args.get("voucher_id"))
+        if vid in self.vouchers:
+            raise Conflict(f"voucher id {vid!r} is taken")
+        token_hash = args.get("token_hash")
+        if (
+            type(token_hash) is not str
+            or len(token_hash) != 64
+            or token_hash in self._voucher_tokens
+        ):
+            raise InvalidRequest("token_hash must be a fresh SHA-256 in hex")
+        parent = self._subject({"subscriber_id": args.get("parent", "")}, now_ms)
+        if parent.kind != "subscriber" or parent.status is Status.BARRED:
+            raise InvalidRequest("only an active subscriber can issue vouchers", field="parent")
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"))
+        expires = args.get("expires_at_ms")
+        expires = NEVER_MS if expires is None else _check_amount("expires_at_ms", expires)
+        if expires <= now_ms:
+            raise InvalidRequest("a voucher must expire in the future", field="expires_at")
+        plan = plan_transfer(parent, unit, amount, now_ms)
+        voucher = Voucher(vid, parent.id, unit, amount, token_hash, now_ms, expires)
+        account = Subscriber(voucher.account, {}, Status.ACTIVE, now_ms, kind="voucher")
+        self.subscribers[account.id] = account
+        self._move(parent, account, unit, plan, [b.expires_at_ms for b, _ in plan], vid, now_ms)
+        self.vouchers[vid] = voucher
+        self._voucher_tokens[token_hash] = vid
+        return voucher.to_json()
+
+    def _redeem_voucher(self, args: Args, now_ms: int) -> Result:
+        """Whoever holds the token takes the voucher's credit; a token works once."""
+        vid = self._voucher_tokens.get(str(args.get("token_hash")))
+        voucher = None if vid is None else self.vouchers[vid]
+        if voucher is None or voucher.state != "issued" or voucher.expires_at_ms <= now_ms:
+            raise no_such_voucher()
+        owner = self._subject({"subscriber_id": args.get("subscriber_id", "")}, now_ms)
+        if owner.kind != "subscriber":
+            raise InvalidRequest("only a subscriber can redeem a voucher", field="subscriber_id")
+        gifts = self._empty_voucher(voucher, owner, now_ms)
+        voucher.state, voucher.redeemed_by = "redeemed", owner.id
+        return {**voucher.to_json(), "buckets": gifts}
+
+    def _empty_voucher(self, voucher: Voucher, to: Subscriber, now_ms: int) -> list[str]:
+        account = self.subscribers[voucher.account]
+        left = sum(b.available for b in account.buckets.values() if b.usable(now_ms))
+        if not left:
+            return []
+        plan = plan_transfer(account, voucher.unit, left, now_ms)
+        expiries = [b.expires_at_ms for b, _ in plan]
+        return self._move(account, to, voucher.unit, plan, expiries, f"v-{voucher.id}", now_ms)
+
     # ------------------------------------------------------------------ time
 
     def _expire(self, args: Args, now_ms: int) -> Result:
@@ -1415,6 +1473,13 @@ class Ledger:
         for entry in deferred:
             heapq.heappush(bheap, (now_ms + 1, entry[1], entry[2]))
         pruned = self.prune_idempotency(now_ms)
+        for voucher in sorted(self.vouchers.values(), key=lambda v: v.id):
+            if voucher.state == "issued" and voucher.expires_at_ms <= now_ms:
+                # An unredeemed voucher's value goes back to the parent that issued it.
+                parent = self.subscribers.get(voucher.parent)
+                if parent is not None:
+                    self._empty_voucher(voucher, parent, now_ms)
+                voucher.state = "expired"
         today = now_ms // DAY_MS
         for key in [k for k in self._sent if int(k.rsplit("|", 1)[1]) < today]:
             del self._sent[key]  # per-day transfer totals of past days
@@ -1432,6 +1497,11 @@ class Ledger:
         """When the next reservation lapses or bucket expires (for the sweeper's timer)."""
         times = [self._lapse_seconds[0] * 1000] if self._lapse_seconds else []
         times += [g.next_reset_ms for g in self.groups.values() if g.next_reset_ms < NEVER_MS]
+        times += [
+            v.expires_at_ms
+            for v in self.vouchers.values()
+            if v.state == "issued" and v.expires_at_ms < NEVER_MS
+        ]
         if self._bucket_expiry_heap:
             times.append(self._bucket_expiry_heap[0][0])
         return min(times) if times else None
@@ -1445,6 +1515,7 @@ class Ledger:
             "groups": [g.to_json() for g in self.groups.values()],
             "transfers": [t.to_json() for t in self.transfers.values()],
             "sent": self._sent,
+            "vouchers": [v.to_json() for v in self.vouchers.values()],
             "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
         }
 
@@ -1467,6 +1538,8 @@ class Ledger:
         ledger.groups = {g["id"]: Group.from_json(g) for g in doc.get("groups", [])}
         ledger.transfers = {t["id"]: Transfer.from_json(t) for t in doc.get("transfers", [])}
         ledger._sent = dict(doc.get("sent", {}))
+        ledger.vouchers = {v["id"]: Voucher.from_json(v) for v in doc.get("vouchers", [])}
+        ledger._voucher_tokens = {v.token_hash: v.id for v in ledger.vouchers.values()}
         ledger.sessions = dict(doc["sessions"])
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)

@@ -155,3 +155,58 @@ def transfer_unknown(transfer_id: str) -> NotFound:
 
 def already_reversed(transfer: Transfer) -> Conflict:
     return Conflict(f"transfer {transfer.id!r} was reversed by {transfer.reversed_by!r}")
+
+
+@dataclass(slots=True)
+class Voucher:
+    """A prepaid sub-account carved out of a parent's credit, owned by whoever redeems it.
+
+    Only the SHA-256 of its token is kept (the journal never sees the token itself).
+    """
+
+    id: str
+    parent: str
+    unit: Unit
+    amount: int
+    token_hash: str
+    created_ms: int
+    expires_at_ms: int
+    state: str = "issued"  # issued, redeemed, expired
+    redeemed_by: str | None = None
+
+    @property
+    def account(self) -> str:
+        return f"voucher:{self.id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent": self.parent,
+            "unit": self.unit.value,
+            "amount": self.amount,
+            "token_hash": self.token_hash,
+            "created_ms": self.created_ms,
+            "expires_at_ms": None if self.expires_at_ms >= NEVER_MS else self.expires_at_ms,
+            "state": self.state,
+            "redeemed_by": self.redeemed_by,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Voucher:
+        expires = doc["expires_at_ms"]
+        return cls(
+            doc["id"],
+            doc["parent"],
+            Unit(doc["unit"]),
+            doc["amount"],
+            doc["token_hash"],
+            doc["created_ms"],
+            NEVER_MS if expires is None else expires,
+            doc["state"],
+            doc["redeemed_by"],
+        )
+
+
+def no_such_voucher() -> NotFound:
+    # The same answer for a wrong token, a used one, an expired one and an unknown one.
+    return NotFound("no voucher for that token")

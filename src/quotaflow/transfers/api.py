@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +30,9 @@ class TransferApi:
             Route("/v1/transfers", self._guard(self.create), methods=["POST"]),
             Route("/v1/transfers/{tid}", self._guard(self.get), methods=["GET"]),
             Route("/v1/transfers/{tid}/reversal", self._guard(self.reverse), methods=["POST"]),
+            Route("/v1/subscribers/{sid}/vouchers", self._guard(self.issue), methods=["POST"]),
+            Route("/v1/vouchers/redeem", self._guard(self.redeem), methods=["POST"]),
+            Route("/v1/vouchers/{vid}", self._guard(self.voucher), methods=["GET"]),
         ]
 
     @staticmethod
@@ -73,3 +79,61 @@ class TransferApi:
             {"transfer_id": tid, "reversal_id": body["id"]},
         )
         return json_response(result, 201)
+
+    # ------------------------------------------------------------------ vouchers
+
+    async def issue(self, request: Request) -> Response:
+        """Carve a voucher out of the subscriber's credit; its token is shown this once."""
+        body = parse_body(await request.body())
+        check_fields(body, {"id", "unit", "amount", "expires_at"}, {"id", "unit", "amount"})
+        want_str(body, "id")
+        want_int(body, "amount")
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        args = {
+            "voucher_id": body["id"],
+            "parent": request.path_params["sid"],
+            "unit": body["unit"],
+            "amount": body["amount"],
+            "expires_at_ms": time_ms(body, "expires_at"),
+            "token_hash": _hash(token),
+        }
+        # A fresh token each call: a retried issue is a conflict, never a second voucher.
+        result = await self.engine.admin("create_voucher", f"api:voucher:{body['id']}", args)
+        return json_response(
+            {**_public(result), "token": token}, 201, {"location": f"/v1/vouchers/{body['id']}"}
+        )
+
+    async def redeem(self, request: Request) -> Response:
+        body = parse_body(await request.body())
+        check_fields(body, {"token", "subscriber_id"}, {"token", "subscriber_id"})
+        want_str(body, "token")
+        want_str(body, "subscriber_id")
+        token_hash = _hash(body["token"])
+        result = await self.engine.admin(
+            "redeem_voucher",
+            # Per redeemer: a retry by the same one is answered as the first time; anyone else
+            # gets what a wrong token gets.
+            f"api:redeem:{token_hash}:{body['subscriber_id']}",
+            {"token_hash": token_hash, "subscriber_id": body["subscriber_id"]},
+        )
+        return json_response(_public(result))
+
+    async def voucher(self, request: Request) -> Response:
+        store = self.engine.store
+        found = None
+        if isinstance(store, EmbeddedStore):
+            found = store.ledger.vouchers.get(request.path_params["vid"])
+        if found is None:
+            raise NotFound(f"no voucher {request.path_params['vid']!r}")
+        return json_response(_public(found.to_json()))
+
+
+TOKEN_BYTES = 24  # 192 bits: unguessable
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "token_hash"}
