@@ -106,6 +106,8 @@ class LedgerMachine(RuleBasedStateMachine):
         }
         assert self._op("create_group", group)
         self._add(self.credited, "g", "octets", 50)  # the credit line is the pool's to spend
+        providers = [{"id": "a", "limit": {"octets": 120}}, {"id": "b", "limit": {"octets": 60}}]
+        assert self._op("set_providers", {"subscriber_id": "c", "providers": providers})
         assert self._op(
             "add_member",
             {"group_id": "g", "subscriber_id": "b", "priority": 1, "caps": {"octets": 150}},
@@ -292,6 +294,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def redeem(self, data: st.DataObject, who: str) -> None:
         token_hash = data.draw(st.sampled_from(self.vouchers))
         self._op("redeem_voucher", {"token_hash": token_hash, "subscriber_id": who})
+
+    @rule(amount=st.integers(1, 150))
+    def provided(self, amount: int) -> None:
+        self.n += 1
+        self._op(
+            "provider_topup",
+            {"subscriber_id": "c", "unit": "octets", "amount": amount, "topup_id": f"p{self.n}"},
+        )
 
     @rule(ms=st.integers(1, 30))
     def advance(self, ms: int) -> None:

@@ -185,3 +185,36 @@ async def test_an_unredeemed_voucher_returns_to_its_parent(
         "/v1/vouchers/redeem", json={"token": r.json()["token"], "subscriber_id": "ben"}
     )
     assert late.status_code == 404
+
+
+async def test_providers_keep_a_session_going(api: httpx.AsyncClient, server: Server) -> None:
+    for sid in ("kid", "mum", "work"):
+        assert (await api.post("/v1/subscribers", json={"id": sid})).status_code == 201
+    await api.post("/v1/subscribers/kid/topups", json={"unit": "octets", "amount": 2 * MB})
+    await api.post("/v1/subscribers/mum/topups", json={"unit": "octets", "amount": 100 * MB})
+    await api.post("/v1/subscribers/work/topups", json={"unit": "octets", "amount": 100 * MB})
+    r = await api.put(
+        "/v1/subscribers/kid/providers",
+        json=[
+            {"id": "mum", "limit": {"octets": 5 * MB}},
+            {"id": "work", "limit": {"octets": 50 * MB}},
+        ],
+    )
+    assert r.status_code == 200, r.text
+    bad = await api.put("/v1/subscribers/kid/providers", json=[{"id": "kid", "limit": {}}])
+    assert bad.status_code == 422
+    engine = server.engine
+    # The kid asks for 10 MB with 2 MB left: mum gives her 5 MB a month, work the other 3.
+    start = await engine.session_start("k", "kid", 0, [ServiceRequest(10, requested_units=10 * MB)])
+    assert start.services[0].granted_units == 10 * MB
+    assert start.services[0].result.value == "granted"  # not final: the session just goes on
+    assert (await octets(api, "mum"))["amount"] == 95 * MB
+    assert (await octets(api, "work"))["amount"] == 97 * MB
+    # Next time mum's month is used up: work alone gives.
+    more = await engine.session_update(
+        "k", 1, [ServiceRequest(10, used_units=10 * MB, requested_units=20 * MB)]
+    )
+    assert more.services[0].granted_units == 20 * MB
+    assert (await octets(api, "mum"))["amount"] == 95 * MB
+    assert (await octets(api, "work"))["amount"] == 77 * MB
+    server.store.ledger.check_invariants()

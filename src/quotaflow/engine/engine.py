@@ -60,6 +60,12 @@ def _rank(order: list[int], s: ServiceRequest) -> int:
     return order.index(s.rating_group) if s.rating_group in order else len(order)
 
 
+def _running_low(result: Result) -> bool:
+    """Refused for lack of credit, or granted the last units the balance could pay."""
+    grant = result.get("grant")
+    return result.get("refused") == "no_credit" or (grant is not None and grant["exhausted"])
+
+
 def _short(result: Result, lim: UnitGrantLimits) -> bool:
     """The grant asked for was refused, or is below the minimum while more was wanted."""
     if result.get("refused") == "no_credit":
@@ -272,11 +278,48 @@ class Engine:
                             # Nothing to reclaim: the pool is spent. Keep the session, without
                             # quota, and tell it when to ask again; a top-up re-authorises it.
                             return self._answer(s, result, retry_s=int(backoff_s))
+                elif _running_low(result) and "reserve" in args:
+                    # Running low: the subscriber's providers (a parent, an employer) top it up
+                    # in order and the session goes on without a refusal.
+                    provided = await self._from_providers(step, s, op_id, args, result)
+                    if provided is not None:
+                        return self._answer(s, {**result, **provided})
         answer = self._answer(s, result, idle=idle)
         tracker = self._rates.get((step.session_id, s.rating_group))
         if tracker is not None:
             tracker.granted = answer.granted_units
         return answer
+
+    async def _from_providers(
+        self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any], first: Result
+    ) -> Result | None:
+        sub = step.subscriber
+        if sub is None or not sub.providers:
+            return None
+        grant = first.get("grant")
+        wanted = int(args["reserve"]["units_max"]) - (0 if grant is None else grant["units"])
+        try:
+            topup = await self.store.execute(
+                "provider_topup",
+                f"{op_id}#provided",
+                {
+                    "subscriber_id": sub.id,
+                    "unit": s.unit.value,
+                    "amount": wanted,
+                    "topup_id": f"{op_id}#provided",
+                },
+            )
+        except NoCredit:
+            return None
+        await self._emit("balance_changed", sub.id, {"op": "provider_topup"})
+        for given in topup["given"]:
+            await self._emit("balance_changed", given["provider"], {"op": "provider_topup"})
+        again = {k: v for k, v in args.items() if k != "record"}
+        again["used_units"] = 0
+        result = await self.store.execute("charge", f"{op_id}#after-providers", again)
+        if result.get("grant") is None:
+            return None
+        return {"grant": result["grant"], "refused": None}
 
     def _pool_moved(self, group_id: str) -> None:
         """A member's charge may have returned pool credit: wake whoever waits for it."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -79,6 +80,20 @@ def _split(buckets: Iterable[Bucket], want: int) -> list[tuple[Bucket, int]]:
             takes.append((b, take))
             want -= take
     return takes
+
+
+PROVIDERS_MAX = 8
+
+
+def _month(now_ms: int) -> int:
+    """Months since 1970 (UTC), the period of a provider's limit."""
+    day = datetime.fromtimestamp(now_ms / 1000, UTC)
+    return day.year * 12 + day.month - 1
+
+
+def _stale(key: str, today: int, month: int) -> bool:
+    period = int(key.rsplit("|", 1)[1])
+    return period < month if key.startswith("prov|") else period < today
 
 
 def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool = False) -> int:
@@ -206,6 +221,8 @@ class Ledger:
             "reverse_transfer": self._reverse_transfer,
             "create_voucher": self._create_voucher,
             "redeem_voucher": self._redeem_voucher,
+            "set_providers": self._set_providers,
+            "provider_topup": self._provider_topup,
             "expire": self._expire,
         }
 
@@ -1385,6 +1402,81 @@ class Ledger:
         original.reversed_by = rid
         return {**reversal.to_json(), "reverses": original.id}
 
+    def _set_providers(self, args: Args, now_ms: int) -> Result:
+        """Who pays, in order and within a monthly limit, when the subscriber runs low."""
+        sub = self._subject(args, now_ms)
+        raw = args.get("providers")
+        if not isinstance(raw, list) or len(raw) > PROVIDERS_MAX:
+            raise InvalidRequest(
+                f"providers must be a list of at most {PROVIDERS_MAX}", field="providers"
+            )
+        providers: list[dict[str, Any]] = []
+        for n, p in enumerate(raw):
+            where = f"providers[{n}]"
+            if not isinstance(p, dict) or set(p) - {"id", "limit"}:
+                raise InvalidRequest(f"{where} needs id and limit only", field="providers")
+            provider = self.subscriber(_check_id(f"{where}.id", p.get("id")))
+            if provider.id == sub.id or provider.kind != "subscriber":
+                raise InvalidRequest(f"{where} cannot provide", field="providers")
+            limit = p.get("limit")
+            if (
+                not isinstance(limit, dict)
+                or not limit
+                or any(
+                    _UNITS.get(k) is None or type(v) is not int or not 0 < v <= AMOUNT_MAX
+                    for k, v in limit.items()
+                )
+            ):
+                raise InvalidRequest(
+                    f"{where}.limit maps units to monthly amounts", field="providers"
+                )
+            providers.append({"id": provider.id, "limit": dict(limit)})
+        sub.providers = providers
+        return {"subscriber_id": sub.id, "providers": [dict(p) for p in providers]}
+
+    def _provider_topup(self, args: Args, now_ms: int) -> Result:
+        """Top the subscriber up from its providers, in order, each within what it allows this
+        month and what it has free; refused (no_credit) when none can give anything."""
+        sub = self._subject(args, now_ms)
+        unit = _unit(args.get("unit"))
+        want = _check_amount("amount", args.get("amount"))
+        tid = _check_id("topup_id", args.get("topup_id"))
+        month = _month(now_ms)
+        given: list[dict[str, Any]] = []
+        for n, p in enumerate(sub.providers):
+            if want == 0:
+                break
+            provider = self.subscribers.get(p["id"])
+            if provider is None or provider.status is Status.BARRED:
+                continue
+            key = f"prov|{sub.id}|{provider.id}|{unit.value}|{month}"
+            room = p["limit"].get(unit.value, 0) - self._sent.get(key, 0)
+            free = sum(
+                b.available
+                for b in provider.buckets.values()
+                if b.unit is unit
+                and not b.rating_groups
+                and b.usable(now_ms)
+                and b.origin is not Origin.OVERDRAFT
+            )
+            take = min(want, room, free)
+            if take <= 0:
+                continue
+            plan = plan_transfer(provider, unit, take, now_ms)
+            expiries = [b.expires_at_ms for b, _ in plan]
+            self._move(provider, sub, unit, plan, expiries, f"{tid}-{n}", now_ms)
+            self._sent[key] = self._sent.get(key, 0) + take
+            given.append({"provider": provider.id, "amount": take})
+            want -= take
+        if not given:
+            raise NoCredit("no provider could give anything", unit=unit.value)
+        return {
+            "subscriber_id": sub.id,
+            "unit": unit.value,
+            "given": given,
+            "amount": sum(g["amount"] for g in given),
+        }
+
     def _create_voucher(self, args: Args, now_ms: int) -> Result:
         """Carve `amount` out of the parent's free credit into a voucher account, at once."""
         vid = _check_id("voucher_id", args.get("voucher_id"))
@@ -1481,8 +1573,9 @@ class Ledger:
                     self._empty_voucher(voucher, parent, now_ms)
                 voucher.state = "expired"
         today = now_ms // DAY_MS
-        for key in [k for k in self._sent if int(k.rsplit("|", 1)[1]) < today]:
-            del self._sent[key]  # per-day transfer totals of past days
+        month = _month(now_ms)
+        for key in [k for k in self._sent if _stale(k, today, month)]:
+            del self._sent[key]  # per-day transfer and per-month provider totals of the past
         resets = sorted(g.id for g in self.groups.values() if g.next_reset_ms <= now_ms)
         for gid in resets:
             self._group_reset({"group_id": gid}, now_ms)

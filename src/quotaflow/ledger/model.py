@@ -269,6 +269,9 @@ class Subscriber:
     plan: str | None = None
     kind: str = "subscriber"  # or "group": a shared pool's own account
     group: str | None = None  # the group this subscriber draws on, if any
+    # Who tops this subscriber up when its credit runs out during a session, in order:
+    # [{"id": subscriber, "limit": {unit: amount per month}}] (see ledger provider_topup).
+    providers: list[dict[str, Any]] = field(default_factory=list)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     # Flows per unit, for the conservation check: see Ledger.check_conservation.
@@ -299,6 +302,7 @@ class Subscriber:
             "plan": self.plan,
             "kind": self.kind,
             "group": self.group,
+            "providers": [dict(p, limit=dict(p["limit"])) for p in self.providers],
             "buckets": [b.to_json() for b in self.buckets.values()],
             "reservations": [r.to_json() for r in self.reservations.values()],
             "counters": {u.value: c for u, c in self.counters.items()},
@@ -314,6 +318,7 @@ class Subscriber:
             plan=doc["plan"],
             kind=doc["kind"],
             group=doc["group"],
+            providers=list(doc.get("providers", [])),
         )
         for b in doc["buckets"]:
             bucket = Bucket.from_json(b)

@@ -7,12 +7,20 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from quotaflow.api import error_response, json_response
-from quotaflow.api.validation import check_fields, parse_body, time_ms, want_int, want_str
+from quotaflow.api.validation import (
+    BadRequest,
+    check_fields,
+    parse_body,
+    time_ms,
+    want_int,
+    want_str,
+)
 from quotaflow.engine import Engine
 from quotaflow.ledger import ChargingError, NotFound
 from quotaflow.store import EmbeddedStore
@@ -33,6 +41,11 @@ class TransferApi:
             Route("/v1/subscribers/{sid}/vouchers", self._guard(self.issue), methods=["POST"]),
             Route("/v1/vouchers/redeem", self._guard(self.redeem), methods=["POST"]),
             Route("/v1/vouchers/{vid}", self._guard(self.voucher), methods=["GET"]),
+            Route(
+                "/v1/subscribers/{sid}/providers",
+                self._guard(self.providers),
+                methods=["GET", "PUT"],
+            ),
         ]
 
     @staticmethod
@@ -79,6 +92,25 @@ class TransferApi:
             {"transfer_id": tid, "reversal_id": body["id"]},
         )
         return json_response(result, 201)
+
+    # ------------------------------------------------------------------ providers
+
+    async def providers(self, request: Request) -> Response:
+        """Who tops the subscriber up when it runs low in a session, in order, each within a
+        monthly limit: `[{"id": "dad", "limit": {"octets": 2000000000}}, ...]`."""
+        sid = request.path_params["sid"]
+        if request.method == "GET":
+            sub = await self.engine.store.get_subscriber(sid)
+            return json_response({"subscriber_id": sid, "providers": sub.providers})
+        raw = await request.body()
+        try:
+            providers = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequest("body must be a JSON list of providers") from None
+        result = await self.engine.admin(
+            "set_providers", None, {"subscriber_id": sid, "providers": providers}
+        )
+        return json_response(result)
 
     # ------------------------------------------------------------------ vouchers
 
