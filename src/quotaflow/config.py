@@ -124,6 +124,23 @@ def _load_transfers(cfg: Config, table: dict[str, Any]) -> None:
                 raise ConfigError(f"transfers.{key}.{unit_name}: unknown unit") from None
             values[unit_name] = _int(given, unit_name, f"transfers.{key}", 0)
         getattr(limits, key).update(values)
+    for unit_name, rule in (table.get("rewards") or {}).items():
+        where = f"transfers.rewards.{unit_name}"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where} must be a table")
+        try:
+            Unit(unit_name)
+            reward_unit = Unit(str(rule.get("reward_unit")))
+        except ValueError:
+            raise ConfigError(f"{where}: unknown unit") from None
+        per_units = _int(rule, "per_units", where, 0)
+        if per_units == 0:
+            raise ConfigError(f"{where}.per_units must be positive")
+        limits.rewards[unit_name] = {
+            "per_units": per_units,
+            "reward_unit": reward_unit.value,
+            "amount": _int(rule, "amount", where, 0),
+        }
 
 
 def _load_records(table: dict[str, Any]) -> RecordOptions:

@@ -218,3 +218,38 @@ async def test_providers_keep_a_session_going(api: httpx.AsyncClient, server: Se
     assert (await octets(api, "mum"))["amount"] == 95 * MB
     assert (await octets(api, "work"))["amount"] == 77 * MB
     server.store.ledger.check_invariants()
+
+
+async def test_a_donation_rewards_the_donor_and_reports_use(tmp_path: Path) -> None:
+    cfg = server_config(tmp_path / "data")
+    cfg.limits.transfers = TransferLimits(
+        rewards={"octets": {"per_units": 5 * MB, "reward_unit": "money", "amount": 100_000}}
+    )
+    server = Server(cfg)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http_port}") as api:
+            await people(api)
+            r = await api.post(
+                "/v1/transfers",
+                json={
+                    "id": "d1",
+                    "from": "ann",
+                    "to": "ben",
+                    "unit": "octets",
+                    "amount": 12 * MB,
+                    "donation": True,
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert r.json()["reward"] == {"unit": "money", "amount": 200_000}  # 2 whole 5 MB
+            ann = (await api.get("/v1/subscribers/ann/balance")).json()
+            assert ann["totals"]["money"]["amount"] == 200_000
+            await server.engine.session_start("b", "ben", 0, [ServiceRequest(10)])
+            await server.engine.session_terminate("b", 1, [ServiceRequest(10, used_units=3 * MB)])
+            report = (await api.get("/v1/transfers/d1")).json()
+            assert (report["used"], report["left"]) == (3 * MB, 9 * MB)
+            records = server.store.read_records(0, 10)
+            assert any("gift-d1-0" in r.get("drawn", {}) for r in records)
+    finally:
+        await server.stop()

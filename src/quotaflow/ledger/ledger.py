@@ -1340,8 +1340,42 @@ class Ledger:
         gifts = self._move(giver, receiver, unit, plan, expiries, tid, now_ms)
         self._sent[day_key] = self._sent.get(day_key, 0) + amount
         transfer = Transfer(tid, giver.id, receiver.id, unit, amount, now_ms, gifts)
+        if args.get("donation"):
+            transfer.donation = True
+            transfer.reward = self._reward(giver, unit, amount, tid)
         self.transfers[tid] = transfer
         return transfer.to_json()
+
+    def _reward(self, donor: Subscriber, unit: Unit, amount: int, tid: str) -> dict[str, Any]:
+        """A donor's reward by the configured rule: new credit in a bucket of its own."""
+        rule = self.limits.transfers.rewards.get(unit.value)
+        if not rule:
+            return {"unit": None, "amount": 0}
+        earned = amount // int(rule["per_units"]) * int(rule["amount"])
+        reward_unit = str(rule["reward_unit"])
+        if earned:
+            self._new_bucket(
+                donor, f"reward-{tid}", {"unit": reward_unit, "amount": earned}, Origin.PROMOTION
+            )
+        return {"unit": reward_unit, "amount": earned}
+
+    def transfer_report(self, transfer_id: str) -> dict[str, Any]:
+        """A transfer, with how much of what was given the receiver has used so far."""
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None:
+            raise transfer_unknown(transfer_id)
+        holder = self.subscribers.get(transfer.receiver)
+        left = 0
+        if holder is not None:
+            left = sum(holder.buckets[b].amount for b in transfer.buckets if b in holder.buckets)
+        returned = 0
+        if transfer.reversed_by is not None and transfer.reversed_by in self.transfers:
+            returned = self.transfers[transfer.reversed_by].amount
+        return {
+            **transfer.to_json(),
+            "left": left,
+            "used": max(0, transfer.amount - left - returned),
+        }
 
     def _move(
         self,

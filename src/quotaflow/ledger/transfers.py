@@ -31,6 +31,9 @@ class TransferLimits:
         default_factory=lambda: {k: 5 * v for k, v in _default_per_transfer().items()}
     )
     keep_min: dict[str, int] = field(default_factory=dict)  # what a giver must keep, per unit
+    # Donations: for every whole `per_units` given of a unit, the donor gets `amount` of
+    # `reward_unit`: {"octets": {"per_units": 10**9, "reward_unit": "money", "amount": 100000}}
+    rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -43,6 +46,8 @@ class Transfer:
     at_ms: int
     buckets: list[str]  # the receiver's gift buckets
     reversed_by: str | None = None
+    donation: bool = False
+    reward: dict[str, Any] | None = None  # what the donor got for it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,8 @@ class Transfer:
             "at_ms": self.at_ms,
             "buckets": list(self.buckets),
             "reversed_by": self.reversed_by,
+            "donation": self.donation,
+            "reward": None if self.reward is None else dict(self.reward),
         }
 
     @classmethod
@@ -67,6 +74,8 @@ class Transfer:
             doc["at_ms"],
             list(doc["buckets"]),
             doc["reversed_by"],
+            doc.get("donation", False),
+            doc.get("reward"),
         )
 
 

@@ -22,11 +22,11 @@ from quotaflow.api.validation import (
     want_str,
 )
 from quotaflow.engine import Engine
-from quotaflow.ledger import ChargingError, NotFound
+from quotaflow.ledger import ChargingError, InvalidRequest, NotFound
 from quotaflow.store import EmbeddedStore
 
 Handler = Callable[[Request], Awaitable[Response]]
-FIELDS = {"id", "from", "to", "unit", "amount", "expiry", "expires_at"}
+FIELDS = {"id", "from", "to", "unit", "amount", "expiry", "expires_at", "donation"}
 
 
 class TransferApi:
@@ -64,6 +64,8 @@ class TransferApi:
         for name in ("id", "from", "to", "unit", "expiry"):
             want_str(body, name)
         want_int(body, "amount")
+        if body.get("donation") is not None and not isinstance(body["donation"], bool):
+            raise InvalidRequest("donation must be true or false", field="donation")
         args = {k: v for k, v in body.items() if k not in ("id", "expires_at")}
         args["transfer_id"] = body["id"]
         expires = time_ms(body, "expires_at")
@@ -73,13 +75,11 @@ class TransferApi:
         return json_response(result, 201, {"location": f"/v1/transfers/{body['id']}"})
 
     async def get(self, request: Request) -> Response:
+        """The transfer, and how much of it the receiver has used (a donation's report)."""
         store = self.engine.store
-        transfer = None
-        if isinstance(store, EmbeddedStore):
-            transfer = store.ledger.transfers.get(request.path_params["tid"])
-        if transfer is None:
-            raise NotFound(f"no transfer {request.path_params['tid']!r}")
-        return json_response(transfer.to_json())
+        if not isinstance(store, EmbeddedStore):
+            raise NotFound("transfers are kept by the embedded store")
+        return json_response(store.ledger.transfer_report(request.path_params["tid"]))
 
     async def reverse(self, request: Request) -> Response:
         tid = request.path_params["tid"]
