@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from quotaflow.engine import EngineEvent, ServiceRequest, ServiceResult
 from quotaflow.server import Server
-from tests.records.harness import serve_asgi
+from tests.records.harness import eventually, serve_asgi
 
 MB = 1_000_000
 
@@ -195,10 +195,9 @@ async def test_policy_counter_changes_reach_a_webhook(
         await server.engine.session_start(
             "d1", "dad", 0, [ServiceRequest(10, requested_units=85 * MB)]
         )
-        for _ in range(100):
-            if any(e.get("data", {}).get("status") == "pool-low" for e in received):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: any(e.get("data", {}).get("status") == "pool-low" for e in received)
+        )
     lows = [e for e in received if e["data"]["status"] == "pool-low"]
     assert {e["subscriber_id"] for e in lows} == {"mum", "kid", "dad"}
     assert all(e["type"] == "policy_counter" for e in received)
@@ -224,10 +223,7 @@ async def test_a_pool_threshold_fires_when_members_drain_it(
         await engine.session_update(
             "d1", 1, [ServiceRequest(10, used_units=60 * MB, requested_units=MB)]
         )
-        for _ in range(100):
-            if received:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: bool(received))
     assert [e["subscriber_id"] for e in received] == ["fam"]
     assert received[0]["data"]["balance"] == 40 * MB
 
@@ -294,10 +290,7 @@ async def test_a_member_cap_threshold_fires_before_the_cap(
         engine = server.engine
         # 15 MB cap: after 13 MB drawn, 2 MB (13%) of the cap is left: below 20%.
         await engine.session_start("k1", "kid", 0, [ServiceRequest(10, requested_units=13 * MB)])
-        for _ in range(100):
-            if received:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: bool(received))
     assert [(e["type"], e["subscriber_id"]) for e in received] == [("low_balance", "kid")]
     assert received[0]["data"]["balance"] == 2 * MB
 
@@ -323,10 +316,7 @@ async def test_out_of_credit_then_reallocated_when_the_pool_resets(
         assert refused.services[0].result is ServiceResult.NO_CREDIT  # the cap is reached
         # A new period gives the kid's cap room back: the application hears credit is back.
         assert (await api.post("/v1/groups/fam/reset")).status_code == 200
-        for _ in range(100):
-            if len(received) >= 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(received) >= 2)
     assert [e["type"] for e in received] == ["out_of_credit", "credit_reallocated"]
     assert received[1]["data"]["payable"] == 15 * MB
 
