@@ -108,6 +108,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self._add(self.credited, "g", "octets", 50)  # the credit line is the pool's to spend
         providers = [{"id": "a", "limit": {"octets": 120}}, {"id": "b", "limit": {"octets": 60}}]
         assert self._op("set_providers", {"subscriber_id": "c", "providers": providers})
+        offer = {
+            "offer_id": "o1",
+            "network": "home",
+            "unit": "octets",
+            "block_units": 20,
+            "price_micros": 5,
+            "blocks": 30,
+        }
+        assert self._op("create_offer", offer)
+        self._add(self.credited, "network:home", "octets", 600)
         assert self._op(
             "add_member",
             {"group_id": "g", "subscriber_id": "b", "priority": 1, "caps": {"octets": 150}},
@@ -294,6 +304,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def redeem(self, data: st.DataObject, who: str) -> None:
         token_hash = data.draw(st.sampled_from(self.vouchers))
         self._op("redeem_voucher", {"token_hash": token_hash, "subscriber_id": who})
+
+    @rule(sub=st.sampled_from(SUBS), units=st.integers(1, 90))
+    def buy(self, sub: str, units: int) -> None:
+        self.n += 1
+        self._op(
+            "buy_quota",
+            {"purchase_id": f"b{self.n}", "subscriber_id": sub, "unit": "octets", "units": units},
+        )
 
     @rule(amount=st.integers(1, 150))
     def provided(self, amount: int) -> None:

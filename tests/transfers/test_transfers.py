@@ -253,3 +253,50 @@ async def test_a_donation_rewards_the_donor_and_reports_use(tmp_path: Path) -> N
             assert any("gift-d1-0" in r.get("drawn", {}) for r in records)
     finally:
         await server.stop()
+
+
+async def test_the_broker_serves_a_subscriber_from_its_own_networks_offers(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    for sid, imsi in (("eve", "001010000000042"), ("max", "999990000000001")):
+        r = await api.post("/v1/subscribers", json={"id": sid, "imsi": imsi})
+        assert r.status_code == 201
+        await api.post(f"/v1/subscribers/{sid}/topups", json={"unit": "money", "amount": 500_000})
+    offers = [
+        ("cheap", "00101", 10 * MB, 100_000, 2),
+        ("dear", "00101", 10 * MB, 300_000, 5),
+        ("elsewhere", "99999", 10 * MB, 1_000, 9),
+    ]
+    for oid, network, block, price, blocks in offers:
+        r = await api.post(
+            "/v1/offers",
+            json={
+                "id": oid,
+                "network": network,
+                "unit": "octets",
+                "block_units": block,
+                "blocks": blocks,
+                "price_micros": price,
+            },
+        )
+        assert r.status_code == 201, r.text
+    # eve (IMSI 00101...) wants 25 MB: both cheap blocks, then one dear block.
+    r = await api.post(
+        "/v1/subscribers/eve/purchases", json={"id": "p1", "unit": "octets", "units": 25 * MB}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["units"] == 30 * MB and r.json()["cost_micros"] == 500_000
+    assert (await octets(api, "eve"))["amount"] == 30 * MB
+    # Nothing left to pay with: refused whole, nothing moves.
+    r = await api.post(
+        "/v1/subscribers/eve/purchases", json={"id": "p2", "unit": "octets", "units": MB}
+    )
+    assert r.status_code == 409
+    listed = {o["id"]: o["blocks_left"] for o in (await api.get("/v1/offers")).json()["offers"]}
+    assert listed == {"dear": 4, "elsewhere": 9}
+    # max's network offers only its own blocks.
+    r = await api.post(
+        "/v1/subscribers/max/purchases", json={"id": "p3", "unit": "octets", "units": 15 * MB}
+    )
+    assert r.status_code == 201 and r.json()["offers"] == [{"offer": "elsewhere", "blocks": 2}]
+    server.store.ledger.check_invariants()

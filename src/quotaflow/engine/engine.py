@@ -627,6 +627,8 @@ class Engine:
             await self._emit("balance_changed", result["from"], {"op": op})
         elif op == "create_voucher":
             await self._emit("balance_changed", result["parent"], {"op": op})
+        elif op == "buy_quota":
+            await self._emit("credit_added", result["subscriber_id"], {"op": op})
         elif op == "redeem_voucher":
             await self._emit("credit_added", result["redeemed_by"], {"voucher_id": result["id"]})
         elif op == "update_subscriber" and args.get("status") == Status.BARRED.value:

@@ -45,6 +45,7 @@ from quotaflow.ledger.model import (
 from quotaflow.ledger.periods import next_reset_ms
 from quotaflow.ledger.transfers import (
     DAY_MS,
+    Offer,
     Transfer,
     TransferLimits,
     Voucher,
@@ -182,6 +183,7 @@ class Ledger:
         self.transfers: dict[str, Transfer] = {}
         self._sent: dict[str, int] = {}  # "giver|unit|day" -> amount transferred that day
         self.vouchers: dict[str, Voucher] = {}
+        self.offers: dict[str, Offer] = {}
         self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
@@ -222,6 +224,8 @@ class Ledger:
             "create_voucher": self._create_voucher,
             "redeem_voucher": self._redeem_voucher,
             "set_providers": self._set_providers,
+            "create_offer": self._create_offer,
+            "buy_quota": self._buy_quota,
             "provider_topup": self._provider_topup,
             "expire": self._expire,
         }
@@ -1511,6 +1515,83 @@ class Ledger:
             "amount": sum(g["amount"] for g in given),
         }
 
+    def _create_offer(self, args: Args, now_ms: int) -> Result:
+        """A network offers spare quota for sale: its account is credited with what it offers."""
+        oid = _check_id("offer_id", args.get("offer_id"))
+        if oid in self.offers:
+            raise Conflict(f"offer id {oid!r} is taken")
+        network = _check_id("network", args.get("network"))
+        unit = _unit(args.get("unit"))
+        if unit is Unit.MONEY:
+            raise InvalidRequest("offers sell octets, seconds or events", field="unit")
+        block = _check_amount("block_units", args.get("block_units"))
+        price = _check_amount("price_micros", args.get("price_micros"), zero_ok=True)
+        blocks = _check_amount("blocks", args.get("blocks"))
+        _check_amount("offered units", block * blocks)
+        offer = Offer(oid, network, unit, block, price, blocks)
+        seller = self.subscribers.get(offer.account)
+        if seller is None:
+            seller = Subscriber(offer.account, {}, Status.ACTIVE, now_ms, kind="network")
+            self.subscribers[seller.id] = seller
+        self._new_bucket(
+            seller, f"offer-{oid}", {"unit": unit.value, "amount": block * blocks}, Origin.PURCHASE
+        )
+        self.offers[oid] = offer
+        return offer.to_json()
+
+    def _buy_quota(self, args: Args, now_ms: int) -> Result:
+        """Buy at least `units` from the cheapest offers of the buyer's own network, paying in
+        whole blocks with the buyer's free money; all or nothing."""
+        pid = _check_id("purchase_id", args.get("purchase_id"))
+        buyer = self._subject(args, now_ms)
+        if buyer.kind != "subscriber" or buyer.status is Status.BARRED:
+            raise InvalidRequest("only an active subscriber can buy quota")
+        unit = _unit(args.get("unit"))
+        want = _check_amount("units", args.get("units"))
+        offers = sorted(
+            (
+                o
+                for o in self.offers.values()
+                if o.unit is unit and o.blocks_left and o.serves(buyer)
+            ),
+            key=lambda o: (o.price_micros / o.block_units, o.id),
+        )
+        picks: list[tuple[Offer, int]] = []
+        for offer in offers:
+            if want <= 0:
+                break
+            blocks = min(offer.blocks_left, _ceil_div(want, offer.block_units))
+            picks.append((offer, blocks))
+            want -= blocks * offer.block_units
+        if want > 0:
+            raise NoCredit("the network's offers do not cover that much", missing_units=want)
+        cost = sum(o.price_micros * n for o, n in picks)
+        # Every check before anything moves: the money must be there, free and unscoped.
+        if cost:
+            plan_transfer(buyer, Unit.MONEY, cost, now_ms)
+        bought = 0
+        for n, (offer, blocks) in enumerate(picks):
+            seller = self.subscribers[offer.account]
+            units = blocks * offer.block_units
+            plan = plan_transfer(seller, unit, units, now_ms, only=[f"offer-{offer.id}"])
+            self._move(seller, buyer, unit, plan, [NEVER_MS] * len(plan), f"{pid}-{n}", now_ms)
+            price = offer.price_micros * blocks
+            if price:  # each seller is paid for its own blocks
+                pay = plan_transfer(buyer, Unit.MONEY, price, now_ms)
+                self._move(
+                    buyer, seller, Unit.MONEY, pay, [NEVER_MS] * len(pay), f"{pid}-pay-{n}", now_ms
+                )
+            offer.blocks_left -= blocks
+            bought += units
+        return {
+            "purchase_id": pid,
+            "subscriber_id": buyer.id,
+            "unit": unit.value,
+            "units": bought,
+            "cost_micros": cost,
+            "offers": [{"offer": o.id, "blocks": n} for o, n in picks],
+        }
+
     def _create_voucher(self, args: Args, now_ms: int) -> Result:
         """Carve `amount` out of the parent's free credit into a voucher account, at once."""
         vid = _check_id("voucher_id", args.get("voucher_id"))
@@ -1643,6 +1724,7 @@ class Ledger:
             "transfers": [t.to_json() for t in self.transfers.values()],
             "sent": self._sent,
             "vouchers": [v.to_json() for v in self.vouchers.values()],
+            "offers": [o.to_json() for o in self.offers.values()],
             "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
         }
 
@@ -1667,6 +1749,7 @@ class Ledger:
         ledger._sent = dict(doc.get("sent", {}))
         ledger.vouchers = {v["id"]: Voucher.from_json(v) for v in doc.get("vouchers", [])}
         ledger._voucher_tokens = {v.token_hash: v.id for v in ledger.vouchers.values()}
+        ledger.offers = {o["id"]: Offer.from_json(o) for o in doc.get("offers", [])}
         ledger.sessions = dict(doc["sessions"])
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)

@@ -219,3 +219,48 @@ class Voucher:
 def no_such_voucher() -> NotFound:
     # The same answer for a wrong token, a used one, an expired one and an unknown one.
     return NotFound("no voucher for that token")
+
+
+@dataclass(slots=True)
+class Offer:
+    """Spare quota a network puts up for sale: `blocks` of `block_units`, each at `price_micros`.
+
+    A subscriber is served by the offers of its own network: those whose `network` (a PLMN,
+    MCC+MNC) starts its IMSI; subscribers without an IMSI belong to network "home".
+    """
+
+    id: str
+    network: str
+    unit: Unit
+    block_units: int
+    price_micros: int
+    blocks_left: int
+
+    @property
+    def account(self) -> str:
+        return f"network:{self.network}"
+
+    def serves(self, sub: Subscriber) -> bool:
+        imsi = sub.identities.get("imsi")
+        return imsi.startswith(self.network) if imsi else self.network == "home"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "network": self.network,
+            "unit": self.unit.value,
+            "block_units": self.block_units,
+            "price_micros": self.price_micros,
+            "blocks_left": self.blocks_left,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Offer:
+        return cls(
+            doc["id"],
+            doc["network"],
+            Unit(doc["unit"]),
+            doc["block_units"],
+            doc["price_micros"],
+            doc["blocks_left"],
+        )

@@ -46,6 +46,8 @@ class TransferApi:
                 self._guard(self.providers),
                 methods=["GET", "PUT"],
             ),
+            Route("/v1/offers", self._guard(self.offers), methods=["GET", "POST"]),
+            Route("/v1/subscribers/{sid}/purchases", self._guard(self.buy), methods=["POST"]),
         ]
 
     @staticmethod
@@ -91,6 +93,39 @@ class TransferApi:
             f"api:reversal:{body['id']}",
             {"transfer_id": tid, "reversal_id": body["id"]},
         )
+        return json_response(result, 201)
+
+    # ------------------------------------------------------------------ the quota broker
+
+    async def offers(self, request: Request) -> Response:
+        """Networks' spare quota for sale (POST one; GET lists those with blocks left)."""
+        store = self.engine.store
+        if request.method == "GET":
+            listed = []
+            if isinstance(store, EmbeddedStore):
+                listed = [o.to_json() for o in store.ledger.offers.values() if o.blocks_left]
+            return json_response({"offers": listed})
+        body = parse_body(await request.body())
+        fields = {"id", "network", "unit", "block_units", "blocks", "price_micros"}
+        check_fields(body, fields, fields)
+        args = {k: v for k, v in body.items() if k != "id"}
+        args["offer_id"] = body["id"]
+        result = await self.engine.admin("create_offer", f"api:offer:{body['id']}", args)
+        return json_response(result, 201)
+
+    async def buy(self, request: Request) -> Response:
+        """Buy more from the offers of the subscriber's own network, cheapest first."""
+        body = parse_body(await request.body())
+        check_fields(body, {"id", "unit", "units"}, {"id", "unit", "units"})
+        want_str(body, "id")
+        want_int(body, "units")
+        args = {
+            "purchase_id": body["id"],
+            "subscriber_id": request.path_params["sid"],
+            "unit": body["unit"],
+            "units": body["units"],
+        }
+        result = await self.engine.admin("buy_quota", f"api:purchase:{body['id']}", args)
         return json_response(result, 201)
 
     # ------------------------------------------------------------------ providers
