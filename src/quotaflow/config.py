@@ -9,6 +9,7 @@ from typing import Any
 
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.engine import GrantPolicy, UnitGrantLimits
+from quotaflow.interop.service import Operator, OperatorDirectory
 from quotaflow.ledger import Limits, Unit
 from quotaflow.rating import TariffBook, TariffError, load_text
 from quotaflow.records import NatsOptions, RecordOptions, Rotation
@@ -49,6 +50,7 @@ class Config:
     tariff_file: Path | None = None
     tariffs: TariffBook | None = None
     records: RecordOptions = field(default_factory=RecordOptions)
+    operators: OperatorDirectory = field(default_factory=OperatorDirectory)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -100,11 +102,33 @@ def load(path: str | Path | None) -> Config:
     _load_grants(cfg, _section(doc, "grants"))
     cfg.records = _load_records(_section(doc, "records"))
     _load_transfers(cfg, _section(doc, "transfers"))
+    cfg.operators = _load_operators(_section(doc, "interop"))
     rating = _section(doc, "rating")
     if rating.get("tariff_file") is not None:
         cfg.tariff_file = Path(str(rating["tariff_file"]))
         load_tariffs(cfg)
     return cfg
+
+
+def _load_operators(table: dict[str, Any]) -> OperatorDirectory:
+    """[interop]: our operator id, and [[interop.operators]] the others we exchange with."""
+    directory = OperatorDirectory(me=str(table.get("operator_id", "local")))
+    for i, op in enumerate(table.get("operators", [])):
+        where = f"interop.operators[{i}]"
+        if not isinstance(op, dict) or not all(op.get(k) for k in ("id", "url", "token")):
+            raise ConfigError(f"{where} needs id, url and token")
+        if len(str(op["token"])) < 16:
+            raise ConfigError(f"{where}.token must be at least 16 characters")
+        directory.operators.append(
+            Operator(
+                id=str(op["id"]),
+                url=str(op["url"]).rstrip("/"),
+                token=str(op["token"]),
+                msisdn_prefixes=tuple(str(p) for p in op.get("msisdn_prefixes", [])),
+                imsi_prefixes=tuple(str(p) for p in op.get("imsi_prefixes", [])),
+            )
+        )
+    return directory
 
 
 def _load_transfers(cfg: Config, table: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from quotaflow.config import Config
 from quotaflow.diameter.gy import start_gy
 from quotaflow.engine import Engine
 from quotaflow.groups import CounterWatch, GroupApi
+from quotaflow.interop import InteropApi, InteropService
 from quotaflow.metrics import watch_store
 from quotaflow.nchf import BASE_PATH, create_app, problem_exception_handlers
 from quotaflow.rating import Rater
@@ -76,13 +77,15 @@ class Server:
         self._records = await records.start(self.engine, self.store, cfg.data_dir, cfg.records)
         self._notify = await notify.start(self.engine, self.store, cfg.data_dir)
         self._counters = CounterWatch(self.engine, self._notify).start()
-        self._stoppers += [self._records, self._notify, self._counters]
+        self._interop = InteropService(self.engine, cfg.operators).start()
+        self._stoppers += [self._records, self._notify, self._counters, self._interop]
         separate_sbi = cfg.sbi_port is not None
         nchf = create_app(self.engine) if cfg.nchf_enabled else None
         if nchf is not None:
             self._stoppers.append(nchf.state.nchf_close)
         app = build_app(self.engine, cfg, None if separate_sbi else nchf)
         app.router.routes.extend([*records.routes(self._records), *notify.routes(self._notify)])
+        app.router.routes.extend(InteropApi(self.engine, self._interop).routes())
         self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
         if separate_sbi and nchf is not None:
             sbi = Starlette(

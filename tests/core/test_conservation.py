@@ -49,6 +49,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open: list[tuple[str, str]] = []
         self.transfers: list[str] = []
         self.vouchers: list[str] = []
+        self.held: list[str] = []
         self.history: list[tuple[str, str, dict[str, Any], Any, int]] = []
         self.store = self._open()
 
@@ -304,6 +305,40 @@ class LedgerMachine(RuleBasedStateMachine):
     def redeem(self, data: st.DataObject, who: str) -> None:
         token_hash = data.draw(st.sampled_from(self.vouchers))
         self._op("redeem_voucher", {"token_hash": token_hash, "subscriber_id": who})
+
+    @rule(sub=st.sampled_from(SUBS), amount=st.integers(1, 120))
+    def send_abroad(self, sub: str, amount: int) -> None:
+        self.n += 1
+        args = {
+            "transfer_id": f"x{self.n}",
+            "from": sub,
+            "to": "msisdn-999",
+            "unit": "octets",
+            "amount": amount,
+            "operator": "opB",
+        }
+        if self._op("interop_hold", args):
+            self.held.append(f"x{self.n}")
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), delivered=st.booleans())
+    def answer_abroad(self, data: st.DataObject, delivered: bool) -> None:
+        tid = data.draw(st.sampled_from(self.held))
+        op = "interop_settle" if delivered else "interop_cancel"
+        self._op(op, {"transfer_id": tid})
+
+    @rule(sub=st.sampled_from(SUBS), amount=st.integers(1, 120))
+    def arrive_from_abroad(self, sub: str, amount: int) -> None:
+        self.n += 1
+        args = {
+            "transfer_id": f"in{self.n}",
+            "operator": "opB",
+            "subscriber_id": sub,
+            "unit": "octets",
+            "amount": amount,
+        }
+        if self._op("interop_credit", args):
+            self._add(self.credited, "operator:opB", "octets", amount)
 
     @rule(sub=st.sampled_from(SUBS), units=st.integers(1, 90))
     def buy(self, sub: str, units: int) -> None:

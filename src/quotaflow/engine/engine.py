@@ -627,6 +627,10 @@ class Engine:
             await self._emit("balance_changed", result["from"], {"op": op})
         elif op == "create_voucher":
             await self._emit("balance_changed", result["parent"], {"op": op})
+        elif op == "interop_credit":
+            await self._emit("credit_added", result["subscriber_id"], {"op": op})
+        elif op == "interop_cancel":
+            await self._emit("credit_added", result["from"], {"op": op})
         elif op == "buy_quota":
             await self._emit("credit_added", result["subscriber_id"], {"op": op})
         elif op == "redeem_voucher":

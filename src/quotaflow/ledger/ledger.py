@@ -184,6 +184,8 @@ class Ledger:
         self._sent: dict[str, int] = {}  # "giver|unit|day" -> amount transferred that day
         self.vouchers: dict[str, Voucher] = {}
         self.offers: dict[str, Offer] = {}
+        # Transfers to other operators: id -> {from, to, operator, unit, amount, state, buckets}
+        self.remote: dict[str, dict[str, Any]] = {}
         self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
@@ -225,6 +227,10 @@ class Ledger:
             "redeem_voucher": self._redeem_voucher,
             "set_providers": self._set_providers,
             "create_offer": self._create_offer,
+            "interop_hold": self._interop_hold,
+            "interop_settle": self._interop_settle,
+            "interop_cancel": self._interop_cancel,
+            "interop_credit": self._interop_credit,
             "buy_quota": self._buy_quota,
             "provider_topup": self._provider_topup,
             "expire": self._expire,
@@ -1515,6 +1521,114 @@ class Ledger:
             "amount": sum(g["amount"] for g in given),
         }
 
+    def _account_of(self, account_id: str, kind: str, now_ms: int) -> Subscriber:
+        account = self.subscribers.get(account_id)
+        if account is None:
+            account = Subscriber(account_id, {}, Status.ACTIVE, now_ms, kind=kind)
+            self.subscribers[account_id] = account
+        return account
+
+    def _interop_hold(self, args: Args, now_ms: int) -> Result:
+        """Step 1 of a transfer to another operator: the quota leaves the giver into escrow."""
+        tid = _check_id("transfer_id", args.get("transfer_id"))
+        if tid in self.remote or tid in self.transfers:
+            raise Conflict(f"transfer id {tid!r} is taken")
+        giver = self._subject({"subscriber_id": args.get("from", "")}, now_ms)
+        if giver.kind != "subscriber" or giver.status is Status.BARRED:
+            raise InvalidRequest("only an active subscriber can give", field="from")
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"))
+        operator = _check_id("operator", args.get("operator"))
+        to = _check_id("to", args.get("to"))
+        day_key = f"{giver.id}|{unit.value}|{now_ms // DAY_MS}"
+        check_limits(self.limits.transfers, giver, unit, amount, self._sent.get(day_key, 0), now_ms)
+        plan = plan_transfer(giver, unit, amount, now_ms)
+        escrow = self._account_of("escrow:interop", "escrow", now_ms)
+        expiries = [b.expires_at_ms for b, _ in plan]
+        buckets = self._move(giver, escrow, unit, plan, expiries, tid, now_ms)
+        self._sent[day_key] = self._sent.get(day_key, 0) + amount
+        record = {
+            "id": tid,
+            "from": giver.id,
+            "to": to,
+            "operator": operator,
+            "unit": unit.value,
+            "amount": amount,
+            "state": "held",
+            "buckets": buckets,
+            "at_ms": now_ms,
+        }
+        self.remote[tid] = record
+        return dict(record, buckets=list(buckets))
+
+    def _remote_held(self, args: Args) -> dict[str, Any]:
+        record = self.remote.get(args.get("transfer_id", ""))
+        if record is None:
+            raise NotFound(f"no transfer to another operator {args.get('transfer_id')!r}")
+        if record["state"] != "held":
+            raise Conflict(f"transfer {record['id']!r} is already {record['state']}")
+        return record
+
+    def _release_escrow(self, record: dict[str, Any], to: Subscriber, now_ms: int) -> None:
+        escrow = self.subscribers["escrow:interop"]
+        unit = Unit(record["unit"])
+        plan = [
+            (escrow.buckets[b], escrow.buckets[b].amount)
+            for b in record["buckets"]
+            if b in escrow.buckets and escrow.buckets[b].amount
+        ]
+        expiries = [b.expires_at_ms for b, _ in plan]
+        self._move(escrow, to, unit, plan, expiries, f"{record['id']}-{record['state']}", now_ms)
+        for b, _ in plan:
+            del escrow.buckets[b.id]  # emptied; the escrow keeps no husks
+
+    def _interop_settle(self, args: Args, now_ms: int) -> Result:
+        """Step 2, yes: the other operator credited its subscriber; the escrow goes to the
+        account of what was sent to that operator."""
+        record = self._remote_held(args)
+        record["state"] = "delivered"
+        settled = self._account_of(f"operator:{record['operator']}", "operator", now_ms)
+        self._release_escrow(record, settled, now_ms)
+        return dict(record, buckets=list(record["buckets"]))
+
+    def _interop_cancel(self, args: Args, now_ms: int) -> Result:
+        """Step 2, no: the other operator refused for good; the quota goes back to the giver."""
+        record = self._remote_held(args)
+        record["state"] = "refused"
+        record["reason"] = str(args.get("reason", ""))[:200]
+        self._release_escrow(record, self._account_of(record["from"], "subscriber", now_ms), now_ms)
+        return dict(record, buckets=list(record["buckets"]))
+
+    def _interop_credit(self, args: Args, now_ms: int) -> Result:
+        """The receiving side: credit our subscriber with what another operator sent."""
+        operator = _check_id("operator", args.get("operator"))
+        receiver = self._subject({"subscriber_id": args.get("subscriber_id", "")}, now_ms)
+        if receiver.kind != "subscriber" or receiver.status is Status.BARRED:
+            raise InvalidRequest("the receiver cannot receive", field="to")
+        unit = _unit(args.get("unit"))
+        amount = _check_amount("amount", args.get("amount"))
+        tid = _check_id("transfer_id", args.get("transfer_id"))
+        bucket = self._new_bucket(
+            receiver, f"from-{operator}-{tid}", {"unit": unit.value, "amount": amount}, Origin.GIFT
+        )
+        # New value here, mirrored by what the sending operator settles to our account there.
+        receiver.counter(unit)["credited"] -= amount
+        receiver.counter(unit)["transferred_in"] += amount
+        self._account_of(f"operator:{operator}", "operator", now_ms).counter(unit)[
+            "transferred_out"
+        ] += amount
+        self._account_of(f"operator:{operator}", "operator", now_ms).counter(unit)["credited"] += (
+            amount
+        )
+        return {
+            "transfer_id": tid,
+            "operator": operator,
+            "subscriber_id": receiver.id,
+            "unit": unit.value,
+            "amount": amount,
+            "bucket": bucket.id,
+        }
+
     def _create_offer(self, args: Args, now_ms: int) -> Result:
         """A network offers spare quota for sale: its account is credited with what it offers."""
         oid = _check_id("offer_id", args.get("offer_id"))
@@ -1725,6 +1839,7 @@ class Ledger:
             "sent": self._sent,
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
+            "remote": list(self.remote.values()),
             "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
         }
 
@@ -1750,6 +1865,7 @@ class Ledger:
         ledger.vouchers = {v["id"]: Voucher.from_json(v) for v in doc.get("vouchers", [])}
         ledger._voucher_tokens = {v.token_hash: v.id for v in ledger.vouchers.values()}
         ledger.offers = {o["id"]: Offer.from_json(o) for o in doc.get("offers", [])}
+        ledger.remote = {r["id"]: dict(r) for r in doc.get("remote", [])}
         ledger.sessions = dict(doc["sessions"])
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
