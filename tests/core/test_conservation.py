@@ -119,6 +119,8 @@ class LedgerMachine(RuleBasedStateMachine):
         }
         assert self._op("create_offer", offer)
         self._add(self.credited, "network:home", "octets", 600)
+        assert self._op("set_postpaid", {"subscriber_id": "a", "credit_limit_micros": 100})
+        self._add(self.credited, "a", "money", 100)
         assert self._op(
             "add_member",
             {"group_id": "g", "subscriber_id": "b", "priority": 1, "caps": {"octets": 150}},
@@ -305,6 +307,20 @@ class LedgerMachine(RuleBasedStateMachine):
     def redeem(self, data: st.DataObject, who: str) -> None:
         token_hash = data.draw(st.sampled_from(self.vouchers))
         self._op("redeem_voucher", {"token_hash": token_hash, "subscriber_id": who})
+
+    @rule(to=st.sampled_from(["b", "c"]), amount=st.integers(1, 120), value=st.integers(0, 90))
+    def allowance(self, to: str, amount: int, value: int) -> None:
+        self.n += 1
+        args = {
+            "transfer_id": f"al{self.n}",
+            "from": "a",
+            "to": to,
+            "unit": "octets",
+            "amount": amount,
+            "value_micros": value,
+        }
+        if self._op("allowance_transfer", args):
+            self._add(self.credited, "a", "money", value)
 
     @rule(sub=st.sampled_from(SUBS), amount=st.integers(1, 120))
     def send_abroad(self, sub: str, amount: int) -> None:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from quotaflow.engine import EngineEvent, ServiceRequest
+from quotaflow.ledger import Unit
 from quotaflow.ledger.transfers import TransferLimits
 from quotaflow.server import Server
 from tests.conftest import server_config
@@ -299,4 +300,40 @@ async def test_the_broker_serves_a_subscriber_from_its_own_networks_offers(
         "/v1/subscribers/max/purchases", json={"id": "p3", "unit": "octets", "units": 15 * MB}
     )
     assert r.status_code == 201 and r.json()["offers"] == [{"offer": "elsewhere", "blocks": 2}]
+    server.store.ledger.check_invariants()
+
+
+async def test_postpaid_gives_allowance_and_is_credited_its_value(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    for sid in ("corp", "pre"):
+        assert (await api.post("/v1/subscribers", json={"id": sid})).status_code == 201
+    await api.post(
+        "/v1/subscribers/corp/buckets",
+        json={"id": "allowance", "unit": "octets", "amount": 20_000 * MB},
+    )
+    r = await api.put("/v1/subscribers/corp/postpaid", json={"credit_limit_micros": 50_000_000})
+    assert r.status_code == 200, r.text
+    # The postpaid account runs up a bill: 30 SMS at 0.05 on credit.
+    debit = await server.engine.direct_debit("sms", "corp", Unit.EVENTS, 30, None)
+    assert debit.cost_micros == 1_500_000
+    balance = (await api.get("/v1/subscribers/corp/balance")).json()
+    line = next(b for b in balance["buckets"] if b["id"] == "overdraft-money")
+    assert line["amount"] == 48_500_000  # 1.50 owed
+    r = await api.post(
+        "/v1/allowance-transfers",
+        json={"id": "a1", "from": "corp", "to": "pre", "unit": "octets", "amount": 5_000 * MB},
+    )
+    assert r.status_code == 201, r.text
+    # 5,000 MB at the built-in 0.01 per MB: 50.00, which first repays the 1.50 owed.
+    assert r.json()["value_micros"] == 50_000_000 and r.json()["repaid_micros"] == 1_500_000
+    assert (await octets(api, "pre"))["amount"] == 5_000 * MB
+    assert (await octets(api, "corp"))["amount"] == 15_000 * MB
+    corp = (await api.get("/v1/subscribers/corp/balance")).json()["totals"]["money"]
+    assert corp["amount"] == 50_000_000 + 48_500_000  # the line whole again, 48.50 in credit
+    refused = await api.post(
+        "/v1/allowance-transfers",
+        json={"id": "a2", "from": "pre", "to": "corp", "unit": "octets", "amount": MB},
+    )
+    assert refused.status_code == 422 and "postpaid" in refused.text
     server.store.ledger.check_invariants()

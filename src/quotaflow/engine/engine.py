@@ -622,7 +622,7 @@ class Engine:
         ):
             for sid in await self._holders(args["subscriber_id"]):
                 await self._emit("credit_added", sid)
-        elif op in ("transfer", "reverse_transfer"):
+        elif op in ("transfer", "reverse_transfer", "allowance_transfer"):
             await self._emit("credit_added", result["to"], {"transfer_id": result["id"]})
             await self._emit("balance_changed", result["from"], {"op": op})
         elif op == "create_voucher":

@@ -228,6 +228,8 @@ class Ledger:
             "set_providers": self._set_providers,
             "create_offer": self._create_offer,
             "interop_hold": self._interop_hold,
+            "set_postpaid": self._set_postpaid,
+            "allowance_transfer": self._allowance_transfer,
             "interop_settle": self._interop_settle,
             "interop_cancel": self._interop_cancel,
             "interop_credit": self._interop_credit,
@@ -495,7 +497,7 @@ class Ledger:
             bucket_id = f"main-{unit.value}"
         if bucket_id is None:
             bucket_id = _check_id("topup_id", args.get("topup_id"))
-        line = sub.buckets.get(f"overdraft-{unit.value}") if sub.kind == "group" else None
+        line = sub.buckets.get(f"overdraft-{unit.value}")
         if line is not None and line.amount < line.initial:
             # A soft pool's credit line is repaid first; the rest goes where it would have.
             repay = min(amount, line.initial - line.amount)
@@ -1520,6 +1522,52 @@ class Ledger:
             "given": given,
             "amount": sum(g["amount"] for g in given),
         }
+
+    def _set_postpaid(self, args: Args, now_ms: int) -> Result:
+        """A postpaid account: money it spends beyond its balance draws on a credit line
+        (`overdraft-money`) up to the credit limit; what it owes is what the line misses."""
+        sub = self._subject(args, now_ms)
+        if sub.kind != "subscriber":
+            raise InvalidRequest("only a subscriber can be postpaid")
+        limit = _check_amount("credit_limit_micros", args.get("credit_limit_micros"))
+        line = sub.buckets.get("overdraft-money")
+        if line is not None:
+            if line.amount != line.initial or line.reserved:
+                raise Conflict("the credit line is in use; settle the bill first")
+            sub.counter(Unit.MONEY)["debited"] += line.amount
+            del sub.buckets[line.id]
+        self._new_bucket(
+            sub,
+            "overdraft-money",
+            {"unit": "money", "amount": limit, "priority": 2**31 - 1},
+            Origin.OVERDRAFT,
+        )
+        return {"subscriber_id": sub.id, "credit_limit_micros": limit, "owed_micros": 0}
+
+    def _allowance_transfer(self, args: Args, now_ms: int) -> Result:
+        """A postpaid account gives part of its allowance to a prepaid subscriber and is
+        credited with its money value (priced by the rater; first repaying what it owes)."""
+        tid = _check_id("transfer_id", args.get("transfer_id"))
+        if tid in self.transfers:
+            raise Conflict(f"transfer id {tid!r} is taken")
+        giver = self._subject({"subscriber_id": args.get("from", "")}, now_ms)
+        if "overdraft-money" not in giver.buckets:
+            raise InvalidRequest("the giver is not a postpaid account", field="from")
+        value = _check_amount("value_micros", args.get("value_micros"), zero_ok=True)
+        result = self._transfer({**args, "transfer_id": tid}, now_ms)
+        if value:
+            credit = self._topup(
+                {
+                    "subscriber_id": giver.id,
+                    "unit": "money",
+                    "amount": value,
+                    "topup_id": f"value-{tid}",
+                },
+                now_ms,
+            )
+            result["repaid_micros"] = credit.get("repaid", 0)
+        result["value_micros"] = value
+        return result
 
     def _account_of(self, account_id: str, kind: str, now_ms: int) -> Subscriber:
         account = self.subscribers.get(account_id)

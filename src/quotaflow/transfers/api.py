@@ -22,7 +22,7 @@ from quotaflow.api.validation import (
     want_str,
 )
 from quotaflow.engine import Engine
-from quotaflow.ledger import ChargingError, InvalidRequest, NotFound
+from quotaflow.ledger import ChargingError, InvalidRequest, NotFound, Unit
 from quotaflow.store import EmbeddedStore
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -46,6 +46,8 @@ class TransferApi:
                 self._guard(self.providers),
                 methods=["GET", "PUT"],
             ),
+            Route("/v1/subscribers/{sid}/postpaid", self._guard(self.postpaid), methods=["PUT"]),
+            Route("/v1/allowance-transfers", self._guard(self.allowance), methods=["POST"]),
             Route("/v1/offers", self._guard(self.offers), methods=["GET", "POST"]),
             Route("/v1/subscribers/{sid}/purchases", self._guard(self.buy), methods=["POST"]),
         ]
@@ -93,6 +95,44 @@ class TransferApi:
             f"api:reversal:{body['id']}",
             {"transfer_id": tid, "reversal_id": body["id"]},
         )
+        return json_response(result, 201)
+
+    # ------------------------------------------------------------------ postpaid to prepaid
+
+    async def postpaid(self, request: Request) -> Response:
+        """Make the subscriber a postpaid account with this credit limit (money micro-units)."""
+        body = parse_body(await request.body())
+        check_fields(body, {"credit_limit_micros"}, {"credit_limit_micros"})
+        want_int(body, "credit_limit_micros")
+        result = await self.engine.admin(
+            "set_postpaid", None, {"subscriber_id": request.path_params["sid"], **body}
+        )
+        return json_response(result)
+
+    async def allowance(self, request: Request) -> Response:
+        """A postpaid account gives allowance to a prepaid subscriber, credited its value."""
+        body = parse_body(await request.body())
+        check_fields(
+            body, {"id", "from", "to", "unit", "amount"}, {"id", "from", "to", "unit", "amount"}
+        )
+        for name in ("id", "from", "to", "unit"):
+            want_str(body, name)
+        want_int(body, "amount")
+        giver = await self.engine.store.get_subscriber(body["from"])
+        value = (
+            self.engine.price_enquiry(Unit(body["unit"]), body["amount"], plan=giver.plan)
+            if body["unit"] in ("octets", "seconds", "events")
+            else body["amount"]
+        )
+        args = {
+            "transfer_id": body["id"],
+            "from": body["from"],
+            "to": body["to"],
+            "unit": body["unit"],
+            "amount": body["amount"],
+            "value_micros": value,
+        }
+        result = await self.engine.admin("allowance_transfer", f"api:allowance:{body['id']}", args)
         return json_response(result, 201)
 
     # ------------------------------------------------------------------ the quota broker
