@@ -31,6 +31,7 @@ from quotaflow.api.validation import (
 )
 from quotaflow.engine import Engine
 from quotaflow.ledger import (
+    AMOUNT_MAX,
     ChargingError,
     Conflict,
     InvalidAmount,
@@ -42,7 +43,6 @@ from quotaflow.ledger import (
     UnknownSession,
     UnknownSubscriber,
 )
-from quotaflow.ledger.ledger import AMOUNT_MAX
 from quotaflow.metrics import ENGINE_ERRORS, HTTP_REQUESTS, REGISTRY
 from quotaflow.store import StoreUnavailable
 

@@ -24,6 +24,7 @@ from quotaflow.engine.types import (
     SessionAnswer,
 )
 from quotaflow.ledger import (
+    AMOUNT_MAX,
     Conflict,
     InvalidAmount,
     InvalidRequest,
@@ -35,7 +36,6 @@ from quotaflow.ledger import (
     Unit,
     UnknownSession,
 )
-from quotaflow.ledger.ledger import AMOUNT_MAX
 from quotaflow.ledger.model import Group
 from quotaflow.rating import Rated, Rater
 from quotaflow.store.base import Result, Store

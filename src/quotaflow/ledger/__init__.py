@@ -1,5 +1,6 @@
 """The ledger: subscribers, buckets and two-phase reservations; the only place balances change."""
 
+from quotaflow.ledger._base import AMOUNT_MAX, Limits
 from quotaflow.ledger.errors import (
     ChargingError,
     Conflict,
@@ -12,7 +13,7 @@ from quotaflow.ledger.errors import (
     UnknownSession,
     UnknownSubscriber,
 )
-from quotaflow.ledger.ledger import Ledger, Limits
+from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import (
     NEVER_MS,
     Bucket,
@@ -25,6 +26,7 @@ from quotaflow.ledger.model import (
 )
 
 __all__ = [
+    "AMOUNT_MAX",
     "NEVER_MS",
     "Bucket",
     "ChargingError",

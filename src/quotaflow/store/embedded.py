@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from quotaflow.ledger import ChargingError, LimitReached, Price, Subscriber, Unit
-from quotaflow.ledger.ledger import Ledger, Limits
+from quotaflow.ledger import ChargingError, LimitReached, Limits, Price, Subscriber, Unit
+from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import Group, Reservation
 from quotaflow.store.base import Clock, Result, StoreUnavailable, wall_clock_ms
 

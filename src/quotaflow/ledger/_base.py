@@ -1,0 +1,158 @@
+"""What every part of the ledger shares: argument checks, stated limits, small helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from quotaflow.ledger.errors import (
+    InvalidAmount,
+    InvalidRequest,
+)
+from quotaflow.ledger.model import Bucket, Group, Origin, Price, Status, Subscriber, Unit
+from quotaflow.ledger.transfers import Offer, Transfer, TransferLimits, Voucher
+
+Result = dict[str, Any]
+Args = dict[str, Any]
+
+AMOUNT_MAX = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
+ID_LEN_MAX = 128
+OP_ID_LEN_MAX = 256  # room for an interface's prefix around a caller's id
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _split(buckets: Iterable[Bucket], want: int) -> list[tuple[Bucket, int]]:
+    """How `want` is taken from what each bucket has free, in order (nothing moves here)."""
+    takes: list[tuple[Bucket, int]] = []
+    for b in buckets:
+        if want <= 0:
+            break
+        take = min(b.available, want)
+        if take:
+            takes.append((b, take))
+            want -= take
+    return takes
+
+
+PROVIDERS_MAX = 8
+
+
+def _month(now_ms: int) -> int:
+    """Months since 1970 (UTC), the period of a provider's limit."""
+    day = datetime.fromtimestamp(now_ms / 1000, UTC)
+    return day.year * 12 + day.month - 1
+
+
+def _stale(key: str, today: int, month: int) -> bool:
+    period = int(key.rsplit("|", 1)[1])
+    return period < month if key.startswith("prov|") else period < today
+
+
+def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool = False) -> int:
+    if type(value) is not int:  # bool is a subclass of int: refuse it too
+        raise InvalidAmount(f"{name} must be an integer", field=name)
+    low = -AMOUNT_MAX if signed else (0 if zero_ok else 1)
+    if not low <= value <= AMOUNT_MAX:
+        raise InvalidAmount(f"{name} out of range [{low}, {AMOUNT_MAX}]", field=name)
+    return value
+
+
+def _check_id(name: str, value: Any) -> str:
+    if type(value) is not str or not 0 < len(value) <= ID_LEN_MAX:
+        raise InvalidRequest(f"{name} must be a string of 1..{ID_LEN_MAX} characters", field=name)
+    return value
+
+
+_UNITS: dict[Any, Unit] = {u.value: u for u in Unit}
+
+
+def _unit(value: Any) -> Unit:
+    unit = _UNITS.get(value) if isinstance(value, str) else None
+    if unit is None:
+        raise InvalidRequest(f"unit must be one of {list(_UNITS)}", field="unit")
+    return unit
+
+
+E = TypeVar("E", Status, Origin)
+
+
+def _enum(cls: type[E], value: Any, name: str) -> E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise InvalidRequest(
+            f"{name} must be one of {[m.value for m in cls]}", field=name
+        ) from None
+
+
+def _price(value: Any) -> Price | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("price must be an object", field="price")
+    price = _check_amount("price.price_micros", value.get("price_micros"), zero_ok=True)
+    per = _check_amount("price.per_units", value.get("per_units"))
+    # Without a billing pattern, every started block of `per_units` is charged whole.
+    first = _check_amount("price.first_units", value.get("first_units", per))
+    step = _check_amount("price.next_units", value.get("next_units", per))
+    connect = _check_amount("price.connect_micros", value.get("connect_micros", 0), zero_ok=True)
+    return Price(price, per, first, step, connect)
+
+
+class Limits:
+    """Every table has a stated maximum; reaching one is an answer with a reason."""
+
+    def __init__(
+        self,
+        subscribers_max: int = 10_000_000,
+        buckets_per_subscriber_max: int = 1_000,
+        reservations_per_subscriber_max: int = 4_096,
+        sessions_max: int = 4_000_000,
+        idempotency_entries_max: int = 2_000_000,
+        idempotency_window_ms: int = 3_600_000,
+        transfers_max: int = 10_000_000,
+        transfers: TransferLimits | None = None,
+    ) -> None:
+        self.subscribers_max = subscribers_max
+        self.buckets_per_subscriber_max = buckets_per_subscriber_max
+        self.reservations_per_subscriber_max = reservations_per_subscriber_max
+        self.sessions_max = sessions_max
+        self.idempotency_entries_max = idempotency_entries_max
+        self.idempotency_window_ms = idempotency_window_ms
+        self.transfers_max = transfers_max
+        self.transfers = transfers or TransferLimits()
+
+
+class LedgerState:
+    """What the ledger's operation mixins (groups, moving quota) use of the Ledger they are
+    part of; declared for the type checker only, so the Ledger's own definitions are the ones
+    that run."""
+
+    if TYPE_CHECKING:  # what the Ledger these operations are mixed into provides
+        subscribers: dict[str, Subscriber]
+        groups: dict[str, Group]
+        limits: Limits
+        transfers: dict[str, Transfer]
+        _sent: dict[str, int]
+        vouchers: dict[str, Voucher]
+        _voucher_tokens: dict[str, str]
+        offers: dict[str, Offer]
+        remote: dict[str, dict[str, Any]]
+
+        def subscriber(self, subscriber_id: str) -> Subscriber: ...
+
+        def _subject(self, args: Args, now_ms: int) -> Subscriber: ...
+
+        def _new_bucket(
+            self, sub: Subscriber, bucket_id: str, args: Args, origin: Origin
+        ) -> Bucket: ...
+
+        def _topup(self, args: Args, now_ms: int) -> Result: ...
+
+        def _candidates(
+            self, sub: Subscriber, unit: Unit, rating_group: int | None, now_ms: int
+        ) -> list[Bucket]: ...
