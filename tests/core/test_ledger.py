@@ -318,3 +318,42 @@ def test_snapshot_restore_round_trip() -> None:
     assert copy.resolve("msisdn", "4670") == "a"
     copy.apply("expire", None, {}, T0 + 10_000)
     assert not copy.subscribers["a"].reservations
+
+
+def test_sessions_nobody_reports_on_are_closed_after_a_day() -> None:
+    ledger = make(1000)
+    day = 86_400_000
+    for sid in ("quiet", "busy", "holding"):
+        ledger.apply("session_open", f"o-{sid}", {"session_id": sid, "subscriber_id": "a"}, T0)
+    # "holding" keeps a grant that lasts longer than a day; "busy" reports late in the day.
+    ledger.apply(
+        "reserve",
+        "r-holding",
+        {
+            "subscriber_id": "a",
+            "reservation_id": "holding#1",
+            "unit": "octets",
+            "units_max": 10,
+            "validity_ms": 2 * day,
+            "session_id": "holding",
+        },
+        T0,
+    )
+    ledger.apply(
+        "charge",
+        "c-busy",
+        {
+            "subscriber_id": "a",
+            "unit": "octets",
+            "rating_group": 1,
+            "used_units": 0,
+            "session_id": "busy",
+        },
+        T0 + day - 1000,
+    )
+    ledger.apply("expire", None, {}, T0 + day + 1)
+    assert set(ledger.sessions) == {"busy", "holding"}
+    copy = Ledger.restore(ledger.snapshot())
+    assert copy.snapshot() == ledger.snapshot()  # the scan's clock is part of the state
+    ledger.apply("expire", None, {}, T0 + 3 * day)
+    assert set(ledger.sessions) == set()  # the hold lapsed, and then it was idle too

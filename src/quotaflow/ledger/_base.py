@@ -19,6 +19,7 @@ Args = dict[str, Any]
 AMOUNT_MAX = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
 ID_LEN_MAX = 128
 OP_ID_LEN_MAX = 256  # room for an interface's prefix around a caller's id
+SESSION_SCAN_MS = 3_600_000  # how often the sweeper looks for idle sessions
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -116,6 +117,7 @@ class Limits:
         idempotency_window_ms: int = 3_600_000,
         transfers_max: int = 10_000_000,
         transfers: TransferLimits | None = None,
+        session_idle_ms: int = 86_400_000,
     ) -> None:
         self.subscribers_max = subscribers_max
         self.buckets_per_subscriber_max = buckets_per_subscriber_max
@@ -125,6 +127,8 @@ class Limits:
         self.idempotency_window_ms = idempotency_window_ms
         self.transfers_max = transfers_max
         self.transfers = transfers or TransferLimits()
+        # A session with no report and nothing reserved for this long is closed by the sweeper.
+        self.session_idle_ms = session_idle_ms
 
 
 class LedgerState:

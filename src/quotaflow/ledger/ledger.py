@@ -21,6 +21,7 @@ import orjson
 from quotaflow.ledger._base import (
     AMOUNT_MAX,
     OP_ID_LEN_MAX,
+    SESSION_SCAN_MS,
     Args,
     Limits,
     Result,
@@ -96,6 +97,10 @@ class Ledger(GroupOps, MovingOps):
         # an operation that is then refused; the store journals that refusal too, so replay
         # voids the same reservations at the same instant.
         self.lapsed_voids = 0
+        # When the sweeper next looks for sessions nobody reported on for `session_idle_ms`
+        # (a network element that vanished without a release); kept in snapshots so replay
+        # closes the same ones.
+        self._next_session_scan_ms = 0
         self._ops: dict[str, Callable[[Args, int], Result]] = {
             "create_subscriber": self._create_subscriber,
             "update_subscriber": self._update_subscriber,
@@ -860,6 +865,7 @@ class Ledger(GroupOps, MovingOps):
                 result["drawn"][name] = result["drawn"].get(name, 0) + value
         if session is not None:
             session.setdefault("money_units", {})[key] = base
+            session["last_ms"] = now_ms
         if not reserve:
             return result
         result["grant"] = None
@@ -1062,6 +1068,9 @@ class Ledger(GroupOps, MovingOps):
                 if parent is not None:
                     self._empty_voucher(voucher, parent, now_ms)
                 voucher.state = "expired"
+        if now_ms >= self._next_session_scan_ms:
+            self._close_idle_sessions(now_ms)
+            self._next_session_scan_ms = now_ms + SESSION_SCAN_MS
         today = now_ms // DAY_MS
         month = _month(now_ms)
         for key in [k for k in self._sent if _stale(k, today, month)]:
@@ -1075,6 +1084,22 @@ class Ledger(GroupOps, MovingOps):
             "pruned_ids": pruned,
             "group_resets": resets,
         }
+
+    def _close_idle_sessions(self, now_ms: int) -> int:
+        """Close sessions with no report for `session_idle_ms` and nothing reserved."""
+        horizon = now_ms - self.limits.session_idle_ms
+        idle = []
+        for session_id, record in self.sessions.items():
+            if record.get("last_ms", record["opened_ms"]) > horizon:
+                continue
+            sub = self.subscribers.get(record["subscriber_id"])
+            if sub is None or not any(
+                r.session_id == session_id for r in sub.reservations.values()
+            ):
+                idle.append(session_id)
+        for session_id in sorted(idle):
+            self._session_close({"session_id": session_id}, now_ms)
+        return len(idle)
 
     def next_deadline_ms(self) -> int | None:
         """When the next reservation lapses or bucket expires (for the sweeper's timer)."""
@@ -1095,6 +1120,7 @@ class Ledger(GroupOps, MovingOps):
         return {
             "subscribers": [s.to_json() for s in self.subscribers.values()],
             "sessions": self.sessions,
+            "next_session_scan_ms": self._next_session_scan_ms,
             "groups": [g.to_json() for g in self.groups.values()],
             "transfers": [t.to_json() for t in self.transfers.values()],
             "sent": self._sent,
@@ -1128,6 +1154,7 @@ class Ledger(GroupOps, MovingOps):
         ledger.offers = {o["id"]: Offer.from_json(o) for o in doc.get("offers", [])}
         ledger.remote = {r["id"]: dict(r) for r in doc.get("remote", [])}
         ledger.sessions = dict(doc["sessions"])
+        ledger._next_session_scan_ms = doc.get("next_session_scan_ms", 0)
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
         ledger.idempotency = {
