@@ -81,6 +81,23 @@ def error_response(exc: ChargingError) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def guarded(handlers: Handler | dict[str, Handler]) -> Handler:
+    """A route endpoint whose engine errors become JSON 4xx answers. Given handlers by method,
+    it serves the request's (HEAD as GET), for one route per path and a 405 listing them all."""
+    methods = handlers if isinstance(handlers, dict) else {"GET": handlers}
+    # With one handler it serves every method the route allows.
+    only = None if isinstance(handlers, dict) else handlers
+
+    async def handle(request: Request) -> Response:
+        fn = only or methods.get(request.method) or methods["GET"]
+        try:
+            return await fn(request)
+        except ChargingError as exc:
+            return error_response(exc)
+
+    return handle
+
+
 class ManagementApi:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -111,13 +128,11 @@ class ManagementApi:
         ]
 
     def _wrap(self, path: str, methods: dict[str, Handler]) -> Handler:
+        answer = guarded(methods)
+
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
-            fn = methods.get(request.method) or methods["GET"]  # HEAD is served as GET
-            try:
-                response = await fn(request)
-            except ChargingError as exc:
-                response = error_response(exc)
+            response = await answer(request)
             HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
             log.debug(
                 "request",

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotaflow.api import ManagementApi, error_response, json_response
+from quotaflow.api import ManagementApi, guarded, json_response
 from quotaflow.api.validation import check_fields, parse_body, want_int, want_str
 from quotaflow.engine import Engine
 from quotaflow.engine.pools import check_policy
-from quotaflow.ledger import ChargingError, InvalidRequest
+from quotaflow.ledger import InvalidRequest
 
 Handler = Callable[[Request], Awaitable[Response]]
 GROUP_FIELDS = {
@@ -77,20 +77,8 @@ class GroupApi:
             "/v1/policy-counters/{sid}": {"GET": self.counters},
         }
         return [
-            Route(path, self._guard(methods), methods=list(methods))
-            for path, methods in table.items()
+            Route(path, guarded(methods), methods=list(methods)) for path, methods in table.items()
         ]
-
-    @staticmethod
-    def _guard(methods: dict[str, Handler]) -> Handler:
-        async def handle(request: Request) -> Response:
-            fn = methods.get(request.method) or methods["GET"]
-            try:
-                return await fn(request)
-            except ChargingError as exc:
-                return error_response(exc)
-
-        return handle
 
     def _as_account(self, fn: Handler) -> Handler:
         async def handle(request: Request) -> Response:

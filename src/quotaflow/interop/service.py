@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotaflow.api import error_response, json_response
+from quotaflow.api import guarded, json_response
 from quotaflow.api.validation import check_fields, parse_body, want_int, want_str
 from quotaflow.engine import Engine, split_identity
-from quotaflow.ledger import ChargingError, InvalidRequest, NotFound
+from quotaflow.ledger import InvalidRequest, NotFound
 from quotaflow.store import EmbeddedStore
 
 log = logging.getLogger("quotaflow.interop")
@@ -151,21 +151,10 @@ class InteropApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/interop/transfers", self._guard(self.send), methods=["POST"]),
-            Route("/v1/interop/transfers/{tid}", self._guard(self.status), methods=["GET"]),
-            Route("/v1/interop/credits", self._guard(self.credit), methods=["POST"]),
+            Route("/v1/interop/transfers", guarded(self.send), methods=["POST"]),
+            Route("/v1/interop/transfers/{tid}", guarded(self.status), methods=["GET"]),
+            Route("/v1/interop/credits", guarded(self.credit), methods=["POST"]),
         ]
-
-    @staticmethod
-    def _guard(fn: Any) -> Any:
-        async def handle(request: Request) -> Response:
-            try:
-                response: Response = await fn(request)
-            except ChargingError as exc:
-                return error_response(exc)
-            return response
-
-        return handle
 
     async def send(self, request: Request) -> Response:
         """Send quota to a subscriber of another operator; 202 once it is held here."""

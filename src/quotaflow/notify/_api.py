@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotaflow.api.app import error_response, json_response
+from quotaflow.api.app import guarded, json_response
 from quotaflow.api.validation import parse_body
-from quotaflow.ledger import ChargingError, InvalidRequest, NotFound
+from quotaflow.ledger import InvalidRequest, NotFound
 from quotaflow.notify._delivery import Subscription
 from quotaflow.notify._events import Notification
 from quotaflow.notify._service import NotifyService
@@ -24,17 +24,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 def _table(paths: dict[str, dict[str, Handler]]) -> list[Route]:
     """One route per path, so a wrong method is a 405 that lists the allowed ones."""
 
-    def wrap(methods: dict[str, Handler]) -> Handler:
-        async def handle(request: Request) -> Response:
-            fn = methods.get(request.method) or methods["GET"]  # HEAD is served as GET
-            try:
-                return await fn(request)
-            except ChargingError as exc:
-                return error_response(exc)
-
-        return handle
-
-    return [Route(p, wrap(m), methods=list(m)) for p, m in paths.items()]
+    return [Route(p, guarded(m), methods=list(m)) for p, m in paths.items()]
 
 
 def _query_int(request: Request, name: str, default: int, high: int) -> int:

@@ -11,11 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotaflow.api import error_response, json_response
+from quotaflow.api import guarded, json_response
 from quotaflow.api.validation import BadRequest, parse_body
 from quotaflow.engine import Engine
 from quotaflow.ledger import Conflict, InvalidRequest, Unit
-from quotaflow.ledger.errors import ChargingError
 from quotaflow.rating.tariff import TariffBook, TariffError, load_document
 
 TARIFF_FILE_NAME = "tariffs.json"
@@ -51,20 +50,9 @@ class TariffApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/tariffs", self._guard(self.get_or_put), methods=["GET", "PUT"]),
-            Route("/v1/tariffs/price", self._guard(self.price), methods=["GET"]),
+            Route("/v1/tariffs", guarded(self.get_or_put), methods=["GET", "PUT"]),
+            Route("/v1/tariffs/price", guarded(self.price), methods=["GET"]),
         ]
-
-    @staticmethod
-    def _guard(fn: Any) -> Any:
-        async def handle(request: Request) -> Response:
-            try:
-                response: Response = await fn(request)
-            except ChargingError as exc:
-                return error_response(exc)
-            return response
-
-        return handle
 
     async def get_or_put(self, request: Request) -> Response:
         if request.method == "GET":

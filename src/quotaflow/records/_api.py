@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotaflow.api.app import error_response, json_response
-from quotaflow.ledger import ChargingError, InvalidRequest
+from quotaflow.api.app import guarded, json_response
+from quotaflow.ledger import InvalidRequest
 from quotaflow.records._export import with_identities
 from quotaflow.records._keys import key_id, public_pem
 from quotaflow.records._service import RecordService
@@ -18,16 +18,6 @@ from quotaflow.records._source import RecordFilter
 
 PAGE_MAX = 1000
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _guard(fn: Handler) -> Handler:
-    async def handle(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except ChargingError as exc:
-            return error_response(exc)
-
-    return handle
 
 
 def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -97,8 +87,8 @@ def routes(service: RecordService) -> list[Route]:
         return json_response({"sealed_files": sealed, **service.status()})
 
     return [
-        Route("/v1/cdrs", _guard(list_cdrs), methods=["GET"]),
-        Route("/v1/cdrs/public-key", _guard(public_key), methods=["GET"]),
-        Route("/v1/cdrs/export", _guard(export_status), methods=["GET"]),
-        Route("/v1/cdrs/export/seal", _guard(seal), methods=["POST"]),
+        Route("/v1/cdrs", guarded(list_cdrs), methods=["GET"]),
+        Route("/v1/cdrs/public-key", guarded(public_key), methods=["GET"]),
+        Route("/v1/cdrs/export", guarded(export_status), methods=["GET"]),
+        Route("/v1/cdrs/export/seal", guarded(seal), methods=["POST"]),
     ]

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotaflow.api import error_response, json_response
+from quotaflow.api import guarded, json_response
 from quotaflow.api.validation import (
     BadRequest,
     check_fields,
@@ -22,7 +22,7 @@ from quotaflow.api.validation import (
     want_str,
 )
 from quotaflow.engine import Engine
-from quotaflow.ledger import ChargingError, InvalidRequest, NotFound, Unit
+from quotaflow.ledger import InvalidRequest, NotFound, Unit
 from quotaflow.store import EmbeddedStore
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -35,32 +35,22 @@ class TransferApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/transfers", self._guard(self.create), methods=["POST"]),
-            Route("/v1/transfers/{tid}", self._guard(self.get), methods=["GET"]),
-            Route("/v1/transfers/{tid}/reversal", self._guard(self.reverse), methods=["POST"]),
-            Route("/v1/subscribers/{sid}/vouchers", self._guard(self.issue), methods=["POST"]),
-            Route("/v1/vouchers/redeem", self._guard(self.redeem), methods=["POST"]),
-            Route("/v1/vouchers/{vid}", self._guard(self.voucher), methods=["GET"]),
+            Route("/v1/transfers", guarded(self.create), methods=["POST"]),
+            Route("/v1/transfers/{tid}", guarded(self.get), methods=["GET"]),
+            Route("/v1/transfers/{tid}/reversal", guarded(self.reverse), methods=["POST"]),
+            Route("/v1/subscribers/{sid}/vouchers", guarded(self.issue), methods=["POST"]),
+            Route("/v1/vouchers/redeem", guarded(self.redeem), methods=["POST"]),
+            Route("/v1/vouchers/{vid}", guarded(self.voucher), methods=["GET"]),
             Route(
                 "/v1/subscribers/{sid}/providers",
-                self._guard(self.providers),
+                guarded(self.providers),
                 methods=["GET", "PUT"],
             ),
-            Route("/v1/subscribers/{sid}/postpaid", self._guard(self.postpaid), methods=["PUT"]),
-            Route("/v1/allowance-transfers", self._guard(self.allowance), methods=["POST"]),
-            Route("/v1/offers", self._guard(self.offers), methods=["GET", "POST"]),
-            Route("/v1/subscribers/{sid}/purchases", self._guard(self.buy), methods=["POST"]),
+            Route("/v1/subscribers/{sid}/postpaid", guarded(self.postpaid), methods=["PUT"]),
+            Route("/v1/allowance-transfers", guarded(self.allowance), methods=["POST"]),
+            Route("/v1/offers", guarded(self.offers), methods=["GET", "POST"]),
+            Route("/v1/subscribers/{sid}/purchases", guarded(self.buy), methods=["POST"]),
         ]
-
-    @staticmethod
-    def _guard(fn: Handler) -> Handler:
-        async def handle(request: Request) -> Response:
-            try:
-                return await fn(request)
-            except ChargingError as exc:
-                return error_response(exc)
-
-        return handle
 
     async def create(self, request: Request) -> Response:
         body = parse_body(await request.body())
