@@ -385,12 +385,9 @@ class MovingOps(LedgerState):
         # New value here, mirrored by what the sending operator settles to our account there.
         receiver.counter(unit)["credited"] -= amount
         receiver.counter(unit)["transferred_in"] += amount
-        self._account_of(f"operator:{operator}", "operator", now_ms).counter(unit)[
-            "transferred_out"
-        ] += amount
-        self._account_of(f"operator:{operator}", "operator", now_ms).counter(unit)["credited"] += (
-            amount
-        )
+        sender = self._account_of(f"operator:{operator}", "operator", now_ms).counter(unit)
+        sender["credited"] += amount
+        sender["transferred_out"] += amount
         return {
             "transfer_id": tid,
             "operator": operator,
