@@ -264,31 +264,47 @@ class Engine:
                     raise
             else:
                 await self._after_charge(step, s, result)
-                if step.group is not None:
-                    self._pool_moved(step.group.id)
-                    if _short(result, self.policy.limits[s.unit]):
-                        retry_s = await self._reclaim(step, s)
-                        if retry_s is not None:
-                            granted = await self._wait_for_reclaim(step, s, op_id, args)
-                            if granted is not None:
-                                return self._answer(s, {**result, **granted})
-                            return self._answer(s, result, retry_s=retry_s)
-                        backoff_s = step.group.policy.get("exhausted_retry_s")
-                        if step.group.policy.get("allocation") == "reclaim" and backoff_s:
-                            # Nothing to reclaim: the pool is spent. Keep the session, without
-                            # quota, and tell it when to ask again; a top-up re-authorises it.
-                            return self._answer(s, result, retry_s=int(backoff_s))
-                elif _running_low(result) and "reserve" in args:
-                    # Running low: the subscriber's providers (a parent, an employer) top it up
-                    # in order and the session goes on without a refusal.
-                    provided = await self._from_providers(step, s, op_id, args, result)
-                    if provided is not None:
-                        return self._answer(s, {**result, **provided})
-        answer = self._answer(s, result, idle=idle)
+                second = await self._second_try(step, s, op_id, args, result)
+                if second is not None:
+                    result, retry_s = second
+                    return self._remember_grant(step, s, self._answer(s, result, retry_s))
+        return self._remember_grant(step, s, self._answer(s, result, idle=idle))
+
+    def _remember_grant(
+        self, step: _Step, s: ServiceRequest, answer: ServiceAnswer
+    ) -> ServiceAnswer:
         tracker = self._rates.get((step.session_id, s.rating_group))
         if tracker is not None:
             tracker.granted = answer.granted_units
         return answer
+
+    async def _second_try(
+        self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any], result: Result
+    ) -> tuple[Result, int | None] | None:
+        """When the first charge left the service short: a pool's reclaim or back-off, or the
+        subscriber's providers. Returns the result to answer with and a retry validity, or
+        None to answer the first result as it is."""
+        if step.group is not None:
+            self._pool_moved(step.group.id)
+            if not _short(result, self.policy.limits[s.unit]):
+                return None
+            retry_s = await self._reclaim(step, s)
+            if retry_s is not None:
+                granted = await self._wait_for_reclaim(step, s, op_id, args)
+                return ({**result, **granted}, None) if granted is not None else (result, retry_s)
+            backoff_s = step.group.policy.get("exhausted_retry_s")
+            if step.group.policy.get("allocation") == "reclaim" and backoff_s:
+                # Nothing to reclaim: the pool is spent. Keep the session, without quota, and
+                # tell it when to ask again; a top-up re-authorises it.
+                return result, int(backoff_s)
+            return None
+        if _running_low(result) and "reserve" in args:
+            # Running low: the subscriber's providers (a parent, an employer) top it up in
+            # order and the session goes on without a refusal.
+            provided = await self._from_providers(step, s, op_id, args, result)
+            if provided is not None:
+                return {**result, **provided}, None
+        return None
 
     async def _from_providers(
         self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any], first: Result
