@@ -201,6 +201,7 @@ class LedgerMachine(RuleBasedStateMachine):
         session=st.sampled_from(["s1", "s2"]),
         price=st.sampled_from([PRICE, PATTERN]),
         payer=st.sampled_from([None, *SUBS]),
+        skip_pool=st.booleans(),
     )
     def charge(
         self,
@@ -211,6 +212,7 @@ class LedgerMachine(RuleBasedStateMachine):
         session: str,
         price: dict[str, int],
         payer: str | None,
+        skip_pool: bool,
     ) -> None:
         sid = f"{session}-{sub}"
         result = self._op(
@@ -224,7 +226,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 "price": price,
                 "session_id": sid,
                 "payer": payer if payer != sub else None,
-                "reserve": {"units_max": units, "validity_ms": 20},
+                "reserve": {"units_max": units, "validity_ms": 20, "skip_pool": skip_pool},
             },
         )
         if result:

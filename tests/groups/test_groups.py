@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from quotaflow.engine import EngineEvent, ServiceRequest, ServiceResult
+from quotaflow.ledger import Unit
 from quotaflow.server import Server
 from tests.records.harness import eventually, serve_asgi
 
@@ -144,6 +145,31 @@ async def test_reclaim_asks_idle_sessions_to_report(api: httpx.AsyncClient, serv
     )
     mum = await engine.session_update("m1", 1, [ServiceRequest(10)])
     assert mum.services[0].granted_units > 0
+
+
+async def test_a_spent_pool_keeps_its_crumbs_and_own_buckets_still_pay(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    await family(api, {"allocation": "reclaim", "reclaim_min_age_s": 0})
+    engine = server.engine
+    # Leave 150 kB in the pool, then dad holds a 100 kB grant and uses 60 kB of it.
+    await engine.direct_debit("drain", "fam", Unit.OCTETS, 100 * MB - 150_000, None)
+    d = await engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=100_000)])
+    assert d.services[0].granted_units == 100_000
+    # 90 kB are left: less than a minimum grant. Dad is refused, and the crumbs stay in the
+    # pool rather than sitting in a grant too small to matter while others are refused.
+    d = await engine.session_update("d1", 1, [ServiceRequest(10, used_units=60_000)])
+    assert d.services[0].result is ServiceResult.NO_CREDIT
+    assert server.store.pool_available("fam", "octets") == 90_000
+    # Mum's own bucket still pays for her (grants stay small while her group's pool is low).
+    r = await api.post("/v1/subscribers/mum/buckets", json={"unit": "octets", "amount": MB})
+    assert r.status_code == 201, r.text
+    m = await engine.session_start("m1", "mum", 0, [ServiceRequest(10, requested_units=MB)])
+    assert m.services[0].result is ServiceResult.GRANTED
+    assert m.services[0].granted_units == 100_000
+    assert server.store.pool_available("fam", "octets") == 90_000
+    balance = (await api.get("/v1/subscribers/mum/balance")).json()
+    assert balance["totals"]["octets"]["reserved"] == 100_000
 
 
 async def test_designated_service_is_served_first(api: httpx.AsyncClient, server: Server) -> None:

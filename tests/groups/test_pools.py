@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quotaflow.engine import GrantPolicy
-from quotaflow.engine.pools import check_policy, reclaimable, size_pool_grant
+from quotaflow.engine.pools import PoolView, check_policy, reclaimable, size_pool_grant
 from quotaflow.ledger import Reservation, Unit
 
 MB = 1_000_000
@@ -29,6 +29,31 @@ def test_each_policy_sizes_differently() -> None:
     assert grant({"allocation": "reclaim", "horizon_s": 60}, 1e6, 200 * MB) == 10 * MB
     low = size_pool_grant({"allocation": "reclaim"}, GRANTS, Unit.OCTETS, 1e6, None, MB, 10)
     assert (low.units, low.validity_s) == (100_000, 10)
+
+
+def test_reclaim_shares_the_credit_left_by_rate_and_time() -> None:
+    policy = {"allocation": "reclaim", "horizon_s": 600}
+    # 100 MB free + 20 MB held, of which the asker just reported 5 MB used: 115 MB left. At
+    # 4 MB/s in all it lasts 28.75 s; a 1 MB/s member gets its part for half that time.
+    view = PoolView(rate_per_s=4e6, held_units=20 * MB, waiting=0)
+    g = size_pool_grant(
+        policy, GRANTS, Unit.OCTETS, 1e6, None, 100 * MB, 10, view=view, used=5 * MB
+    )
+    assert g.units == 14_375_000 and g.validity_s == 600
+    # a slow member's part is small, but never below the minimum grant
+    slow = size_pool_grant(policy, GRANTS, Unit.OCTETS, 1e3, None, 100 * MB, 10, view=view)
+    assert slow.units == 100_000
+    # a member that held a grant and used none of it gets nothing, whatever its past rate
+    idle = size_pool_grant(policy, GRANTS, Unit.OCTETS, 1e6, None, 100 * MB, 10, True, view)
+    assert idle.units == 0
+
+
+def test_a_pool_is_spent_when_it_cannot_give_each_asker_a_minimum() -> None:
+    view = PoolView(rate_per_s=0.0, held_units=60_000, waiting=1)
+    assert view.left(50_000, 10_000) == 100_000
+    assert view.spent(50_000, 10_000, 100_000)  # two members asking, 100 kB left
+    assert not view.spent(150_000, 10_000, 100_000)
+    assert not PoolView(0.0, 60_000, 0).spent(50_000, 10_000, 100_000)
 
 
 def test_validity_policy_bounds_the_drift() -> None:

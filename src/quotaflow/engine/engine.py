@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from quotaflow.engine.grants import GrantPolicy, RateTracker, UnitGrantLimits
-from quotaflow.engine.pools import reclaimable, size_pool_grant
+from quotaflow.engine.pools import PoolView, reclaimable, size_pool_grant
 from quotaflow.engine.types import (
     DebitAnswer,
     EngineEvent,
@@ -30,6 +30,7 @@ from quotaflow.ledger import (
     InvalidRequest,
     LimitReached,
     NoCredit,
+    Reservation,
     Status,
     Subscriber,
     SubscriberBarred,
@@ -107,6 +108,7 @@ class Engine:
         self.reclaims = 0  # reclaim rounds started (the simulator reports it)
         self._pool_events: dict[str, asyncio.Event] = {}
         self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
+        self._waiting: dict[str, int] = {}  # the same, by group
 
     # ------------------------------------------------------------------ events
 
@@ -252,7 +254,10 @@ class Engine:
         result = await self.store.recorded(op_id)
         idle = False
         if result is None:
-            args = self._charge_args(step, s)
+            view = None
+            if step.group is not None and step.group.policy.get("allocation") == "reclaim":
+                view = await self._pool_view(step)
+            args = self._charge_args(step, s, view)
             idle = bool(args.get("idle"))
             try:
                 result = await self.store.execute("charge", op_id, args)
@@ -358,12 +363,14 @@ class Engine:
         while (left_ms := deadline_ms - self.store.clock()) > 0:
             event = self._pool_events.setdefault(gid, asyncio.Event())
             self.pool_waiters += 1
+            self._waiting[gid] = self._waiting.get(gid, 0) + 1
             try:
                 await asyncio.wait_for(event.wait(), left_ms / 1000)
             except TimeoutError:
                 return None
             finally:
                 self.pool_waiters -= 1
+                self._waiting[gid] -= 1
             if self.store.pool_available(gid, s.unit.value) < minimum:
                 continue  # woken, but nothing came back yet
             attempt += 1
@@ -391,10 +398,23 @@ class Engine:
         rates = {key: t.rate_per_s for key, t in self._rates.items()}
         min_age_ms = int(group.policy.get("reclaim_min_age_s", 10)) * 1000
         total, worth = reclaimable(others, rates, self.store.clock(), min_age_ms)
-        if total < self.policy.limits[s.unit].min_units:
+        minimum = self.policy.limits[s.unit].min_units
+        if total < minimum:
+            view = PoolView(0.0, sum(r.pool_units for r in others), self._waiting.get(group.id, 0))
+            if view.spent(self.store.pool_available(group.id, s.unit.value), 0, minimum):
+                # The pool is spent: what members still hold comes back and stays, so nobody
+                # holds credit while others are refused.
+                await self._reauthorize(group.id, step.subscriber_id, others)
             return None
+        await self._reauthorize(group.id, step.subscriber_id, worth)
+        self.reclaims += 1
+        retry_s: int = group.policy.get("retry_s", 5)
+        return retry_s
+
+    async def _reauthorize(self, group_id: str, for_id: str, held: list[Reservation]) -> None:
+        """Ask the sessions holding these grants to report now (reclaim)."""
         sessions: dict[str, dict[str, Any]] = {}
-        for res in worth:
+        for res in held:
             if res.session_id is not None:
                 record = await self.store.get_session(res.session_id)
                 if record is not None:
@@ -408,12 +428,9 @@ class Engine:
                     "reauthorize",
                     owner,
                     owned,
-                    {"group_id": group.id, "reclaim_for": step.subscriber_id},
+                    {"group_id": group_id, "reclaim_for": for_id},
                 )
             )
-        self.reclaims += 1
-        retry_s: int = group.policy.get("retry_s", 5)
-        return retry_s
 
     async def _after_charge(self, step: _Step, s: ServiceRequest, result: Result) -> None:
         if not self._listeners:
@@ -430,7 +447,20 @@ class Engine:
             if step.group is not None:  # the shared pool may have moved too
                 await self._emit("balance_changed", step.group.id, detail)
 
-    def _charge_args(self, step: _Step, s: ServiceRequest) -> dict[str, Any]:
+    async def _pool_view(self, step: _Step) -> PoolView:
+        assert step.group is not None
+        rate = 0.0
+        held = 0
+        for res in await self.store.pool_reservations(step.group.id):
+            held += res.pool_units
+            tracker = self._rates.get((res.session_id or "", res.rating_group))
+            if res.session_id != step.session_id and tracker is not None and tracker.rate_per_s:
+                rate += tracker.rate_per_s
+        return PoolView(rate, held, self._waiting.get(step.group.id, 0))
+
+    def _charge_args(
+        self, step: _Step, s: ServiceRequest, view: PoolView | None = None
+    ) -> dict[str, Any]:
         key = (step.session_id, s.rating_group)
         now_ms = self.store.clock()
         tracker = self._rates.get(key)
@@ -481,6 +511,10 @@ class Engine:
                     self.store.pool_available(step.group.id, s.unit.value),
                     len(step.group.members),
                     idle=s.used_units == 0 and tracker.granted > 0,
+                    view=None
+                    if view is None
+                    else replace(view, rate_per_s=view.rate_per_s + (tracker.rate_per_s or 0.0)),
+                    used=s.used_units,
                 )
                 units, validity_s = pool_grant.units, pool_grant.validity_s
                 if units == 0:  # idle: nothing held; the network asks again on traffic
@@ -495,6 +529,12 @@ class Engine:
                 "validity_ms": (validity_s + self.policy.grace_s) * 1000,
                 "session_id": step.session_id,
             }
+            if view is not None and view.spent(
+                self.store.pool_available(step.group.id, s.unit.value),  # type: ignore[union-attr]
+                s.used_units,
+                lim.min_units,
+            ):
+                args["reserve"]["skip_pool"] = True  # its own buckets only
         return args
 
     def _answer(

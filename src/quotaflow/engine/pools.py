@@ -21,6 +21,15 @@ A group's `policy` object selects one and tunes it:
                    to report do so; it is then granted from what they returned (default 1000)
     horizon_s      predictive, reclaim: a grant is what the member's rate predicts for this
                    long (default 60 s, at most the validity): the surplus stays in the pool
+
+Reclaim shares by time: a member's grant is at most its part of the pool's credit left (free
+plus held) in proportion to its rate, for half the time that credit lasts at the summed rate.
+Fast users' grants halve as the pool drains instead of shrinking by one member's slice per
+request, so the last gigabyte costs a few rounds of reports, not hundreds; every holder's grant
+runs out at about the same time, so little sits idle when the pool ends. A member that held a
+grant and used none of it gets nothing until it has traffic again, and once the pool cannot
+give each asking member a minimum grant it is spent: holders are asked to report what they
+hold, and the crumbs stay in the pool (see PoolView.spent).
 """
 
 from __future__ import annotations
@@ -38,6 +47,26 @@ ALLOCATIONS = ("fixed", "progressive", "reclaim", "validity", "predictive")
 class PoolGrant:
     units: int
     validity_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """What the reclaim policy sees of a pool besides its free credit, at one request."""
+
+    rate_per_s: float  # the summed usage rate of the sessions holding pool grants, and the asker's
+    held_units: int  # pool credit held by open grants, the asker's own included
+    waiting: int  # members whose answers are held for reclaimed credit
+
+    def left(self, pool_available: int, used: int) -> int:
+        """The pool's credit not yet used: free, plus held minus what the asker just reported."""
+        return pool_available + max(0, self.held_units - used)
+
+    def spent(self, pool_available: int, used: int, min_units: int) -> bool:
+        """Too little left to give each member asking its minimum grant: the pool is spent.
+
+        Handing out the crumbs would leave them stranded in grants too small to matter while
+        other members are refused, so they stay in the pool instead."""
+        return self.left(pool_available, used) < min_units * (1 + self.waiting)
 
 
 def _int(policy: dict[str, Any], key: str, default: int) -> int:
@@ -81,6 +110,8 @@ def size_pool_grant(
     pool_available: int,
     members: int,
     idle: bool = False,
+    view: PoolView | None = None,
+    used: int = 0,
 ) -> PoolGrant:
     """The grant to ask the ledger for; the ledger still bounds it by pool, caps and balance.
 
@@ -102,14 +133,18 @@ def size_pool_grant(
         if allocation in ("predictive", "reclaim") and rate_per_s is not None:
             horizon = min(_int(policy, "horizon_s", 60), validity)
             predicted = int(rate_per_s * horizon)
-            if idle and predicted < lim.min_units:
+            if idle and (predicted < lim.min_units or allocation == "reclaim"):
                 return PoolGrant(0, validity)
             units = max(lim.min_units, min(_int(policy, "max_units", lim.max_units), predicted))
         if allocation == "reclaim":
             # As the pool drains, grants shrink too, so the last credit is spread thin; once
             # it is nearly gone they are also short-lived, so what an idle phone holds comes
             # back by itself within validity_min_s even if the network ignores re-auth.
-            share = pool_available // (_int(policy, "divisor", 2) * max(1, members))
+            if view is not None and rate_per_s and view.rate_per_s > 0:
+                # Its rate's part of what is left, for half the time that lasts.
+                share = int(rate_per_s * view.left(pool_available, used) / view.rate_per_s / 2)
+            else:
+                share = pool_available // (_int(policy, "divisor", 2) * max(1, members))
             if policy.get("shrink", True):
                 units = max(lim.min_units, min(units, share))
                 if share < lim.min_units:

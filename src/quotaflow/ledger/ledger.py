@@ -595,7 +595,12 @@ class Ledger(GroupOps, MovingOps):
         account = None if payer is None else payer.id
         acct = payer or sub
         # A member draws on its own buckets first, then on its group's pool within its room.
-        pool, member, room = (None, None, 0) if payer else self._pool_for(sub, unit, now_ms)
+        skip_pool = args.get("skip_pool", False)
+        if type(skip_pool) is not bool:
+            raise InvalidRequest("skip_pool must be true or false")
+        pool, member, room = (
+            (None, None, 0) if payer or skip_pool else self._pool_for(sub, unit, now_ms)
+        )
         pool_units = 0
         if not zero_rated:
             need = self._hold_units(acct, account, unit, rating_group, need, legs, now_ms)
@@ -822,6 +827,8 @@ class Ledger(GroupOps, MovingOps):
             units_max = _check_amount("units_max", reserve.get("units_max"))
             _check_amount("units_min", reserve.get("units_min", 1))
             _check_amount("validity_ms", reserve.get("validity_ms"))
+            if type(reserve.get("skip_pool", False)) is not bool:
+                raise InvalidRequest("skip_pool must be true or false")
         if (
             reserve
             and rid not in sub.reservations
