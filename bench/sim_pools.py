@@ -5,7 +5,8 @@ is smaller than their total demand. Each member has one data session; the simula
 uses its grant at the member's demand rate and reports to the real engine (the same calls a Gy
 or Nchf session makes, through the real durable store) when the grant is used up, when its
 validity ends, or, after a report latency, when the engine asks for a re-authorisation.
-Time is simulated; the store journals to SQLite as in production.
+Time is simulated; the store journals to SQLite as in production, each change before the next
+(no group commit), so a seed gives one run.
 
 Measures are those of shared/docs/SHARED-POOLS.md:
     overspent_units   units served beyond the pool (0 in strict mode)
@@ -47,7 +48,7 @@ POLICIES: dict[str, dict[str, Any]] = {
         "horizon_s": 600,
         "retry_s": 2,
         "reclaim_wait_ms": 3000,
-        "reclaim_min_age_s": 0,
+        "reclaim_min_age_s": 7,
         "exhausted_retry_s": 3600,
     },
 }
@@ -119,7 +120,11 @@ class Simulation:
         self.by_id = {m.sid: m for m in self.members}
         self.pool_octets = pool_octets
         self.latency_s = latency_s
-        self.store = EmbeddedStore(data_dir, clock=lambda: self.now_s * 1000, sweep_interval_s=3600)
+        # Each change is written before the engine goes on (no group commit), so the order of
+        # requests, and the run, depend on the seed alone.
+        self.store = EmbeddedStore(
+            data_dir, clock=lambda: self.now_s * 1000, sweep_interval_s=3600, group_commit=False
+        )
         self.engine = Engine(self.store, GrantPolicy(validity_s=600, grace_s=30))
         self.result = Result(policy)
         self.engine.subscribe(self._on_event)
@@ -227,6 +232,9 @@ class Simulation:
                 if due:
                     m.grant_left = 0  # a report hands back what is left of the grant
                     tasks.add(asyncio.get_running_loop().create_task(self.report(m)))
+                    # One request at a time (or until the engine holds it), so the order in
+                    # which the store's group commits complete cannot change the run.
+                    await self._settle(tasks)
             await self._settle(tasks)
         self.engine._pool_moved("g")
         await asyncio.gather(*tasks)

@@ -54,6 +54,9 @@ def test_a_pool_is_spent_when_it_cannot_give_each_asker_a_minimum() -> None:
     assert view.spent(50_000, 10_000, 100_000)  # two members asking, 100 kB left
     assert not view.spent(150_000, 10_000, 100_000)
     assert not PoolView(0.0, 60_000, 0).spent(50_000, 10_000, 100_000)
+    # five sessions are using credit: 400 kB cannot give each of them a minimum grant
+    assert PoolView(0.0, 300_000, waiting=0, active=5).spent(100_000, 0, 100_000)
+    assert not PoolView(0.0, 400_000, waiting=0, active=5).spent(100_000, 0, 100_000)
 
 
 def test_validity_policy_bounds_the_drift() -> None:
@@ -91,6 +94,9 @@ def test_reclaimable_counts_idle_and_overdue_grants() -> None:
     total, worth = reclaimable(others, rates, now, min_age_ms=10_000)
     assert total == 150 * MB + 10 * MB + 10 * MB
     assert [r.id for r in worth] == ["busy", "quiet", "overdue"]
+    # asking back less than `min_idle` is not worth a re-auth's two messages
+    total, worth = reclaimable(others, rates, now, min_age_ms=10_000, min_idle=12 * MB)
+    assert total == 150 * MB and [r.id for r in worth] == ["busy"]
 
 
 @pytest.mark.parametrize(

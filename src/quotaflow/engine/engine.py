@@ -109,6 +109,7 @@ class Engine:
         self._pool_events: dict[str, asyncio.Event] = {}
         self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
         self._waiting: dict[str, int] = {}  # the same, by group
+        self._in_group: dict[str, set[tuple[str, int | None]]] = {}  # rate keys by group
 
     # ------------------------------------------------------------------ events
 
@@ -216,6 +217,8 @@ class Engine:
             )
         for key in [k for k in self._rates if k[0] == session_id]:
             del self._rates[key]
+            for keys in self._in_group.values():
+                keys.discard(key)
         return answer
 
     async def _session(self, session_id: str) -> dict[str, Any]:
@@ -348,6 +351,20 @@ class Engine:
         if event is not None:
             event.set()
 
+    async def _pool_wait(self, group_id: str, left_ms: int) -> bool:
+        """Wait until a member's charge may have moved the pool; False after `left_ms`."""
+        event = self._pool_events.setdefault(group_id, asyncio.Event())
+        self.pool_waiters += 1
+        self._waiting[group_id] = self._waiting.get(group_id, 0) + 1
+        try:
+            await asyncio.wait_for(event.wait(), left_ms / 1000)
+        except TimeoutError:
+            return False
+        finally:
+            self.pool_waiters -= 1
+            self._waiting[group_id] -= 1
+        return True
+
     async def _wait_for_reclaim(
         self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any]
     ) -> Result | None:
@@ -361,16 +378,8 @@ class Engine:
         again["used_units"] = 0
         attempt = 0
         while (left_ms := deadline_ms - self.store.clock()) > 0:
-            event = self._pool_events.setdefault(gid, asyncio.Event())
-            self.pool_waiters += 1
-            self._waiting[gid] = self._waiting.get(gid, 0) + 1
-            try:
-                await asyncio.wait_for(event.wait(), left_ms / 1000)
-            except TimeoutError:
+            if not await self._pool_wait(gid, left_ms):
                 return None
-            finally:
-                self.pool_waiters -= 1
-                self._waiting[gid] -= 1
             if self.store.pool_available(gid, s.unit.value) < minimum:
                 continue  # woken, but nothing came back yet
             attempt += 1
@@ -397,14 +406,27 @@ class Engine:
         ]
         rates = {key: t.rate_per_s for key, t in self._rates.items()}
         min_age_ms = int(group.policy.get("reclaim_min_age_s", 10)) * 1000
-        total, worth = reclaimable(others, rates, self.store.clock(), min_age_ms)
         minimum = self.policy.limits[s.unit].min_units
+        # A re-auth costs two messages: a holding with less than half a minimum grant idle is
+        # not worth asking back.
+        total, worth = reclaimable(others, rates, self.store.clock(), min_age_ms, minimum // 2)
         if total < minimum:
-            view = PoolView(0.0, sum(r.pool_units for r in others), self._waiting.get(group.id, 0))
+            view = await self._pool_view(step)
             if view.spent(self.store.pool_available(group.id, s.unit.value), 0, minimum):
                 # The pool is spent: what members still hold comes back and stays, so nobody
-                # holds credit while others are refused.
-                await self._reauthorize(group.id, step.subscriber_id, others)
+                # holds credit while others are refused. The refusal waits for them (at most
+                # reclaim_wait_ms), so it goes out when nothing is held any more.
+                held = [r for r in others if r.pool_units]
+                await self._reauthorize(group.id, step.subscriber_id, held)
+                deadline_ms = self.store.clock() + int(group.policy.get("reclaim_wait_ms", 1_000))
+                while held and (left_ms := deadline_ms - self.store.clock()) > 0:
+                    if not await self._pool_wait(group.id, left_ms):
+                        break
+                    held = [
+                        r
+                        for r in await self.store.pool_reservations(group.id)
+                        if r.session_id != step.session_id and r.pool_units
+                    ]
             return None
         await self._reauthorize(group.id, step.subscriber_id, worth)
         self.reclaims += 1
@@ -456,7 +478,14 @@ class Engine:
             tracker = self._rates.get((res.session_id or "", res.rating_group))
             if res.session_id != step.session_id and tracker is not None and tracker.rate_per_s:
                 rate += tracker.rate_per_s
-        return PoolView(rate, held, self._waiting.get(step.group.id, 0))
+        # Sessions that would use at least a minimum grant in a validity time are active.
+        floor = min(lim.min_units for lim in self.policy.limits.values()) / self.policy.validity_s
+        active = 0
+        for key in self._in_group.get(step.group.id, ()):
+            tracker = self._rates.get(key)
+            if tracker is not None and (tracker.rate_per_s or 0.0) >= floor:
+                active += 1
+        return PoolView(rate, held, self._waiting.get(step.group.id, 0), active)
 
     def _charge_args(
         self, step: _Step, s: ServiceRequest, view: PoolView | None = None
@@ -466,6 +495,8 @@ class Engine:
         tracker = self._rates.get(key)
         if tracker is None:
             tracker = self._rates[key] = RateTracker(now_ms)
+            if step.group is not None:
+                self._in_group.setdefault(step.group.id, set()).add(key)
             interval_start_ms = now_ms
         else:
             interval_start_ms = tracker.last_ms

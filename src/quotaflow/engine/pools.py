@@ -56,6 +56,7 @@ class PoolView:
     rate_per_s: float  # the summed usage rate of the sessions holding pool grants, and the asker's
     held_units: int  # pool credit held by open grants, the asker's own included
     waiting: int  # members whose answers are held for reclaimed credit
+    active: int = 0  # sessions of the group using credit at a rate that matters
 
     def left(self, pool_available: int, used: int) -> int:
         """The pool's credit not yet used: free, plus held minus what the asker just reported."""
@@ -66,7 +67,8 @@ class PoolView:
 
         Handing out the crumbs would leave them stranded in grants too small to matter while
         other members are refused, so they stay in the pool instead."""
-        return self.left(pool_available, used) < min_units * (1 + self.waiting)
+        askers = max(1 + self.waiting, self.active)
+        return self.left(pool_available, used) < min_units * askers
 
 
 def _int(policy: dict[str, Any], key: str, default: int) -> int:
@@ -164,6 +166,7 @@ def reclaimable(
     rates: dict[tuple[str, int | None], float | None],
     now_ms: int,
     min_age_ms: int = 10_000,
+    min_idle: int = 1,
 ) -> tuple[int, list[Reservation]]:
     """Units other members hold beyond what their rate says they used since the grant.
 
@@ -184,7 +187,7 @@ def reclaimable(
             # At its rate the session would have used this up and reported by now: it did
             # not, so it is using less than predicted and holds an unknown part idle.
             idle = res.pool_units // 2
-        if idle > 0:
+        if idle >= min_idle:
             total += idle
             worth.append(res)
     return total, worth

@@ -76,6 +76,7 @@ class EmbeddedStore:
         pending_rows_max: int = 200_000,
         sweep_interval_s: float = 1.0,
         tune_gc: bool = True,
+        group_commit: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock
@@ -84,6 +85,9 @@ class EmbeddedStore:
         self.pending_rows_max = pending_rows_max
         self.sweep_interval_s = sweep_interval_s
         self.tune_gc = tune_gc
+        # False: each change is written (and fsynced) before execute returns, on the event
+        # loop; slow, but the order of everything is fixed (the pool simulator needs that).
+        self.group_commit = group_commit
         self._rows_since_freeze = 0
         self.ledger = Ledger(self.limits)
         self._db: sqlite3.Connection | None = None
@@ -228,6 +232,8 @@ class EmbeddedStore:
 
     def pending(self) -> asyncio.Future[None] | None:
         """The barrier of everything applied so far, or None when all of it is durable."""
+        if not self.group_commit and self._rows and not self._committing:
+            self._write_now()
         if not self._rows and not self._committing:
             return None
         if self._barrier is None:
@@ -259,22 +265,45 @@ class EmbeddedStore:
     def _start_commit(self) -> None:
         asyncio.get_running_loop().create_task(self._commit_loop())
 
+    def _take(
+        self,
+    ) -> tuple[
+        tuple[int, int, bytes] | None,
+        int,
+        tuple[int, bytes] | None,
+        list[Record],
+        asyncio.Future[None] | None,
+    ]:
+        """Everything applied since the last commit, ready for `_write`; starts a new batch."""
+        rows, records, barrier = self._rows, self._records, self._barrier
+        self._rows, self._records, self._barrier = [], [], None
+        snapshot = None
+        self._since_snapshot += len(rows)
+        if self._since_snapshot >= self.snapshot_every_ops:
+            snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
+            self._since_snapshot = 0
+        # Encoded here in one C call, so the writer thread needs the GIL only briefly.
+        batch = (rows[-1][0], rows[0][0], orjson.dumps(rows)) if rows else None
+        return batch, len(rows), snapshot, records, barrier
+
+    def _write_now(self) -> None:
+        batch, count, snapshot, records, barrier = self._take()
+        try:
+            self._write(batch, count, snapshot, records)
+        except BaseException as exc:  # fail-stop, as in the group commit
+            self._failed = exc
+            raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
+        if barrier is not None and not barrier.done():
+            barrier.set_result(None)
+
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._rows or self._barrier is not None:
-                rows, records, barrier = self._rows, self._records, self._barrier
-                self._rows, self._records, self._barrier = [], [], None
-                snapshot = None
-                self._since_snapshot += len(rows)
-                if self._since_snapshot >= self.snapshot_every_ops:
-                    snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
-                    self._since_snapshot = 0
-                # Encoded here in one C call, so the writer thread needs the GIL only briefly.
-                batch = (rows[-1][0], rows[0][0], orjson.dumps(rows)) if rows else None
+                batch, count, snapshot, records, barrier = self._take()
                 try:
                     await loop.run_in_executor(
-                        self._writer, self._write, batch, len(rows), snapshot, records
+                        self._writer, self._write, batch, count, snapshot, records
                     )
                 except BaseException as exc:  # fail-stop: memory is now ahead of disk
                     self._failed = exc
@@ -287,7 +316,7 @@ class EmbeddedStore:
                     return
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
-                self._rows_since_freeze += len(rows)
+                self._rows_since_freeze += count
                 if self.tune_gc and self._rows_since_freeze >= FREEZE_EVERY_ROWS:
                     gc.freeze()
                     self._rows_since_freeze = 0
