@@ -320,6 +320,22 @@ def test_snapshot_restore_round_trip() -> None:
     assert not copy.subscribers["a"].reservations
 
 
+def test_repeats_and_conflicts_are_told_apart_across_a_snapshot() -> None:
+    ledger = make(1000)
+    args = {"subscriber_id": "a", "unit": "octets", "amount": 5}
+    first, _ = ledger.apply("topup", "t1", args, T0)
+    for copy in (ledger, Ledger.restore(ledger.snapshot())):
+        # the same id and content: the first answer, nothing changes (live entries keep what
+        # was asked, restored ones its digest)
+        again, changed = copy.apply("topup", "t1", dict(reversed(args.items())), T0)
+        assert (again, changed) == (first, False)
+        with pytest.raises(Conflict):
+            copy.apply("topup", "t1", {**args, "amount": 6}, T0)
+        with pytest.raises(Conflict):
+            copy.apply("adjust", "t1", args, T0)
+    assert Ledger.restore(ledger.snapshot()).snapshot() == ledger.snapshot()
+
+
 def test_sessions_nobody_reports_on_are_closed_after_a_day() -> None:
     ledger = make(1000)
     day = 86_400_000

@@ -69,6 +69,11 @@ from quotaflow.ledger.transfers import (
 )
 
 
+def _digest(op: str, content: bytes) -> bytes:
+    """What a snapshot keeps of an operation, for telling a repeat from a conflict later."""
+    return hashlib.blake2b(op.encode() + content, digest_size=16).digest()
+
+
 class Ledger(GroupOps, MovingOps):
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -85,7 +90,10 @@ class Ledger(GroupOps, MovingOps):
         self.remote: dict[str, dict[str, Any]] = {}
         self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
-        self.idempotency: dict[str, tuple[bytes, Result, int]] = {}
+        # op_id -> (what was asked, first result, when). What was asked is the operation and its
+        # canonical arguments while live (comparing them is cheaper than hashing every
+        # operation), or their digest once restored from a snapshot.
+        self.idempotency: dict[str, tuple[tuple[str, bytes] | bytes, Result, int]] = {}
         # Open reservations by the second they lapse in: removed on commit or release, so
         # the table holds only what is open (a heap would keep every committed one until its
         # expiry came round). The heap holds each second that has an entry, once.
@@ -168,19 +176,22 @@ class Ledger(GroupOps, MovingOps):
             return fn(args, now_ms), True, content
         if type(op_id) is not str or not 0 < len(op_id) <= OP_ID_LEN_MAX:
             raise InvalidRequest(f"op_id must be a string of 1..{OP_ID_LEN_MAX} characters")
-        fingerprint = hashlib.blake2b(op.encode() + content, digest_size=16).digest()
         seen = self.idempotency.get(op_id)
         if seen is not None:
-            if seen[0] != fingerprint:
+            asked = seen[0]
+            same = asked == (op, content) if type(asked) is tuple else asked == _digest(op, content)
+            if not same:
                 raise Conflict(f"operation id {op_id!r} was used with different content")
             return seen[1], False, content
         result = fn(args, now_ms)
-        self._remember(op_id, fingerprint, result, now_ms)
+        self._remember(op_id, (op, content), result, now_ms)
         return result, True, content
 
-    def _remember(self, op_id: str, fingerprint: bytes, result: Result, now_ms: int) -> None:
+    def _remember(
+        self, op_id: str, asked: tuple[str, bytes] | bytes, result: Result, now_ms: int
+    ) -> None:
         table = self.idempotency
-        table[op_id] = (fingerprint, result, now_ms)
+        table[op_id] = (asked, result, now_ms)
         if len(table) > self.limits.idempotency_entries_max:
             del table[next(iter(table))]
 
@@ -1134,7 +1145,10 @@ class Ledger(GroupOps, MovingOps):
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
             "remote": list(self.remote.values()),
-            "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
+            "idempotency": [
+                [k, (_digest(*v[0]) if isinstance(v[0], tuple) else v[0]).hex(), v[1], v[2]]
+                for k, v in self.idempotency.items()
+            ],
         }
 
     @classmethod
