@@ -18,7 +18,6 @@ from quotaflow.api import guarded, json_response
 from quotaflow.api.validation import check_fields, parse_body, want_int, want_str
 from quotaflow.engine import Engine, split_identity
 from quotaflow.ledger import InvalidRequest, NotFound
-from quotaflow.store import EmbeddedStore
 
 log = logging.getLogger("quotaflow.interop")
 RETRY_S = 1.0  # how soon an undelivered transfer is tried again
@@ -90,18 +89,12 @@ class InteropService:
     def poke(self) -> None:
         self._wake.set()
 
-    def _held(self) -> list[dict[str, Any]]:
-        store = self.engine.store
-        if not isinstance(store, EmbeddedStore):
-            return []
-        return [dict(r) for r in store.ledger.remote.values() if r["state"] == "held"]
-
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RETRY_S)
             self._wake.clear()
-            for record in self._held():
+            for record in await self.engine.store.interop_transfers("held"):
                 try:
                     await self._deliver(record)
                 except Exception:  # one bad transfer must not stop the others
@@ -179,10 +172,7 @@ class InteropApi:
         return json_response(result, 202, {"location": f"/v1/interop/transfers/{body['id']}"})
 
     async def status(self, request: Request) -> Response:
-        store = self.engine.store
-        record = None
-        if isinstance(store, EmbeddedStore):
-            record = store.ledger.remote.get(request.path_params["tid"])
+        record = await self.engine.store.get_interop_transfer(request.path_params["tid"])
         if record is None:
             raise NotFound(f"no transfer {request.path_params['tid']!r}")
         return json_response(record)

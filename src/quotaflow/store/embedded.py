@@ -441,6 +441,25 @@ class EmbeddedStore:
     def policy_counters(self, subscriber_id: str) -> list[dict[str, Any]]:
         return self.ledger.policy_counters(subscriber_id, self.clock())
 
+    async def transfer_report(self, transfer_id: str) -> dict[str, Any]:
+        return self.ledger.transfer_report(transfer_id)
+
+    async def get_voucher(self, voucher_id: str) -> dict[str, Any] | None:
+        found = self.ledger.vouchers.get(voucher_id)
+        return None if found is None else found.to_json()
+
+    async def open_offers(self) -> list[dict[str, Any]]:
+        return [o.to_json() for o in self.ledger.offers.values() if o.blocks_left]
+
+    async def interop_transfers(self, state: str | None = None) -> list[dict[str, Any]]:
+        return [
+            dict(r) for r in self.ledger.remote.values() if state is None or r["state"] == state
+        ]
+
+    async def get_interop_transfer(self, transfer_id: str) -> dict[str, Any] | None:
+        found = self.ledger.remote.get(transfer_id)
+        return None if found is None else dict(found)
+
     def stats(self) -> dict[str, Any]:
         return {
             "backend": "embedded",

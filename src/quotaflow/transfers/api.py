@@ -23,7 +23,6 @@ from quotaflow.api.validation import (
 )
 from quotaflow.engine import Engine
 from quotaflow.ledger import InvalidRequest, NotFound, Unit
-from quotaflow.store import EmbeddedStore
 
 Handler = Callable[[Request], Awaitable[Response]]
 FIELDS = {"id", "from", "to", "unit", "amount", "expiry", "expires_at", "donation"}
@@ -70,10 +69,7 @@ class TransferApi:
 
     async def get(self, request: Request) -> Response:
         """The transfer, and how much of it the receiver has used (a donation's report)."""
-        store = self.engine.store
-        if not isinstance(store, EmbeddedStore):
-            raise NotFound("transfers are kept by the embedded store")
-        return json_response(store.ledger.transfer_report(request.path_params["tid"]))
+        return json_response(await self.engine.store.transfer_report(request.path_params["tid"]))
 
     async def reverse(self, request: Request) -> Response:
         tid = request.path_params["tid"]
@@ -129,12 +125,8 @@ class TransferApi:
 
     async def offers(self, request: Request) -> Response:
         """Networks' spare quota for sale (POST one; GET lists those with blocks left)."""
-        store = self.engine.store
         if request.method == "GET":
-            listed = []
-            if isinstance(store, EmbeddedStore):
-                listed = [o.to_json() for o in store.ledger.offers.values() if o.blocks_left]
-            return json_response({"offers": listed})
+            return json_response({"offers": await self.engine.store.open_offers()})
         body = parse_body(await request.body())
         fields = {"id", "network", "unit", "block_units", "blocks", "price_micros"}
         check_fields(body, fields, fields)
@@ -216,13 +208,10 @@ class TransferApi:
         return json_response(_public(result))
 
     async def voucher(self, request: Request) -> Response:
-        store = self.engine.store
-        found = None
-        if isinstance(store, EmbeddedStore):
-            found = store.ledger.vouchers.get(request.path_params["vid"])
+        found = await self.engine.store.get_voucher(request.path_params["vid"])
         if found is None:
             raise NotFound(f"no voucher {request.path_params['vid']!r}")
-        return json_response(_public(found.to_json()))
+        return json_response(_public(found))
 
 
 TOKEN_BYTES = 24  # 192 bits: unguessable
