@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -93,7 +94,11 @@ class Ledger(GroupOps, MovingOps):
         # op_id -> (what was asked, first result, when). What was asked is the operation and its
         # canonical arguments while live (comparing them is cheaper than hashing every
         # operation), or their digest once restored from a snapshot.
-        self.idempotency: dict[str, tuple[tuple[str, bytes] | bytes, Result, int]] = {}
+        # Oldest first, and an OrderedDict: forgetting from the front of a plain dict makes each
+        # next(iter()) skip every slot deleted since its last resize (quadratic pruning).
+        self.idempotency: OrderedDict[str, tuple[tuple[str, bytes] | bytes, Result, int]] = (
+            OrderedDict()
+        )
         # Open reservations by the second they lapse in: removed on commit or release, so
         # the table holds only what is open (a heap would keep every committed one until its
         # expiry came round). The heap holds each second that has an entry, once.
@@ -193,7 +198,7 @@ class Ledger(GroupOps, MovingOps):
         table = self.idempotency
         table[op_id] = (asked, result, now_ms)
         if len(table) > self.limits.idempotency_entries_max:
-            del table[next(iter(table))]
+            table.popitem(last=False)
 
     def prune_idempotency(self, now_ms: int) -> int:
         """Forget operation ids older than the window. Deterministic given now_ms."""
@@ -204,7 +209,7 @@ class Ledger(GroupOps, MovingOps):
             key = next(iter(table))
             if table[key][2] >= horizon:
                 break
-            del table[key]
+            table.popitem(last=False)
             dropped += 1
         return dropped
 
@@ -1178,7 +1183,7 @@ class Ledger(GroupOps, MovingOps):
         ledger._next_session_scan_ms = doc.get("next_session_scan_ms", 0)
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
-        ledger.idempotency = {
-            k: (bytes.fromhex(fp), result, at) for k, fp, result, at in doc["idempotency"]
-        }
+        ledger.idempotency = OrderedDict(
+            (k, (bytes.fromhex(fp), result, at)) for k, fp, result, at in doc["idempotency"]
+        )
         return ledger
