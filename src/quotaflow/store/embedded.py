@@ -5,6 +5,11 @@ waits on the batch's barrier, which is released only after the batch's transacti
 (WAL, synchronous=FULL). While one batch is being written on the writer thread, the next one
 fills up, so a busy server commits thousands of operations per fsync. On start the latest
 snapshot is loaded and the journal after it replayed through the same ledger code.
+
+Snapshots taken while serving are serialised by a forked child (as Redis does), so the event
+loop never stops for them: the child writes the state it inherited to a file and exits; the
+next group commit after it finished stores the file and drops the journal it covers. By then
+every record up to the snapshot's sequence number is durable, charging records included.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import signal
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +42,7 @@ log = logging.getLogger("quotaflow.store")
 # freed at once by reference counting.
 GC_THRESHOLDS = (50_000, 20, 100)
 FREEZE_EVERY_ROWS = 200_000
+SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is killed
 
 SCHEMA = """
 -- One row per group commit: `records` is a JSON array of
@@ -100,6 +108,9 @@ class EmbeddedStore:
         self._committing = False
         self._since_snapshot = 0
         self._failed: BaseException | None = None
+        # The forked snapshot in progress: (pid, sequence number, file it writes).
+        self._snapshot_child: tuple[int, int, Path] | None = None
+        self.snapshots_forked = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.commits = 0
         self.committed_rows = 0
@@ -113,6 +124,8 @@ class EmbeddedStore:
 
     async def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.data_dir.glob(".snapshot-*.tmp"):  # a forked snapshot cut short
+            stale.unlink(missing_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -170,6 +183,12 @@ class EmbeddedStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.flush()
+        if self._snapshot_child is not None:  # let it finish; the snapshot below supersedes it
+            finished = await asyncio.get_running_loop().run_in_executor(
+                None, self._finished_snapshot, True
+            )
+            if finished is not None:
+                finished[1].unlink(missing_ok=True)
         if self._db is not None and self._failed is None:
             await self.snapshot()
         if self._db is not None:
@@ -270,21 +289,68 @@ class EmbeddedStore:
     ) -> tuple[
         tuple[int, int, bytes] | None,
         int,
-        tuple[int, bytes] | None,
+        tuple[int, bytes | Path] | None,
         list[Record],
         asyncio.Future[None] | None,
     ]:
         """Everything applied since the last commit, ready for `_write`; starts a new batch."""
+        # A forked snapshot that finished is stored with this batch: everything up to its
+        # sequence number was in earlier batches, all committed by now.
+        snapshot: tuple[int, bytes | Path] | None = self._finished_snapshot()
         rows, records, barrier = self._rows, self._records, self._barrier
         self._rows, self._records, self._barrier = [], [], None
-        snapshot = None
         self._since_snapshot += len(rows)
-        if self._since_snapshot >= self.snapshot_every_ops:
-            snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
+        if self._since_snapshot >= self.snapshot_every_ops and self._snapshot_child is None:
             self._since_snapshot = 0
+            if not self._fork_snapshot() and snapshot is None:
+                snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
         # Encoded here in one C call, so the writer thread needs the GIL only briefly.
         batch = (rows[-1][0], rows[0][0], orjson.dumps(rows)) if rows else None
         return batch, len(rows), snapshot, records, barrier
+
+    def _fork_snapshot(self) -> bool:
+        """Start a child that writes the state as it is now to a file. False if it cannot."""
+        if not hasattr(os, "fork"):
+            return False
+        seq = self._seq
+        path = self.data_dir / f".snapshot-{seq}.tmp"
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.warning("cannot fork for a snapshot; taking it inline", extra={"error": str(exc)})
+            return False
+        if pid == 0:  # the child: serialise, write, leave without running any cleanup
+            code = 1
+            try:
+                # Signals meant for the server must not reach its loop through the inherited
+                # wakeup descriptor.
+                with contextlib.suppress(ValueError):
+                    signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.alarm(SNAPSHOT_CHILD_TIMEOUT_S)
+                path.write_bytes(orjson.dumps(self.ledger.snapshot()))
+                code = 0
+            finally:
+                os._exit(code)
+        self._snapshot_child = (pid, seq, path)
+        self.snapshots_forked += 1
+        return True
+
+    def _finished_snapshot(self, wait: bool = False) -> tuple[int, Path] | None:
+        """The forked snapshot's file once its child exited cleanly; None while it runs."""
+        if self._snapshot_child is None:
+            return None
+        pid, seq, path = self._snapshot_child
+        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if done == 0:
+            return None
+        self._snapshot_child = None
+        if os.waitstatus_to_exitcode(status) != 0 or not path.exists():
+            log.error("snapshot child failed; the next one is due later", extra={"seq": seq})
+            path.unlink(missing_ok=True)
+            return None
+        return seq, path
 
     def _write_now(self) -> None:
         batch, count, snapshot, records, barrier = self._take()
@@ -327,12 +393,16 @@ class EmbeddedStore:
         self,
         batch: tuple[int, int, bytes] | None,
         count: int,
-        snapshot: tuple[int, bytes] | None,
+        snapshot: tuple[int, bytes | Path] | None,
         records: list[Record] | None = None,
     ) -> None:
         db = self._db
         assert db is not None, "store is closed"
         started = time.perf_counter()
+        written = None
+        if snapshot is not None and isinstance(snapshot[1], Path):
+            written = snapshot[1]
+            snapshot = (snapshot[0], written.read_bytes())
         db.execute("BEGIN")
         try:
             if batch is not None:
@@ -356,6 +426,8 @@ class EmbeddedStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if written is not None:
+            written.unlink(missing_ok=True)
         self.commits += 1
         self.committed_rows += count
         self.last_commit_s = time.perf_counter() - started
