@@ -329,6 +329,9 @@ class EmbeddedStore:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.alarm(SNAPSHOT_CHILD_TIMEOUT_S)
+                # Nor may it keep the server's sockets open: a connection the server closes
+                # must close for its peer now, not when the child is done.
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
                 path.write_bytes(orjson.dumps(self.ledger.snapshot()))
                 code = 0
             finally:
