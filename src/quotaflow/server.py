@@ -9,8 +9,6 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
@@ -20,6 +18,7 @@ from quotaflow.config import Config
 from quotaflow.diameter.gy import start_gy
 from quotaflow.engine import Engine
 from quotaflow.groups import CounterWatch, GroupApi
+from quotaflow.http_server import serve_http
 from quotaflow.interop import InteropApi, InteropService
 from quotaflow.metrics import watch_store
 from quotaflow.nchf import BASE_PATH, create_app, problem_exception_handlers
@@ -41,17 +40,6 @@ def build_app(engine: Engine, cfg: Config, nchf: Starlette | None) -> Starlette:
         routes.append(Mount(BASE_PATH, app=nchf))
     # Problem details for what no route matches, as the SBI requires (plain text otherwise).
     return Starlette(routes=routes, exception_handlers=problem_exception_handlers())
-
-
-def _hypercorn(host: str, port: int) -> HypercornConfig:
-    hc = HypercornConfig()
-    hc.bind = [f"{host}:{port}"]
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("quotaflow.http")
-    hc.keep_alive_timeout = 75
-    hc.h2_max_concurrent_streams = 256
-    hc.keep_alive_max_requests = 2**62  # hypercorn's default sends GOAWAY every 1,000 requests
-    return hc
 
 
 class Server:
@@ -108,7 +96,7 @@ class Server:
         )
 
     async def _serve(self, app: Starlette, host: str, port: int) -> None:
-        await hypercorn_serve(app, _hypercorn(host, port), shutdown_trigger=self._stop_http.wait)  # type: ignore[arg-type]
+        await serve_http(app, host, port, self._stop_http, self.cfg.http_server)
 
     async def _wait_listening(self, host: str, port: int) -> None:
         for _ in range(200):
