@@ -40,7 +40,7 @@ from werkzeug.datastructures import Headers
 from quotaflow.engine import Engine
 from quotaflow.http_server import HTTP_SERVERS, HttpServerKind, serve_http
 from quotaflow.ledger import Unit
-from quotaflow.nchf import BASE_PATH, NchfConfig, create_app, problem_exception_handlers
+from quotaflow.nchf import BASE_PATH, NchfApp, NchfConfig, create_app, problem_exception_handlers
 from quotaflow.store import EmbeddedStore
 
 SPEC_DIR = Path(
@@ -107,7 +107,7 @@ class LiveChf:
     origin: str  # http://127.0.0.1:PORT
     engine: Engine
     store: EmbeddedStore
-    app: Starlette
+    app: NchfApp
 
     @property
     def api(self) -> str:
@@ -129,7 +129,8 @@ async def serve_for_tests(
         routes=[Mount(BASE_PATH, app=nchf)], exception_handlers=problem_exception_handlers()
     )
     try:
-        async with serve_app(root) as origin:
+        # As the server serves it: Nchf paths straight to the Nchf app, the rest to Starlette.
+        async with serve_app(nchf.in_front_of(root)) as origin:
             yield LiveChf(origin, engine, store, nchf)
     finally:
         await nchf.state.nchf_close()
