@@ -78,27 +78,37 @@ async def _serve(port: int, data_dir: Path, subscribers: int, ready: Any, server
         (b"content-length", str(len(fixed)).encode()),
     ]
 
-    async def bare(receive: Any, send: Any) -> None:
-        # The least any endpoint on this server does: read the body, send a fixed JSON answer.
-        while (await receive()).get("more_body", False):
-            pass
-        await send({"type": "http.response.start", "status": 200, "headers": fixed_headers})
-        await send({"type": "http.response.body", "body": fixed})
-
     # As `quotaflow serve` composes it: Nchf paths go straight to the Nchf app, the rest to
-    # the Starlette app that also mounts it. /bare is dispatched beside them, one test earlier.
+    # the Starlette app that also mounts it. /bare is dispatched beside them, one test earlier,
+    # and answers the least any endpoint on this server can: it reads the body and sends a
+    # fixed JSON answer, through the same interface (RSGI on granian, ASGI on hypercorn).
     nchf = create_app(engine)
     served = nchf.in_front_of(
         Starlette(
             routes=[Mount(BASE_PATH, app=nchf)], exception_handlers=problem_exception_handlers()
         )
     )
+    rsgi_headers = [("content-type", "application/json")]
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/bare":
-            await bare(receive, send)
-        else:
-            await served(scope, receive, send)
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] == "/bare":
+                while (await receive()).get("more_body", False):
+                    pass
+                start = {"type": "http.response.start", "status": 200, "headers": fixed_headers}
+                await send(start)
+                await send({"type": "http.response.body", "body": fixed})
+            else:
+                await served(scope, receive, send)
+
+        async def __rsgi__(self, scope: Any, proto: Any) -> None:
+            if scope.path == "/bare":
+                await proto()
+                proto.response_bytes(200, rsgi_headers, fixed)
+            else:
+                await served.__rsgi__(scope, proto)
+
+    app = App()
 
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_cancellations)

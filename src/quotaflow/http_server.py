@@ -9,6 +9,7 @@ on the loop, which caps it at a few thousand requests/s on this hardware (PERFOR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Literal
 
@@ -65,12 +66,15 @@ async def _serve_granian(
     from granian.http import HTTP1Settings, HTTP2Settings
     from granian.server.embed import Server as GranianServer
 
+    # An app that also speaks granian's RSGI (one call for the body, one for the answer) is
+    # served with it: ~12 us less on the event loop per request than ASGI's messages.
+    # ASGINL: no lifespan protocol; whoever builds the app starts and stops its parts.
+    rsgi = hasattr(app, "__rsgi__")
     server = GranianServer(
         app,
         address=host,
         port=port,
-        # ASGINL: no lifespan protocol; whoever builds the app starts and stops its parts.
-        interface=Interfaces.ASGINL,
+        interface=Interfaces.RSGI if rsgi else Interfaces.ASGINL,
         http=HTTPModes.auto,  # HTTP/1.1 and h2c prior knowledge on the same port
         runtime_threads=1,  # one Rust I/O thread; the other core runs this loop
         backpressure=IN_FLIGHT_MAX,
@@ -120,3 +124,81 @@ async def _serve_hypercorn(
     hc.graceful_timeout = grace_s
     hc.keep_alive_max_requests = 2**62  # hypercorn's default sends GOAWAY every 1,000 requests
     await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)
+
+
+# ---------------------------------------------------------------------- ASGI apps over RSGI
+
+
+async def asgi_over_rsgi(app: Any, scope: Any, proto: Any) -> None:
+    """Serve one RSGI request with an ASGI app (the management API under an RSGI front).
+
+    The request body is read whole and the answer sent whole: nothing served this way streams.
+    """
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()]
+    if scope.authority is not None and scope.headers.get("host") is None:
+        headers.append((b"host", scope.authority.encode("latin-1")))  # HTTP/2's :authority
+    path: str = scope.path
+    asgi_scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": scope.http_version,
+        "method": scope.method,
+        "scheme": scope.scheme,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": scope.query_string.encode("latin-1"),
+        "root_path": "",
+        "headers": headers,
+        "client": _address(scope.client),
+        "server": _address(scope.server),
+        "state": {},
+    }
+    body_read = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_read
+        if not body_read:
+            body_read = True
+            try:
+                body = await proto()
+            except RuntimeError:  # granian's ProtocolClosed: the client went away
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": body, "more_body": False}
+        await proto.client_disconnect()
+        return {"type": "http.disconnect"}
+
+    status = 0
+    answer_headers: list[tuple[str, str]] = []
+    chunks: list[bytes] = []
+    complete = False
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, complete
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            for key, value in message.get("headers", ()):
+                name = key.decode("latin-1").lower()
+                if name != "content-length":  # granian sets it from the body
+                    answer_headers.append((name, value.decode("latin-1")))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            complete = not message.get("more_body", False)
+
+    try:
+        await app(asgi_scope, receive, send)
+    except Exception:
+        log.exception("HTTP request failed", extra={"path": path})
+        if not complete:
+            status, answer_headers, chunks = 500, [("content-type", "text/plain")], [b"error"]
+    if status == 0:
+        return  # the app never answered (a client that went away)
+    with contextlib.suppress(RuntimeError):  # granian's ProtocolClosed
+        proto.response_bytes(status, answer_headers, b"".join(chunks))
+
+
+def _address(value: str | None) -> tuple[str, int] | None:
+    # "127.0.0.1:8080" or "[::1]:8080"
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else 0

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from quotaflow.engine import Engine, ServiceRequest, ServiceResult
+from quotaflow.http_server import asgi_over_rsgi
 from quotaflow.ledger import ChargingError, UnknownSession, UnknownSubscriber
 from quotaflow.nchf import _problems as problems
 from quotaflow.nchf._config import BASE_PATH, NchfConfig
@@ -52,15 +53,15 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+Headers = list[tuple[str, str]]
 # A success answer, sent without building a Response object: status, extra headers, JSON body
 # (None: no body).
 Answer = tuple[int, Headers, bytes | None]
 Handler = Callable[["_Call"], Awaitable[Answer]]
 Endpoint = Callable[["_Call"], Awaitable[Answer | Response]]
 
-_JSON = b"application/json"
 _NO_HEADERS: Headers = []
+_JSON_HEADERS: Headers = [("content-type", "application/json")]
 
 
 class _Refused(Exception):
@@ -76,20 +77,34 @@ class _Disconnected(Exception):
 
 
 class _Call:
-    """One request as the handlers see it: the ASGI scope, the ChargingDataRef, the body."""
+    """One request as the handlers see it, from an ASGI or an RSGI scope."""
 
-    __slots__ = ("body", "ref", "scope")
+    __slots__ = ("body", "content_type", "origin_of", "path", "ref", "root_path", "scope")
 
-    def __init__(self, scope: Scope, ref: str | None, body: bytes | None) -> None:
-        self.scope = scope
+    def __init__(
+        self,
+        ref: str | None,
+        body: bytes | None,
+        content_type: str | None,
+        scope: Any,
+        path: str,
+        root_path: str,
+        origin_of: Callable[[Any], str],
+    ) -> None:
         self.ref = ref
         self.body = body  # None: larger than the configured limit
+        self.content_type = content_type
+        self.scope = scope
+        self.path = path
+        self.root_path = root_path
+        self.origin_of = origin_of  # scheme://host[:port] the client addressed, from the scope
 
-    def header(self, name: bytes) -> str | None:
-        for key, value in self.scope["headers"]:
-            if key == name:
-                return str(value.decode("latin-1"))
-        return None
+
+def _asgi_header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def _drain(receive: Receive, limit: int) -> bytes | None:
@@ -198,20 +213,9 @@ class NchfApp:
         elif scope["type"] == "lifespan":  # run on its own: close the notifier on shutdown
             await self._lifespan(receive, send)
 
-    def in_front_of(self, app: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        """An ASGI app that serves BASE_PATH/... here and everything else with `app`."""
-        prefix = BASE_PATH + "/"
-        cut = len(BASE_PATH)
-
-        async def front(scope: Scope, receive: Receive, send: Send) -> None:
-            path = scope["path"]
-            if scope["type"] == "http" and path.startswith(prefix) and not scope.get("root_path"):
-                scope["root_path"] = BASE_PATH  # as a mount point: the Location header uses it
-                await self._http(scope, path[cut:], receive, send)
-            else:
-                await app(scope, receive, send)
-
-        return front
+    def in_front_of(self, app: Any) -> NchfFront:
+        """An app that serves BASE_PATH/... here and everything else with the ASGI `app`."""
+        return NchfFront(self, app)
 
     async def _http(self, scope: Scope, path: str, receive: Receive, send: Send) -> None:
         handler, ref = self._route(path)
@@ -225,22 +229,51 @@ class NchfApp:
         elif scope["method"] != "POST":
             await _send_response(send, _not_allowed())
         else:
-            answer = await handler(_Call(scope, ref, body))
+            content_type = _asgi_header(scope, b"content-type")
+            root = scope.get("root_path", "")
+            call = _Call(ref, body, content_type, scope, scope["path"], root, _origin)
+            answer = await handler(call)
             if isinstance(answer, Response):
                 await _send_response(send, answer)
                 return
             status, headers, content = answer
-            if content is None:
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": b""})
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+            if content is not None:
+                raw.append((b"content-length", str(len(content)).encode()))
+                raw.append((b"content-type", b"application/json"))
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": content or b""})
+
+    async def _rsgi(self, scope: Any, proto: Any, path: str) -> None:
+        """The same as `_http`, for granian's RSGI: no message dicts, one call to answer."""
+        handler, ref = self._route(path)
+        limit = self.config.body_bytes_max if handler is not None else _STRAY_BODY_BYTES_MAX
+        try:
+            body = await _rsgi_body(scope, proto, limit)
+        except RuntimeError:  # granian's ProtocolClosed: the client went away
+            return
+        if handler is None:
+            answer: Answer | Response = _not_found()
+        elif scope.method != "POST":
+            answer = _not_allowed()
+        else:
+            content_type = scope.headers.get("content-type")
+            call = _Call(ref, body, content_type, scope, scope.path, BASE_PATH, _rsgi_origin)
+            answer = await handler(call)
+        with contextlib.suppress(RuntimeError):  # the client went away meanwhile
+            if isinstance(answer, Response):
+                headers = [
+                    (k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in answer.raw_headers
+                    if k != b"content-length"  # granian sets it from the body
+                ]
+                proto.response_bytes(answer.status_code, headers, answer.body)
                 return
-            headers = [
-                *headers,
-                (b"content-length", str(len(content)).encode()),
-                (b"content-type", _JSON),
-            ]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
+            status, extra, content = answer
+            if content is None:
+                proto.response_empty(status, extra)
+            else:
+                proto.response_bytes(status, [*extra, *_JSON_HEADERS], content)
 
     def _route(self, path: str) -> tuple[Endpoint | None, str | None]:
         # The paths of TS 32.291: /chargingdata and /chargingdata/{ref}/(update|release).
@@ -279,7 +312,7 @@ class NchfApp:
             except ChargingError as exc:
                 return problems.from_charging_error(exc)
             except Exception:
-                log.exception("nchf request failed", extra={"path": call.scope["path"]})
+                log.exception("nchf request failed", extra={"path": call.path})
                 return problems.problem(500, problems.UNSPECIFIED_NF_FAILURE, "internal error")
 
         return endpoint
@@ -309,8 +342,7 @@ class NchfApp:
             )
         self._track(session_id, groups)
         body = charging_data_response(req.sequence_number, groups, self.config)
-        location = self._location(call.scope, ref).encode()
-        return 201, [(b"location", location)], orjson.dumps(body)
+        return 201, [("location", self._location(call, ref))], orjson.dumps(body)
 
     async def update(self, call: _Call) -> Answer:
         doc = self._body(call)
@@ -344,7 +376,7 @@ class NchfApp:
         self.notifier.forget(session_id)
 
     def _body(self, call: _Call) -> dict[str, Any]:
-        content_type = call.header(b"content-type")
+        content_type = call.content_type
         if content_type and "json" not in content_type.lower():
             raise _Refused(
                 problems.problem(
@@ -397,10 +429,10 @@ class NchfApp:
         }
         self.notifier.track(session_id, {g.usage.rating_group for g in online}, starved)
 
-    def _location(self, scope: Scope, ref: str) -> str:
+    def _location(self, call: _Call, ref: str) -> str:
         # The mount point (root_path) is the API's base path, /nchf-convergedcharging/v3.
-        root = self.config.api_root or _origin(scope)
-        return f"{root.rstrip('/')}{scope.get('root_path', '')}/chargingdata/{ref}"
+        root = self.config.api_root or call.origin_of(call.scope)
+        return f"{root.rstrip('/')}{call.root_path}/chargingdata/{ref}"
 
 
 def _relative_path(scope: Scope) -> str:
@@ -424,6 +456,58 @@ def _origin(scope: Scope) -> str:
     host, port = server
     default_port = {"http": 80, "https": 443}.get(scheme)
     return f"{scheme}://{host}" if port == default_port else f"{scheme}://{host}:{port}"
+
+
+def _rsgi_origin(scope: Any) -> str:
+    host = scope.authority or scope.headers.get("host") or scope.server
+    return f"{scope.scheme}://{host}"
+
+
+async def _rsgi_body(scope: Any, proto: Any, limit: int) -> bytes | None:
+    """As `_drain`, from granian's RSGI protocol."""
+    declared = scope.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) <= limit:
+        body: bytes = await proto()  # the usual case: in one call
+        return body if len(body) <= limit else None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > _DRAIN_FACTOR * limit:
+            break  # an abusive body: give up on the connection rather than read on
+    return b"".join(chunks) if size <= limit else None
+
+
+class NchfFront:
+    """The HTTP listener's app: Nchf paths straight to the Nchf app, the rest to `app`.
+
+    ASGI for any server; granian serves it with RSGI (`__rsgi__`), and `app` (the management
+    API, ASGI) then runs through `asgi_over_rsgi`.
+    """
+
+    _PREFIX = BASE_PATH + "/"
+    _CUT = len(BASE_PATH)
+
+    def __init__(self, nchf: NchfApp, app: Any) -> None:
+        self.nchf = nchf
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if scope["type"] == "http" and path.startswith(self._PREFIX) and not scope.get("root_path"):
+            scope["root_path"] = BASE_PATH  # as a mount point: the Location header uses it
+            await self.nchf._http(scope, path[self._CUT :], receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        path: str = scope.path
+        if path.startswith(self._PREFIX):
+            await self.nchf._rsgi(scope, proto, path[self._CUT :])
+        else:
+            await asgi_over_rsgi(self.app, scope, proto)
 
 
 def create_app(engine: Engine, *, config: NchfConfig | None = None) -> NchfApp:
