@@ -103,8 +103,9 @@ async def _serve(port: int, data_dir: Path, subscribers: int, ready: Any, server
 
         async def __rsgi__(self, scope: Any, proto: Any) -> None:
             if scope.path == "/bare":
-                await proto()
-                proto.response_bytes(200, rsgi_headers, fixed)
+                with contextlib.suppress(RuntimeError):  # the client hung up (end of a run)
+                    await proto()
+                    proto.response_bytes(200, rsgi_headers, fixed)
             else:
                 await served.__rsgi__(scope, proto)
 

@@ -134,9 +134,10 @@ async def asgi_over_rsgi(app: Any, scope: Any, proto: Any) -> None:
 
     The request body is read whole and the answer sent whole: nothing served this way streams.
     """
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()]
+    # granian hands header values over as text; UTF-8 never fails where latin-1 could.
+    headers = [(k.encode("latin-1"), v.encode()) for k, v in scope.headers.items()]
     if scope.authority is not None and scope.headers.get("host") is None:
-        headers.append((b"host", scope.authority.encode("latin-1")))  # HTTP/2's :authority
+        headers.append((b"host", scope.authority.encode()))  # HTTP/2's :authority
     path: str = scope.path
     asgi_scope: dict[str, Any] = {
         "type": "http",

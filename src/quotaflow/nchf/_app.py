@@ -495,12 +495,13 @@ class NchfFront:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        if scope["type"] == "http" and path.startswith(self._PREFIX) and not scope.get("root_path"):
-            scope["root_path"] = BASE_PATH  # as a mount point: the Location header uses it
-            await self.nchf._http(scope, path[self._CUT :], receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.startswith(self._PREFIX):
+                scope["root_path"] = BASE_PATH  # as a mount point: the Location header uses it
+                await self.nchf._http(scope, path[self._CUT :], receive, send)
+                return
+        await self.app(scope, receive, send)  # lifespan included
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         path: str = scope.path
