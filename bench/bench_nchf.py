@@ -1,16 +1,19 @@
 """Nchf_ConvergedCharging over HTTP/2 (h2c prior knowledge): update throughput and latency.
 
-A server process runs the real stack (EmbeddedStore + Engine + the Nchf app mounted as the
-server mounts it, under hypercorn) with one extra route, a bare endpoint that reads the body and
-answers a fixed 200 JSON. In the same run the same client drives both, so the update figure is
+A server process runs the real stack (EmbeddedStore + Engine + the Nchf front composed as
+`quotaflow serve` composes it, served by the server's own `serve_http`, granian by default)
+with one extra path, a bare endpoint that reads the body and answers a fixed 200 JSON through
+the same interface. In the same run the same client drives both, so the update figure is
 printed beside the ceiling of the HTTP stack itself, as a ratio. Every update is a new request
 (its own invocationSequenceNumber): it posts usage and reserves the next grant, durably.
 
     .venv/bin/python bench/bench_nchf.py [--seconds 8] [--connections 4] [--streams 16]
+                                         [--server granian|hypercorn]
 
-The client is a small asyncio + h2 client in a second process; h2load (nghttp2), when
-installed, adds an independent C-client figure for the bare endpoint (it can only repeat one
-body, which for an update would be a retransmission, so it is not used on updates).
+The client (h2c_load.py) runs in a second process and prints its own CPU use; the server's CPU
+per request (all threads, and its event loop's thread) is read from /proc. h2load (nghttp2),
+when installed, adds an independent C-client figure for the bare endpoint (it can only repeat
+one body, which for an update would be a retransmission, so it is not used on updates).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A lean HTTP/2 cleartext (prior knowledge) load client for the benchmarks.
 
-The general-purpose `h2` library costs ~100 us of Python per request on each side, which made
-the benchmark's client the limit. Here request frames are built from bytes templates, the
+With the general-purpose `h2` library the benchmark's client, not the server, was the limit
+once the server was fast (PERFORMANCE.md). Here request frames are built from bytes templates, the
 client asks the server for no HPACK dynamic table (SETTINGS_HEADER_TABLE_SIZE = 0) so each
 response header block decodes on its own, and `:status` 200/204 (static-table entries) is read
 from one byte. Other header blocks are decoded in full with `hpack`.

@@ -1,7 +1,7 @@
 """The HTTP listeners' server: granian embedded on our own event loop, or hypercorn.
 
 Both speak HTTP/1.1 and cleartext HTTP/2 with prior knowledge (h2c) on one port, and both run
-the ASGI app on the calling event loop, so the ledger stays in this one process. granian does
+the app on the calling event loop, so the ledger stays in this one process. granian does
 the HTTP/2 framing in Rust on its own thread (outside the GIL); hypercorn does it in Python
 on the loop, which caps it at a few thousand requests/s on this hardware (PERFORMANCE.md).
 """
@@ -18,7 +18,7 @@ log = logging.getLogger("quotaflow.http")
 HttpServerKind = Literal["granian", "hypercorn"]
 HTTP_SERVERS: tuple[HttpServerKind, ...] = ("granian", "hypercorn")
 
-KEEP_ALIVE_S = 75
+KEEP_ALIVE_S = 75  # hypercorn: idle connections are closed after this (granian keeps them)
 # On shutdown, open connections get this long to finish what they are doing. granian 2.8 on its
 # own waits for every client to hang up (emmett-framework/granian#568), which an SBI peer
 # holding its HTTP/2 connection never does.
@@ -50,7 +50,10 @@ async def serve_http(
     *,
     grace_s: float = GRACE_S,
 ) -> None:
-    """Serve `app` (ASGI) on host:port until `shutdown` is set, then up to `grace_s` more."""
+    """Serve `app` on host:port until `shutdown` is set, then up to `grace_s` more.
+
+    `app` is ASGI; granian serves it with RSGI instead when it has `__rsgi__` (NchfFront).
+    """
     if kind == "granian":
         await _serve_granian(app, host, port, shutdown, grace_s)
     elif kind == "hypercorn":
@@ -64,6 +67,7 @@ async def _serve_granian(
 ) -> None:
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings, HTTP2Settings
+    from granian.log import LogLevels
     from granian.server.embed import Server as GranianServer
 
     # An app that also speaks granian's RSGI (one call for the body, one for the answer) is
@@ -81,10 +85,9 @@ async def _serve_granian(
         backlog=1024,
         websockets=False,
         http1_settings=HTTP1Settings(keep_alive=True),
-        http2_settings=HTTP2Settings(
-            max_concurrent_streams=MAX_CONCURRENT_STREAMS, keep_alive_timeout=KEEP_ALIVE_S
-        ),
+        http2_settings=HTTP2Settings(max_concurrent_streams=MAX_CONCURRENT_STREAMS),
         log_enabled=True,
+        log_level=LogLevels.warning,
         log_dictconfig=_GRANIAN_LOGGING,
     )
     serving = asyncio.ensure_future(server.serve())
