@@ -33,7 +33,7 @@ _THRESHOLD_FIELD = {
 _IMMEDIATE = "IMMEDIATE_REPORT"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as the parsed request (_wire.Units): built per answer
 class Charged:
     """One rating group of a request with the engine's answer for it."""
 

@@ -51,7 +51,9 @@ class WireError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+# Parsed per request and never changed afterwards, but not frozen: a frozen dataclass is built
+# field by field through object.__setattr__, about 5x the cost (~1.8 us against 0.4 here).
+@dataclass(slots=True)
 class Units:
     """One RequestedUnit or the sum of a group's UsedUnitContainers (absent fields are 0)."""
 
@@ -70,7 +72,7 @@ class Units:
 _NO_UNITS = Units()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UnitUsage:
     """One multipleUnitUsage entry."""
 
@@ -81,7 +83,7 @@ class UnitUsage:
     upf_id: str | None  # echoed in the answer: free5GC matches grants to its UPF by it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChargingRequest:
     sequence_number: int
     supi: str | None
