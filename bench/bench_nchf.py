@@ -1,16 +1,19 @@
 """Nchf_ConvergedCharging over HTTP/2 (h2c prior knowledge): update throughput and latency.
 
-A server process runs the real stack (EmbeddedStore + Engine + the Nchf app mounted as the
-server mounts it, under hypercorn) with one extra route, a bare endpoint that reads the body and
-answers a fixed 200 JSON. In the same run the same client drives both, so the update figure is
+A server process runs the real stack (EmbeddedStore + Engine + the Nchf front composed as
+`quotaflow serve` composes it, served by the server's own `serve_http`, granian by default)
+with one extra path, a bare endpoint that reads the body and answers a fixed 200 JSON through
+the same interface. In the same run the same client drives both, so the update figure is
 printed beside the ceiling of the HTTP stack itself, as a ratio. Every update is a new request
 (its own invocationSequenceNumber): it posts usage and reserves the next grant, durably.
 
     .venv/bin/python bench/bench_nchf.py [--seconds 8] [--connections 4] [--streams 16]
+                                         [--server granian|hypercorn]
 
-The client is a small asyncio + h2 client in a second process; h2load (nghttp2), when
-installed, adds an independent C-client figure for the bare endpoint (it can only repeat one
-body, which for an update would be a retransmission, so it is not used on updates).
+The client (h2c_load.py) runs in a second process and prints its own CPU use; the server's CPU
+per request (all threads, and its event loop's thread) is read from /proc. h2load (nghttp2),
+when installed, adds an independent C-client figure for the bare endpoint (it can only repeat
+one body, which for an update would be a retransmission, so it is not used on updates).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import os
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
 import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import h2c_load  # bench/ is not a package: found through sys.path
 
 BASE = "/nchf-convergedcharging/v3"
 NF_INSTANCE = "6f1c1b4e-2a7d-4f57-9d3c-1b2a3c4d5e6f"
@@ -59,9 +61,7 @@ def serve(port: int, data_dir: str, subscribers: int, ready: Any, server: str) -
 
 async def _serve(port: int, data_dir: Path, subscribers: int, ready: Any, server: str) -> None:
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Mount, Route
+    from starlette.routing import Mount
 
     from quotaflow.engine import Engine
     from quotaflow.nchf import BASE_PATH, create_app, problem_exception_handlers
@@ -76,141 +76,57 @@ async def _serve(port: int, data_dir: Path, subscribers: int, ready: Any, server
             "topup", f"t{i}", {"subscriber_id": f"s{i}", "unit": "octets", "amount": 10**15}
         )
     fixed = orjson.dumps({"invocationTimeStamp": _now(), "invocationSequenceNumber": 1})
+    fixed_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(fixed)).encode()),
+    ]
 
-    async def bare(request: Request) -> Response:
-        await request.body()
-        return Response(fixed, media_type="application/json")
-
-    app = Starlette(
-        routes=[Route("/bare", bare, methods=["POST"]), Mount(BASE_PATH, app=create_app(engine))],
-        exception_handlers=problem_exception_handlers(),
+    # As `quotaflow serve` composes it: Nchf paths go straight to the Nchf app, the rest to
+    # the Starlette app that also mounts it. /bare is dispatched beside them, one test earlier,
+    # and answers the least any endpoint on this server can: it reads the body and sends a
+    # fixed JSON answer, through the same interface (RSGI on granian, ASGI on hypercorn).
+    nchf = create_app(engine)
+    served = nchf.in_front_of(
+        Starlette(
+            routes=[Mount(BASE_PATH, app=nchf)], exception_handlers=problem_exception_handlers()
+        )
     )
+    rsgi_headers = [("content-type", "application/json")]
+
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] == "/bare":
+                while (await receive()).get("more_body", False):
+                    pass
+                start = {"type": "http.response.start", "status": 200, "headers": fixed_headers}
+                await send(start)
+                await send({"type": "http.response.body", "body": fixed})
+            else:
+                await served(scope, receive, send)
+
+        async def __rsgi__(self, scope: Any, proto: Any) -> None:
+            if scope.path == "/bare":
+                with contextlib.suppress(RuntimeError):  # the client hung up (end of a run)
+                    await proto()
+                    proto.response_bytes(200, rsgi_headers, fixed)
+            else:
+                await served.__rsgi__(scope, proto)
+
+    app = App()
+
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_cancellations)
     ready.set()  # the parent waits for the port to accept; it ends this process with SIGTERM
-    if server == "granian":
-        from granian.constants import HTTPModes, Interfaces
-        from granian.server.embed import Server
+    from quotaflow.http_server import serve_http
 
-        # Rust HTTP/1.1 + HTTP/2 (h2c prior knowledge in "auto"), the app on this event loop.
-        embedded = Server(
-            app,
-            "127.0.0.1",
-            port,
-            interface=Interfaces.ASGI,
-            http=HTTPModes.auto,
-            log_enabled=False,
-        )
-        await embedded.serve()
-        return
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
-
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.h2_max_concurrent_streams = 256
-    # hypercorn's default sends GOAWAY after 1,000 requests on a connection; an SBI peer keeps
-    # its HTTP/2 connections for hours (the server should set this too).
-    config.keep_alive_max_requests = 2**62
-    await hypercorn_serve(app, config)  # type: ignore[arg-type]
+    # The server's own HTTP server code, as `quotaflow serve` runs it.
+    await serve_http(app, "127.0.0.1", port, asyncio.Event(), server)
 
 
 def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     # hypercorn logs each connection task cancelled as its client hangs up: noise here.
     if not isinstance(context.get("exception"), asyncio.CancelledError):
         loop.default_exception_handler(context)
-
-
-# ---------------------------------------------------------------------- a small h2c client
-
-
-class H2Client:
-    """One HTTP/2 connection with prior knowledge; many concurrent streams."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        )
-        self.pending: dict[
-            int,
-            tuple[
-                asyncio.Future[tuple[int, bytes, dict[str, str]]], list[int | bytes], dict[str, str]
-            ],
-        ] = {}
-        self.writer: asyncio.StreamWriter | None = None
-        self.reader_task: asyncio.Task[None] | None = None
-
-    async def connect(self) -> None:
-        reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(2**30)
-        self.writer.write(self.conn.data_to_send())
-        self.reader_task = asyncio.create_task(self._read(reader))
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while data := await reader.read(262_144):
-            for event in self.conn.receive_data(data):
-                self._event(event)
-            out = self.conn.data_to_send()
-            if out and self.writer is not None:
-                self.writer.write(out)
-        for fut, _, _ in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("connection closed"))
-
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            entry = self.pending.get(event.stream_id)
-            if entry is not None:
-                for name, value in event.headers:
-                    entry[2][str(name)] = str(value)
-        elif isinstance(event, h2.events.DataReceived):
-            entry = self.pending.get(event.stream_id)
-            if entry is not None:
-                entry[1].append(event.data)
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-            entry = self.pending.pop(event.stream_id, None)
-            if entry is not None and not entry[0].done():
-                fut, chunks, headers = entry
-                body = b"".join(c for c in chunks if isinstance(c, bytes))
-                fut.set_result((int(headers.get(":status", "0")), body, headers))
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        assert self.writer is not None
-        stream_id = self.conn.get_next_available_stream_id()
-        fut: asyncio.Future[tuple[int, bytes, dict[str, str]]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.pending[stream_id] = (fut, [], {})
-        self.conn.send_headers(
-            stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":authority", f"{self.host}:{self.port}"),
-                (":path", path),
-                ("content-type", "application/json"),
-                ("content-length", str(len(body))),
-            ],
-        )
-        self.conn.send_data(stream_id, body, end_stream=True)
-        self.writer.write(self.conn.data_to_send())
-        return await fut
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.conn.close_connection()
-            self.writer.write(self.conn.data_to_send())
-            self.writer.close()
-        if self.reader_task is not None:
-            self.reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await self.reader_task
 
 
 def _imsi(i: int) -> str:
@@ -252,68 +168,68 @@ def client(port: int, args: dict[str, Any], out: Any) -> None:
 
 
 async def _client(port: int, args: dict[str, Any]) -> dict[str, Any]:
-    conns = [H2Client("127.0.0.1", port) for _ in range(args["connections"])]
-    for c in conns:
-        await c.connect()
+    conns = [await h2c_load.connect("127.0.0.1", port) for _ in range(args["connections"])]
+    users = args["connections"] * args["streams"]
+    assert args["sessions"] >= users, "every virtual user needs sessions of its own"
     refs: list[str] = []
     for i in range(args["sessions"]):
-        status, _, headers = await conns[i % len(conns)].post(
+        status, headers, _ = await conns[i % len(conns)].request(
             f"{BASE}/chargingdata", _request(0, i % args["subscribers"], 0, charging_id=i)
         )
         assert status == 201, status
         refs.append(headers["location"].rsplit("/", 1)[1])
-    results = {}
-    update_body = _request(1, 0, 1000)
-    for name in ("bare", "update"):
-        results[name] = await _load(conns, refs, args, bare=(name == "bare"), body=update_body)
+
+    # Pre-built bodies: per session a template split at its sequence number, so a request
+    # costs the client a bytes join. Every update is new (its own invocationSequenceNumber).
+    marker = b"4294967295"
+    templates = []
+    for s, ref in enumerate(refs):
+        head, tail = _request(2**32 - 1, s % args["subscribers"], 100_000).split(marker, 1)
+        tail_a, tail_b = tail.split(marker, 1)  # localSequenceNumber repeats it
+        path = f"{BASE}/chargingdata/{ref}/update".encode()
+        templates.append((path, head, tail_a, tail_b))
+    mine = [list(range(u, len(refs), users)) for u in range(users)]  # disjoint sessions
+    turns = [0] * users
+    seqs = [0] * len(refs)
+    bare_body = _request(1, 0, 1000)
+
+    def bare(_user: int) -> tuple[bytes, bytes]:
+        return b"/bare", bare_body
+
+    def update(user: int) -> tuple[bytes, bytes]:
+        sessions = mine[user]
+        s = sessions[turns[user] % len(sessions)]
+        turns[user] += 1
+        seqs[s] += 1
+        path, head, tail_a, tail_b = templates[s]
+        n = str(seqs[s]).encode()
+        return path, head + n + tail_a + n + tail_b
+
+    results: dict[str, Any] = {}
+    for name, make in (("bare", bare), ("update", update)):
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        server0, loop0 = _cpu_s(args["server_pid"]), _cpu_s(args["server_pid"], thread=True)
+        r = await h2c_load.closed_loop(conns, users, args["seconds"], 1.0, make, ok_status=200)
+        wall = time.perf_counter() - t0
+        r["client_cpu"] = (time.process_time() - cpu0) / wall
+        # CPU the server spent per request, all its threads and its event loop's thread alone
+        # (warm-up included on both sides of the division): steadier than req/s on a shared
+        # machine.
+        sent = r["requests"] * (wall / (wall - 1.0))
+        r["server_us"] = 1e6 * (_cpu_s(args["server_pid"]) - server0) / sent
+        r["loop_us"] = 1e6 * (_cpu_s(args["server_pid"], thread=True) - loop0) / sent
+        results[name] = r
     for c in conns:
-        await c.close()
+        c.close()
     return results
 
 
-async def _load(
-    conns: list[H2Client], refs: list[str], args: dict[str, Any], *, bare: bool, body: bytes
-) -> dict[str, Any]:
-    users = args["connections"] * args["streams"]
-    assert len(refs) >= users, "every virtual user needs sessions of its own"
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + args["seconds"]
-    warmup_until = time.perf_counter() + 1.0
-    seqs = dict.fromkeys(range(len(refs)), 0)
-
-    async def user(u: int) -> None:
-        nonlocal errors
-        conn = conns[u % len(conns)]
-        mine = list(range(u, len(refs), users))  # disjoint sessions: sequence numbers stay ours
-        k = 0
-        while (now := time.perf_counter()) < deadline:
-            s = mine[k % len(mine)]
-            k += 1
-            if bare:
-                path, payload = "/bare", body
-            else:
-                seqs[s] += 1
-                path = f"{BASE}/chargingdata/{refs[s]}/update"
-                payload = _request(seqs[s], s % args["subscribers"], 100_000)
-            status, _, _ = await conn.post(path, payload)
-            if status != 200:
-                errors += 1
-            if now >= warmup_until:
-                latencies.append(time.perf_counter() - now)
-
-    await asyncio.gather(*(user(u) for u in range(users)))
-    measured_s = time.perf_counter() - warmup_until  # requests started after the warm-up
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "requests": n,
-        "per_s": n / measured_s,
-        "p50_ms": 1000 * latencies[n // 2] if n else 0.0,
-        "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
-        "mean_ms": 1000 * statistics.fmean(latencies) if n else 0.0,
-        "errors": errors,
-    }
+def _cpu_s(pid: int, *, thread: bool = False) -> float:
+    """CPU seconds (user + system) of a process, or of its main thread only."""
+    path = f"/proc/{pid}/task/{pid}/stat" if thread else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _h2load(port: int, seconds: int, connections: int, streams: int) -> float | None:
@@ -386,9 +302,9 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=2_000)
     p.add_argument(
         "--server",
-        choices=["hypercorn", "granian"],
-        default="hypercorn",
-        help="HTTP server for both figures (granian: optional, pip install granian)",
+        choices=["granian", "hypercorn"],
+        default="granian",
+        help="HTTP server for both figures ([http] server in the configuration)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = vars(p.parse_args())
@@ -405,6 +321,7 @@ def main() -> int:
                 raise RuntimeError("server did not start")
             _wait_port(port)
             out = ctx.Queue()
+            args["server_pid"] = server.pid
             worker = ctx.Process(target=client, args=(port, args, out))
             worker.start()
             results = _result(out, worker, timeout_s=args["seconds"] * 3 + 300)
@@ -419,13 +336,19 @@ def main() -> int:
         f"{args['connections']} connections x "
         f"{args['streams']} streams, {args['seconds']} s each"
     )
-    print("| figure | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|")
+    print(
+        "| figure | req/s | p50 ms | p99 ms | errors | client CPU "
+        "| server CPU us/req (loop thread) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, r in (("bare endpoint (ceiling)", bare), ("update (charge + grant)", update)):
         print(
             f"| {name} | {r['per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['errors']} |"
+            f"{r['errors']} | {100 * r['client_cpu']:.0f}% | "
+            f"{r['server_us']:.0f} ({r['loop_us']:.0f}) |"
         )
+        for problem in r["conn_errors"]:
+            print(f"  connection error: {problem}")
     ratio = update["per_s"] / bare["per_s"] if bare["per_s"] else 0.0
     print(f"ratio update / bare endpoint, same client and stack: {ratio:.2f}")
     if h2load_bare is not None:

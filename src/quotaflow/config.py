@@ -9,6 +9,7 @@ from typing import Any
 
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.engine import GrantPolicy, UnitGrantLimits
+from quotaflow.http_server import HTTP_SERVERS, HttpServerKind
 from quotaflow.interop.service import Operator, OperatorDirectory
 from quotaflow.ledger import Limits, Unit
 from quotaflow.rating import TariffBook, TariffError, load_text
@@ -30,6 +31,8 @@ class Config:
     data_dir: Path = Path("./quotaflow-data")
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # The HTTP server of every HTTP listener (see http_server.py).
+    http_server: HttpServerKind = "granian"
     # A separate listener for the 5G SBI (Nchf); None serves it on the HTTP listener.
     sbi_host: str | None = None
     sbi_port: int | None = None
@@ -83,6 +86,10 @@ def load(path: str | Path | None) -> Config:
     http = _section(doc, "http")
     cfg.http_host = str(http.get("host", cfg.http_host))
     cfg.http_port = _int(http, "port", "http", cfg.http_port)
+    server_kind = http.get("server", cfg.http_server)
+    if server_kind not in HTTP_SERVERS:
+        raise ConfigError(f"http.server must be one of {', '.join(HTTP_SERVERS)}")
+    cfg.http_server = server_kind
     sbi = _section(doc, "sbi")
     if sbi:
         cfg.sbi_host = str(sbi.get("host", cfg.http_host))

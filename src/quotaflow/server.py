@@ -9,8 +9,6 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
@@ -20,9 +18,10 @@ from quotaflow.config import Config
 from quotaflow.diameter.gy import start_gy
 from quotaflow.engine import Engine
 from quotaflow.groups import CounterWatch, GroupApi
+from quotaflow.http_server import serve_http
 from quotaflow.interop import InteropApi, InteropService
 from quotaflow.metrics import watch_store
-from quotaflow.nchf import BASE_PATH, create_app, problem_exception_handlers
+from quotaflow.nchf import BASE_PATH, NchfApp, create_app, problem_exception_handlers
 from quotaflow.rating import Rater
 from quotaflow.rating.api import TariffApi, persisted_tariffs
 from quotaflow.store import EmbeddedStore
@@ -31,7 +30,7 @@ from quotaflow.transfers import TransferApi
 log = logging.getLogger("quotaflow.server")
 
 
-def build_app(engine: Engine, cfg: Config, nchf: Starlette | None) -> Starlette:
+def build_app(engine: Engine, cfg: Config, nchf: NchfApp | None) -> Starlette:
     """The HTTP listener: /v1, /metrics and, unless it has its own listener, Nchf."""
     routes: list[BaseRoute] = list(ManagementApi(engine).routes())
     routes += TariffApi(engine, cfg.data_dir, cfg.tariff_file).routes()
@@ -41,17 +40,6 @@ def build_app(engine: Engine, cfg: Config, nchf: Starlette | None) -> Starlette:
         routes.append(Mount(BASE_PATH, app=nchf))
     # Problem details for what no route matches, as the SBI requires (plain text otherwise).
     return Starlette(routes=routes, exception_handlers=problem_exception_handlers())
-
-
-def _hypercorn(host: str, port: int) -> HypercornConfig:
-    hc = HypercornConfig()
-    hc.bind = [f"{host}:{port}"]
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("quotaflow.http")
-    hc.keep_alive_timeout = 75
-    hc.h2_max_concurrent_streams = 256
-    hc.keep_alive_max_requests = 2**62  # hypercorn's default sends GOAWAY every 1,000 requests
-    return hc
 
 
 class Server:
@@ -86,13 +74,18 @@ class Server:
         app = build_app(self.engine, cfg, None if separate_sbi else nchf)
         app.router.routes.extend([*records.routes(self._records), *notify.routes(self._notify)])
         app.router.routes.extend(InteropApi(self.engine, self._interop).routes())
-        self._tasks.append(asyncio.create_task(self._serve(app, cfg.http_host, cfg.http_port)))
+        # Nchf requests go straight to the Nchf app; the Starlette app (and its Mount of the
+        # same Nchf app) sees only the rest, which keeps its routing off the hot path.
+        front = app if nchf is None or separate_sbi else nchf.in_front_of(app)
+        self._tasks.append(asyncio.create_task(self._serve(front, cfg.http_host, cfg.http_port)))
         if separate_sbi and nchf is not None:
             sbi = Starlette(
                 routes=[Mount(BASE_PATH, app=nchf)], exception_handlers=problem_exception_handlers()
             )
             sbi_host = cfg.sbi_host or cfg.http_host
-            self._tasks.append(asyncio.create_task(self._serve(sbi, sbi_host, cfg.sbi_port or 0)))
+            self._tasks.append(
+                asyncio.create_task(self._serve(nchf.in_front_of(sbi), sbi_host, cfg.sbi_port or 0))
+            )
         if cfg.diameter_enabled:
             self._stoppers.append(await start_gy(self.engine, cfg, cfg.diameter_gy))
         await self._wait_listening(cfg.http_host, cfg.http_port)
@@ -107,8 +100,8 @@ class Server:
             },
         )
 
-    async def _serve(self, app: Starlette, host: str, port: int) -> None:
-        await hypercorn_serve(app, _hypercorn(host, port), shutdown_trigger=self._stop_http.wait)  # type: ignore[arg-type]
+    async def _serve(self, app: Any, host: str, port: int) -> None:
+        await serve_http(app, host, port, self._stop_http, self.cfg.http_server)
 
     async def _wait_listening(self, host: str, port: int) -> None:
         for _ in range(200):

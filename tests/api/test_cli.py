@@ -60,7 +60,8 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     )
     path = tmp_path / "q.toml"
     path.write_text(
-        "[http]\nport = 9090\n[grants]\nvalidity_s = 120\n[grants.octets]\nmin = 1\n"
+        '[http]\nport = 9090\nserver = "hypercorn"\n'
+        "[grants]\nvalidity_s = 120\n[grants.octets]\nmin = 1\n"
         'default = 2\nmax = 3\n[rating]\ntariff_file = "TARIFF"\n'
         '[diameter]\npeers = [{ origin_host = "pgw.example", address = "127.0.0.1" }]\n'
         '[records]\nformats = ["jsonl", "csv"]\nrotate_s = 600\n'
@@ -69,6 +70,8 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("TARIFF", str(tariff)))
     cfg = load(path)
     assert cfg.http_port == 9090 and cfg.grants.validity_s == 120
+    assert cfg.http_server == "hypercorn"
+    assert load(None).http_server == "granian"
     assert cfg.grants.limits[Unit.OCTETS].max_units == 3
     assert cfg.tariffs is not None
     service = cfg.tariffs.plans["p"].services[0]
@@ -83,6 +86,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("[http]\nport = -1\n", "http.port"),
+        ('[http]\nserver = "uvicorn"\n', "http.server"),
         ("[grants.octets]\nmin = 10\ndefault = 5\n", "grants.octets"),
         ('[rating]\ntariff_file = "/nonexistent/t.toml"\n', "cannot read tariff file"),
         ('[records]\nformats = ["xml"]\n', "records.formats"),

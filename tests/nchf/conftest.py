@@ -1,4 +1,5 @@
-"""A live CHF for the Nchf tests: EmbeddedStore + Engine + the Nchf app under hypercorn.
+"""A live CHF for the Nchf tests: EmbeddedStore + Engine + the Nchf app under the server's HTTP
+server (granian; QUOTAFLOW_HTTP_SERVER=hypercorn runs them on hypercorn).
 
 Every request a test sends and every response it gets go through `SpecClient`, which checks
 both against the 3GPP OpenAPI (TS 32.291 Rel-17) with openapi-core over real HTTP/2 (h2c with
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable
@@ -24,8 +24,6 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
 from jsonschema_path import SchemaPath
 from jsonschema_path.handlers import default_handlers
 from jsonschema_path.handlers.urllib import UrllibHandler
@@ -40,8 +38,9 @@ from starlette.routing import Mount, Route
 from werkzeug.datastructures import Headers
 
 from quotaflow.engine import Engine
+from quotaflow.http_server import HTTP_SERVERS, HttpServerKind, serve_http
 from quotaflow.ledger import Unit
-from quotaflow.nchf import BASE_PATH, NchfConfig, create_app, problem_exception_handlers
+from quotaflow.nchf import BASE_PATH, NchfApp, NchfConfig, create_app, problem_exception_handlers
 from quotaflow.store import EmbeddedStore
 
 SPEC_DIR = Path(
@@ -68,18 +67,20 @@ def free_port() -> int:
         return port
 
 
+def http_server_kind() -> HttpServerKind:
+    kind = os.environ.get("QUOTAFLOW_HTTP_SERVER", "granian")
+    assert kind in HTTP_SERVERS, kind
+    return kind  # type: ignore[return-value]
+
+
 @contextlib.asynccontextmanager
 async def serve_app(app: Any, port: int | None = None) -> AsyncIterator[str]:
-    """Serve an ASGI app with hypercorn (h2c prior knowledge and HTTP/1.1) on loopback."""
+    """Serve an ASGI app as the server does (h2c prior knowledge and HTTP/1.1) on loopback."""
     port = port or free_port()
-    config = HypercornConfig()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("tests.hypercorn")
-    config.graceful_timeout = 1.0
-    config.h2_max_concurrent_streams = 256
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    task = asyncio.create_task(
+        serve_http(app, "127.0.0.1", port, stop, http_server_kind(), grace_s=1.0)
+    )
     for _ in range(400):
         if task.done():
             task.result()  # a bind failure surfaces here
@@ -93,7 +94,7 @@ async def serve_app(app: Any, port: int | None = None) -> AsyncIterator[str]:
             await writer.wait_closed()
         break
     else:
-        raise RuntimeError(f"hypercorn did not come up on port {port}")
+        raise RuntimeError(f"the HTTP server did not come up on port {port}")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -106,7 +107,7 @@ class LiveChf:
     origin: str  # http://127.0.0.1:PORT
     engine: Engine
     store: EmbeddedStore
-    app: Starlette
+    app: NchfApp
 
     @property
     def api(self) -> str:
@@ -128,7 +129,8 @@ async def serve_for_tests(
         routes=[Mount(BASE_PATH, app=nchf)], exception_handlers=problem_exception_handlers()
     )
     try:
-        async with serve_app(root) as origin:
+        # As the server serves it: Nchf paths straight to the Nchf app, the rest to Starlette.
+        async with serve_app(nchf.in_front_of(root)) as origin:
             yield LiveChf(origin, engine, store, nchf)
     finally:
         await nchf.state.nchf_close()

@@ -4,7 +4,7 @@ Wire mapping only: ChargingDataRequest JSON to engine session calls and their an
 ChargingDataResponse JSON or ProblemDetails; ChargingNotify from engine events.
 """
 
-from quotaflow.nchf._app import create_app, problem_exception_handlers
+from quotaflow.nchf._app import NchfApp, create_app, problem_exception_handlers
 from quotaflow.nchf._config import BASE_PATH, NchfConfig
 
-__all__ = ["BASE_PATH", "NchfConfig", "create_app", "problem_exception_handlers"]
+__all__ = ["BASE_PATH", "NchfApp", "NchfConfig", "create_app", "problem_exception_handlers"]

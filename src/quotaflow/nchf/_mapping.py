@@ -7,6 +7,7 @@ grants, thresholds and times into int32) and every timestamp with its time zone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,7 @@ _THRESHOLD_FIELD = {
 _IMMEDIATE = "IMMEDIATE_REPORT"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as the parsed request (_wire.Units): built per answer
 class Charged:
     """One rating group of a request with the engine's answer for it."""
 
@@ -85,8 +86,17 @@ def charged(
     return result
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def timestamp_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now in RFC 3339 with milliseconds; formatted once per millisecond, not per answer."""
+    global _last_stamp
+    ms = time.time_ns() // 1_000_000
+    if ms != _last_stamp[0]:
+        when = datetime.fromtimestamp(ms / 1000, UTC)
+        _last_stamp = (ms, when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return _last_stamp[1]
 
 
 def charging_data_response(
@@ -110,6 +120,13 @@ def _trigger(kind: str) -> dict[str, str]:
     return {"triggerType": kind, "triggerCategory": _IMMEDIATE}
 
 
+# Built once and shared by every answer: they are only ever serialised, never changed.
+_QUOTA_EXHAUSTED = _trigger("QUOTA_EXHAUSTED")
+_VALIDITY_TIME = _trigger("VALIDITY_TIME")
+_QHT = _trigger("QHT")
+_QUOTA_THRESHOLD = _trigger("QUOTA_THRESHOLD")
+
+
 def unit_information(group: Charged, config: NchfConfig) -> dict[str, Any]:
     answer = group.answer
     info: dict[str, Any] = {"ratingGroup": group.usage.rating_group}
@@ -128,7 +145,7 @@ def unit_information(group: Charged, config: NchfConfig) -> dict[str, Any]:
         denied = result is ServiceResult.BARRED
         info["resultCode"] = "END_USER_SERVICE_DENIED" if denied else "QUOTA_LIMIT_REACHED"
         # QUOTA_EXHAUSTED with no grant is how free5GC learns to set the quota to zero.
-        info["triggers"] = [_trigger("QUOTA_EXHAUSTED")]
+        info["triggers"] = [_QUOTA_EXHAUSTED]
     return info
 
 
@@ -138,17 +155,17 @@ def _grant(info: dict[str, Any], group: Charged, config: NchfConfig) -> None:
     info["grantedUnit"] = {_GRANT_FIELD[group.unit]: granted}
     info["validityTime"] = _i32(answer.validity_s)
     # free5GC installs an online grant only when QUOTA_EXHAUSTED is among the triggers.
-    triggers = [_trigger("QUOTA_EXHAUSTED"), _trigger("VALIDITY_TIME")]
+    triggers = [_QUOTA_EXHAUSTED, _VALIDITY_TIME]
     if config.quota_holding_time_s:
         info["quotaHoldingTime"] = _i32(config.quota_holding_time_s)
-        triggers.append(_trigger("QHT"))
+        triggers.append(_QHT)
     if answer.final:
         info["finalUnitIndication"] = {"finalUnitAction": config.final_unit_action}
     else:
         threshold = granted * config.online_threshold_percent // 100
         if threshold:
             info[_THRESHOLD_FIELD[group.unit]] = threshold
-            triggers.append(_trigger("QUOTA_THRESHOLD"))
+            triggers.append(_QUOTA_THRESHOLD)
     info["triggers"] = triggers
 
 
@@ -160,4 +177,4 @@ def _offline_threshold(info: dict[str, Any], unit: Unit, config: NchfConfig) -> 
     }[unit]
     if threshold:
         info[_THRESHOLD_FIELD[unit]] = _i32(threshold)
-        info["triggers"] = [_trigger("QUOTA_THRESHOLD")]
+        info["triggers"] = [_QUOTA_THRESHOLD]

@@ -31,7 +31,14 @@ _DATE_TIME = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
 )
 _IDENTITY_PREFIXES = ("imsi-", "nai-", "msisdn-")
-_USED_FIELDS = ("time", "totalVolume", "uplinkVolume", "downlinkVolume", "serviceSpecificUnits")
+# Each unit attribute with its largest value (Uint32 for time, Uint64 for the others).
+_UNIT_FIELDS = (
+    ("time", UINT32_MAX),
+    ("totalVolume", UINT64_MAX),
+    ("uplinkVolume", UINT64_MAX),
+    ("downlinkVolume", UINT64_MAX),
+    ("serviceSpecificUnits", UINT64_MAX),
+)
 
 
 class WireError(Exception):
@@ -44,7 +51,9 @@ class WireError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+# Parsed per request and never changed afterwards, but not frozen: a frozen dataclass is built
+# field by field through object.__setattr__, about 5x the cost (~1.8 us against 0.4 here).
+@dataclass(slots=True)
 class Units:
     """One RequestedUnit or the sum of a group's UsedUnitContainers (absent fields are 0)."""
 
@@ -60,7 +69,10 @@ class Units:
         return self.total_volume or self.uplink_volume + self.downlink_volume
 
 
-@dataclass(frozen=True, slots=True)
+_NO_UNITS = Units()
+
+
+@dataclass(slots=True)
 class UnitUsage:
     """One multipleUnitUsage entry."""
 
@@ -71,7 +83,7 @@ class UnitUsage:
     upf_id: str | None  # echoed in the answer: free5GC matches grants to its UPF by it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChargingRequest:
     sequence_number: int
     supi: str | None
@@ -148,13 +160,14 @@ def _usage(item: dict[str, Any], where: str) -> UnitUsage:
     containers = item.get("usedUnitContainer")
     if containers is not None and not isinstance(containers, list):
         raise _bad(f"{where}/usedUnitContainer", containers, "an array", False)
-    used = Units()
+    used = _NO_UNITS
     offline = False
     for j, container in enumerate(containers or ()):
         at = f"{where}/usedUnitContainer/{j}"
         if not isinstance(container, dict):
             raise _bad(at, container, "an object", False)
-        used = _add(used, _units(container, at))
+        units = _units(container, at)
+        used = units if used is _NO_UNITS else _add(used, units)
         indicator = container.get("quotaManagementIndicator")
         if indicator is not None and not isinstance(indicator, str):
             raise _bad(f"{at}/quotaManagementIndicator", indicator, "a string", False)
@@ -166,12 +179,19 @@ def _usage(item: dict[str, Any], where: str) -> UnitUsage:
 
 
 def _units(doc: dict[str, Any], where: str) -> Units:
-    values = [
-        _uint(doc, name, where, UINT32_MAX if name == "time" else UINT64_MAX, mandatory=False)
-        for name in _USED_FIELDS
-    ]
-    time, total, up, down, specific = (v or 0 for v in values)
-    return Units(time, total, up, down, specific)
+    if not doc:  # an empty requestedUnit: the common case of online charging
+        return _NO_UNITS
+    values: list[int] = []
+    for name, top in _UNIT_FIELDS:
+        value = doc.get(name)
+        if value is None:
+            values.append(0)
+        # type() rather than isinstance: JSON true/false are bools, which are ints too.
+        elif type(value) is int and 0 <= value <= top:
+            values.append(value)
+        else:
+            raise _bad(f"{where}/{name}", value, f"an integer in [0, {top}]", False)
+    return Units(*values)
 
 
 def _add(a: Units, b: Units) -> Units:
@@ -223,9 +243,12 @@ def _valid_date_time(value: str) -> bool:
     if _DATE_TIME.match(value) is None:
         return False
     try:
-        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except ValueError:  # e.g. month 13
-        return False
+        datetime.fromisoformat(value)  # Python 3.11 takes "Z" and 1-9 fraction digits as is
+    except ValueError:
+        try:
+            datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        except ValueError:  # e.g. month 13
+            return False
     return True
 
 
