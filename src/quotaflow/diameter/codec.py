@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import struct
 
-from quotaflow.diameter._values import ValueProblem, decode_value, encode_value, zero_payload
+from quotaflow.diameter._values import (
+    ValueDecoder,
+    ValueProblem,
+    decode_value,
+    encode_value,
+    value_decoder,
+    zero_payload,
+)
 from quotaflow.diameter.constants import (
     AVP_FLAG_MANDATORY,
     AVP_FLAG_VENDOR,
@@ -43,28 +50,49 @@ AVP_COUNT_MAX = 4096
 def encode_avp(avp: Avp) -> bytes:
     """One AVP, padded to a multiple of 4 octets."""
     value = avp.value
+    definition = avp.definition
+    kind = type(value)
     if isinstance(value, list):
         data = b"".join([encode_avp(child) for child in value])
-    elif avp.definition is None or isinstance(value, bytes):
+    elif definition is None or isinstance(value, bytes):
         # Raw AVPs (unknown, or kept as received for Failed-AVP) and OctetStrings go out
         # byte for byte.
         if not isinstance(value, bytes):
             raise TypeError(f"raw AVP {avp.name} needs a bytes value")
         data = value
+    elif kind is int and (packer := _INT_PACKERS.get(definition.type)) is not None:
+        # The common case of every answer, without encode_value's dispatch.
+        try:
+            data = packer.pack(value)
+        except struct.error as exc:
+            raise ValueError(f"{value!r} does not fit {definition.type}: {exc}") from None
+    elif kind is str and definition.type in _TEXT_TYPES:
+        data = value.encode()  # type: ignore[union-attr]
     else:
-        data = encode_value(avp.definition.type, value)
+        data = encode_value(definition.type, value)
     flags = avp.flags
     if avp.vendor_id:
-        flags |= AVP_FLAG_VENDOR
         length = 12 + len(data)
-        head = _S_AVP_VENDOR.pack(avp.code, (flags << 24) | length, avp.vendor_id)
+        head = _S_AVP_VENDOR.pack(
+            avp.code, ((flags | AVP_FLAG_VENDOR) << 24) | length, avp.vendor_id
+        )
     else:
-        flags &= ~AVP_FLAG_VENDOR
         length = 8 + len(data)
-        head = _S_AVP.pack(avp.code, (flags << 24) | length)
+        head = _S_AVP.pack(avp.code, ((flags & ~AVP_FLAG_VENDOR) << 24) | length)
     if length > AVP_LENGTH_MAX:
         raise ValueError(f"{avp.name} is {length} octets, above the 24-bit AVP length")
-    return head + data + b"\0" * (-length % 4)
+    return head + data + _PADDING[length & 3]
+
+
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4
+_INT_PACKERS: dict[AvpType, struct.Struct] = {
+    AvpType.UNSIGNED32: struct.Struct(">I"),
+    AvpType.UNSIGNED64: struct.Struct(">Q"),
+    AvpType.INTEGER32: struct.Struct(">i"),
+    AvpType.INTEGER64: struct.Struct(">q"),
+    AvpType.ENUMERATED: struct.Struct(">i"),
+}
+_TEXT_TYPES = frozenset({AvpType.UTF8_STRING, AvpType.DIAMETER_IDENTITY, AvpType.DIAMETER_URI})
 
 
 def encode_message(message: Message) -> bytes:
@@ -128,7 +156,11 @@ def decode_message(data: bytes, dictionary: Dictionary | None = None) -> Message
     """
     dictionary = dictionary if dictionary is not None else default_dictionary()
     data = bytes(data)
-    header = decode_header(data)
+    return decode_body(data, decode_header(data), dictionary)
+
+
+def decode_body(data: bytes, header: Header, dictionary: Dictionary) -> Message:
+    """decode_message for a frame whose header was decoded already."""
     if header.length != len(data):
         raise FramingError(
             ResultCode.INVALID_MESSAGE_LENGTH,
@@ -185,14 +217,26 @@ def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]
     return salvaged
 
 
+def _decoders(dictionary: Dictionary) -> dict[tuple[int, int], tuple[AvpDef, ValueDecoder | None]]:
+    """(definition, value decoder; None for Grouped) by (code, vendor), made once."""
+    table = dictionary.decoders
+    if table is None:
+        table = dictionary.decoders = {
+            key: (d, None if d.type is AvpType.GROUPED else value_decoder(d))
+            for key, d in dictionary.avps.items()
+        }
+    return table
+
+
 class _Decoder:
     """Walks the AVPs of one frame; counts them to enforce AVP_COUNT_MAX."""
 
-    __slots__ = ("count", "data", "dictionary")
+    __slots__ = ("count", "data", "dictionary", "table")
 
     def __init__(self, data: bytes, dictionary: Dictionary) -> None:
         self.data = data
         self.dictionary = dictionary
+        self.table = _decoders(dictionary)
         self.count = 0
 
     def avps(self, start: int, end: int, depth: int) -> list[Avp]:
@@ -201,19 +245,34 @@ class _Decoder:
             raise DiameterError(
                 ResultCode.INVALID_AVP_VALUE, f"Grouped AVPs nested deeper than {GROUPED_DEPTH_MAX}"
             )
+        # This loop runs for every AVP received: the common case (no vendor id, a length that
+        # fits) is read inline; anything else goes through _avp_header, which raises 5014.
         data = self.data
-        lookup = self.dictionary.avps.get
+        lookup = self.table.get
+        unpack = _S_AVP.unpack_from
         avps: list[Avp] = []
+        append = avps.append
         pos = start
         while pos < end:
-            code, flags, length, vendor_id, head = _avp_header(data, pos, end, self.dictionary)
+            if end - pos >= 8:
+                code, word = unpack(data, pos)
+                flags = word >> 24
+                length = word & 0xFFFFFF
+                vendor_id = 0
+                head = 8
+                if flags & AVP_FLAG_VENDOR or length < 8 or length > end - pos:
+                    code, flags, length, vendor_id, head = _avp_header(
+                        data, pos, end, self.dictionary
+                    )
+            else:
+                code, flags, length, vendor_id, head = _avp_header(data, pos, end, self.dictionary)
             self.count += 1
             if self.count > AVP_COUNT_MAX:
                 raise DiameterError(
                     ResultCode.RESOURCES_EXCEEDED, f"more than {AVP_COUNT_MAX} AVPs"
                 )
-            definition = lookup((code, vendor_id))
-            if definition is None:
+            entry = lookup((code, vendor_id))
+            if entry is None:
                 payload = data[pos + head : pos + length]
                 if flags & AVP_FLAG_MANDATORY:
                     raise DiameterError(
@@ -221,20 +280,32 @@ class _Decoder:
                         f"unknown mandatory AVP code {code} vendor {vendor_id}",
                         failed_avps=[Avp(code, payload, vendor_id, flags)],
                     )
-                avps.append(Avp(code, payload, vendor_id, flags))
+                append(Avp(code, payload, vendor_id, flags))
             else:
-                value = self._value(definition, pos + head, pos + length, depth, flags)
-                avps.append(Avp(code, value, vendor_id, flags, definition))
+                definition, decode = entry
+                value: AvpValue
+                if decode is None:
+                    value = self._grouped(definition, pos + head, pos + length, depth, flags)
+                else:
+                    try:
+                        value = decode(data, pos + head, pos + length)
+                    except ValueProblem as problem:
+                        # Failed-AVP: the offender as received.
+                        raise DiameterError(
+                            problem.result_code,
+                            str(problem),
+                            failed_avps=[
+                                Avp(code, data[pos + head : pos + length], vendor_id, flags)
+                            ],
+                        ) from None
+                append(Avp(code, value, vendor_id, flags, definition))
             pos += (length + 3) & ~3
         return avps
 
-    def _value(self, definition: AvpDef, start: int, end: int, depth: int, flags: int) -> AvpValue:
+    def _grouped(
+        self, definition: AvpDef, start: int, end: int, depth: int, flags: int
+    ) -> list[Avp]:
         try:
-            if definition.type is not AvpType.GROUPED:
-                try:
-                    return decode_value(definition, self.data[start:end])
-                except ValueProblem as problem:
-                    raise DiameterError(problem.result_code, str(problem)) from None
             if definition.opaque:
                 # Failed-AVP holds whatever broke elsewhere: keep members raw if they do not decode.
                 try:
@@ -244,10 +315,7 @@ class _Decoder:
             return self.avps(start, end, depth + 1)
         except DiameterError as error:
             # Failed-AVP: the offender as received, inside its enclosing Grouped AVPs.
-            if definition.type is AvpType.GROUPED and error.failed_avps:
-                inner: AvpValue = error.failed_avps
-            else:
-                inner = self.data[start:end]
+            inner: AvpValue = error.failed_avps if error.failed_avps else self.data[start:end]
             error.failed_avps = [Avp(definition.code, inner, definition.vendor_id, flags)]
             raise
 
