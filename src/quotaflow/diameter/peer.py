@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from quotaflow.diameter.codec import salvage_avps
+from quotaflow.diameter.codec import encode_message, salvage_avps
 from quotaflow.diameter.constants import (
     APPLICATION_CREDIT_CONTROL,
     APPLICATION_RELAY,
@@ -425,7 +425,7 @@ class PeerConnection:
                 raise PeerError(f"{self.config.pending_requests_max} requests already pending")
             self._assign_ids(message)
             self._pending[message.hop_by_hop] = message
-        self._outbound.append(message.encode())
+        self._outbound.append(encode_message(message))
 
     def _assign_ids(self, message: Message) -> None:
         if not message.hop_by_hop:
