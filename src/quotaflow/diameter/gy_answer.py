@@ -38,7 +38,37 @@ _THRESHOLD_AVP = {
 }
 # Request AVPs a CCA echoes (vendor 0 codes), in the answer's order.
 _SESSION_ID, _AUTH_APPLICATION_ID, _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 263, 258, 415, 416
-_ECHOED = (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)
+ECHOED = (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)
+_RESULT_CODE = 268
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """What a CCA copies from its request: the Session-Id, then the ECHOED AVPs present."""
+
+    session: Avp | None
+    echoed: list[Avp]
+
+
+def echo_of(request: Message) -> Echo:
+    session: Avp | None = None
+    echoed: dict[int, Avp] = {}
+    for avp in request.avps:
+        if avp.vendor_id:
+            continue
+        if avp.code == _SESSION_ID and session is None:
+            session = avp
+        elif avp.code in ECHOED and avp.code not in echoed:
+            echoed[avp.code] = avp
+    return Echo(session, [echoed[code] for code in ECHOED if code in echoed])
+
+
+def result_code_of(answer: Message) -> int:
+    """The top-level Result-Code (0 if none), found by code."""
+    for avp in answer.avps:
+        if avp.code == _RESULT_CODE and not avp.vendor_id and isinstance(avp.value, int):
+            return avp.value
+    return 0
 
 
 class AvpFactory:
@@ -73,21 +103,17 @@ class AvpFactory:
         return avp
 
 
-def credit_control_answer(request: Message, result_code: int, avps: AvpFactory) -> Message:
-    """The CCA skeleton (make_answer's, without its generic grammar walk)."""
+def credit_control_answer(
+    request: Message, result_code: int, avps: AvpFactory, echo: Echo | None = None
+) -> Message:
+    """The CCA skeleton (make_answer's, without its generic grammar walk). `echo` is what
+    echo_of(request) returns, when the caller has it already."""
     if is_protocol_error(result_code):
         return make_answer(request, result_code, avps.origin_host, avps.origin_realm)
-    head: list[Avp] = []
-    echoed: dict[int, Avp] = {}
-    for avp in request.avps:
-        if avp.vendor_id:
-            continue
-        if avp.code == _SESSION_ID and not head:
-            head.append(avp)
-        elif avp.code in _ECHOED and avp.code not in echoed:
-            echoed[avp.code] = avp
-    head += [avps.result_code(result_code), *avps.origin]
-    head += [echoed[code] for code in _ECHOED if code in echoed]
+    if echo is None:
+        echo = echo_of(request)
+    head = [] if echo.session is None else [echo.session]
+    head += [avps.result_code(result_code), *avps.origin, *echo.echoed]
     return Message(
         request.command_code,
         request.application_id,
