@@ -7,6 +7,8 @@ Result-Code and Failed-AVP RFC 6733 asks for; nothing else escapes decode_messag
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from quotaflow.diameter._values import (
     ValueDecoder,
@@ -25,6 +27,7 @@ from quotaflow.diameter.constants import (
     ResultCode,
 )
 from quotaflow.diameter.dictionary import (
+    FIXED_SIZE_OCTETS,
     GROUPED_DEPTH_MAX,
     AvpDef,
     AvpType,
@@ -217,26 +220,62 @@ def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]
     return salvaged
 
 
-def _decoders(dictionary: Dictionary) -> dict[tuple[int, int], tuple[AvpDef, ValueDecoder | None]]:
-    """(definition, value decoder; None for Grouped) by (code, vendor), made once."""
-    table = dictionary.decoders
-    if table is None:
-        table = dictionary.decoders = {
-            key: (d, None if d.type is AvpType.GROUPED else value_decoder(d))
-            for key, d in dictionary.avps.items()
-        }
-    return table
+# How the decoder reads one AVP's data: its definition, its value decoder (None for Grouped),
+# and for plain numbers (no strict enumeration) the unpacker and data size, read inline.
+_Entry = tuple[AvpDef, ValueDecoder | None, Callable[[bytes, int], tuple[Any, ...]] | None, int]
+# Vendor-0 entries by code alone (no key tuple to build), the others by (code, vendor).
+_Tables = tuple[dict[int, _Entry], dict[tuple[int, int], _Entry]]
+
+
+def _tables(dictionary: Dictionary) -> _Tables:
+    """The decoder's tables for a dictionary, made once."""
+    tables: _Tables | None = dictionary.decoders
+    if tables is None:
+        plain: dict[int, _Entry] = {}
+        vendor: dict[tuple[int, int], _Entry] = {}
+        for key, d in dictionary.avps.items():
+            entry: _Entry
+            if d.type is AvpType.GROUPED:
+                entry = (d, None, None, 0)
+            else:
+                unpacker = _PLAIN_NUMBERS.get(d.type)
+                if unpacker is not None and d.type is AvpType.ENUMERATED and d.enum_strict:
+                    unpacker = None
+                size = FIXED_SIZE_OCTETS.get(d.type, 0)
+                entry = (
+                    d,
+                    value_decoder(d),
+                    None if unpacker is None else unpacker.unpack_from,
+                    size,
+                )
+            if d.vendor_id:
+                vendor[key] = entry
+            else:
+                plain[d.code] = entry
+        tables = dictionary.decoders = (plain, vendor)
+    return tables
+
+
+_PLAIN_NUMBERS: dict[AvpType, struct.Struct] = {
+    AvpType.UNSIGNED32: struct.Struct(">I"),
+    AvpType.UNSIGNED64: struct.Struct(">Q"),
+    AvpType.INTEGER32: struct.Struct(">i"),
+    AvpType.INTEGER64: struct.Struct(">q"),
+    AvpType.ENUMERATED: struct.Struct(">i"),
+    AvpType.FLOAT32: struct.Struct(">f"),
+    AvpType.FLOAT64: struct.Struct(">d"),
+}
 
 
 class _Decoder:
     """Walks the AVPs of one frame; counts them to enforce AVP_COUNT_MAX."""
 
-    __slots__ = ("count", "data", "dictionary", "table")
+    __slots__ = ("count", "data", "dictionary", "plain", "vendor")
 
     def __init__(self, data: bytes, dictionary: Dictionary) -> None:
         self.data = data
         self.dictionary = dictionary
-        self.table = _decoders(dictionary)
+        self.plain, self.vendor = _tables(dictionary)
         self.count = 0
 
     def avps(self, start: int, end: int, depth: int) -> list[Avp]:
@@ -246,12 +285,14 @@ class _Decoder:
                 ResultCode.INVALID_AVP_VALUE, f"Grouped AVPs nested deeper than {GROUPED_DEPTH_MAX}"
             )
         # This loop runs for every AVP received: the common case (no vendor id, a length that
-        # fits) is read inline; anything else goes through _avp_header, which raises 5014.
+        # fits, a plain number) is read inline; anything else goes through _avp_header (which
+        # raises 5014) or the definition's value decoder.
         data = self.data
-        lookup = self.table.get
+        plain = self.plain.get
         unpack = _S_AVP.unpack_from
         avps: list[Avp] = []
         append = avps.append
+        count = self.count
         pos = start
         while pos < end:
             if end - pos >= 8:
@@ -260,18 +301,18 @@ class _Decoder:
                 length = word & 0xFFFFFF
                 vendor_id = 0
                 head = 8
-                if flags & AVP_FLAG_VENDOR or length < 8 or length > end - pos:
+                if flags & 0x80 or length < 8 or length > end - pos:  # 0x80: AVP_FLAG_VENDOR
                     code, flags, length, vendor_id, head = _avp_header(
                         data, pos, end, self.dictionary
                     )
             else:
                 code, flags, length, vendor_id, head = _avp_header(data, pos, end, self.dictionary)
-            self.count += 1
-            if self.count > AVP_COUNT_MAX:
+            count += 1
+            if count > AVP_COUNT_MAX:
                 raise DiameterError(
                     ResultCode.RESOURCES_EXCEEDED, f"more than {AVP_COUNT_MAX} AVPs"
                 )
-            entry = lookup((code, vendor_id))
+            entry = self.vendor.get((code, vendor_id)) if vendor_id else plain(code)
             if entry is None:
                 payload = data[pos + head : pos + length]
                 if flags & AVP_FLAG_MANDATORY:
@@ -282,10 +323,14 @@ class _Decoder:
                     )
                 append(Avp(code, payload, vendor_id, flags))
             else:
-                definition, decode = entry
+                definition, decode, number, size = entry
                 value: AvpValue
-                if decode is None:
+                if number is not None and length - head == size:
+                    value = number(data, pos + head)[0]
+                elif decode is None:
+                    self.count = count
                     value = self._grouped(definition, pos + head, pos + length, depth, flags)
+                    count = self.count
                 else:
                     try:
                         value = decode(data, pos + head, pos + length)
@@ -300,6 +345,7 @@ class _Decoder:
                         ) from None
                 append(Avp(code, value, vendor_id, flags, definition))
             pos += (length + 3) & ~3
+        self.count = count
         return avps
 
     def _grouped(

@@ -195,7 +195,7 @@ class Dictionary:
     applications: dict[int, str] = field(default_factory=dict)
     error_answer: Grammar = field(default_factory=lambda: parse_grammar(ERROR_ANSWER_ABNF))
     # The codec's per-AVP decoders, made from `avps` on first use (codec.py); reset on change.
-    decoders: dict[tuple[int, int], Any] | None = field(default=None, repr=False, compare=False)
+    decoders: Any = field(default=None, repr=False, compare=False)
 
     def add_avps(self, specs: Iterable[AvpSpec]) -> None:
         self.decoders = None
