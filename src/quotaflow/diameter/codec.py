@@ -52,39 +52,53 @@ AVP_COUNT_MAX = 4096
 
 def encode_avp(avp: Avp) -> bytes:
     """One AVP, padded to a multiple of 4 octets."""
-    value = avp.value
-    definition = avp.definition
-    kind = type(value)
-    if isinstance(value, list):
-        data = b"".join([encode_avp(child) for child in value])
-    elif definition is None or isinstance(value, bytes):
-        # Raw AVPs (unknown, or kept as received for Failed-AVP) and OctetStrings go out
-        # byte for byte.
-        if not isinstance(value, bytes):
-            raise TypeError(f"raw AVP {avp.name} needs a bytes value")
-        data = value
-    elif kind is int and (packer := _INT_PACKERS.get(definition.type)) is not None:
-        # The common case of every answer, without encode_value's dispatch.
-        try:
-            data = packer.pack(value)
-        except struct.error as exc:
-            raise ValueError(f"{value!r} does not fit {definition.type}: {exc}") from None
-    elif kind is str and definition.type in _TEXT_TYPES:
-        data = value.encode()  # type: ignore[union-attr]
-    else:
-        data = encode_value(definition.type, value)
-    flags = avp.flags
-    if avp.vendor_id:
-        length = 12 + len(data)
-        head = _S_AVP_VENDOR.pack(
-            avp.code, ((flags | AVP_FLAG_VENDOR) << 24) | length, avp.vendor_id
-        )
-    else:
-        length = 8 + len(data)
-        head = _S_AVP.pack(avp.code, ((flags & ~AVP_FLAG_VENDOR) << 24) | length)
-    if length > AVP_LENGTH_MAX:
-        raise ValueError(f"{avp.name} is {length} octets, above the 24-bit AVP length")
-    return head + data + _PADDING[length & 3]
+    return _encode_avps([avp])
+
+
+def _encode_avps(avps: list[Avp]) -> bytes:
+    """AVPs one after the other, each padded. One loop for a whole level (this runs for every
+    AVP sent): only Grouped members recurse."""
+    parts: list[bytes] = []
+    add = parts.append
+    for avp in avps:
+        value = avp.value
+        definition = avp.definition
+        kind = type(value)
+        if isinstance(value, list):
+            data = _encode_avps(value)
+        elif definition is None or isinstance(value, bytes):
+            # Raw AVPs (unknown, or kept as received for Failed-AVP) and OctetStrings go out
+            # byte for byte.
+            if not isinstance(value, bytes):
+                raise TypeError(f"raw AVP {avp.name} needs a bytes value")
+            data = value
+        elif (kind is int or (isinstance(value, int) and kind is not bool)) and (
+            packer := _INT_PACKERS.get(definition.type)
+        ) is not None:
+            # The common case of every answer (IntEnum members too), without encode_value's
+            # dispatch.
+            try:
+                data = packer.pack(value)
+            except struct.error as exc:
+                raise ValueError(f"{value!r} does not fit {definition.type}: {exc}") from None
+        elif kind is str and definition.type in _TEXT_TYPES:
+            data = value.encode()  # type: ignore[union-attr]
+        else:
+            data = encode_value(definition.type, value)
+        flags = avp.flags
+        if avp.vendor_id:
+            length = 12 + len(data)
+            word = ((flags | AVP_FLAG_VENDOR) << 24) | length
+            add(_S_AVP_VENDOR.pack(avp.code, word, avp.vendor_id))
+        else:
+            length = 8 + len(data)
+            add(_S_AVP.pack(avp.code, ((flags & ~AVP_FLAG_VENDOR) << 24) | length))
+        if length > AVP_LENGTH_MAX:
+            raise ValueError(f"{avp.name} is {length} octets, above the 24-bit AVP length")
+        add(data)
+        if length & 3:
+            add(_PADDING[length & 3])
+    return b"".join(parts)
 
 
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4
@@ -99,7 +113,7 @@ _TEXT_TYPES = frozenset({AvpType.UTF8_STRING, AvpType.DIAMETER_IDENTITY, AvpType
 
 
 def encode_message(message: Message) -> bytes:
-    body = b"".join([encode_avp(avp) for avp in message.avps])
+    body = _encode_avps(message.avps)
     length = HEADER_OCTETS + len(body)
     if length > AVP_LENGTH_MAX:
         raise ValueError(f"message is {length} octets, above the 24-bit message length")
