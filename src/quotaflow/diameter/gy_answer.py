@@ -188,9 +188,10 @@ def no_credit(ask: ServiceAsk, config: GyConfig) -> Outcome:
 def command_result(outcomes: Sequence[Outcome]) -> int:
     """2001 when any service succeeded or is kept restricted (or there is none), else the
     first service's code: the client then ends the session."""
-    if not outcomes or any(o.result_code == ResultCode.SUCCESS or o.kept for o in outcomes):
-        return ResultCode.SUCCESS
-    return outcomes[0].result_code
+    for o in outcomes:  # a loop, not any(): this runs for every answer
+        if o.result_code == ResultCode.SUCCESS or o.kept:
+            return ResultCode.SUCCESS
+    return outcomes[0].result_code if outcomes else ResultCode.SUCCESS
 
 
 def add_outcomes(
