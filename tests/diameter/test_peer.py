@@ -354,3 +354,21 @@ def test_too_short_length_closes_stream() -> None:
     conn = _open_server()
     events = conn.receive_data(struct.pack(">I", (1 << 24) | 8) + b"\0" * 16)
     assert isinstance(events[-1], ConnectionClosed)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+def test_frames_split_across_reads(chunk: int) -> None:
+    """Frames cut anywhere by TCP come out whole and in order; a partial frame waits."""
+    conn = _open_server()
+    frames = [open5gs_like_ccr(CcRequestType.UPDATE, n).encode() for n in range(3)]
+    stream = b"".join(frames)
+    events = []
+    for start in range(0, len(stream), chunk):
+        events += conn.receive_data(stream[start : start + chunk])
+    numbers = [e.request.get("CC-Request-Number") for e in events if isinstance(e, RequestReceived)]
+    assert numbers == [0, 1, 2] and len(events) == 3
+    # Half a frame: nothing yet; the rest completes it.
+    half = len(frames[0]) // 2
+    assert conn.receive_data(frames[0][:half]) == []
+    [event] = conn.receive_data(frames[0][half:])
+    assert isinstance(event, RequestReceived)

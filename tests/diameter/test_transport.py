@@ -17,11 +17,12 @@ from quotaflow.diameter import (
     PeerInfo,
     PeerNotConnectedError,
     build_rar,
+    decode_message,
     make_answer,
     serve_diameter,
 )
 
-from .helpers import CLIENT_HOST, CLIENT_REALM, open5gs_like_ccr
+from .helpers import CLIENT_HOST, CLIENT_REALM, cer, open5gs_like_ccr
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -186,3 +187,54 @@ def test_session_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+class _RecordingTransport:
+    """Stands in for the socket of one server-side connection; keeps each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 3868 if name == "sockname" else 40000)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _frames(data: bytes) -> list[Message]:
+    found = []
+    while data:
+        length = int.from_bytes(data[1:4], "big")
+        found.append(decode_message(data[:length]))
+        data = data[length:]
+    return found
+
+
+async def test_answers_ready_together_leave_in_one_write(server: DiameterServer) -> None:
+    """Answers completed in the same loop iteration are written with one transport.write,
+    and none is held back: all 20 arrive, each answering its own request."""
+    transport = _RecordingTransport()
+    link = server._new_link()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.data_received(cer().encode())
+    await asyncio.sleep(0)
+    assert [m.name for m in _frames(b"".join(transport.writes))] == ["CEA"]
+    transport.writes.clear()
+    requests = [open5gs_like_ccr(CcRequestType.UPDATE, n) for n in range(20)]
+    for hop, request in enumerate(requests, start=100):
+        request.hop_by_hop = request.end_to_end = hop
+    link.data_received(b"".join(r.encode() for r in requests))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(transport.writes) == 1
+    answers = _frames(transport.writes[0])
+    assert [a.hop_by_hop for a in answers] == list(range(100, 120))
+    assert [a.get("CC-Request-Number") for a in answers] == list(range(20))
+    link.abort("test over")

@@ -65,6 +65,10 @@ class PeerLink(asyncio.Protocol):
         self._waiters: dict[int, asyncio.Future[Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        # Answers released by one group commit are written in the same loop iteration: they
+        # are gathered here and sent in one transport.write (one syscall, not one each).
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     @property
     def peer(self) -> PeerInfo | None:
@@ -103,7 +107,21 @@ class PeerLink(asyncio.Protocol):
     # -- used by the server and the client -----------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Queue `data`; everything queued in this loop iteration goes out in one write."""
         if data and self.transport is not None and not self.transport.is_closing():
+            self._out.append(data)
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now."""
+        self._flush_handle = None
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def send_request(self, request: Message) -> asyncio.Future[Message]:
@@ -123,6 +141,9 @@ class PeerLink(asyncio.Protocol):
 
     def abort(self, reason: str) -> None:
         log.info("closing Diameter connection to %s: %s", self._name(), reason)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self.flush()  # what is queued (a DPA, an error answer) still goes before the close
         if self.transport is not None:
             self.transport.close()
         self._finish(reason)

@@ -7,8 +7,17 @@ Result-Code and Failed-AVP RFC 6733 asks for; nothing else escapes decode_messag
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
-from quotaflow.diameter._values import ValueProblem, decode_value, encode_value, zero_payload
+from quotaflow.diameter._values import (
+    ValueDecoder,
+    ValueProblem,
+    decode_value,
+    encode_value,
+    value_decoder,
+    zero_payload,
+)
 from quotaflow.diameter.constants import (
     AVP_FLAG_MANDATORY,
     AVP_FLAG_VENDOR,
@@ -18,6 +27,7 @@ from quotaflow.diameter.constants import (
     ResultCode,
 )
 from quotaflow.diameter.dictionary import (
+    FIXED_SIZE_OCTETS,
     GROUPED_DEPTH_MAX,
     AvpDef,
     AvpType,
@@ -42,33 +52,68 @@ AVP_COUNT_MAX = 4096
 
 def encode_avp(avp: Avp) -> bytes:
     """One AVP, padded to a multiple of 4 octets."""
-    value = avp.value
-    if isinstance(value, list):
-        data = b"".join([encode_avp(child) for child in value])
-    elif avp.definition is None or isinstance(value, bytes):
-        # Raw AVPs (unknown, or kept as received for Failed-AVP) and OctetStrings go out
-        # byte for byte.
-        if not isinstance(value, bytes):
-            raise TypeError(f"raw AVP {avp.name} needs a bytes value")
-        data = value
-    else:
-        data = encode_value(avp.definition.type, value)
-    flags = avp.flags
-    if avp.vendor_id:
-        flags |= AVP_FLAG_VENDOR
-        length = 12 + len(data)
-        head = _S_AVP_VENDOR.pack(avp.code, (flags << 24) | length, avp.vendor_id)
-    else:
-        flags &= ~AVP_FLAG_VENDOR
-        length = 8 + len(data)
-        head = _S_AVP.pack(avp.code, (flags << 24) | length)
-    if length > AVP_LENGTH_MAX:
-        raise ValueError(f"{avp.name} is {length} octets, above the 24-bit AVP length")
-    return head + data + b"\0" * (-length % 4)
+    return _encode_avps([avp])
+
+
+def _encode_avps(avps: list[Avp]) -> bytes:
+    """AVPs one after the other, each padded. One loop for a whole level (this runs for every
+    AVP sent): only Grouped members recurse."""
+    parts: list[bytes] = []
+    add = parts.append
+    for avp in avps:
+        value = avp.value
+        definition = avp.definition
+        kind = type(value)
+        if isinstance(value, list):
+            data = _encode_avps(value)
+        elif definition is None or isinstance(value, bytes):
+            # Raw AVPs (unknown, or kept as received for Failed-AVP) and OctetStrings go out
+            # byte for byte.
+            if not isinstance(value, bytes):
+                raise TypeError(f"raw AVP {avp.name} needs a bytes value")
+            data = value
+        elif (kind is int or (isinstance(value, int) and kind is not bool)) and (
+            packer := _INT_PACKERS.get(definition.type)
+        ) is not None:
+            # The common case of every answer (IntEnum members too), without encode_value's
+            # dispatch.
+            try:
+                data = packer.pack(value)
+            except struct.error as exc:
+                raise ValueError(f"{value!r} does not fit {definition.type}: {exc}") from None
+        elif kind is str and definition.type in _TEXT_TYPES:
+            data = value.encode()  # type: ignore[union-attr]
+        else:
+            data = encode_value(definition.type, value)
+        flags = avp.flags
+        if avp.vendor_id:
+            length = 12 + len(data)
+            word = ((flags | AVP_FLAG_VENDOR) << 24) | length
+            add(_S_AVP_VENDOR.pack(avp.code, word, avp.vendor_id))
+        else:
+            length = 8 + len(data)
+            add(_S_AVP.pack(avp.code, ((flags & ~AVP_FLAG_VENDOR) << 24) | length))
+        if length > AVP_LENGTH_MAX:
+            raise ValueError(f"{avp.name} is {length} octets, above the 24-bit AVP length")
+        add(data)
+        if length & 3:
+            add(_PADDING[length & 3])
+    return b"".join(parts)
+
+
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4
+_INT_PACKERS: dict[AvpType, struct.Struct] = {
+    AvpType.UNSIGNED32: struct.Struct(">I"),
+    AvpType.UNSIGNED64: struct.Struct(">Q"),
+    AvpType.INTEGER32: struct.Struct(">i"),
+    AvpType.INTEGER64: struct.Struct(">q"),
+    AvpType.ENUMERATED: struct.Struct(">i"),
+}
+_TEXT_TYPES = frozenset({AvpType.UTF8_STRING, AvpType.DIAMETER_IDENTITY, AvpType.DIAMETER_URI})
 
 
 def encode_message(message: Message) -> bytes:
-    body = b"".join([encode_avp(avp) for avp in message.avps])
+    body = _encode_avps(message.avps)
     length = HEADER_OCTETS + len(body)
     if length > AVP_LENGTH_MAX:
         raise ValueError(f"message is {length} octets, above the 24-bit message length")
@@ -128,7 +173,11 @@ def decode_message(data: bytes, dictionary: Dictionary | None = None) -> Message
     """
     dictionary = dictionary if dictionary is not None else default_dictionary()
     data = bytes(data)
-    header = decode_header(data)
+    return decode_body(data, decode_header(data), dictionary)
+
+
+def decode_body(data: bytes, header: Header, dictionary: Dictionary) -> Message:
+    """decode_message for a frame whose header was decoded already."""
     if header.length != len(data):
         raise FramingError(
             ResultCode.INVALID_MESSAGE_LENGTH,
@@ -185,14 +234,62 @@ def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]
     return salvaged
 
 
+# How the decoder reads one AVP's data: its definition, its value decoder (None for Grouped),
+# and for plain numbers (no strict enumeration) the unpacker and data size, read inline.
+_Entry = tuple[AvpDef, ValueDecoder | None, Callable[[bytes, int], tuple[Any, ...]] | None, int]
+# Vendor-0 entries by code alone (no key tuple to build), the others by (code, vendor).
+_Tables = tuple[dict[int, _Entry], dict[tuple[int, int], _Entry]]
+
+
+def _tables(dictionary: Dictionary) -> _Tables:
+    """The decoder's tables for a dictionary, made once."""
+    tables: _Tables | None = dictionary.decoders
+    if tables is None:
+        plain: dict[int, _Entry] = {}
+        vendor: dict[tuple[int, int], _Entry] = {}
+        for key, d in dictionary.avps.items():
+            entry: _Entry
+            if d.type is AvpType.GROUPED:
+                entry = (d, None, None, 0)
+            else:
+                unpacker = _PLAIN_NUMBERS.get(d.type)
+                if unpacker is not None and d.type is AvpType.ENUMERATED and d.enum_strict:
+                    unpacker = None
+                size = FIXED_SIZE_OCTETS.get(d.type, 0)
+                entry = (
+                    d,
+                    value_decoder(d),
+                    None if unpacker is None else unpacker.unpack_from,
+                    size,
+                )
+            if d.vendor_id:
+                vendor[key] = entry
+            else:
+                plain[d.code] = entry
+        tables = dictionary.decoders = (plain, vendor)
+    return tables
+
+
+_PLAIN_NUMBERS: dict[AvpType, struct.Struct] = {
+    AvpType.UNSIGNED32: struct.Struct(">I"),
+    AvpType.UNSIGNED64: struct.Struct(">Q"),
+    AvpType.INTEGER32: struct.Struct(">i"),
+    AvpType.INTEGER64: struct.Struct(">q"),
+    AvpType.ENUMERATED: struct.Struct(">i"),
+    AvpType.FLOAT32: struct.Struct(">f"),
+    AvpType.FLOAT64: struct.Struct(">d"),
+}
+
+
 class _Decoder:
     """Walks the AVPs of one frame; counts them to enforce AVP_COUNT_MAX."""
 
-    __slots__ = ("count", "data", "dictionary")
+    __slots__ = ("count", "data", "dictionary", "plain", "vendor")
 
     def __init__(self, data: bytes, dictionary: Dictionary) -> None:
         self.data = data
         self.dictionary = dictionary
+        self.plain, self.vendor = _tables(dictionary)
         self.count = 0
 
     def avps(self, start: int, end: int, depth: int) -> list[Avp]:
@@ -201,19 +298,36 @@ class _Decoder:
             raise DiameterError(
                 ResultCode.INVALID_AVP_VALUE, f"Grouped AVPs nested deeper than {GROUPED_DEPTH_MAX}"
             )
+        # This loop runs for every AVP received: the common case (no vendor id, a length that
+        # fits, a plain number) is read inline; anything else goes through _avp_header (which
+        # raises 5014) or the definition's value decoder.
         data = self.data
-        lookup = self.dictionary.avps.get
+        plain = self.plain.get
+        unpack = _S_AVP.unpack_from
         avps: list[Avp] = []
+        append = avps.append
+        count = self.count
         pos = start
         while pos < end:
-            code, flags, length, vendor_id, head = _avp_header(data, pos, end, self.dictionary)
-            self.count += 1
-            if self.count > AVP_COUNT_MAX:
+            if end - pos >= 8:
+                code, word = unpack(data, pos)
+                flags = word >> 24
+                length = word & 0xFFFFFF
+                vendor_id = 0
+                head = 8
+                if flags & 0x80 or length < 8 or length > end - pos:  # 0x80: AVP_FLAG_VENDOR
+                    code, flags, length, vendor_id, head = _avp_header(
+                        data, pos, end, self.dictionary
+                    )
+            else:
+                code, flags, length, vendor_id, head = _avp_header(data, pos, end, self.dictionary)
+            count += 1
+            if count > AVP_COUNT_MAX:
                 raise DiameterError(
                     ResultCode.RESOURCES_EXCEEDED, f"more than {AVP_COUNT_MAX} AVPs"
                 )
-            definition = lookup((code, vendor_id))
-            if definition is None:
+            entry = self.vendor.get((code, vendor_id)) if vendor_id else plain(code)
+            if entry is None:
                 payload = data[pos + head : pos + length]
                 if flags & AVP_FLAG_MANDATORY:
                     raise DiameterError(
@@ -221,20 +335,37 @@ class _Decoder:
                         f"unknown mandatory AVP code {code} vendor {vendor_id}",
                         failed_avps=[Avp(code, payload, vendor_id, flags)],
                     )
-                avps.append(Avp(code, payload, vendor_id, flags))
+                append(Avp(code, payload, vendor_id, flags))
             else:
-                value = self._value(definition, pos + head, pos + length, depth, flags)
-                avps.append(Avp(code, value, vendor_id, flags, definition))
+                definition, decode, number, size = entry
+                value: AvpValue
+                if number is not None and length - head == size:
+                    value = number(data, pos + head)[0]
+                elif decode is None:
+                    self.count = count
+                    value = self._grouped(definition, pos + head, pos + length, depth, flags)
+                    count = self.count
+                else:
+                    try:
+                        value = decode(data, pos + head, pos + length)
+                    except ValueProblem as problem:
+                        # Failed-AVP: the offender as received.
+                        raise DiameterError(
+                            problem.result_code,
+                            str(problem),
+                            failed_avps=[
+                                Avp(code, data[pos + head : pos + length], vendor_id, flags)
+                            ],
+                        ) from None
+                append(Avp(code, value, vendor_id, flags, definition))
             pos += (length + 3) & ~3
+        self.count = count
         return avps
 
-    def _value(self, definition: AvpDef, start: int, end: int, depth: int, flags: int) -> AvpValue:
+    def _grouped(
+        self, definition: AvpDef, start: int, end: int, depth: int, flags: int
+    ) -> list[Avp]:
         try:
-            if definition.type is not AvpType.GROUPED:
-                try:
-                    return decode_value(definition, self.data[start:end])
-                except ValueProblem as problem:
-                    raise DiameterError(problem.result_code, str(problem)) from None
             if definition.opaque:
                 # Failed-AVP holds whatever broke elsewhere: keep members raw if they do not decode.
                 try:
@@ -244,10 +375,7 @@ class _Decoder:
             return self.avps(start, end, depth + 1)
         except DiameterError as error:
             # Failed-AVP: the offender as received, inside its enclosing Grouped AVPs.
-            if definition.type is AvpType.GROUPED and error.failed_avps:
-                inner: AvpValue = error.failed_avps
-            else:
-                inner = self.data[start:end]
+            inner: AvpValue = error.failed_avps if error.failed_avps else self.data[start:end]
             error.failed_avps = [Avp(definition.code, inner, definition.vendor_id, flags)]
             raise
 

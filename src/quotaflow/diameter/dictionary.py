@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 VENDOR_NONE = 0
 VENDOR_3GPP = 10415
@@ -75,6 +75,8 @@ class Grammar:
     rules: tuple[Rule, ...]
     open: bool
     index: Mapping[str, Rule] = field(default_factory=dict, compare=False)
+    # The rules with a minimum, checked for every message: most rules of a CCR have none.
+    required: tuple[Rule, ...] = field(default=(), compare=False)
 
     def rule_for(self, name: str) -> Rule | None:
         return self.index.get(name)
@@ -149,7 +151,12 @@ def parse_grammar(abnf: str) -> Grammar:
         rules.append(Rule(name, min_count, max_count, fixed_first=bracket == "<"))
     leftover = "".join(_TOKEN.sub(" ", abnf).split())
     assert not leftover, f"unparsed grammar text: {leftover!r}"
-    return Grammar(tuple(rules), is_open, {rule.name: rule for rule in rules})
+    return Grammar(
+        tuple(rules),
+        is_open,
+        {rule.name: rule for rule in rules},
+        tuple(rule for rule in rules if rule.min_count),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +194,11 @@ class Dictionary:
     commands: dict[tuple[int, int], CommandDef] = field(default_factory=dict)
     applications: dict[int, str] = field(default_factory=dict)
     error_answer: Grammar = field(default_factory=lambda: parse_grammar(ERROR_ANSWER_ABNF))
+    # The codec's per-AVP decoders, made from `avps` on first use (codec.py); reset on change.
+    decoders: Any = field(default=None, repr=False, compare=False)
 
     def add_avps(self, specs: Iterable[AvpSpec]) -> None:
+        self.decoders = None
         for spec in specs:
             enum_strict = spec.vendor_id == VENDOR_NONE
             grammar = parse_grammar(spec.abnf) if spec.abnf is not None else None

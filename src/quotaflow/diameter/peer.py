@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from quotaflow.diameter.codec import salvage_avps
+from quotaflow.diameter.codec import encode_message, salvage_avps
 from quotaflow.diameter.constants import (
     APPLICATION_CREDIT_CONTROL,
     APPLICATION_RELAY,
@@ -134,24 +134,32 @@ class PeerConnection:
         """Feed bytes read from the transport; returns what happened, in order."""
         if self.state is PeerState.CLOSED:
             return []
-        self._inbound += data
+        # Frames are sliced out of one bytes object: `data` itself when nothing was left over
+        # from the last read (the usual case), so each frame is copied once.
+        if self._inbound:
+            self._inbound += data
+            buffer = bytes(self._inbound)
+            self._inbound.clear()
+        else:
+            buffer = bytes(data)
         events: list[Event] = []
         offset = 0
-        buffer = self._inbound
-        while not self.is_closed and len(buffer) - offset >= 4:
+        size = len(buffer)
+        octets_max = self.config.message_octets_max
+        while not self.is_closed and size - offset >= 4:
             version = buffer[offset]
             length = int.from_bytes(buffer[offset + 1 : offset + 4], "big")
-            problem = self._frame_problem(version, length)
-            if problem is not None:
-                events += self._fail_stream(bytes(buffer[offset : offset + HEADER_OCTETS]), problem)
+            if version != DIAMETER_VERSION or length < HEADER_OCTETS or length > octets_max:
+                problem = self._frame_problem(version, length)
+                assert problem is not None
+                events += self._fail_stream(buffer[offset : offset + HEADER_OCTETS], problem)
                 break
-            if len(buffer) - offset < length:
+            if size - offset < length:
                 break
-            events += self._on_frame(bytes(buffer[offset : offset + length]))
+            events += self._on_frame(buffer[offset : offset + length])
             offset += length
-        del buffer[:offset]
-        if self.is_closed:
-            buffer.clear()
+        if not self.is_closed and offset < size:
+            self._inbound += memoryview(buffer)[offset:]
         return events
 
     def data_to_send(self) -> bytes:
@@ -425,7 +433,7 @@ class PeerConnection:
                 raise PeerError(f"{self.config.pending_requests_max} requests already pending")
             self._assign_ids(message)
             self._pending[message.hop_by_hop] = message
-        self._outbound.append(message.encode())
+        self._outbound.append(encode_message(message))
 
     def _assign_ids(self, message: Message) -> None:
         if not message.hop_by_hop:

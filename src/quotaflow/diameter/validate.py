@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from quotaflow.diameter._values import zero_payload
-from quotaflow.diameter.codec import check_header_bits, decode_header, decode_message
+from quotaflow.diameter.codec import check_header_bits, decode_body, decode_header
 from quotaflow.diameter.constants import (
     AVP_FLAG_MANDATORY,
     AVP_FLAG_VENDOR,
@@ -21,10 +21,11 @@ from quotaflow.diameter.message import Avp, Header, Message
 def parse_message(data: bytes, dictionary: Dictionary | None = None) -> Message:
     """Decode and fully validate one frame; raises DiameterError/FramingError only."""
     dictionary = dictionary if dictionary is not None else default_dictionary()
+    data = bytes(data)
     header = decode_header(data)
     check_header_bits(header)
     command = check_command(header, dictionary)
-    message = decode_message(data, dictionary)
+    message = decode_body(data, header, dictionary)
     try:
         check_avps(message.avps, grammar_for(command, header.flags, dictionary), dictionary)
     except DiameterError as error:
@@ -71,14 +72,15 @@ def grammar_for(command: CommandDef, flags: int, dictionary: Dictionary) -> Gram
 def check_avps(avps: list[Avp], grammar: Grammar, dictionary: Dictionary) -> None:
     """Occurrence rules of `grammar` over `avps`, recursing into Grouped members."""
     counts: dict[str, int] = {}
+    index = grammar.index
+    grouped: list[Avp] | None = None
     for avp in avps:
         definition = avp.definition
         if definition is None:
             continue
         name = definition.name
-        count = counts.get(name, 0) + 1
-        counts[name] = count
-        rule = grammar.rule_for(name)
+        count = counts[name] = counts.get(name, 0) + 1
+        rule = index.get(name)
         if rule is None:
             if not grammar.open:
                 raise DiameterError(
@@ -90,17 +92,21 @@ def check_avps(avps: list[Avp], grammar: Grammar, dictionary: Dictionary) -> Non
                 f"{name} occurs more than {rule.max_count} time(s)",
                 failed_avps=[avp],
             )
-    for rule in grammar.rules:
+        if definition.grammar is not None and not definition.opaque:
+            if grouped is None:
+                grouped = [avp]
+            else:
+                grouped.append(avp)
+    for rule in grammar.required:
         if counts.get(rule.name, 0) < rule.min_count:
             raise DiameterError(
                 ResultCode.MISSING_AVP,
                 f"missing {rule.name}",
                 failed_avps=[_missing_example(dictionary, rule.name)],
             )
-    for avp in avps:
+    for avp in grouped or ():
         definition = avp.definition
-        if definition is None or definition.grammar is None or definition.opaque:
-            continue
+        assert definition is not None and definition.grammar is not None
         if not isinstance(avp.value, list):
             continue
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -237,14 +237,28 @@ class Engine:
             seen.add(s.rating_group)
             if s.used_units < 0 or (s.requested_units is not None and s.requested_units < 0):
                 raise InvalidAmount("units must not be negative")
-        if step.subscriber is None:
-            step = replace(step, subscriber=await self.store.get_subscriber(step.subscriber_id))
-        assert step.subscriber is not None
-        if step.subscriber.group is not None:
-            step = replace(step, group=await self.store.get_group(step.subscriber.group))
+        subscriber = step.subscriber
+        if subscriber is None:
+            subscriber = await self.store.get_subscriber(step.subscriber_id)
+        group = step.group
+        if subscriber.group is not None:
+            group = await self.store.get_group(subscriber.group)
+        if subscriber is not step.subscriber or group is not step.group:
+            # Built directly: dataclasses.replace costs several us, and this runs per request.
+            step = _Step(
+                step.session_id,
+                step.subscriber_id,
+                step.request_number,
+                step.closing,
+                step.meta,
+                subscriber,
+                group,
+            )
         # The services the group designates are served first when they compete for credit.
-        order = [] if step.group is None else step.group.policy.get("service_priority", [])
-        ranked = sorted(range(len(services)), key=lambda i: _rank(order, services[i]))
+        ranked: Sequence[int] = range(len(services))
+        if len(services) > 1:
+            order = [] if group is None else group.policy.get("service_priority", [])
+            ranked = sorted(ranked, key=lambda i: _rank(order, services[i]))
         answers: list[ServiceAnswer | None] = [None] * len(services)
         for i in ranked:
             answers[i] = await self._charge_one(step, services[i])
