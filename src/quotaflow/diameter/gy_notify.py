@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
@@ -51,7 +52,9 @@ class GyNotifier:
         self._closed = False
         self._in_flight: set[asyncio.Task[None]] = set()
         # session id -> starved; re-inserted on every answer, so the first key is the oldest.
-        self._starved: dict[str, bool] = {}
+        # Least recently answered first; an OrderedDict, because dropping the front of a plain
+        # dict rescans every slot deleted since its last resize.
+        self._starved: OrderedDict[str, bool] = OrderedDict()
         self.sent = 0
         self.failed = 0
         self.dropped = 0
@@ -64,10 +67,10 @@ class GyNotifier:
     def track(self, session_id: str, starved: bool) -> None:
         """Record whether a session's last answer left a service without quota."""
         table = self._starved
-        table.pop(session_id, None)
         table[session_id] = starved
+        table.move_to_end(session_id)
         if len(table) > self._config.tracked_sessions_max:
-            del table[next(iter(table))]
+            table.popitem(last=False)
 
     def forget(self, session_id: str) -> None:
         self._starved.pop(session_id, None)

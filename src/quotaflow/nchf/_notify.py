@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -30,7 +31,9 @@ class Notifier:
         self._in_flight: set[asyncio.Task[None]] = set()
         # session id -> online rating groups refused or given their final units. A session not
         # here (forgotten, or the process restarted) is re-authorised as a whole.
-        self._starved: dict[str, frozenset[int]] = {}
+        # Least recently answered first; an OrderedDict, because dropping the front of a plain
+        # dict rescans every slot deleted since its last resize.
+        self._starved: OrderedDict[str, frozenset[int]] = OrderedDict()
         self.sent = 0
         self.failed = 0
         self.dropped = 0
@@ -41,11 +44,11 @@ class Notifier:
         """Record a request's answer: `answered` online groups, of which `starved` got none
         or their final units. Groups the request did not mention keep their state."""
         table = self._starved
-        # Re-insert, so the dict's order stays least recently used first.
-        before = table.pop(session_id, frozenset())
+        before = table.get(session_id, frozenset())
         table[session_id] = frozenset((before - answered) | starved)
+        table.move_to_end(session_id)
         if len(table) > self._config.tracked_sessions_max:
-            del table[next(iter(table))]
+            table.popitem(last=False)
 
     def forget(self, session_id: str) -> None:
         self._starved.pop(session_id, None)
