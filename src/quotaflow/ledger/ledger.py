@@ -71,7 +71,7 @@ from quotaflow.ledger.transfers import (
 
 
 def _digest(op: str, content: bytes) -> bytes:
-    """What a snapshot keeps of an operation, for telling a repeat from a conflict later."""
+    """What the operation-id table keeps of an operation, to tell a repeat from a conflict."""
     return hashlib.blake2b(op.encode() + content, digest_size=16).digest()
 
 
@@ -91,14 +91,12 @@ class Ledger(GroupOps, MovingOps):
         self.remote: dict[str, dict[str, Any]] = {}
         self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
         # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
-        # op_id -> (what was asked, first result, when). What was asked is the operation and its
-        # canonical arguments while live (comparing them is cheaper than hashing every
-        # operation), or their digest once restored from a snapshot.
+        # op_id -> (digest of the operation and its canonical arguments, first result, when).
+        # Keeping the arguments themselves instead of a digest executes fewer instructions but
+        # measured 10-20% slower (memory), so a 16-byte digest it is.
         # Oldest first, and an OrderedDict: forgetting from the front of a plain dict makes each
         # next(iter()) skip every slot deleted since its last resize (quadratic pruning).
-        self.idempotency: OrderedDict[str, tuple[tuple[str, bytes] | bytes, Result, int]] = (
-            OrderedDict()
-        )
+        self.idempotency: OrderedDict[str, tuple[bytes, Result, int]] = OrderedDict()
         # Open reservations by the second they lapse in: removed on commit or release, so
         # the table holds only what is open (a heap would keep every committed one until its
         # expiry came round). The heap holds each second that has an entry, once.
@@ -181,22 +179,19 @@ class Ledger(GroupOps, MovingOps):
             return fn(args, now_ms), True, content
         if type(op_id) is not str or not 0 < len(op_id) <= OP_ID_LEN_MAX:
             raise InvalidRequest(f"op_id must be a string of 1..{OP_ID_LEN_MAX} characters")
+        fingerprint = _digest(op, content)
         seen = self.idempotency.get(op_id)
         if seen is not None:
-            asked = seen[0]
-            same = asked == (op, content) if type(asked) is tuple else asked == _digest(op, content)
-            if not same:
+            if seen[0] != fingerprint:
                 raise Conflict(f"operation id {op_id!r} was used with different content")
             return seen[1], False, content
         result = fn(args, now_ms)
-        self._remember(op_id, (op, content), result, now_ms)
+        self._remember(op_id, fingerprint, result, now_ms)
         return result, True, content
 
-    def _remember(
-        self, op_id: str, asked: tuple[str, bytes] | bytes, result: Result, now_ms: int
-    ) -> None:
+    def _remember(self, op_id: str, fingerprint: bytes, result: Result, now_ms: int) -> None:
         table = self.idempotency
-        table[op_id] = (asked, result, now_ms)
+        table[op_id] = (fingerprint, result, now_ms)
         if len(table) > self.limits.idempotency_entries_max:
             table.popitem(last=False)
 
@@ -1150,10 +1145,7 @@ class Ledger(GroupOps, MovingOps):
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
             "remote": list(self.remote.values()),
-            "idempotency": [
-                [k, (_digest(*v[0]) if isinstance(v[0], tuple) else v[0]).hex(), v[1], v[2]]
-                for k, v in self.idempotency.items()
-            ],
+            "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
         }
 
     @classmethod
