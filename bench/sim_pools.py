@@ -45,10 +45,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     "predictive": {"allocation": "predictive", "horizon_s": 120},
     "reclaim": {
         "allocation": "reclaim",
-        "horizon_s": 600,
         "retry_s": 2,
         "reclaim_wait_ms": 3000,
-        "reclaim_min_age_s": 7,
         "exhausted_retry_s": 3600,
     },
 }

@@ -77,6 +77,7 @@ def _short(result: Result, lim: UnitGrantLimits) -> bool:
 
 Listener = Callable[[EngineEvent], None]
 SERVICES_PER_REQUEST_MAX = 64
+RECLAIM_MIN_AGE_S = 7  # measured with bench/sim_pools.py (docs/SHARED-POOLS.md)
 # Events interfaces act on (re-authorise, abort); they carry the open sessions.
 SESSION_EVENTS = frozenset({"credit_added", "barred", "abort", "reauthorize"})
 IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
@@ -419,7 +420,7 @@ class Engine:
             if r.session_id != step.session_id and r.unit is s.unit
         ]
         rates = {key: t.rate_per_s for key, t in self._rates.items()}
-        min_age_ms = int(group.policy.get("reclaim_min_age_s", 10)) * 1000
+        min_age_ms = int(group.policy.get("reclaim_min_age_s", RECLAIM_MIN_AGE_S)) * 1000
         minimum = self.policy.limits[s.unit].min_units
         # A re-auth costs two messages: a holding with less than half a minimum grant idle is
         # not worth asking back.

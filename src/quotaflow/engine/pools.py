@@ -13,14 +13,15 @@ A group's `policy` object selects one and tunes it:
                    i.e. how far two views of the pool can drift apart (default: default grant)
     validity_min_s the shortest validity any policy gives (default 10)
     retry_s        reclaim: the validity of an empty grant while credit is being reclaimed
-    reclaim_min_age_s  reclaim: grants younger than this are not asked back (default 10)
+    reclaim_min_age_s  reclaim: grants younger than this are not asked back (default 7)
     exhausted_retry_s  reclaim: when nothing can be reclaimed, answer `retry` with this validity
                    instead of refusing (the session stays; a top-up re-authorises it at once)
     max_units      predictive, reclaim: the largest grant (default: the unit's maximum)
     reclaim_wait_ms    reclaim: how long the member's answer is held while the sessions asked
                    to report do so; it is then granted from what they returned (default 1000)
     horizon_s      predictive, reclaim: a grant is what the member's rate predicts for this
-                   long (default 60 s, at most the validity): the surplus stays in the pool
+                   long (predictive: default 60 s; reclaim: default the validity, since its time
+                   share already bounds fast members), at most the validity
 
 Reclaim shares by time: a member's grant is at most its part of the pool's credit left (free
 plus held) in proportion to its rate, for half the time that credit lasts at the summed rate.
@@ -133,7 +134,8 @@ def size_pool_grant(
     else:
         units = grants.size(unit, rate_per_s, requested)
         if allocation in ("predictive", "reclaim") and rate_per_s is not None:
-            horizon = min(_int(policy, "horizon_s", 60), validity)
+            default_horizon = validity if allocation == "reclaim" else 60
+            horizon = min(_int(policy, "horizon_s", default_horizon), validity)
             predicted = int(rate_per_s * horizon)
             if idle and (predicted < lim.min_units or allocation == "reclaim"):
                 return PoolGrant(0, validity)
