@@ -12,6 +12,7 @@ from quotaflow.engine import GrantPolicy, UnitGrantLimits
 from quotaflow.http_server import HTTP_SERVERS, HttpServerKind
 from quotaflow.interop.service import Operator, OperatorDirectory
 from quotaflow.ledger import Limits, Unit
+from quotaflow.nchf import NchfConfig
 from quotaflow.rating import TariffBook, TariffError, load_text
 from quotaflow.records import NatsOptions, RecordOptions, Rotation
 
@@ -45,6 +46,7 @@ class Config:
     diameter_peers: list[DiameterPeer] = field(default_factory=list)
     diameter_gy: GyConfig = field(default_factory=GyConfig)
     nchf_enabled: bool = True
+    nchf: NchfConfig = field(default_factory=NchfConfig)
     snapshot_every_ops: int = 500_000
     log_level: str = "INFO"
     grants: GrantPolicy = field(default_factory=GrantPolicy)
@@ -106,6 +108,7 @@ def load(path: str | Path | None) -> Config:
             raise ConfigError(f"diameter.peers[{i}] needs origin_host")
         cfg.diameter_peers.append(DiameterPeer(str(peer["origin_host"]), peer.get("address")))
     cfg.diameter_gy = _load_gy(_section(dia, "gy"))
+    cfg.nchf = _load_nchf(_section(doc, "nchf"))
     _load_grants(cfg, _section(doc, "grants"))
     cfg.records = _load_records(_section(doc, "records"))
     _load_transfers(cfg, _section(doc, "transfers"))
@@ -230,6 +233,69 @@ def _load_gy(gy: dict[str, Any]) -> GyConfig:
         return GyConfig(**settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"diameter.gy: {exc}") from None
+
+
+def _load_nchf(table: dict[str, Any]) -> NchfConfig:
+    """[nchf]: the 5G CHF's thresholds, offline groups, units, limits and ChargingDataRef key."""
+    settings: dict[str, Any] = {}
+    known = {
+        "api_root",
+        "final_unit_action",
+        "ref_key",
+        "offline_rating_groups",
+        "rating_group_units",
+        "notify_http2",
+        "notify_timeout_s",
+        *NCHF_INTS,
+    }
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"nchf: unknown key {unknown[0]!r}")
+    try:
+        for key in ("api_root", "final_unit_action"):
+            if key in table:
+                settings[key] = str(table[key])
+        if "ref_key" in table:
+            key_text = str(table["ref_key"])
+            if len(key_text) < 16:
+                raise ValueError("ref_key must be at least 16 characters")
+            settings["ref_key"] = key_text.encode()
+        for key in NCHF_INTS:
+            if key in table:
+                settings[key] = _int(table, key, "nchf", 0)
+        if "offline_rating_groups" in table:
+            settings["offline_rating_groups"] = frozenset(
+                int(rg) for rg in table["offline_rating_groups"]
+            )
+        if "rating_group_units" in table:
+            settings["rating_group_units"] = {
+                int(rg): Unit(u) for rg, u in table["rating_group_units"].items()
+            }
+        if "notify_http2" in table:
+            if not isinstance(table["notify_http2"], bool):
+                raise ValueError("notify_http2 must be true or false")
+            settings["notify_http2"] = table["notify_http2"]
+        if "notify_timeout_s" in table:
+            timeout = table["notify_timeout_s"]
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise ValueError("notify_timeout_s must be a positive number")
+            settings["notify_timeout_s"] = float(timeout)
+        return NchfConfig(**settings)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"nchf: {exc}") from None
+
+
+NCHF_INTS = (
+    "online_threshold_percent",
+    "offline_threshold_octets",
+    "offline_threshold_seconds",
+    "offline_threshold_events",
+    "quota_holding_time_s",
+    "body_bytes_max",
+    "units_per_request_max",
+    "notify_in_flight_max",
+    "tracked_sessions_max",
+)
 
 
 def load_tariffs(cfg: Config) -> None:

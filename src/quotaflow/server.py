@@ -68,7 +68,7 @@ class Server:
         self._interop = InteropService(self.engine, cfg.operators).start()
         self._stoppers += [self._records, self._notify, self._counters, self._interop]
         separate_sbi = cfg.sbi_port is not None
-        nchf = create_app(self.engine) if cfg.nchf_enabled else None
+        nchf = create_app(self.engine, config=cfg.nchf) if cfg.nchf_enabled else None
         if nchf is not None:
             self._stoppers.append(nchf.state.nchf_close)
         app = build_app(self.engine, cfg, None if separate_sbi else nchf)
