@@ -21,7 +21,13 @@ from quotaflow.groups import CounterWatch, GroupApi
 from quotaflow.http_server import serve_http
 from quotaflow.interop import InteropApi, InteropService
 from quotaflow.metrics import watch_store
-from quotaflow.nchf import BASE_PATH, NchfApp, create_app, problem_exception_handlers
+from quotaflow.nchf import (
+    BASE_PATH,
+    NchfApp,
+    NchfConfig,
+    create_app,
+    problem_exception_handlers,
+)
 from quotaflow.rating import Rater
 from quotaflow.rating.api import TariffApi, persisted_tariffs
 from quotaflow.store import EmbeddedStore
@@ -71,6 +77,8 @@ class Server:
         nchf = create_app(self.engine, config=cfg.nchf) if cfg.nchf_enabled else None
         if nchf is not None:
             self._stoppers.append(nchf.state.nchf_close)
+            if cfg.nchf.ref_key == NchfConfig().ref_key:
+                log.warning("[nchf] ref_key is the public default: ChargingDataRefs are guessable")
         app = build_app(self.engine, cfg, None if separate_sbi else nchf)
         app.router.routes.extend([*records.routes(self._records), *notify.routes(self._notify)])
         app.router.routes.extend(InteropApi(self.engine, self._interop).routes())
