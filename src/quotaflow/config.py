@@ -207,6 +207,7 @@ def _load_records(table: dict[str, Any]) -> RecordOptions:
         formats=tuple(formats),
         rotation=rotation,
         nats=nats,
+        retention_days=_int(table, "retention_days", "records", 0),
     )
 
 

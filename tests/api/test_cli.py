@@ -64,7 +64,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         "[grants]\nvalidity_s = 120\n[grants.octets]\nmin = 1\n"
         'default = 2\nmax = 3\n[rating]\ntariff_file = "TARIFF"\n'
         '[diameter]\npeers = [{ origin_host = "pgw.example", address = "127.0.0.1" }]\n'
-        '[records]\nformats = ["jsonl", "csv"]\nrotate_s = 600\n'
+        '[records]\nformats = ["jsonl", "csv"]\nrotate_s = 600\nretention_days = 30\n'
         '[records.nats]\nurl = "nats://127.0.0.1:4222"\nsubject = "ocs.cdr"\n'
     )
     path.write_text(path.read_text().replace("TARIFF", str(tariff)))
@@ -79,6 +79,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     assert service.price.price_micros == 2000  # rounded down, never up
     assert cfg.diameter_peers[0].origin_host == "pgw.example"
     assert cfg.records.formats == ("jsonl", "csv") and cfg.records.rotation.age_s_max == 600
+    assert cfg.records.retention_days == 30
     assert cfg.records.nats is not None and cfg.records.nats.subject == "ocs.cdr"
 
 

@@ -8,8 +8,9 @@ import httpx
 import orjson
 
 from quotaflow import records
-from quotaflow.engine import ServiceRequest
+from quotaflow.engine import Engine, ServiceRequest
 from quotaflow.records import RecordOptions, Rotation
+from quotaflow.store import EmbeddedStore
 from tests.records.harness import (
     debits,
     eventually,
@@ -101,3 +102,32 @@ async def test_cdr_api_lists_and_filters(tmp_path: Path) -> None:
             assert key["algorithm"] == "Ed25519" and "BEGIN PUBLIC KEY" in key["pem"]
             assert (await http.post("/v1/cdrs/export/seal")).status_code == 422
         await service()
+
+
+async def test_retention_prunes_only_old_records_every_consumer_has(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    now = [1_800_000_000_000]
+    store = EmbeddedStore(data, clock=lambda: now[0], sweep_interval_s=3600, tune_gc=False)
+    await store.open()
+    try:
+        engine = Engine(store)
+        await provision(engine, "alice")
+        await debits(engine, "alice", 5, "a")
+        opts = RecordOptions(retention_days=1, poll_interval_s=0.05)
+        service = await records.start(engine, store, data, opts)
+        assert service.exporter is not None
+        exported_up_to = stored(engine)[-1]["seq"]
+        await eventually(lambda: service.exporter.position == exported_up_to, what="export")  # type: ignore[union-attr]
+        await service()
+        await debits(engine, "alice", 3, "b")  # old too, but not exported yet
+        assert await service.prune() == 0  # nothing is a day old yet
+        now[0] += 2 * 86_400_000
+        await debits(engine, "alice", 1, "c")  # young
+        before = stored(engine)
+        pruned = await service.prune()
+        after = stored(engine)
+        assert pruned == sum(1 for r in before if r["seq"] <= exported_up_to) > 0
+        assert [r["seq"] for r in after] == [r["seq"] for r in before if r["seq"] > exported_up_to]
+        assert service.status()["pruned"] == pruned
+    finally:
+        await store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,10 @@ class RecordOptions:
     poll_interval_s: float = 0.5
     batch_records_max: int = 5000
     nats: NatsOptions | None = None  # None: no stream
+    # Charging records older than this leave the cdr table once every exporter and the stream
+    # have them; 0 keeps them forever. Exported files are never deleted.
+    retention_days: int = 0
+    retention_check_s: float = 3600.0
 
 
 class RecordService:
@@ -56,6 +62,8 @@ class RecordService:
         self.exporter: Exporter | None = None
         self.streamer: NatsStreamer | None = None
         self._sources: list[RecordSource] = []
+        self._retention: asyncio.Task[None] | None = None
+        self.pruned = 0
 
     def source(self) -> RecordSource:
         """A reader of its own (own connection and thread) for one consumer."""
@@ -88,6 +96,8 @@ class RecordService:
             )
             await self.streamer.start()
         self.engine.subscribe(self._on_event)
+        if opts.retention_days > 0:
+            self._retention = asyncio.get_running_loop().create_task(self._retain())
         log.info("records service started", extra={"export_dir": str(self.export_dir)})
         return self
 
@@ -98,7 +108,34 @@ class RecordService:
             if self.streamer is not None:
                 self.streamer.wake()
 
+    async def prune(self) -> int:
+        """Delete records past retention that every consumer has; returns how many."""
+        days = self.options.retention_days
+        if days <= 0:
+            return 0
+        positions = [c.position for c in (self.exporter, self.streamer) if c is not None]
+        up_to = min(positions) if positions else 2**62
+        before_ms = self.store.clock() - days * 86_400_000
+        pruned = await self.store.prune_records(up_to, before_ms)
+        self.pruned += pruned
+        if pruned:
+            log.info("charging records pruned", extra={"records": pruned, "up_to_seq": up_to})
+        return pruned
+
+    async def _retain(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # a failed prune is retried at the next check
+                log.exception("record retention failed")
+            await asyncio.sleep(self.options.retention_check_s)
+
     async def stop(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
         if self.exporter is not None:
             await self.exporter.stop()
         if self.streamer is not None:
@@ -114,6 +151,8 @@ class RecordService:
         return {
             "export": None if self.exporter is None else self.exporter.status(),
             "nats": None if self.streamer is None else self.streamer.status(),
+            "retention_days": self.options.retention_days,
+            "pruned": self.pruned,
         }
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger("quotaflow.store")
 # freed at once by reference counting.
 GC_THRESHOLDS = (50_000, 20, 100)
 FREEZE_EVERY_ROWS = 200_000
+PRUNE_SLICE_ROWS = 10_000  # charging records deleted per transaction by retention
 SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is killed
 
 SCHEMA = """
@@ -534,6 +535,26 @@ class EmbeddedStore:
     async def get_interop_transfer(self, transfer_id: str) -> dict[str, Any] | None:
         found = self.ledger.remote.get(transfer_id)
         return None if found is None else dict(found)
+
+    async def prune_records(self, up_to_seq: int, before_ms: int) -> int:
+        # On the writer thread, between group commits, in slices: a commit never waits long.
+        loop = asyncio.get_running_loop()
+        pruned = 0
+        while True:
+            done = await loop.run_in_executor(self._writer, self._prune_slice, up_to_seq, before_ms)
+            pruned += done
+            if done < PRUNE_SLICE_ROWS:
+                return pruned
+
+    def _prune_slice(self, up_to_seq: int, before_ms: int) -> int:
+        db = self._db
+        assert db is not None, "store is closed"
+        cur = db.execute(
+            "DELETE FROM cdr WHERE seq IN (SELECT seq FROM cdr WHERE seq <= ? AND at_ms < ?"
+            " ORDER BY seq LIMIT ?)",
+            (up_to_seq, before_ms, PRUNE_SLICE_ROWS),
+        )
+        return cur.rowcount
 
     def stats(self) -> dict[str, Any]:
         return {
