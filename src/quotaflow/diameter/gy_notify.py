@@ -51,9 +51,8 @@ class GyNotifier:
         self._server: DiameterServer | None = None
         self._closed = False
         self._in_flight: set[asyncio.Task[None]] = set()
-        # session id -> starved; re-inserted on every answer, so the first key is the oldest.
-        # Least recently answered first; an OrderedDict, because dropping the front of a plain
-        # dict rescans every slot deleted since its last resize.
+        # session id -> starved, least recently answered first; an OrderedDict, because
+        # dropping the front of a plain dict rescans every slot deleted since its last resize.
         self._starved: OrderedDict[str, bool] = OrderedDict()
         self.sent = 0
         self.failed = 0
