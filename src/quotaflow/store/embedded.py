@@ -346,11 +346,14 @@ class EmbeddedStore:
         if self._snapshot_child is None:
             return None
         pid, seq, path = self._snapshot_child
-        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        try:
+            done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: its outcome is unknown
+            done, status = pid, -1
         if done == 0:
             return None
         self._snapshot_child = None
-        if os.waitstatus_to_exitcode(status) != 0 or not path.exists():
+        if status == -1 or os.waitstatus_to_exitcode(status) != 0 or not path.exists():
             log.error("snapshot child failed; the next one is due later", extra={"seq": seq})
             path.unlink(missing_ok=True)
             return None
