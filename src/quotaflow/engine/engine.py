@@ -105,12 +105,15 @@ class Engine:
         self.policy = policy or GrantPolicy()
         self.rater = rater or Rater()
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
+        # Each session's rating groups with a tracker, so ending a session touches only its own.
+        self._session_rgs: dict[str, list[int | None]] = {}
         self._listeners: list[Listener] = []
         self.reclaims = 0  # reclaim rounds started (the simulator reports it)
         self._pool_events: dict[str, asyncio.Event] = {}
         self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
         self._waiting: dict[str, int] = {}  # the same, by group
         self._in_group: dict[str, set[tuple[str, int | None]]] = {}  # rate keys by group
+        self._group_of: dict[tuple[str, int | None], str] = {}  # and back
 
     # ------------------------------------------------------------------ events
 
@@ -216,10 +219,15 @@ class Engine:
             await self.store.execute(
                 "session_close", f"{session_id}#close", {"session_id": session_id}
             )
-        for key in [k for k in self._rates if k[0] == session_id]:
-            del self._rates[key]
-            for keys in self._in_group.values():
+        for rating_group in self._session_rgs.pop(session_id, ()):
+            key = (session_id, rating_group)
+            self._rates.pop(key, None)
+            gid = self._group_of.pop(key, None)
+            if gid is not None:
+                keys = self._in_group[gid]
                 keys.discard(key)
+                if not keys:
+                    del self._in_group[gid]
         return answer
 
     async def _session(self, session_id: str) -> dict[str, Any]:
@@ -419,7 +427,11 @@ class Engine:
             for r in await self.store.pool_reservations(group.id)
             if r.session_id != step.session_id and r.unit is s.unit
         ]
-        rates = {key: t.rate_per_s for key, t in self._rates.items()}
+        rates: dict[tuple[str, int | None], float | None] = {}
+        for r in others:
+            key = (r.session_id or "", r.rating_group)
+            tracker = self._rates.get(key)
+            rates[key] = None if tracker is None else tracker.rate_per_s
         min_age_ms = int(group.policy.get("reclaim_min_age_s", RECLAIM_MIN_AGE_S)) * 1000
         minimum = self.policy.limits[s.unit].min_units
         # A re-auth costs two messages: a holding with less than half a minimum grant idle is
@@ -510,8 +522,10 @@ class Engine:
         tracker = self._rates.get(key)
         if tracker is None:
             tracker = self._rates[key] = RateTracker(now_ms)
+            self._session_rgs.setdefault(step.session_id, []).append(s.rating_group)
             if step.group is not None:
                 self._in_group.setdefault(step.group.id, set()).add(key)
+                self._group_of[key] = step.group.id
             interval_start_ms = now_ms
         else:
             interval_start_ms = tracker.last_ms
