@@ -146,6 +146,8 @@ class LedgerState:
         _voucher_tokens: dict[str, str]
         offers: dict[str, Offer]
         remote: dict[str, dict[str, Any]]
+        _reset_heap: list[tuple[int, str]]
+        _voucher_heap: list[tuple[int, str]]
 
         def subscriber(self, subscriber_id: str) -> Subscriber: ...
 

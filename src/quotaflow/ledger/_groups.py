@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from quotaflow.ledger._base import (
@@ -64,6 +65,8 @@ class GroupOps(LedgerState):
         soft = self._soft_limits(group, args)
         if (period, day) != (group.period, group.reset_day) or group.next_reset_ms >= NEVER_MS:
             group.next_reset_ms = next_reset_ms(period, day, now_ms)
+            if group.next_reset_ms < NEVER_MS:
+                heapq.heappush(self._reset_heap, (group.next_reset_ms, group.id))
         group.period, group.reset_day = period, day
         group.restrict_below, group.protected_priority = dict(restrict), protected
         group.policy = dict(policy)
@@ -187,6 +190,8 @@ class GroupOps(LedgerState):
         for member in group.members.values():
             member.used = {}
         group.next_reset_ms = next_reset_ms(group.period, group.reset_day, now_ms)
+        if group.next_reset_ms < NEVER_MS:
+            heapq.heappush(self._reset_heap, (group.next_reset_ms, group.id))
         return group.to_json()
 
     def pool_available(self, group_id: str, unit: Unit, now_ms: int) -> int:

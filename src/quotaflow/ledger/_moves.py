@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from quotaflow.ledger._base import (
@@ -502,6 +503,8 @@ class MovingOps(LedgerState):
         self._move(parent, account, unit, plan, [b.expires_at_ms for b, _ in plan], vid, now_ms)
         self.vouchers[vid] = voucher
         self._voucher_tokens[token_hash] = vid
+        if expires < NEVER_MS:
+            heapq.heappush(self._voucher_heap, (expires, vid))
         return voucher.to_json()
 
     def _redeem_voucher(self, args: Args, now_ms: int) -> Result:

@@ -103,6 +103,10 @@ class Ledger(GroupOps, MovingOps):
         self._lapse_slots: dict[int, set[tuple[str, str]]] = {}
         self._lapse_seconds: list[int] = []
         self._bucket_expiry_heap: list[tuple[int, str, str]] = []
+        # (when, id) of group resets and voucher expiries, so the sweeper never scans all
+        # groups or vouchers; an entry whose time no longer matches is skipped.
+        self._reset_heap: list[tuple[int, str]] = []
+        self._voucher_heap: list[tuple[int, str]] = []
         self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
         # Reservations voided lazily because their validity lapsed. Such a void can happen in
         # an operation that is then refused; the store journals that refusal too, so replay
@@ -1079,13 +1083,13 @@ class Ledger(GroupOps, MovingOps):
         for entry in deferred:
             heapq.heappush(bheap, (now_ms + 1, entry[1], entry[2]))
         pruned = self.prune_idempotency(now_ms)
-        for voucher in sorted(self.vouchers.values(), key=lambda v: v.id):
-            if voucher.state == "issued" and voucher.expires_at_ms <= now_ms:
-                # An unredeemed voucher's value goes back to the parent that issued it.
-                parent = self.subscribers.get(voucher.parent)
-                if parent is not None:
-                    self._empty_voucher(voucher, parent, now_ms)
-                voucher.state = "expired"
+        for vid in self._due(self._voucher_heap, now_ms, self._voucher_due):
+            voucher = self.vouchers[vid]
+            # An unredeemed voucher's value goes back to the parent that issued it.
+            parent = self.subscribers.get(voucher.parent)
+            if parent is not None:
+                self._empty_voucher(voucher, parent, now_ms)
+            voucher.state = "expired"
         if now_ms >= self._next_session_scan_ms:
             self._close_idle_sessions(now_ms)
             self._next_session_scan_ms = now_ms + SESSION_SCAN_MS
@@ -1093,7 +1097,7 @@ class Ledger(GroupOps, MovingOps):
         month = _month(now_ms)
         for key in [k for k in self._sent if _stale(k, today, month)]:
             del self._sent[key]  # per-day transfer and per-month provider totals of the past
-        resets = sorted(g.id for g in self.groups.values() if g.next_reset_ms <= now_ms)
+        resets = self._due(self._reset_heap, now_ms, self._reset_due)
         for gid in resets:
             self._group_reset({"group_id": gid}, now_ms)
         return {
@@ -1119,15 +1123,43 @@ class Ledger(GroupOps, MovingOps):
             self._session_close({"session_id": session_id}, now_ms)
         return len(idle)
 
+    @staticmethod
+    def _due(
+        heap: list[tuple[int, str]], now_ms: int, current: Callable[[str, int], bool]
+    ) -> list[str]:
+        """Ids whose time has come, in id order (replay goes the same way); stale entries go."""
+        due: set[str] = set()
+        while heap and heap[0][0] <= now_ms:
+            at, key = heapq.heappop(heap)
+            if current(key, at):
+                due.add(key)
+        return sorted(due)
+
+    def _reset_due(self, gid: str, at_ms: int) -> bool:
+        group = self.groups.get(gid)
+        return group is not None and group.next_reset_ms == at_ms
+
+    def _voucher_due(self, vid: str, at_ms: int) -> bool:
+        voucher = self.vouchers.get(vid)
+        return voucher is not None and voucher.state == "issued" and voucher.expires_at_ms == at_ms
+
+    def _next_current(
+        self, heap: list[tuple[int, str]], current: Callable[[str, int], bool]
+    ) -> int | None:
+        while heap and not current(heap[0][1], heap[0][0]):
+            heapq.heappop(heap)  # stale: changed or gone since it was pushed
+        return heap[0][0] if heap else None
+
     def next_deadline_ms(self) -> int | None:
         """When the next reservation lapses or bucket expires (for the sweeper's timer)."""
         times = [self._lapse_seconds[0] * 1000] if self._lapse_seconds else []
-        times += [g.next_reset_ms for g in self.groups.values() if g.next_reset_ms < NEVER_MS]
-        times += [
-            v.expires_at_ms
-            for v in self.vouchers.values()
-            if v.state == "issued" and v.expires_at_ms < NEVER_MS
-        ]
+        for heap, current in (
+            (self._reset_heap, self._reset_due),
+            (self._voucher_heap, self._voucher_due),
+        ):
+            at = self._next_current(heap, current)
+            if at is not None:
+                times.append(at)
         if self._bucket_expiry_heap:
             times.append(self._bucket_expiry_heap[0][0])
         return min(times) if times else None
@@ -1165,10 +1197,20 @@ class Ledger(GroupOps, MovingOps):
                 if b.expires_at_ms < NEVER_MS:
                     heapq.heappush(ledger._bucket_expiry_heap, (b.expires_at_ms, sub.id, b.id))
         ledger.groups = {g["id"]: Group.from_json(g) for g in doc.get("groups", [])}
+        ledger._reset_heap = [
+            (g.next_reset_ms, g.id) for g in ledger.groups.values() if g.next_reset_ms < NEVER_MS
+        ]
+        heapq.heapify(ledger._reset_heap)
         ledger.transfers = {t["id"]: Transfer.from_json(t) for t in doc.get("transfers", [])}
         ledger._sent = dict(doc.get("sent", {}))
         ledger.vouchers = {v["id"]: Voucher.from_json(v) for v in doc.get("vouchers", [])}
         ledger._voucher_tokens = {v.token_hash: v.id for v in ledger.vouchers.values()}
+        ledger._voucher_heap = [
+            (v.expires_at_ms, v.id)
+            for v in ledger.vouchers.values()
+            if v.state == "issued" and v.expires_at_ms < NEVER_MS
+        ]
+        heapq.heapify(ledger._voucher_heap)
         ledger.offers = {o["id"]: Offer.from_json(o) for o in doc.get("offers", [])}
         ledger.remote = {r["id"]: dict(r) for r in doc.get("remote", [])}
         ledger.sessions = dict(doc["sessions"])
