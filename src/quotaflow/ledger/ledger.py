@@ -85,6 +85,8 @@ class Ledger(GroupOps, MovingOps):
         self.groups: dict[str, Group] = {}
         self.transfers: dict[str, Transfer] = {}
         self._sent: dict[str, int] = {}  # "giver|unit|day" -> amount transferred that day
+        # The day and month its past totals were last dropped for: once a day, not per sweep.
+        self._sent_pruned: list[int] | None = None
         self.vouchers: dict[str, Voucher] = {}
         self.offers: dict[str, Offer] = {}
         # Transfers to other operators: id -> {from, to, operator, unit, amount, state, buckets}
@@ -1095,8 +1097,10 @@ class Ledger(GroupOps, MovingOps):
             self._next_session_scan_ms = now_ms + SESSION_SCAN_MS
         today = now_ms // DAY_MS
         month = _month(now_ms)
-        for key in [k for k in self._sent if _stale(k, today, month)]:
-            del self._sent[key]  # per-day transfer and per-month provider totals of the past
+        if self._sent_pruned != [today, month]:
+            for key in [k for k in self._sent if _stale(k, today, month)]:
+                del self._sent[key]  # per-day transfer and per-month provider totals of the past
+            self._sent_pruned = [today, month]
         resets = self._due(self._reset_heap, now_ms, self._reset_due)
         for gid in resets:
             self._group_reset({"group_id": gid}, now_ms)
@@ -1174,6 +1178,7 @@ class Ledger(GroupOps, MovingOps):
             "groups": [g.to_json() for g in self.groups.values()],
             "transfers": [t.to_json() for t in self.transfers.values()],
             "sent": self._sent,
+            "sent_pruned": self._sent_pruned,
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
             "remote": list(self.remote.values()),
@@ -1203,6 +1208,7 @@ class Ledger(GroupOps, MovingOps):
         heapq.heapify(ledger._reset_heap)
         ledger.transfers = {t["id"]: Transfer.from_json(t) for t in doc.get("transfers", [])}
         ledger._sent = dict(doc.get("sent", {}))
+        ledger._sent_pruned = doc.get("sent_pruned")
         ledger.vouchers = {v["id"]: Voucher.from_json(v) for v in doc.get("vouchers", [])}
         ledger._voucher_tokens = {v.token_hash: v.id for v in ledger.vouchers.values()}
         ledger._voucher_heap = [

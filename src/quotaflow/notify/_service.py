@@ -71,6 +71,9 @@ class NotifyService:
         self.db = NotifyDb(Path(data_dir) / "notify.sqlite3")
         self.dispatcher = Dispatcher(self.db, self.options.delivery)
         self.thresholds: dict[str, Threshold] = {}
+        # The same, by the subscriber they watch (None: every subscriber), so a balance change
+        # looks only at its own and the global ones, never at all of them.
+        self._watching: dict[str | None, dict[str, Threshold]] = {}
         self.dropped_events = 0
         self._states: dict[tuple[str, str], str] = {}
         self._bases: dict[tuple[str, str], int] = {}
@@ -88,8 +91,7 @@ class NotifyService:
     async def start(self) -> NotifyService:
         await self.db.open()
         for doc in (await self.db.all("thresholds")).values():
-            th = Threshold.from_json(doc)
-            self.thresholds[th.id] = th
+            self._keep(Threshold.from_json(doc))
         for doc in self.options.thresholds:
             await self.add_threshold(Threshold.from_json(doc))
         self._states = await self.db.states()
@@ -185,11 +187,24 @@ class NotifyService:
         if th.id not in self.thresholds and len(self.thresholds) >= THRESHOLDS_MAX:
             raise InvalidRequest("too many thresholds", limit=THRESHOLDS_MAX)
         await self.db.put("thresholds", th.id, th.to_json())
-        self.thresholds[th.id] = th
+        self._keep(th)
         return th
 
+    def _keep(self, th: Threshold) -> None:
+        old = self.thresholds.get(th.id)
+        if old is not None:
+            self._watching.get(old.subscriber_id, {}).pop(old.id, None)
+        self.thresholds[th.id] = th
+        self._watching.setdefault(th.subscriber_id, {})[th.id] = th
+
     async def remove_threshold(self, th_id: str) -> bool:
-        found = self.thresholds.pop(th_id, None) is not None
+        old = self.thresholds.pop(th_id, None)
+        found = old is not None
+        if old is not None:
+            watched = self._watching.get(old.subscriber_id, {})
+            watched.pop(th_id, None)
+            if not watched:
+                self._watching.pop(old.subscriber_id, None)
         await self.db.delete("thresholds", th_id)
         await self.db.drop_states(th_id)
         for key in [k for k in self._states if k[0] == th_id]:
@@ -197,7 +212,7 @@ class NotifyService:
         return found
 
     async def _balance(self, sid: str, credited: bool) -> None:
-        mine = [th for th in self.thresholds.values() if th.applies_to(sid)]
+        mine = [*self._watching.get(None, {}).values(), *self._watching.get(sid, {}).values()]
         if not mine and sid not in self._out:
             return
         sub = await self._subscriber(sid)
