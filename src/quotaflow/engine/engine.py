@@ -114,6 +114,9 @@ class Engine:
         self._waiting: dict[str, int] = {}  # the same, by group
         self._in_group: dict[str, set[tuple[str, int | None]]] = {}  # rate keys by group
         self._group_of: dict[tuple[str, int | None], str] = {}  # and back
+        self._active_counted: dict[str, tuple[int, int]] = {}  # group -> (second, count)
+        self._group_rate: dict[tuple[str, Unit], float] = {}
+        self._contribution: dict[tuple[str, int | None], tuple[tuple[str, Unit], float]] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -222,6 +225,7 @@ class Engine:
         for rating_group in self._session_rgs.pop(session_id, ()):
             key = (session_id, rating_group)
             self._rates.pop(key, None)
+            self._contribute(key, None, 0.0)
             gid = self._group_of.pop(key, None)
             if gid is not None:
                 keys = self._in_group[gid]
@@ -282,7 +286,7 @@ class Engine:
         if result is None:
             view = None
             if step.group is not None and step.group.policy.get("allocation") == "reclaim":
-                view = await self._pool_view(step)
+                view = await self._pool_view(step, s)
             args = self._charge_args(step, s, view)
             idle = bool(args.get("idle"))
             try:
@@ -304,10 +308,26 @@ class Engine:
     def _remember_grant(
         self, step: _Step, s: ServiceRequest, answer: ServiceAnswer
     ) -> ServiceAnswer:
-        tracker = self._rates.get((step.session_id, s.rating_group))
+        key = (step.session_id, s.rating_group)
+        tracker = self._rates.get(key)
         if tracker is not None:
             tracker.granted = answer.granted_units
+            if step.group is not None:
+                rate = (tracker.rate_per_s or 0.0) if tracker.granted > 0 else 0.0
+                self._contribute(key, (step.group.id, s.unit), rate)
         return answer
+
+    def _contribute(
+        self, key: tuple[str, int | None], group: tuple[str, Unit] | None, rate: float
+    ) -> None:
+        """Keep each group's summed usage rate of the sessions holding a grant, as they report,
+        so sizing a grant never has to add up a fleet's sessions."""
+        old = self._contribution.pop(key, None)
+        if old is not None:
+            self._group_rate[old[0]] -= old[1]
+        if group is not None:
+            self._contribution[key] = (group, rate)
+            self._group_rate[group] = self._group_rate.get(group, 0.0) + rate
 
     async def _second_try(
         self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any], result: Result
@@ -438,7 +458,7 @@ class Engine:
         # not worth asking back.
         total, worth = reclaimable(others, rates, self.store.clock(), min_age_ms, minimum // 2)
         if total < minimum:
-            view = await self._pool_view(step)
+            view = await self._pool_view(step, s)
             if view.spent(self.store.pool_available(group.id, s.unit.value), 0, minimum):
                 # The pool is spent: what members still hold comes back and stays, so nobody
                 # holds credit while others are refused. The refusal waits for them (at most
@@ -496,23 +516,33 @@ class Engine:
             if step.group is not None:  # the shared pool may have moved too
                 await self._emit("balance_changed", step.group.id, detail)
 
-    async def _pool_view(self, step: _Step) -> PoolView:
+    async def _pool_view(self, step: _Step, s: ServiceRequest) -> PoolView:
+        """The pool as the reclaim policy sizes a grant: the others' summed rate, what open
+        grants hold, who waits, how many sessions are active; none of it adds up the group."""
         assert step.group is not None
-        rate = 0.0
-        held = 0
-        for res in await self.store.pool_reservations(step.group.id):
-            held += res.pool_units
-            tracker = self._rates.get((res.session_id or "", res.rating_group))
-            if res.session_id != step.session_id and tracker is not None and tracker.rate_per_s:
-                rate += tracker.rate_per_s
-        # Sessions that would use at least a minimum grant in a validity time are active.
+        gid = step.group.id
+        own = self._contribution.get((step.session_id, s.rating_group))
+        rate = self._group_rate.get((gid, s.unit), 0.0) - (0.0 if own is None else own[1])
+        held = self.store.pool_held(gid, s.unit.value)
+        return PoolView(rate, held, self._waiting.get(gid, 0), self._active(gid))
+
+    def _active(self, group_id: str) -> int:
+        """The group's sessions that would use at least a minimum grant in a validity time.
+
+        Counted at most once per second per group: a fleet has thousands of sessions, and the
+        count only decides when a nearly empty pool is spent."""
+        second = self.store.clock() // 1000
+        cached = self._active_counted.get(group_id)
+        if cached is not None and cached[0] == second:
+            return cached[1]
         floor = min(lim.min_units for lim in self.policy.limits.values()) / self.policy.validity_s
         active = 0
-        for key in self._in_group.get(step.group.id, ()):
+        for key in self._in_group.get(group_id, ()):
             tracker = self._rates.get(key)
             if tracker is not None and (tracker.rate_per_s or 0.0) >= floor:
                 active += 1
-        return PoolView(rate, held, self._waiting.get(step.group.id, 0), active)
+        self._active_counted[group_id] = (second, active)
+        return active
 
     def _charge_args(
         self, step: _Step, s: ServiceRequest, view: PoolView | None = None

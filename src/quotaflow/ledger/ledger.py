@@ -108,6 +108,10 @@ class Ledger(GroupOps, MovingOps):
         # (when, id) of group resets and voucher expiries, so the sweeper never scans all
         # groups or vouchers; an entry whose time no longer matches is skipped.
         self._reset_heap: list[tuple[int, str]] = []
+        # Open reservations holding each group's pool: (subscriber id, reservation id).
+        self.pool_holds: dict[str, set[tuple[str, str]]] = {}
+        # And what they hold in all, by (group id, unit).
+        self.pool_held: dict[tuple[str, str], int] = {}
         self._voucher_heap: list[tuple[int, str]] = []
         self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
         # Reservations voided lazily because their validity lapsed. Such a void can happen in
@@ -264,11 +268,19 @@ class Ledger(GroupOps, MovingOps):
                     key = (leg.account or sub.id, leg.bucket_id)
                     reserved_by_bucket[key] = reserved_by_bucket.get(key, 0) + leg.amount
         pool_held: dict[tuple[str, str, str], int] = {}
+        holds: dict[str, set[tuple[str, str]]] = {}
+        held_total: dict[tuple[str, str], int] = {}
         for sub in self.subscribers.values():
             for res in sub.reservations.values():
+                if res.pool is not None:
+                    holds.setdefault(res.pool, set()).add((sub.id, res.id))
+                    key2 = (res.pool, res.unit.value)
+                    held_total[key2] = held_total.get(key2, 0) + res.pool_units
                 if res.pool is not None and res.pool in self.groups:
                     key3 = (res.pool, sub.id, res.unit.value)
                     pool_held[key3] = pool_held.get(key3, 0) + res.pool_units
+        assert holds == self.pool_holds, "pool index differs from the open reservations"
+        assert {k: v for k, v in held_total.items() if v} == self.pool_held, "pool held total"
         for group in self.groups.values():
             for member in group.members.values():
                 for unit_name, amount in member.held.items():
@@ -544,6 +556,17 @@ class Ledger(GroupOps, MovingOps):
         """A pool reservation ends: its hold on the member's room goes, what was used counts."""
         if res.pool is None:
             return
+        holds = self.pool_holds.get(res.pool)
+        if holds is not None:
+            holds.discard((res.subscriber_id, res.id))
+            if not holds:
+                del self.pool_holds[res.pool]
+        key2 = (res.pool, res.unit.value)
+        left = self.pool_held.get(key2, 0) - res.pool_units
+        if left:
+            self.pool_held[key2] = left
+        else:
+            self.pool_held.pop(key2, None)
         group = self.groups.get(res.pool)
         member = None if group is None else group.members.get(res.subscriber_id)
         if member is None:  # left the group meanwhile: the pool was charged, nothing to count
@@ -669,6 +692,10 @@ class Ledger(GroupOps, MovingOps):
         )
         if member is not None and pool_units:
             member.held[unit.value] = member.held.get(unit.value, 0) + pool_units
+        if res.pool is not None:
+            self.pool_holds.setdefault(res.pool, set()).add((sub.id, rid))
+            key2 = (res.pool, unit.value)
+            self.pool_held[key2] = self.pool_held.get(key2, 0) + res.pool_units
         sub.reservations[rid] = res
         self._track(sub.id, res)
         nxt = self._next_expiry.get(sub.id)
@@ -1195,6 +1222,10 @@ class Ledger(GroupOps, MovingOps):
                 ledger.identity_index[f"{key}:{value}"] = sub.id
             for res in sub.reservations.values():
                 ledger._track(sub.id, res)
+                if res.pool is not None:
+                    ledger.pool_holds.setdefault(res.pool, set()).add((sub.id, res.id))
+                    key2 = (res.pool, res.unit.value)
+                    ledger.pool_held[key2] = ledger.pool_held.get(key2, 0) + res.pool_units
                 nxt = ledger._next_expiry.get(sub.id)
                 if nxt is None or res.expires_at_ms < nxt:
                     ledger._next_expiry[sub.id] = res.expires_at_ms

@@ -64,6 +64,10 @@ class Store(Protocol):
 
     def pool_available(self, group_id: str, unit: str) -> int: ...
 
+    def pool_held(self, group_id: str, unit: str) -> int:
+        """Units of this group's pool held by open grants."""
+        ...
+
     async def pool_reservations(self, group_id: str) -> list[Reservation]:
         """Open reservations that hold units of this group's pool."""
         ...

@@ -508,13 +508,16 @@ class EmbeddedStore:
     def pool_available(self, group_id: str, unit: str) -> int:
         return self.ledger.pool_available(group_id, Unit(unit), self.clock())
 
+    def pool_held(self, group_id: str, unit: str) -> int:
+        return self.ledger.pool_held.get((group_id, unit), 0)
+
     async def pool_reservations(self, group_id: str) -> list[Reservation]:
-        group = self.ledger.group(group_id)
+        self.ledger.group(group_id)  # NotFound for an unknown group
         found: list[Reservation] = []
-        for sid in group.members:
-            sub = self.ledger.subscribers.get(sid)
-            if sub is not None:
-                found += [r for r in sub.reservations.values() if r.pool == group_id]
+        for sid, rid in self.ledger.pool_holds.get(group_id, ()):
+            found.append(self.ledger.subscribers[sid].reservations[rid])
+        # In id order: the set's order is not stable across runs, the callers' decisions are.
+        found.sort(key=lambda r: (r.subscriber_id, r.id))
         return found
 
     def policy_counters(self, subscriber_id: str) -> list[dict[str, Any]]:
