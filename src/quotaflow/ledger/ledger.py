@@ -80,7 +80,8 @@ class Ledger(GroupOps, MovingOps):
         self.limits = limits or Limits()
         self.subscribers: dict[str, Subscriber] = {}
         self.identity_index: dict[str, str] = {}  # "msisdn:4670..." -> subscriber id
-        self.sessions: dict[str, dict[str, Any]] = {}
+        # Least recently reported first, so the idle scan stops at the first recent one.
+        self.sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.sessions_by_subscriber: dict[str, set[str]] = {}
         self.groups: dict[str, Group] = {}
         self.transfers: dict[str, Transfer] = {}
@@ -917,6 +918,7 @@ class Ledger(GroupOps, MovingOps):
         if session is not None:
             session.setdefault("money_units", {})[key] = base
             session["last_ms"] = now_ms
+            self.sessions.move_to_end(args["session_id"])
         if not reserve:
             return result
         result["grant"] = None
@@ -1144,7 +1146,7 @@ class Ledger(GroupOps, MovingOps):
         idle = []
         for session_id, record in self.sessions.items():
             if record.get("last_ms", record["opened_ms"]) > horizon:
-                continue
+                break  # the rest reported more recently
             sub = self.subscribers.get(record["subscriber_id"])
             if sub is None or not any(
                 r.session_id == session_id for r in sub.reservations.values()
@@ -1200,7 +1202,7 @@ class Ledger(GroupOps, MovingOps):
     def snapshot(self) -> dict[str, Any]:
         return {
             "subscribers": [s.to_json() for s in self.subscribers.values()],
-            "sessions": self.sessions,
+            "sessions": dict(self.sessions),
             "next_session_scan_ms": self._next_session_scan_ms,
             "groups": [g.to_json() for g in self.groups.values()],
             "transfers": [t.to_json() for t in self.transfers.values()],
@@ -1250,7 +1252,12 @@ class Ledger(GroupOps, MovingOps):
         heapq.heapify(ledger._voucher_heap)
         ledger.offers = {o["id"]: Offer.from_json(o) for o in doc.get("offers", [])}
         ledger.remote = {r["id"]: dict(r) for r in doc.get("remote", [])}
-        ledger.sessions = dict(doc["sessions"])
+        ledger.sessions = OrderedDict(
+            sorted(
+                doc["sessions"].items(),
+                key=lambda item: (item[1].get("last_ms", item[1]["opened_ms"]), item[0]),
+            )
+        )
         ledger._next_session_scan_ms = doc.get("next_session_scan_ms", 0)
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
