@@ -113,10 +113,10 @@ class Engine:
         self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
         self._waiting: dict[str, int] = {}  # the same, by group
         self._in_group: dict[str, set[tuple[str, int | None]]] = {}  # rate keys by group
-        self._group_of: dict[tuple[str, int | None], str] = {}  # and back
         self._active_counted: dict[str, tuple[int, int]] = {}  # group -> (second, count)
+        # (group, unit) -> summed rate of the group's sessions holding a grant, kept as they
+        # report, so sizing a grant never adds up a fleet's sessions.
         self._group_rate: dict[tuple[str, Unit], float] = {}
-        self._contribution: dict[tuple[str, int | None], tuple[tuple[str, Unit], float]] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -224,14 +224,13 @@ class Engine:
             )
         for rating_group in self._session_rgs.pop(session_id, ()):
             key = (session_id, rating_group)
-            self._rates.pop(key, None)
-            self._contribute(key, None, 0.0)
-            gid = self._group_of.pop(key, None)
-            if gid is not None:
-                keys = self._in_group[gid]
+            tracker = self._rates.pop(key, None)
+            if tracker is not None and tracker.pool is not None:
+                self._contribute(tracker, 0.0)
+                keys = self._in_group[tracker.pool[0]]
                 keys.discard(key)
                 if not keys:
-                    del self._in_group[gid]
+                    del self._in_group[tracker.pool[0]]
         return answer
 
     async def _session(self, session_id: str) -> dict[str, Any]:
@@ -308,26 +307,19 @@ class Engine:
     def _remember_grant(
         self, step: _Step, s: ServiceRequest, answer: ServiceAnswer
     ) -> ServiceAnswer:
-        key = (step.session_id, s.rating_group)
-        tracker = self._rates.get(key)
+        tracker = self._rates.get((step.session_id, s.rating_group))
         if tracker is not None:
             tracker.granted = answer.granted_units
-            if step.group is not None:
-                rate = (tracker.rate_per_s or 0.0) if tracker.granted > 0 else 0.0
-                self._contribute(key, (step.group.id, s.unit), rate)
+            self._contribute(tracker, (tracker.rate_per_s or 0.0) if tracker.granted > 0 else 0.0)
         return answer
 
-    def _contribute(
-        self, key: tuple[str, int | None], group: tuple[str, Unit] | None, rate: float
-    ) -> None:
-        """Keep each group's summed usage rate of the sessions holding a grant, as they report,
-        so sizing a grant never has to add up a fleet's sessions."""
-        old = self._contribution.pop(key, None)
-        if old is not None:
-            self._group_rate[old[0]] -= old[1]
-        if group is not None:
-            self._contribution[key] = (group, rate)
-            self._group_rate[group] = self._group_rate.get(group, 0.0) + rate
+    def _contribute(self, tracker: RateTracker, rate: float) -> None:
+        """Set what a member's session adds to its group's summed rate (`_group_rate`)."""
+        if tracker.pool is None:
+            return
+        total = self._group_rate.get(tracker.pool, 0.0) - tracker.contribution + rate
+        self._group_rate[tracker.pool] = total
+        tracker.contribution = rate
 
     async def _second_try(
         self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any], result: Result
@@ -442,11 +434,7 @@ class Engine:
         assert group is not None
         if group.policy.get("allocation") != "reclaim":
             return None
-        others = [
-            r
-            for r in await self.store.pool_reservations(group.id)
-            if r.session_id != step.session_id and r.unit is s.unit
-        ]
+        others = await self._held_by_others(step, s)
         rates: dict[tuple[str, int | None], float | None] = {}
         for r in others:
             key = (r.session_id or "", r.rating_group)
@@ -463,22 +451,27 @@ class Engine:
                 # The pool is spent: what members still hold comes back and stays, so nobody
                 # holds credit while others are refused. The refusal waits for them (at most
                 # reclaim_wait_ms), so it goes out when nothing is held any more.
-                held = [r for r in others if r.pool_units]
-                await self._reauthorize(group.id, step.subscriber_id, held)
+                await self._reauthorize(group.id, step.subscriber_id, others)
                 deadline_ms = self.store.clock() + int(group.policy.get("reclaim_wait_ms", 1_000))
+                held = others
                 while held and (left_ms := deadline_ms - self.store.clock()) > 0:
                     if not await self._pool_wait(group.id, left_ms):
                         break
-                    held = [
-                        r
-                        for r in await self.store.pool_reservations(group.id)
-                        if r.session_id != step.session_id and r.pool_units
-                    ]
+                    held = await self._held_by_others(step, s)
             return None
         await self._reauthorize(group.id, step.subscriber_id, worth)
         self.reclaims += 1
         retry_s: int = group.policy.get("retry_s", 5)
         return retry_s
+
+    async def _held_by_others(self, step: _Step, s: ServiceRequest) -> list[Reservation]:
+        """Open grants on the member's pool, in this unit, held by other sessions."""
+        assert step.group is not None
+        return [
+            r
+            for r in await self.store.pool_reservations(step.group.id)
+            if r.session_id != step.session_id and r.unit is s.unit
+        ]
 
     async def _reauthorize(self, group_id: str, for_id: str, held: list[Reservation]) -> None:
         """Ask the sessions holding these grants to report now (reclaim)."""
@@ -521,8 +514,8 @@ class Engine:
         grants hold, who waits, how many sessions are active; none of it adds up the group."""
         assert step.group is not None
         gid = step.group.id
-        own = self._contribution.get((step.session_id, s.rating_group))
-        rate = self._group_rate.get((gid, s.unit), 0.0) - (0.0 if own is None else own[1])
+        own = self._rates.get((step.session_id, s.rating_group))
+        rate = self._group_rate.get((gid, s.unit), 0.0) - (0.0 if own is None else own.contribution)
         held = self.store.pool_held(gid, s.unit.value)
         return PoolView(rate, held, self._waiting.get(gid, 0), self._active(gid))
 
@@ -554,8 +547,8 @@ class Engine:
             tracker = self._rates[key] = RateTracker(now_ms)
             self._session_rgs.setdefault(step.session_id, []).append(s.rating_group)
             if step.group is not None:
+                tracker.pool = (step.group.id, s.unit)
                 self._in_group.setdefault(step.group.id, set()).add(key)
-                self._group_of[key] = step.group.id
             interval_start_ms = now_ms
         else:
             interval_start_ms = tracker.last_ms
@@ -591,14 +584,16 @@ class Engine:
             }
         if s.want_grant and not step.closing:
             validity_s = self.policy.validity_s
+            pool_available = 0
             if step.group is not None:
+                pool_available = self.store.pool_available(step.group.id, s.unit.value)
                 pool_grant = size_pool_grant(
                     step.group.policy,
                     self.policy,
                     s.unit,
                     tracker.rate_per_s,
                     s.requested_units,
-                    self.store.pool_available(step.group.id, s.unit.value),
+                    pool_available,
                     len(step.group.members),
                     idle=s.used_units == 0 and tracker.granted > 0,
                     view=None
@@ -619,11 +614,7 @@ class Engine:
                 "validity_ms": (validity_s + self.policy.grace_s) * 1000,
                 "session_id": step.session_id,
             }
-            if view is not None and view.spent(
-                self.store.pool_available(step.group.id, s.unit.value),  # type: ignore[union-attr]
-                s.used_units,
-                lim.min_units,
-            ):
+            if view is not None and view.spent(pool_available, s.used_units, lim.min_units):
                 args["reserve"]["skip_pool"] = True  # its own buckets only
         return args
 

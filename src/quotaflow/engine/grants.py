@@ -58,6 +58,10 @@ class RateTracker:
     last_ms: int
     rate_per_s: float | None = None
     granted: int = 0  # what the last answer granted: a report of nothing used on a grant is idle
+    # A member's session: its group and unit, and what it adds to that group's summed rate of
+    # sessions holding a grant (its rate while it holds one, else 0).
+    pool: tuple[str, Unit] | None = None
+    contribution: float = 0.0
 
     def observe(self, used_units: int, now_ms: int, weight: float) -> None:
         elapsed_ms = now_ms - self.last_ms

@@ -93,7 +93,6 @@ class Ledger(GroupOps, MovingOps):
         # Transfers to other operators: id -> {from, to, operator, unit, amount, state, buckets}
         self.remote: dict[str, dict[str, Any]] = {}
         self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
-        # op_id -> (fingerprint, result, at_ms); insertion order is age order, for eviction.
         # op_id -> (digest of the operation and its canonical arguments, first result, when).
         # Keeping the arguments themselves instead of a digest executes fewer instructions but
         # measured 10-20% slower (memory), so a 16-byte digest it is.
@@ -109,11 +108,11 @@ class Ledger(GroupOps, MovingOps):
         # (when, id) of group resets and voucher expiries, so the sweeper never scans all
         # groups or vouchers; an entry whose time no longer matches is skipped.
         self._reset_heap: list[tuple[int, str]] = []
+        self._voucher_heap: list[tuple[int, str]] = []
         # Open reservations holding each group's pool: (subscriber id, reservation id).
         self.pool_holds: dict[str, set[tuple[str, str]]] = {}
         # And what they hold in all, by (group id, unit).
         self.pool_held: dict[tuple[str, str], int] = {}
-        self._voucher_heap: list[tuple[int, str]] = []
         self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
         # Reservations voided lazily because their validity lapsed. Such a void can happen in
         # an operation that is then refused; the store journals that refusal too, so replay
@@ -553,6 +552,14 @@ class Ledger(GroupOps, MovingOps):
         del sub.reservations[res.id]
         self._untrack(sub.id, res)
 
+    def _hold_pool(self, res: Reservation) -> None:
+        """Index an open reservation that holds a group's pool (undone by `_settle_pool`)."""
+        if res.pool is None:
+            return
+        self.pool_holds.setdefault(res.pool, set()).add((res.subscriber_id, res.id))
+        key = (res.pool, res.unit.value)
+        self.pool_held[key] = self.pool_held.get(key, 0) + res.pool_units
+
     def _settle_pool(self, res: Reservation, posted: int) -> None:
         """A pool reservation ends: its hold on the member's room goes, what was used counts."""
         if res.pool is None:
@@ -693,10 +700,7 @@ class Ledger(GroupOps, MovingOps):
         )
         if member is not None and pool_units:
             member.held[unit.value] = member.held.get(unit.value, 0) + pool_units
-        if res.pool is not None:
-            self.pool_holds.setdefault(res.pool, set()).add((sub.id, rid))
-            key2 = (res.pool, unit.value)
-            self.pool_held[key2] = self.pool_held.get(key2, 0) + res.pool_units
+        self._hold_pool(res)
         sub.reservations[rid] = res
         self._track(sub.id, res)
         nxt = self._next_expiry.get(sub.id)
@@ -1176,8 +1180,9 @@ class Ledger(GroupOps, MovingOps):
         voucher = self.vouchers.get(vid)
         return voucher is not None and voucher.state == "issued" and voucher.expires_at_ms == at_ms
 
+    @staticmethod
     def _next_current(
-        self, heap: list[tuple[int, str]], current: Callable[[str, int], bool]
+        heap: list[tuple[int, str]], current: Callable[[str, int], bool]
     ) -> int | None:
         while heap and not current(heap[0][1], heap[0][0]):
             heapq.heappop(heap)  # stale: changed or gone since it was pushed
@@ -1224,10 +1229,7 @@ class Ledger(GroupOps, MovingOps):
                 ledger.identity_index[f"{key}:{value}"] = sub.id
             for res in sub.reservations.values():
                 ledger._track(sub.id, res)
-                if res.pool is not None:
-                    ledger.pool_holds.setdefault(res.pool, set()).add((sub.id, res.id))
-                    key2 = (res.pool, res.unit.value)
-                    ledger.pool_held[key2] = ledger.pool_held.get(key2, 0) + res.pool_units
+                ledger._hold_pool(res)
                 nxt = ledger._next_expiry.get(sub.id)
                 if nxt is None or res.expires_at_ms < nxt:
                     ledger._next_expiry[sub.id] = res.expires_at_ms

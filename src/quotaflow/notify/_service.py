@@ -191,20 +191,22 @@ class NotifyService:
         return th
 
     def _keep(self, th: Threshold) -> None:
-        old = self.thresholds.get(th.id)
-        if old is not None:
-            self._watching.get(old.subscriber_id, {}).pop(old.id, None)
+        self._forget(th.id)
         self.thresholds[th.id] = th
         self._watching.setdefault(th.subscriber_id, {})[th.id] = th
 
-    async def remove_threshold(self, th_id: str) -> bool:
+    def _forget(self, th_id: str) -> bool:
         old = self.thresholds.pop(th_id, None)
-        found = old is not None
-        if old is not None:
-            watched = self._watching.get(old.subscriber_id, {})
-            watched.pop(th_id, None)
-            if not watched:
-                self._watching.pop(old.subscriber_id, None)
+        if old is None:
+            return False
+        watched = self._watching[old.subscriber_id]
+        del watched[th_id]
+        if not watched:
+            del self._watching[old.subscriber_id]
+        return True
+
+    async def remove_threshold(self, th_id: str) -> bool:
+        found = self._forget(th_id)
         await self.db.delete("thresholds", th_id)
         await self.db.drop_states(th_id)
         for key in [k for k in self._states if k[0] == th_id]:
