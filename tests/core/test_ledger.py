@@ -373,3 +373,22 @@ def test_sessions_nobody_reports_on_are_closed_after_a_day() -> None:
     assert copy.snapshot() == ledger.snapshot()  # the scan's clock is part of the state
     ledger.apply("expire", None, {}, T0 + 3 * day)
     assert set(ledger.sessions) == set()  # the hold lapsed, and then it was idle too
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_skip_pool_must_be_a_boolean(value: object) -> None:
+    ledger = make(1000)
+    before = ledger.snapshot()
+    with pytest.raises(InvalidRequest, match="skip_pool"):
+        reserve(ledger, "r1", 10, skip_pool=value)
+    charge = {
+        "subscriber_id": "a",
+        "unit": "octets",
+        "rating_group": 10,
+        "used_units": 0,
+        "reservation_id": "r2",
+        "reserve": {"units_max": 10, "validity_ms": 10_000, "skip_pool": value},
+    }
+    with pytest.raises(InvalidRequest, match="skip_pool"):
+        ledger.apply("charge", "ch", charge, T0)
+    assert ledger.snapshot() == before
