@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 from quotaflow.store import EmbeddedStore
@@ -37,8 +38,12 @@ async def bench_store(data_dir: Path, pairs: int, inflight: int) -> tuple[float,
     commits0, rows0 = store.commits, store.committed_rows
     submit = store.submit
     started = time.perf_counter()
-    outstanding = 0
-    barrier = None
+    # Clients with up to `inflight` operations unanswered: the answers of each window of
+    # `window` operations are released by its barrier; the oldest window is awaited before
+    # more than `inflight` are outstanding, so the next window fills while one commits.
+    window = max(2, inflight // 4)
+    windows: deque[asyncio.Future[None]] = deque()
+    in_window = 0
     for i in range(pairs):
         sid = f"s{i % SUBSCRIBERS}"
         rid = f"r{i}"
@@ -57,11 +62,12 @@ async def bench_store(data_dir: Path, pairs: int, inflight: int) -> tuple[float,
         _, barrier = submit(
             "commit", f"b{i}", {"subscriber_id": sid, "reservation_id": rid, "used_units": 700_000}
         )
-        outstanding += 2
-        if outstanding >= inflight and barrier is not None:
-            # The clients of this window get their answers only now, once durable.
-            await barrier
-            outstanding = 0
+        in_window += 2
+        if in_window >= window and barrier is not None:
+            windows.append(barrier)
+            in_window = 0
+            while len(windows) * window > inflight - window:
+                await windows.popleft()
     await store.flush()
     elapsed = time.perf_counter() - started
     commits = store.commits - commits0
@@ -123,7 +129,7 @@ def bench_blob_ceiling(path: Path, rows_total: int, batch: int, row_bytes: int) 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--pairs", type=int, default=200_000)
-    p.add_argument("--inflight", type=int, default=2_000, help="operations awaiting one barrier")
+    p.add_argument("--inflight", type=int, default=2_000, help="most ops unanswered at once")
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     try:

@@ -19,7 +19,7 @@ if [ -n "$need" ]; then
 fi
 QF_EXTRAS=test . scripts/bootstrap.sh
 echo "== ruff" >&2
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench setup.py
 echo "== mypy" >&2
 .venv/bin/mypy
 echo "== pytest" >&2

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
+
+from quotaflow import NATIVE_MODE, __version__
 
 REGISTRY = CollectorRegistry()
 
@@ -32,6 +34,10 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
     registry=REGISTRY,
 )
+
+
+BUILD = Info("quotaflow_build", "Version; whether the hot path runs compiled", registry=REGISTRY)
+BUILD.info({"version": __version__, "native": NATIVE_MODE.split(" ", 1)[0]})
 
 
 class _StoreCollector:

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
-from quotaflow import notify, records
+from quotaflow import NATIVE_MODE, notify, records
 from quotaflow.api import ManagementApi
 from quotaflow.config import Config
 from quotaflow.diameter.gy import start_gy
@@ -105,6 +105,7 @@ class Server:
                 "diameter": f"{cfg.diameter_host}:{cfg.diameter_port}"
                 if cfg.diameter_enabled
                 else "off",
+                "native": NATIVE_MODE,  # "compiled", or why the hot path runs interpreted
             },
         )
 

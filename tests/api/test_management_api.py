@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+import quotaflow
 from quotaflow.server import Server
 
 
@@ -85,6 +86,12 @@ async def test_buckets_balance_topups_adjustments(api: httpx.AsyncClient) -> Non
         ("/v1/subscribers/alice/topups", {"unit": "octets", "amount": "5"}, 422, "amount"),
         ("/v1/subscribers/alice/topups", {"unit": "litres", "amount": 5}, 422, "unit"),
         (
+            "/v1/subscribers/alice/topups",
+            {"unit": "octets", "amount": 5, "bucket_id": 7},
+            422,
+            "bucket_id",
+        ),
+        (
             "/v1/subscribers/alice/buckets",
             {"unit": "octets", "amount": 5, "expires_at": "tomorrow"},
             422,
@@ -151,6 +158,11 @@ async def test_metrics_and_openapi(api: httpx.AsyncClient) -> None:
         in metrics
     )
     assert "quotaflow_store_subscribers 1.0" in metrics
+    native = quotaflow.NATIVE_MODE.split(" ", 1)[0]  # "compiled" or "interpreted"
+    assert (
+        f'quotaflow_build_info{{native="{native}",version="{quotaflow.__version__}"}} 1.0'
+        in metrics
+    )
     doc = (await api.get("/v1/openapi.json")).json()
     assert doc["openapi"].startswith("3.") and "/v1/subscribers/{sid}/balance" in doc["paths"]
 

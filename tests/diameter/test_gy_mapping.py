@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from quotaflow.diameter import Message, default_dictionary, gy_config
 from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.gy_answer import AvpFactory, Outcome, command_result, money_value
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_mapping import (
-    GyRequestError,
     ServiceAsk,
     choose_unit,
     money_micros,

@@ -348,3 +348,14 @@ async def test_configured_units_and_offline_groups(tmp_path: Path, spec: OpenAPI
         sub_now = await live.store.get_subscriber(sub)
         assert sub_now.counter(Unit.SECONDS)["consumed"] == 100
         await client.aclose()
+
+
+def test_timestamps_are_rfc3339_with_milliseconds() -> None:
+    from datetime import UTC, datetime
+
+    from quotaflow.nchf._mapping import timestamp_now
+
+    for ms in (0, 999, 1_000, 1_795_390_000_001, 1_795_390_000_999, 1_795_390_001_000):
+        expected = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        assert timestamp_now(ms) == expected.replace("+00:00", "Z")
+    assert timestamp_now().endswith("Z")

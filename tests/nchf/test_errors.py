@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quotaflow.nchf._wire import WireError, decode_body, parse_request
+from quotaflow.nchf._errors import WireError
+from quotaflow.nchf._wire import decode_body, parse_request
 from tests.nchf.conftest import (
     MB,
     LiveChf,

@@ -291,9 +291,11 @@ class ManagementApi:
             "amount": body["amount"],
             "topup_id": topup_id,
         }
-        for key in ("rating_groups", "bucket_id"):
-            if body.get(key) is not None:
-                args[key] = body[key]
+        if body.get("rating_groups") is not None:
+            args["rating_groups"] = body["rating_groups"]
+        bucket_id = want_str(body, "bucket_id")
+        if bucket_id is not None:
+            args["bucket_id"] = bucket_id
         expires = time_ms(body, "expires_at")
         if expires is not None:
             args["expires_at_ms"] = expires

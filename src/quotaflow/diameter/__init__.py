@@ -1,7 +1,7 @@
 """Diameter protocol core (RFC 6733, RFC 4006, 3GPP Ro): a sans-I/O codec and peer state
 machine, with a thin asyncio server and client around them."""
 
-from quotaflow.diameter._link import LinkClosedError, RequestHandler
+from quotaflow.diameter._link import RequestHandler
 from quotaflow.diameter.client import DiameterClient
 from quotaflow.diameter.codec import decode_header, decode_message, encode_avp, encode_message
 from quotaflow.diameter.constants import (
@@ -23,7 +23,7 @@ from quotaflow.diameter.dictionary import (
     Dictionary,
     default_dictionary,
 )
-from quotaflow.diameter.errors import DiameterError, FramingError
+from quotaflow.diameter.errors import DiameterError, FramingError, LinkClosedError, PeerError
 from quotaflow.diameter.events import (
     AnswerReceived,
     CapabilitiesExchanged,
@@ -47,7 +47,6 @@ from quotaflow.diameter.peer import (
     AllowedPeer,
     PeerConfig,
     PeerConnection,
-    PeerError,
     PeerState,
     Role,
 )

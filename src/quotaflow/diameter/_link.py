@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.errors import LinkClosedError
 from quotaflow.diameter.events import (
     AnswerReceived,
     CapabilitiesExchanged,
@@ -32,10 +33,6 @@ log = logging.getLogger("quotaflow.diameter")
 RequestHandler = Callable[[PeerInfo, Message], Awaitable[Message]]
 
 IN_FLIGHT_MAX = 1_024  # application requests being handled per connection; beyond: 3004
-
-
-class LinkClosedError(ConnectionError):
-    """The connection closed before the answer arrived."""
 
 
 class PeerLink(asyncio.Protocol):

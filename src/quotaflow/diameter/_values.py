@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from quotaflow.diameter.constants import ResultCode
 from quotaflow.diameter.dictionary import FIXED_SIZE_OCTETS, AvpDef, AvpType
+from quotaflow.diameter.errors import ValueProblem
 from quotaflow.diameter.message import AvpValue, RawAddress
 
 # NTP era 0 starts 1900-01-01; Unix time starts 2 208 988 800 s later.
@@ -26,14 +27,6 @@ _S_U64 = struct.Struct(">Q")
 _S_F32 = struct.Struct(">f")
 _S_F64 = struct.Struct(">d")
 _S_U16 = struct.Struct(">H")
-
-
-class ValueProblem(Exception):
-    """A value that cannot be decoded; the caller turns it into a DiameterError."""
-
-    def __init__(self, result_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.result_code = result_code
 
 
 def decode_value(definition: AvpDef, data: bytes) -> AvpValue:
@@ -89,9 +82,9 @@ def value_decoder(definition: AvpDef) -> ValueDecoder:
     if avp_type is AvpType.OCTET_STRING or avp_type is AvpType.IP_FILTER_RULE:
         return lambda data, start, end: data[start:end]
     if avp_type is AvpType.UTF8_STRING:
-        return lambda data, start, end: _utf8(data[start:end])
+        return lambda data, start, end: utf8_value(data[start:end])
     if avp_type is AvpType.DIAMETER_IDENTITY:
-        return lambda data, start, end: _identity(data[start:end])
+        return lambda data, start, end: identity_value(data[start:end])
     return lambda data, start, end: decode_value(definition, data[start:end])
 
 
@@ -115,14 +108,14 @@ def zero_payload(definition: AvpDef | None) -> bytes:
 # -- decoders -------------------------------------------------------------------------------
 
 
-def _utf8(data: bytes) -> str:
+def utf8_value(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueProblem(ResultCode.INVALID_AVP_VALUE, f"invalid UTF-8: {exc}") from None
 
 
-def _identity(data: bytes) -> str:
+def identity_value(data: bytes) -> str:
     # DiameterIdentity is an FQDN or realm: ASCII (IDNs travel as A-labels), never empty.
     if not data or not data.isascii():
         raise ValueProblem(ResultCode.INVALID_AVP_VALUE, "DiameterIdentity must be non-empty ASCII")
@@ -130,7 +123,7 @@ def _identity(data: bytes) -> str:
 
 
 def _uri(data: bytes) -> str:
-    text = _utf8(data)
+    text = utf8_value(data)
     if not text.startswith(("aaa://", "aaas://")):
         raise ValueProblem(ResultCode.INVALID_AVP_VALUE, "DiameterURI must start aaa:// or aaas://")
     return text
@@ -198,8 +191,8 @@ _DECODERS: dict[AvpType, Callable[[bytes], AvpValue]] = {
     AvpType.UNSIGNED64: _int(_S_U64),
     AvpType.FLOAT32: _float(_S_F32),
     AvpType.FLOAT64: _float(_S_F64),
-    AvpType.UTF8_STRING: _utf8,
-    AvpType.DIAMETER_IDENTITY: _identity,
+    AvpType.UTF8_STRING: utf8_value,
+    AvpType.DIAMETER_IDENTITY: identity_value,
     AvpType.DIAMETER_URI: _uri,
     AvpType.ADDRESS: _address,
     AvpType.TIME: _time,

@@ -7,14 +7,14 @@ Result-Code and Failed-AVP RFC 6733 asks for; nothing else escapes decode_messag
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import Any
+from typing import Final
 
 from quotaflow.diameter._values import (
     ValueDecoder,
-    ValueProblem,
     decode_value,
     encode_value,
+    identity_value,
+    utf8_value,
     value_decoder,
     zero_payload,
 )
@@ -34,7 +34,7 @@ from quotaflow.diameter.dictionary import (
     Dictionary,
     default_dictionary,
 )
-from quotaflow.diameter.errors import DiameterError, FramingError
+from quotaflow.diameter.errors import DiameterError, FramingError, ValueProblem
 from quotaflow.diameter.message import Avp, AvpValue, Header, Message
 
 _S_HEADER = struct.Struct(">IIIII")
@@ -234,11 +234,35 @@ def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]
     return salvaged
 
 
-# How the decoder reads one AVP's data: its definition, its value decoder (None for Grouped),
-# and for plain numbers (no strict enumeration) the unpacker and data size, read inline.
-_Entry = tuple[AvpDef, ValueDecoder | None, Callable[[bytes, int], tuple[Any, ...]] | None, int]
+# How the decoder reads one AVP's data: its definition, its value decoder (None for Grouped), a
+# kind saying which common formats are read inline (no call through the decoder), and the data
+# size of a fixed-size type. Kinds, not closures: compiled (mypyc), an inline read is C code,
+# while a call through a Callable is a Python call.
+_Entry = tuple[AvpDef, ValueDecoder | None, int, int]
 # Vendor-0 entries by code alone (no key tuple to build), the others by (code, vendor).
 _Tables = tuple[dict[int, _Entry], dict[tuple[int, int], _Entry]]
+
+_GENERIC: Final = 0  # through the value decoder
+_GROUPED: Final = 1
+_U32: Final = 2
+_I32: Final = 3
+_U64: Final = 4
+_I64: Final = 5
+_OCTETS: Final = 6
+_UTF8: Final = 7
+_IDENTITY: Final = 8
+
+_INLINE_KINDS: dict[AvpType, int] = {
+    AvpType.UNSIGNED32: _U32,
+    AvpType.INTEGER32: _I32,
+    AvpType.ENUMERATED: _I32,  # open enumerations only: a strict one checks its values
+    AvpType.UNSIGNED64: _U64,
+    AvpType.INTEGER64: _I64,
+    AvpType.OCTET_STRING: _OCTETS,
+    AvpType.IP_FILTER_RULE: _OCTETS,
+    AvpType.UTF8_STRING: _UTF8,
+    AvpType.DIAMETER_IDENTITY: _IDENTITY,
+}
 
 
 def _tables(dictionary: Dictionary) -> _Tables:
@@ -250,18 +274,12 @@ def _tables(dictionary: Dictionary) -> _Tables:
         for key, d in dictionary.avps.items():
             entry: _Entry
             if d.type is AvpType.GROUPED:
-                entry = (d, None, None, 0)
+                entry = (d, None, _GROUPED, 0)
             else:
-                unpacker = _PLAIN_NUMBERS.get(d.type)
-                if unpacker is not None and d.type is AvpType.ENUMERATED and d.enum_strict:
-                    unpacker = None
-                size = FIXED_SIZE_OCTETS.get(d.type, 0)
-                entry = (
-                    d,
-                    value_decoder(d),
-                    None if unpacker is None else unpacker.unpack_from,
-                    size,
-                )
+                kind = _INLINE_KINDS.get(d.type, _GENERIC)
+                if d.type is AvpType.ENUMERATED and d.enum_strict:
+                    kind = _GENERIC
+                entry = (d, value_decoder(d), kind, FIXED_SIZE_OCTETS.get(d.type, 0))
             if d.vendor_id:
                 vendor[key] = entry
             else:
@@ -270,15 +288,21 @@ def _tables(dictionary: Dictionary) -> _Tables:
     return tables
 
 
-_PLAIN_NUMBERS: dict[AvpType, struct.Struct] = {
-    AvpType.UNSIGNED32: struct.Struct(">I"),
-    AvpType.UNSIGNED64: struct.Struct(">Q"),
-    AvpType.INTEGER32: struct.Struct(">i"),
-    AvpType.INTEGER64: struct.Struct(">q"),
-    AvpType.ENUMERATED: struct.Struct(">i"),
-    AvpType.FLOAT32: struct.Struct(">f"),
-    AvpType.FLOAT64: struct.Struct(">d"),
-}
+def _read_u32(data: bytes, pos: int) -> int:
+    return (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+
+
+def _read_number(data: bytes, pos: int, kind: int) -> int:
+    """An inline number kind (_U32 .. _I64) at `pos`, its size already checked."""
+    if kind == _U32:
+        return _read_u32(data, pos)
+    if kind == _I32:
+        value = _read_u32(data, pos)
+        return value - 0x1_0000_0000 if value & 0x8000_0000 else value
+    value = (_read_u32(data, pos) << 32) | _read_u32(data, pos + 4)
+    if kind == _I64 and value & 0x8000_0000_0000_0000:
+        return value - 0x1_0000_0000_0000_0000
+    return value
 
 
 class _Decoder:
@@ -299,20 +323,18 @@ class _Decoder:
                 ResultCode.INVALID_AVP_VALUE, f"Grouped AVPs nested deeper than {GROUPED_DEPTH_MAX}"
             )
         # This loop runs for every AVP received: the common case (no vendor id, a length that
-        # fits, a plain number) is read inline; anything else goes through _avp_header (which
-        # raises 5014) or the definition's value decoder.
+        # fits, a plain number or string) is read inline; anything else goes through
+        # _avp_header (which raises 5014) or the definition's value decoder.
         data = self.data
-        plain = self.plain.get
-        unpack = _S_AVP.unpack_from
+        plain = self.plain
         avps: list[Avp] = []
-        append = avps.append
         count = self.count
         pos = start
         while pos < end:
             if end - pos >= 8:
-                code, word = unpack(data, pos)
-                flags = word >> 24
-                length = word & 0xFFFFFF
+                code = _read_u32(data, pos)
+                flags = data[pos + 4]
+                length = (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
                 vendor_id = 0
                 head = 8
                 if flags & 0x80 or length < 8 or length > end - pos:  # 0x80: AVP_FLAG_VENDOR
@@ -326,7 +348,7 @@ class _Decoder:
                 raise DiameterError(
                     ResultCode.RESOURCES_EXCEEDED, f"more than {AVP_COUNT_MAX} AVPs"
                 )
-            entry = self.vendor.get((code, vendor_id)) if vendor_id else plain(code)
+            entry = self.vendor.get((code, vendor_id)) if vendor_id else plain.get(code)
             if entry is None:
                 payload = data[pos + head : pos + length]
                 if flags & AVP_FLAG_MANDATORY:
@@ -335,29 +357,37 @@ class _Decoder:
                         f"unknown mandatory AVP code {code} vendor {vendor_id}",
                         failed_avps=[Avp(code, payload, vendor_id, flags)],
                     )
-                append(Avp(code, payload, vendor_id, flags))
+                avps.append(Avp(code, payload, vendor_id, flags))
             else:
-                definition, decode, number, size = entry
+                definition, decode, kind, size = entry
+                first = pos + head
+                last = pos + length
                 value: AvpValue
-                if number is not None and length - head == size:
-                    value = number(data, pos + head)[0]
-                elif decode is None:
+                if _U32 <= kind <= _I64 and last - first == size:
+                    value = _read_number(data, first, kind)
+                elif kind == _OCTETS:
+                    value = data[first:last]
+                elif kind == _GROUPED:
                     self.count = count
-                    value = self._grouped(definition, pos + head, pos + length, depth, flags)
+                    value = self._grouped(definition, first, last, depth, flags)
                     count = self.count
                 else:
                     try:
-                        value = decode(data, pos + head, pos + length)
+                        if kind == _UTF8:
+                            value = utf8_value(data[first:last])
+                        elif kind == _IDENTITY:
+                            value = identity_value(data[first:last])
+                        else:
+                            assert decode is not None
+                            value = decode(data, first, last)
                     except ValueProblem as problem:
                         # Failed-AVP: the offender as received.
                         raise DiameterError(
                             problem.result_code,
                             str(problem),
-                            failed_avps=[
-                                Avp(code, data[pos + head : pos + length], vendor_id, flags)
-                            ],
+                            failed_avps=[Avp(code, data[first:last], vendor_id, flags)],
                         ) from None
-                append(Avp(code, value, vendor_id, flags, definition))
+                avps.append(Avp(code, value, vendor_id, flags, definition))
             pos += (length + 3) & ~3
         self.count = count
         return avps

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from quotaflow.diameter.constants import CcRequestType, CommandCode, ResultCode
 from quotaflow.diameter.dictionary import Dictionary
+from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.gy_answer import (
     ECHOED,
@@ -37,7 +38,6 @@ from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_event import EventCharging
 from quotaflow.diameter.gy_mapping import (
     ISO_4217,
-    GyRequestError,
     Reading,
     ServiceAsk,
     identities,

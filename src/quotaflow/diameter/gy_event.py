@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.gy_answer import (
     AvpFactory,
     Outcome,
@@ -19,7 +20,7 @@ from quotaflow.diameter.gy_answer import (
     money_value,
 )
 from quotaflow.diameter.gy_config import GyConfig
-from quotaflow.diameter.gy_mapping import GyRequestError, Reading, ServiceAsk, service_asks
+from quotaflow.diameter.gy_mapping import Reading, ServiceAsk, service_asks
 from quotaflow.diameter.message import Avp, Message
 from quotaflow.diameter.messages import make_answer
 from quotaflow.engine import Engine

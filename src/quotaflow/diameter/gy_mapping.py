@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.errors import ForeignCurrency, GyRequestError
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.message import Avp, Message
 from quotaflow.engine import ServiceRequest
@@ -59,15 +60,6 @@ _ERROR_CODES: tuple[tuple[type[ChargingError], int], ...] = (
     (LimitReached, ResultCode.RESOURCES_EXCEEDED),
     (Conflict, ResultCode.UNABLE_TO_COMPLY),
 )
-
-
-class GyRequestError(Exception):
-    """A request that cannot be acted on; answered with `result_code` at command level."""
-
-    def __init__(self, result_code: int, message: str, failed: Avp | None = None) -> None:
-        super().__init__(message)
-        self.result_code = result_code
-        self.failed = failed
 
 
 def result_code_for(exc: ChargingError) -> int:
@@ -169,7 +161,7 @@ def _ask(avps: list[Avp], reading: Reading, *, initial: bool, in_mscc: bool) -> 
                 used_in = (used_in or 0) + input_octets
             if output_octets is not None:
                 used_out = (used_out or 0) + output_octets
-    except _ForeignCurrency:
+    except ForeignCurrency:
         requested, used, refusal = None, {}, ResultCode.RATING_FAILED
         used_in = used_out = None
     unit = choose_unit(requested, used, reading.unit_of(rating_group))
@@ -197,10 +189,6 @@ def choose_unit(requested: dict[Unit, int] | None, used: dict[Unit, int], prefer
                 return preferred
             return min(named, key=_UNIT_ORDER.index)
     return preferred
-
-
-class _ForeignCurrency(Exception):
-    pass
 
 
 def unit_amounts(group: Avp, currency_code: int) -> dict[Unit, int]:
@@ -241,7 +229,7 @@ def money_micros(money: Avp, currency_code: int) -> int:
     """A CC-Money amount in micro-units, rounded down (never charge more than was said)."""
     currency = money.get("Currency-Code")
     if currency is not None and currency != currency_code:
-        raise _ForeignCurrency
+        raise ForeignCurrency
     digits = money.get("Unit-Value/Value-Digits")
     exponent = money.get("Unit-Value/Exponent", 0)
     if not isinstance(digits, int) or not isinstance(exponent, int):

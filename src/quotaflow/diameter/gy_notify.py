@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
-from quotaflow.diameter._link import LinkClosedError
 from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.errors import LinkClosedError
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.message import Message
 from quotaflow.diameter.messages import build_asr, build_rar

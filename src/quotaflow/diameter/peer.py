@@ -29,7 +29,7 @@ from quotaflow.diameter.constants import (
     ResultCode,
 )
 from quotaflow.diameter.dictionary import VENDOR_3GPP, Dictionary, default_dictionary
-from quotaflow.diameter.errors import DiameterError, FramingError
+from quotaflow.diameter.errors import DiameterError, FramingError, PeerError
 from quotaflow.diameter.events import (
     AnswerReceived,
     CapabilitiesExchanged,
@@ -53,10 +53,6 @@ from quotaflow.diameter.validate import parse_message
 MESSAGE_OCTETS_MAX = 65_536  # default frame limit; Gy frames are a few hundred octets
 PENDING_REQUESTS_MAX = 4_096  # our requests awaiting an answer, per connection
 WATCHDOG_MISSED_MAX = 2  # unanswered DWR periods before the peer is declared down (RFC 3539)
-
-
-class PeerError(Exception):
-    """Misuse of a PeerConnection by its caller (not a wire problem)."""
 
 
 class Role(Enum):

@@ -16,13 +16,14 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 
-from quotaflow.diameter._link import IN_FLIGHT_MAX, LinkClosedError, PeerLink, RequestHandler
+from quotaflow.diameter._link import IN_FLIGHT_MAX, PeerLink, RequestHandler
 from quotaflow.diameter.constants import (
     DEFAULT_IDENTITY,
     DEFAULT_PORT,
     DEFAULT_REALM,
     DisconnectCause,
 )
+from quotaflow.diameter.errors import LinkClosedError
 from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.message import IPAddress, Message
 from quotaflow.diameter.peer import AllowedPeer, PeerConfig, PeerConnection, PeerState, Role

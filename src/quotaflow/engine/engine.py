@@ -37,14 +37,17 @@ from quotaflow.ledger import (
     Unit,
     UnknownSession,
 )
-from quotaflow.ledger.model import Group
+from quotaflow.ledger.model import UNIT_NAME, Group
 from quotaflow.rating import Rated, Rater
 from quotaflow.store.base import Result, Store
 
 log = logging.getLogger("quotaflow.engine")
 
 
-@dataclass(frozen=True, slots=True)
+# Classes made per request have an explicit __init__: mypyc compiles it, while a
+# dataclass-generated one runs interpreted (measured 0.77 us against 0.05 us per object).
+# They are not frozen, which would set every field through object.__setattr__.
+@dataclass(slots=True, init=False)
 class _Step:
     """One request of one session: who, which request number, and what to record with it."""
 
@@ -55,6 +58,24 @@ class _Step:
     meta: dict[str, Any]
     subscriber: Subscriber | None = None
     group: Group | None = None
+
+    def __init__(
+        self,
+        session_id: str,
+        subscriber_id: str,
+        request_number: int,
+        closing: bool,
+        meta: dict[str, Any],
+        subscriber: Subscriber | None = None,
+        group: Group | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.subscriber_id = subscriber_id
+        self.request_number = request_number
+        self.closing = closing
+        self.meta = meta
+        self.subscriber = subscriber
+        self.group = group
 
 
 def _rank(order: list[int], s: ServiceRequest) -> int:
@@ -363,7 +384,7 @@ class Engine:
                 f"{op_id}#provided",
                 {
                     "subscriber_id": sub.id,
-                    "unit": s.unit.value,
+                    "unit": UNIT_NAME[s.unit],
                     "amount": wanted,
                     "topup_id": f"{op_id}#provided",
                 },
@@ -415,7 +436,7 @@ class Engine:
         while (left_ms := deadline_ms - self.store.clock()) > 0:
             if not await self._pool_wait(gid, left_ms):
                 return None
-            if self.store.pool_available(gid, s.unit.value) < minimum:
+            if self.store.pool_available(gid, UNIT_NAME[s.unit]) < minimum:
                 continue  # woken, but nothing came back yet
             attempt += 1
             result = await self.store.execute("charge", f"{op_id}#held{attempt}", again)
@@ -447,7 +468,7 @@ class Engine:
         total, worth = reclaimable(others, rates, self.store.clock(), min_age_ms, minimum // 2)
         if total < minimum:
             view = await self._pool_view(step, s)
-            if view.spent(self.store.pool_available(group.id, s.unit.value), 0, minimum):
+            if view.spent(self.store.pool_available(group.id, UNIT_NAME[s.unit]), 0, minimum):
                 # The pool is spent: what members still hold comes back and stays, so nobody
                 # holds credit while others are refused. The refusal waits for them (at most
                 # reclaim_wait_ms), so it goes out when nothing is held any more.
@@ -500,7 +521,7 @@ class Engine:
         detail = {
             "session_id": step.session_id,
             "rating_group": s.rating_group,
-            "unit": s.unit.value,
+            "unit": UNIT_NAME[s.unit],
         }
         if result.get("refused") == "no_credit":
             await self._emit("no_credit", step.subscriber_id, detail)
@@ -516,7 +537,7 @@ class Engine:
         gid = step.group.id
         own = self._rates.get((step.session_id, s.rating_group))
         rate = self._group_rate.get((gid, s.unit), 0.0) - (0.0 if own is None else own.contribution)
-        held = self.store.pool_held(gid, s.unit.value)
+        held = self.store.pool_held(gid, UNIT_NAME[s.unit])
         return PoolView(rate, held, self._waiting.get(gid, 0), self._active(gid))
 
     def _active(self, group_id: str) -> int:
@@ -560,7 +581,7 @@ class Engine:
         args: dict[str, Any] = {
             "subscriber_id": step.subscriber_id,
             "session_id": step.session_id,
-            "unit": s.unit.value,
+            "unit": UNIT_NAME[s.unit],
             "rating_group": s.rating_group,
             "used_units": s.used_units,
             "reservation_id": f"{step.session_id}#{s.rating_group}",
@@ -586,7 +607,7 @@ class Engine:
             validity_s = self.policy.validity_s
             pool_available = 0
             if step.group is not None:
-                pool_available = self.store.pool_available(step.group.id, s.unit.value)
+                pool_available = self.store.pool_available(step.group.id, UNIT_NAME[s.unit])
                 pool_grant = size_pool_grant(
                     step.group.policy,
                     self.policy,
@@ -675,9 +696,11 @@ class Engine:
         try:
             result = await self._debit(op_id, subscriber_id, unit, units, rating_group, interface)
         except NoCredit:
-            await self._emit("no_credit", subscriber_id, {"unit": unit.value, "event_id": op_id})
+            await self._emit(
+                "no_credit", subscriber_id, {"unit": UNIT_NAME[unit], "event_id": op_id}
+            )
             raise
-        await self._emit("balance_changed", subscriber_id, {"unit": unit.value})
+        await self._emit("balance_changed", subscriber_id, {"unit": UNIT_NAME[unit]})
         return DebitAnswer(
             subscriber_id, unit, result["units"], result["cost_micros"], result["drawn"]
         )
@@ -695,7 +718,7 @@ class Engine:
         rated = self._rate(sub, rating_group, unit)
         args = {
             "subscriber_id": subscriber_id,
-            "unit": unit.value,
+            "unit": UNIT_NAME[unit],
             "units": units,
             "rating_group": rating_group,
             "record": {
@@ -715,7 +738,7 @@ class Engine:
             op_id,
             {
                 "subscriber_id": subscriber_id,
-                "unit": unit.value,
+                "unit": UNIT_NAME[unit],
                 "amount": units,
                 "record": {"kind": "refund", "interface": interface, "event_id": op_id},
             },
@@ -730,7 +753,7 @@ class Engine:
         if rated.zero_rated:
             return AMOUNT_MAX
         price = None if rated.price is None else rated.price.to_json()
-        return self.store.payable_units(sub, unit.value, rating_group, price)
+        return self.store.payable_units(sub, UNIT_NAME[unit], rating_group, price)
 
     def price_enquiry(
         self,

@@ -51,7 +51,10 @@ class GrantPolicy:
         return max(lim.min_units, min(lim.max_units, target))
 
 
-@dataclass(slots=True)
+# Classes made per request have an explicit __init__: mypyc compiles it, while a
+# dataclass-generated one runs interpreted (measured 0.77 us against 0.05 us per object).
+# They are not frozen, which would set every field through object.__setattr__.
+@dataclass(slots=True, init=False)
 class RateTracker:
     """Observed usage rate of one rating group of one session."""
 
@@ -62,6 +65,20 @@ class RateTracker:
     # sessions holding a grant (its rate while it holds one, else 0).
     pool: tuple[str, Unit] | None = None
     contribution: float = 0.0
+
+    def __init__(
+        self,
+        last_ms: int,
+        rate_per_s: float | None = None,
+        granted: int = 0,
+        pool: tuple[str, Unit] | None = None,
+        contribution: float = 0.0,
+    ) -> None:
+        self.last_ms = last_ms
+        self.rate_per_s = rate_per_s
+        self.granted = granted
+        self.pool = pool
+        self.contribution = contribution
 
     def observe(self, used_units: int, now_ms: int, weight: float) -> None:
         elapsed_ms = now_ms - self.last_ms

@@ -44,13 +44,24 @@ from quotaflow.ledger import Reservation, Unit
 ALLOCATIONS = ("fixed", "progressive", "reclaim", "validity", "predictive")
 
 
-@dataclass(frozen=True, slots=True)
+# Classes made per request have an explicit __init__: mypyc compiles it, while a
+# dataclass-generated one runs interpreted (measured 0.77 us against 0.05 us per object).
+# They are not frozen, which would set every field through object.__setattr__.
+@dataclass(slots=True, init=False)
 class PoolGrant:
     units: int
     validity_s: int
 
+    def __init__(
+        self,
+        units: int,
+        validity_s: int,
+    ) -> None:
+        self.units = units
+        self.validity_s = validity_s
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class PoolView:
     """What the reclaim policy sees of a pool besides its free credit, at one request."""
 
@@ -58,6 +69,18 @@ class PoolView:
     held_units: int  # pool credit held by open grants, the asker's own included
     waiting: int  # members whose answers are held for reclaimed credit
     active: int = 0  # sessions of the group using credit at a rate that matters
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        held_units: int,
+        waiting: int,
+        active: int = 0,
+    ) -> None:
+        self.rate_per_s = rate_per_s
+        self.held_units = held_units
+        self.waiting = waiting
+        self.active = active
 
     def left(self, pool_available: int, used: int) -> int:
         """The pool's credit not yet used: free, plus held minus what the asker just reported."""

@@ -20,7 +20,10 @@ class ServiceResult(StrEnum):
     RETRY = "retry"  # nothing now (credit is being reclaimed); ask again after the validity
 
 
-@dataclass(frozen=True, slots=True)
+# Classes made per request have an explicit __init__: mypyc compiles it, while a
+# dataclass-generated one runs interpreted (measured 0.77 us against 0.05 us per object).
+# They are not frozen, which would set every field through object.__setattr__.
+@dataclass(slots=True, init=False)
 class ServiceRequest:
     rating_group: int | None
     unit: Unit = Unit.OCTETS
@@ -32,8 +35,26 @@ class ServiceRequest:
     used_input_octets: int | None = None
     used_output_octets: int | None = None
 
+    def __init__(
+        self,
+        rating_group: int | None,
+        unit: Unit = Unit.OCTETS,
+        used_units: int = 0,
+        requested_units: int | None = None,
+        want_grant: bool = True,
+        used_input_octets: int | None = None,
+        used_output_octets: int | None = None,
+    ) -> None:
+        self.rating_group = rating_group
+        self.unit = unit
+        self.used_units = used_units
+        self.requested_units = requested_units
+        self.want_grant = want_grant
+        self.used_input_octets = used_input_octets
+        self.used_output_octets = used_output_octets
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class ServiceAnswer:
     rating_group: int | None
     unit: Unit
@@ -43,19 +64,47 @@ class ServiceAnswer:
     posted_units: int
     unpaid_units: int = 0
 
+    def __init__(
+        self,
+        rating_group: int | None,
+        unit: Unit,
+        result: ServiceResult,
+        granted_units: int,
+        validity_s: int,
+        posted_units: int,
+        unpaid_units: int = 0,
+    ) -> None:
+        self.rating_group = rating_group
+        self.unit = unit
+        self.result = result
+        self.granted_units = granted_units
+        self.validity_s = validity_s
+        self.posted_units = posted_units
+        self.unpaid_units = unpaid_units
+
     @property
     def final(self) -> bool:
         return self.result is ServiceResult.FINAL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class SessionAnswer:
     session_id: str
     subscriber_id: str
     services: list[ServiceAnswer]
 
+    def __init__(
+        self,
+        session_id: str,
+        subscriber_id: str,
+        services: list[ServiceAnswer],
+    ) -> None:
+        self.session_id = session_id
+        self.subscriber_id = subscriber_id
+        self.services = services
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class DebitAnswer:
     subscriber_id: str
     unit: Unit
@@ -63,8 +112,22 @@ class DebitAnswer:
     cost_micros: int
     drawn: dict[str, int]
 
+    def __init__(
+        self,
+        subscriber_id: str,
+        unit: Unit,
+        units: int,
+        cost_micros: int,
+        drawn: dict[str, int],
+    ) -> None:
+        self.subscriber_id = subscriber_id
+        self.unit = unit
+        self.units = units
+        self.cost_micros = cost_micros
+        self.drawn = drawn
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class EngineEvent:
     """Something interfaces may act on: re-authorise sessions after a top-up, abort when barred."""
 
@@ -75,3 +138,15 @@ class EngineEvent:
     subscriber_id: str
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        kind: str,
+        subscriber_id: str,
+        sessions: dict[str, dict[str, Any]] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.subscriber_id = subscriber_id
+        self.sessions = dict() if sessions is None else sessions
+        self.detail = dict() if detail is None else detail

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+
+from mypy_extensions import trait
 
 from quotaflow.ledger.errors import (
     InvalidAmount,
@@ -68,26 +70,50 @@ def _check_id(name: str, value: Any) -> str:
     return value
 
 
-_UNITS: dict[Any, Unit] = {u.value: u for u in Unit}
+def _optional_id(name: str, value: Any) -> str | None:
+    return None if value is None else _check_id(name, value)
+
+
+RATING_GROUP_MAX = 2**32 - 1  # Rating-Group is an Unsigned32 in Diameter, a uint32 in Nchf
+
+
+def _rating_group(value: Any) -> int | None:
+    """None (any service) or a rating group; checked before a typed (compiled) call sees it."""
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= RATING_GROUP_MAX:
+        raise InvalidRequest(
+            f"rating_group must be an integer in [0, {RATING_GROUP_MAX}]", field="rating_group"
+        )
+    return value
+
+
+E = TypeVar("E", Unit, Status, Origin)
+
+
+def _choice(table: dict[str, E], value: Any, name: str) -> E:
+    """The enum member a client's string names (a lookup table: Enum(value) costs more)."""
+    found = table.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidRequest(f"{name} must be one of {list(table)}", field=name)
+    return found
+
+
+_UNITS: dict[str, Unit] = {u.value: u for u in Unit}
+_STATUSES: dict[str, Status] = {s.value: s for s in Status}
+_ORIGINS: dict[str, Origin] = {o.value: o for o in Origin}
 
 
 def _unit(value: Any) -> Unit:
-    unit = _UNITS.get(value) if isinstance(value, str) else None
-    if unit is None:
-        raise InvalidRequest(f"unit must be one of {list(_UNITS)}", field="unit")
-    return unit
+    return _choice(_UNITS, value, "unit")
 
 
-E = TypeVar("E", Status, Origin)
+def _status(value: Any) -> Status:
+    return _choice(_STATUSES, value, "status")
 
 
-def _enum(cls: type[E], value: Any, name: str) -> E:
-    try:
-        return cls(value)
-    except ValueError:
-        raise InvalidRequest(
-            f"{name} must be one of {[m.value for m in cls]}", field=name
-        ) from None
+def _origin(value: Any) -> Origin:
+    return _choice(_ORIGINS, value, "origin")
 
 
 def _price(value: Any) -> Price | None:
@@ -131,34 +157,37 @@ class Limits:
         self.session_idle_ms = session_idle_ms
 
 
+@trait
 class LedgerState:
     """What the ledger's operation mixins (groups, moving quota) use of the Ledger they are
-    part of; declared for the type checker only, so the Ledger's own definitions are the ones
-    that run."""
+    part of. A trait, so that mypyc compiles the mixins into the Ledger; the Ledger's own
+    definitions of these methods are the ones that run."""
 
-    if TYPE_CHECKING:  # what the Ledger these operations are mixed into provides
-        subscribers: dict[str, Subscriber]
-        groups: dict[str, Group]
-        limits: Limits
-        transfers: dict[str, Transfer]
-        _sent: dict[str, int]
-        vouchers: dict[str, Voucher]
-        _voucher_tokens: dict[str, str]
-        offers: dict[str, Offer]
-        remote: dict[str, dict[str, Any]]
-        _reset_heap: list[tuple[int, str]]
-        _voucher_heap: list[tuple[int, str]]
+    subscribers: dict[str, Subscriber]
+    groups: dict[str, Group]
+    limits: Limits
+    transfers: dict[str, Transfer]
+    _sent: dict[str, int]
+    vouchers: dict[str, Voucher]
+    _voucher_tokens: dict[str, str]
+    offers: dict[str, Offer]
+    remote: dict[str, dict[str, Any]]
+    _reset_heap: list[tuple[int, str]]
+    _voucher_heap: list[tuple[int, str]]
 
-        def subscriber(self, subscriber_id: str) -> Subscriber: ...
+    def subscriber(self, subscriber_id: object) -> Subscriber:
+        raise NotImplementedError
 
-        def _subject(self, args: Args, now_ms: int) -> Subscriber: ...
+    def _subject(self, args: Args, now_ms: int) -> Subscriber:
+        raise NotImplementedError
 
-        def _new_bucket(
-            self, sub: Subscriber, bucket_id: str, args: Args, origin: Origin
-        ) -> Bucket: ...
+    def _new_bucket(self, sub: Subscriber, bucket_id: str, args: Args, origin: Origin) -> Bucket:
+        raise NotImplementedError
 
-        def _topup(self, args: Args, now_ms: int) -> Result: ...
+    def _topup(self, args: Args, now_ms: int) -> Result:
+        raise NotImplementedError
 
-        def _candidates(
-            self, sub: Subscriber, unit: Unit, rating_group: int | None, now_ms: int
-        ) -> list[Bucket]: ...
+    def _candidates(
+        self, sub: Subscriber, unit: Unit, rating_group: int | None, now_ms: int
+    ) -> list[Bucket]:
+        raise NotImplementedError

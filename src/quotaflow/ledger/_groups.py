@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from mypy_extensions import trait
+
 from quotaflow.ledger._base import (
     _UNITS,
     AMOUNT_MAX,
@@ -21,6 +23,7 @@ from quotaflow.ledger.errors import (
 from quotaflow.ledger.model import (
     NEVER_MS,
     PERIODS,
+    UNIT_NAME,
     Group,
     Member,
     Origin,
@@ -31,13 +34,15 @@ from quotaflow.ledger.model import (
 from quotaflow.ledger.periods import next_reset_ms
 
 
+@trait
 class GroupOps(LedgerState):
     """Mixed into Ledger: the operations on groups and their pools."""
 
     # ------------------------------------------------------------------ groups
 
-    def group(self, group_id: str) -> Group:
-        group = self.groups.get(group_id)
+    def group(self, group_id: object) -> Group:
+        # Not typed str: a client's value of another type is an unknown group, not a TypeError.
+        group = self.groups.get(group_id) if type(group_id) is str else None
         if group is None:
             raise NotFound(f"unknown group {group_id!r}")
         return group
@@ -103,7 +108,7 @@ class GroupOps(LedgerState):
         """Make the pool's credit-line buckets match the group's soft limits."""
         pool = self.subscribers[group.id]
         for b in [b for b in pool.buckets.values() if b.origin is Origin.OVERDRAFT]:
-            if group.soft_overspend_max.get(b.unit.value) != b.initial:
+            if group.soft_overspend_max.get(UNIT_NAME[b.unit]) != b.initial:
                 pool.counter(b.unit)["debited"] += b.amount  # an unused line is withdrawn
                 del pool.buckets[b.id]
         for unit_name, limit in group.soft_overspend_max.items():
@@ -208,12 +213,12 @@ class GroupOps(LedgerState):
         member = group.members[sub.id]
         pool = self.subscribers[group.id]
         for unit in Unit:
-            cap = member.caps.get(unit.value)
+            cap = member.caps.get(UNIT_NAME[unit])
             has_buckets = any(b.unit is unit for b in pool.buckets.values())
             if cap is None and not has_buckets:
                 continue
             available = self.pool_available(group.id, unit, now_ms)
-            threshold = group.restrict_below.get(unit.value)
+            threshold = group.restrict_below.get(UNIT_NAME[unit])
             if available == 0:
                 status = "pool-exhausted"
             elif threshold is not None and available < threshold:
@@ -222,19 +227,19 @@ class GroupOps(LedgerState):
                 status = "normal"
             counters.append(
                 {
-                    "id": f"{group.id}/pool/{unit.value}",
+                    "id": f"{group.id}/pool/{UNIT_NAME[unit]}",
                     "owner": group.owner,
-                    "unit": unit.value,
+                    "unit": UNIT_NAME[unit],
                     "status": status,
                     "available": available,
                 }
             )
             if cap is not None:
-                used = member.used.get(unit.value, 0) + member.held.get(unit.value, 0)
+                used = member.used.get(UNIT_NAME[unit], 0) + member.held.get(UNIT_NAME[unit], 0)
                 counters.append(
                     {
-                        "id": f"{group.id}/member/{sub.id}/{unit.value}",
-                        "unit": unit.value,
+                        "id": f"{group.id}/member/{sub.id}/{UNIT_NAME[unit]}",
+                        "unit": UNIT_NAME[unit],
                         "cap": cap,
                         "used": used,
                         "status": "member-cap-reached" if used >= cap else "normal",

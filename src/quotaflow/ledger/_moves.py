@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from mypy_extensions import trait
+
 from quotaflow.ledger._base import (
     _UNITS,
     AMOUNT_MAX,
@@ -27,6 +29,7 @@ from quotaflow.ledger.errors import (
 )
 from quotaflow.ledger.model import (
     NEVER_MS,
+    UNIT_NAME,
     Bucket,
     Origin,
     Status,
@@ -48,6 +51,7 @@ from quotaflow.ledger.transfers import (
 )
 
 
+@trait
 class MovingOps(LedgerState):
     """Mixed into Ledger: every operation that moves credit between accounts."""
 
@@ -65,7 +69,7 @@ class MovingOps(LedgerState):
         check_parties(giver, receiver)
         unit = _unit(args.get("unit"))
         amount = _check_amount("amount", args.get("amount"))
-        day_key = f"{giver.id}|{unit.value}|{now_ms // DAY_MS}"
+        day_key = f"{giver.id}|{UNIT_NAME[unit]}|{now_ms // DAY_MS}"
         check_limits(self.limits.transfers, giver, unit, amount, self._sent.get(day_key, 0), now_ms)
         plan = plan_transfer(giver, unit, amount, now_ms)
         expiries = [gift_expiry(args, b) for b, _ in plan]  # all checked before anything moves
@@ -84,7 +88,7 @@ class MovingOps(LedgerState):
 
     def _reward(self, donor: Subscriber, unit: Unit, amount: int, tid: str) -> dict[str, Any]:
         """A donor's reward by the configured rule: new credit in a bucket of its own."""
-        rule = self.limits.transfers.rewards.get(unit.value)
+        rule = self.limits.transfers.rewards.get(UNIT_NAME[unit])
         if not rule:
             return {"unit": None, "amount": 0}
         earned = amount // int(rule["per_units"]) * int(rule["amount"])
@@ -131,7 +135,7 @@ class MovingOps(LedgerState):
                 receiver,
                 bucket_id,
                 {
-                    "unit": unit.value,
+                    "unit": UNIT_NAME[unit],
                     "amount": take,
                     "expires_at_ms": None if expires >= NEVER_MS else expires,
                 },
@@ -219,8 +223,8 @@ class MovingOps(LedgerState):
             provider = self.subscribers.get(p["id"])
             if provider is None or provider.status is Status.BARRED:
                 continue
-            key = f"prov|{sub.id}|{provider.id}|{unit.value}|{month}"
-            room = p["limit"].get(unit.value, 0) - self._sent.get(key, 0)
+            key = f"prov|{sub.id}|{provider.id}|{UNIT_NAME[unit]}|{month}"
+            room = p["limit"].get(UNIT_NAME[unit], 0) - self._sent.get(key, 0)
             free = sum(
                 b.available
                 for b in provider.buckets.values()
@@ -239,10 +243,10 @@ class MovingOps(LedgerState):
             given.append({"provider": provider.id, "amount": take})
             want -= take
         if not given:
-            raise NoCredit("no provider could give anything", unit=unit.value)
+            raise NoCredit("no provider could give anything", unit=UNIT_NAME[unit])
         return {
             "subscriber_id": sub.id,
-            "unit": unit.value,
+            "unit": UNIT_NAME[unit],
             "given": given,
             "amount": sum(g["amount"] for g in given),
         }
@@ -312,7 +316,7 @@ class MovingOps(LedgerState):
         amount = _check_amount("amount", args.get("amount"))
         operator = _check_id("operator", args.get("operator"))
         to = _check_id("to", args.get("to"))
-        day_key = f"{giver.id}|{unit.value}|{now_ms // DAY_MS}"
+        day_key = f"{giver.id}|{UNIT_NAME[unit]}|{now_ms // DAY_MS}"
         check_limits(self.limits.transfers, giver, unit, amount, self._sent.get(day_key, 0), now_ms)
         plan = plan_transfer(giver, unit, amount, now_ms)
         escrow = self._account_of("escrow:interop", "escrow", now_ms)
@@ -324,7 +328,7 @@ class MovingOps(LedgerState):
             "from": giver.id,
             "to": to,
             "operator": operator,
-            "unit": unit.value,
+            "unit": UNIT_NAME[unit],
             "amount": amount,
             "state": "held",
             "buckets": buckets,
@@ -381,7 +385,10 @@ class MovingOps(LedgerState):
         amount = _check_amount("amount", args.get("amount"))
         tid = _check_id("transfer_id", args.get("transfer_id"))
         bucket = self._new_bucket(
-            receiver, f"from-{operator}-{tid}", {"unit": unit.value, "amount": amount}, Origin.GIFT
+            receiver,
+            f"from-{operator}-{tid}",
+            {"unit": UNIT_NAME[unit], "amount": amount},
+            Origin.GIFT,
         )
         # New value here, mirrored by what the sending operator settles to our account there.
         receiver.counter(unit)["credited"] -= amount
@@ -393,7 +400,7 @@ class MovingOps(LedgerState):
             "transfer_id": tid,
             "operator": operator,
             "subscriber_id": receiver.id,
-            "unit": unit.value,
+            "unit": UNIT_NAME[unit],
             "amount": amount,
             "bucket": bucket.id,
         }
@@ -417,7 +424,10 @@ class MovingOps(LedgerState):
             seller = Subscriber(offer.account, {}, Status.ACTIVE, now_ms, kind="network")
             self.subscribers[seller.id] = seller
         self._new_bucket(
-            seller, f"offer-{oid}", {"unit": unit.value, "amount": block * blocks}, Origin.PURCHASE
+            seller,
+            f"offer-{oid}",
+            {"unit": UNIT_NAME[unit], "amount": block * blocks},
+            Origin.PURCHASE,
         )
         self.offers[oid] = offer
         return offer.to_json()
@@ -469,7 +479,7 @@ class MovingOps(LedgerState):
         return {
             "purchase_id": pid,
             "subscriber_id": buyer.id,
-            "unit": unit.value,
+            "unit": UNIT_NAME[unit],
             "units": bought,
             "cost_micros": cost,
             "offers": [{"offer": o.id, "blocks": n} for o, n in picks],

@@ -16,6 +16,10 @@ class Unit(StrEnum):
     MONEY = "money"
 
 
+# A unit's name, for hot paths: Enum's `.value` is a Python-level descriptor (~0.4 us a read).
+UNIT_NAME: dict[Unit, str] = {u: u.value for u in Unit}
+
+
 class Origin(StrEnum):
     PURCHASE = "purchase"
     GIFT = "gift"
@@ -36,7 +40,9 @@ IDENTITY_KINDS = ("msisdn", "imsi", "nai", "sip_uri")
 NEVER_MS = 2**62  # "no expiry": later than any real clock, still an int for sorting
 
 
-@dataclass(frozen=True, slots=True)
+# Made for every priced request: an explicit __init__ and not frozen (see the note above Leg),
+# but hashable by value as before, since frozen tariff entries hold one. Never changed once made.
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Price:
     """What service units cost with money, by a billing pattern; integers only.
 
@@ -52,6 +58,20 @@ class Price:
     first_units: int = 1
     next_units: int = 1
     connect_micros: int = 0
+
+    def __init__(
+        self,
+        price_micros: int,
+        per_units: int,
+        first_units: int = 1,
+        next_units: int = 1,
+        connect_micros: int = 0,
+    ) -> None:
+        self.price_micros = price_micros
+        self.per_units = per_units
+        self.first_units = first_units
+        self.next_units = next_units
+        self.connect_micros = connect_micros
 
     def charged_units(self, units: int) -> int:
         if units <= 0:
@@ -157,7 +177,10 @@ class Bucket:
         )
 
 
-@dataclass(slots=True)
+# Classes made per request have an explicit __init__: mypyc compiles it, while a
+# dataclass-generated one runs interpreted (measured 0.77 us against 0.05 us per object).
+# They are not frozen, which would set every field through object.__setattr__.
+@dataclass(slots=True, init=False)
 class Leg:
     """One bucket's share of a reservation.
 
@@ -171,6 +194,16 @@ class Leg:
     amount: int
     account: str | None = None
 
+    def __init__(
+        self,
+        bucket_id: str,
+        amount: int,
+        account: str | None = None,
+    ) -> None:
+        self.bucket_id = bucket_id
+        self.amount = amount
+        self.account = account
+
     def to_json(self) -> list[Any]:
         return [self.bucket_id, self.amount, self.account]
 
@@ -179,7 +212,7 @@ class Leg:
         return cls(doc[0], doc[1], doc[2])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Reservation:
     """A pending debit (two-phase): posted by commit, voided by release or by lapsing.
 
@@ -204,6 +237,40 @@ class Reservation:
     pool: str | None = None
     pool_units: int = 0
     pool_money: bool = False
+
+    def __init__(
+        self,
+        id: str,
+        subscriber_id: str,
+        unit: Unit,
+        rating_group: int | None,
+        units: int,
+        legs: list[Leg],
+        created_ms: int,
+        expires_at_ms: int,
+        session_id: str | None = None,
+        priced_units: int = 0,
+        price: Price | None = None,
+        base: int = 0,
+        pool: str | None = None,
+        pool_units: int = 0,
+        pool_money: bool = False,
+    ) -> None:
+        self.id = id
+        self.subscriber_id = subscriber_id
+        self.unit = unit
+        self.rating_group = rating_group
+        self.units = units
+        self.legs = legs
+        self.created_ms = created_ms
+        self.expires_at_ms = expires_at_ms
+        self.session_id = session_id
+        self.priced_units = priced_units
+        self.price = price
+        self.base = base
+        self.pool = pool
+        self.pool_units = pool_units
+        self.pool_money = pool_money
 
     def to_json(self) -> dict[str, Any]:
         return {

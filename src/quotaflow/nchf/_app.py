@@ -26,12 +26,12 @@ from quotaflow.http_server import asgi_over_rsgi
 from quotaflow.ledger import ChargingError, UnknownSession, UnknownSubscriber
 from quotaflow.nchf import _problems as problems
 from quotaflow.nchf._config import BASE_PATH, NchfConfig
+from quotaflow.nchf._errors import Disconnected, Refused, WireError
 from quotaflow.nchf._mapping import Charged, charged, charging_data_response, service_requests
 from quotaflow.nchf._notify import INTERFACE, Notifier
 from quotaflow.nchf._wire import (
     CHARGING_FAILED,
     ChargingRequest,
-    WireError,
     decode_body,
     parse_request,
     resolvable,
@@ -62,18 +62,6 @@ Endpoint = Callable[["_Call"], Awaitable[Answer | Response]]
 
 _NO_HEADERS: Headers = []
 _JSON_HEADERS: Headers = [("content-type", "application/json")]
-
-
-class _Refused(Exception):
-    """Answer at once with this response (a protocol-level refusal, before any charging)."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__(response.status_code)
-        self.response = response
-
-
-class _Disconnected(Exception):
-    """The client went away before its request body ended: there is no one to answer."""
 
 
 class _Call:
@@ -122,7 +110,7 @@ async def _drain(receive: Receive, limit: int) -> bytes | None:
     size = 0
     while True:
         if message["type"] == "http.disconnect":
-            raise _Disconnected
+            raise Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size <= limit:
@@ -152,7 +140,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     For the app that mounts this one: a path Starlette cannot route at all (a ref with a
     newline) never reaches the mount.
     """
-    with contextlib.suppress(_Disconnected):
+    with contextlib.suppress(Disconnected):
         await _drain(request.receive, _STRAY_BODY_BYTES_MAX)
     if isinstance(exc, HTTPException) and exc.status_code == 405:
         return Response(status_code=405, headers=exc.headers)  # TS 29.500: no body
@@ -222,7 +210,7 @@ class NchfApp:
         try:
             limit = self.config.body_bytes_max if handler is not None else _STRAY_BODY_BYTES_MAX
             body = await _drain(receive, limit)
-        except _Disconnected:
+        except Disconnected:
             return
         if handler is None:
             await _send_response(send, _not_found())
@@ -305,7 +293,7 @@ class NchfApp:
         async def endpoint(call: _Call) -> Answer | Response:
             try:
                 return await handler(call)
-            except _Refused as exc:
+            except Refused as exc:
                 return exc.response
             except WireError as exc:
                 return problems.from_wire_error(exc)
@@ -335,7 +323,7 @@ class NchfApp:
         if groups and all(g.answer.result is ServiceResult.NO_CREDIT for g in groups):
             # Nothing to charge and nothing granted: no session is left open behind a refusal.
             await self._terminate(session_id, [])
-            raise _Refused(
+            raise Refused(
                 problems.problem(
                     403, problems.QUOTA_LIMIT_REACHED, "the balance cannot pay for any rating group"
                 )
@@ -355,7 +343,7 @@ class NchfApp:
         groups = charged(req, answer.services, self.config)
         if any(g.answer.result is ServiceResult.BARRED for g in groups):
             # Barring is about the user, not a rating group: the usage is posted, the rest denied.
-            raise _Refused(
+            raise Refused(
                 problems.problem(403, problems.END_USER_REQUEST_DENIED, "the subscriber is barred")
             )
         self._track(session_id, groups)
@@ -378,13 +366,13 @@ class NchfApp:
     def _body(self, call: _Call) -> dict[str, Any]:
         content_type = call.content_type
         if content_type and "json" not in content_type.lower():
-            raise _Refused(
+            raise Refused(
                 problems.problem(
                     415, problems.UNSUPPORTED_MEDIA_TYPE, "the body must be application/json"
                 )
             )
         if call.body is None:
-            raise _Refused(
+            raise Refused(
                 problems.problem(
                     413,
                     problems.PAYLOAD_TOO_LARGE,

@@ -86,17 +86,19 @@ def charged(
     return result
 
 
-_last_stamp: tuple[int, str] = (-1, "")
+_last_second: tuple[int, str] = (-1, "")
 
 
-def timestamp_now() -> str:
-    """Now in RFC 3339 with milliseconds; formatted once per millisecond, not per answer."""
-    global _last_stamp
-    ms = time.time_ns() // 1_000_000
-    if ms != _last_stamp[0]:
-        when = datetime.fromtimestamp(ms / 1000, UTC)
-        _last_stamp = (ms, when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-    return _last_stamp[1]
+def timestamp_now(now_ms: int | None = None) -> str:
+    """Now in RFC 3339 with milliseconds (UTC). The date and time of day are formatted once per
+    second: at thousands of answers a second, formatting each one cost ~2% of the loop."""
+    global _last_second
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    second = ms // 1000
+    if second != _last_second[0]:
+        when = datetime.fromtimestamp(second, UTC)
+        _last_second = (second, when.strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_last_second[1]}.{ms % 1000:03d}Z"
 
 
 def charging_data_response(

@@ -20,7 +20,8 @@ from quotaflow.ledger import (
     UnknownSession,
     UnknownSubscriber,
 )
-from quotaflow.nchf._wire import CHARGING_FAILED, WireError
+from quotaflow.nchf._errors import WireError
+from quotaflow.nchf._wire import CHARGING_FAILED
 
 PROBLEM_JSON = "application/problem+json"
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from quotaflow.nchf._errors import WireError
+
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 
@@ -39,16 +41,6 @@ _UNIT_FIELDS = (
     ("downlinkVolume", UINT64_MAX),
     ("serviceSpecificUnits", UINT64_MAX),
 )
-
-
-class WireError(Exception):
-    """A request the CHF cannot use: becomes a 400 ProblemDetails naming `param`."""
-
-    def __init__(self, cause: str, param: str, reason: str) -> None:
-        super().__init__(f"{param}: {reason}")
-        self.cause = cause
-        self.param = param
-        self.reason = reason
 
 
 # Parsed per request and never changed afterwards, but not frozen: a frozen dataclass is built

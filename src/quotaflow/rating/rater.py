@@ -10,7 +10,8 @@ from quotaflow.ledger import Price, Unit
 from quotaflow.rating.tariff import DEFAULT_TARIFF, TariffBook, TariffError, load_text
 
 
-@dataclass(frozen=True, slots=True)
+# Made for every request: an explicit __init__, which mypyc compiles, and not frozen.
+@dataclass(slots=True, init=False)
 class Rated:
     """The price to charge with, or none (the service is not priced with money: only buckets of
     its own unit pay for it); zero-rated services take nothing from any bucket."""
@@ -19,6 +20,18 @@ class Rated:
     zero_rated: bool = False
     sponsor: str | None = None
     plan: str | None = None
+
+    def __init__(
+        self,
+        price: Price | None,
+        zero_rated: bool = False,
+        sponsor: str | None = None,
+        plan: str | None = None,
+    ) -> None:
+        self.price = price
+        self.zero_rated = zero_rated
+        self.sponsor = sponsor
+        self.plan = plan
 
 
 class Rater:

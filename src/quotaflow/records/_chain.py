@@ -119,7 +119,7 @@ class Csv(LineFormat):
     """One row per record in CSV_COLUMNS order, `prev` last; `drawn` is JSON in its cell."""
 
     name = "csv"
-    header = ",".join(CSV_COLUMNS).encode()
+    header: bytes | None = ",".join(CSV_COLUMNS).encode()
 
     def encode(self, record: dict[str, Any], prev: str) -> bytes:
         identities = record.get("identities") or {}

@@ -73,6 +73,9 @@ class NatsStreamer:
         self._js: JetStreamContext | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The position write on its thread: stop() waits for it, so that no write lands after
+        # stop returned (a cancelled to_thread keeps running).
+        self._saving: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,9 @@ class NatsStreamer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._saving is not None:
+            with contextlib.suppress(Exception):
+                await self._saving
         await self._disconnect()
 
     async def _disconnect(self) -> None:
@@ -163,7 +169,8 @@ class NatsStreamer:
             self.published += len(chunk)
         self.position = records[-1]["seq"]
         position = orjson.dumps({"last_seq": self.position})
-        await asyncio.to_thread(write_atomic, self.path, position)
+        self._saving = asyncio.ensure_future(asyncio.to_thread(write_atomic, self.path, position))
+        await asyncio.shield(self._saving)
         return len(records)
 
     async def _publish(self, js: JetStreamContext, record: dict[str, Any]) -> bool:

@@ -31,7 +31,7 @@ import orjson
 from quotaflow.ledger import ChargingError, LimitReached, Limits, Price, Subscriber, Unit
 from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import Group, Reservation
-from quotaflow.store.base import Clock, Result, StoreUnavailable, wall_clock_ms
+from quotaflow.store.base import Barrier, Clock, Result, StoreUnavailable, wall_clock_ms
 
 log = logging.getLogger("quotaflow.store")
 
@@ -105,7 +105,7 @@ class EmbeddedStore:
         self._seq = 0
         self._rows: list[Row] = []
         self._records: list[Record] = []
-        self._barrier: asyncio.Future[None] | None = None
+        self._barrier: Barrier | None = None
         self._committing = False
         self._since_snapshot = 0
         self._failed: BaseException | None = None
@@ -257,7 +257,7 @@ class EmbeddedStore:
         if not self._rows and not self._committing:
             return None
         if self._barrier is None:
-            self._barrier = asyncio.get_running_loop().create_future()
+            self._barrier = Barrier(loop=asyncio.get_running_loop())
             if not self._committing:
                 self._committing = True
                 asyncio.get_running_loop().call_soon(self._start_commit)
@@ -271,16 +271,16 @@ class EmbeddedStore:
         except ChargingError:
             barrier = self.pending()
             if barrier is not None:
-                await asyncio.shield(barrier)
+                await barrier
             raise
         if barrier is not None:
-            await asyncio.shield(barrier)
+            await barrier
         return result
 
     async def flush(self) -> None:
         barrier = self.pending()
         if barrier is not None:
-            await asyncio.shield(barrier)
+            await barrier
 
     def _start_commit(self) -> None:
         asyncio.get_running_loop().create_task(self._commit_loop())
@@ -490,11 +490,11 @@ class EmbeddedStore:
         return {sid: self.ledger.sessions[sid] for sid in ids}
 
     async def recorded(self, op_id: str) -> Result | None:
-        seen = self.ledger.idempotency.get(op_id)
-        if seen is None:
+        answer = self.ledger.first_answer(op_id)
+        if answer is None:
             return None
         await self.flush()  # never hand out a first answer that is not durable yet
-        return seen[1]
+        return answer
 
     def payable_units(
         self, sub: Subscriber, unit: str, rating_group: int | None, price: dict[str, int] | None
