@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -131,3 +132,24 @@ async def test_retention_prunes_only_old_records_every_consumer_has(tmp_path: Pa
         assert service.status()["pruned"] == pruned
     finally:
         await store.close()
+
+
+async def test_export_stops_in_the_tick_it_is_woken(tmp_path: Path) -> None:
+    """A wake-up and a stop in the same tick: the stop wins. (Python 3.11's wait_for returned
+    the wake-up and dropped the cancel, so the loop ran on and stop() never returned.)"""
+    data = tmp_path / "data"
+    opts = RecordOptions(formats=("jsonl",), poll_interval_s=0.05)
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        await debits(engine, "alice", 2, "a")
+        service = await records.start(engine, engine.store, data, opts)
+        assert service.exporter is not None
+        last = stored(engine)[-1]["seq"]
+        await eventually(lambda: service.exporter.position == last, what="export")  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)  # back in its wait for the next wake-up
+        async with asyncio.timeout(5) as guard:  # stop() itself: nothing runs between
+            service.exporter.wake()
+            await service.exporter.stop()
+        assert not guard.expired(), "stop() hung: the wake-up swallowed its cancel"
+        await service()
+        assert service.exporter._task is not None and service.exporter._task.cancelled()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -99,3 +100,26 @@ async def test_stream_waits_for_nats_and_loses_nothing(
         await eventually(lambda: service.streamer.position == last, what="delivered")  # type: ignore[union-attr]
         await service()
     assert len(await stored_seqs(js, opts)) == 2
+
+
+async def test_stream_stops_in_the_tick_it_is_woken(
+    tmp_path: Path, stream: tuple[NatsOptions, JetStreamContext]
+) -> None:
+    """A wake-up and a stop in the same tick: the stop wins (see the exporter's twin test)."""
+    opts, _ = stream
+    data = tmp_path / "data"
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        await debits(engine, "alice", 2, "a")
+        options = RecordOptions(export=False, nats=opts, poll_interval_s=0.05)
+        service = await records.start(engine, engine.store, data, options)
+        assert service.streamer is not None
+        last = stored(engine)[-1]["seq"]
+        await eventually(lambda: service.streamer.position == last, what="stream")  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)
+        async with asyncio.timeout(5) as guard:  # stop() itself: nothing runs between
+            service.streamer.wake()
+            await service.streamer.stop()
+        assert not guard.expired(), "stop() hung: the wake-up swallowed its cancel"
+        await service()
+        assert service.streamer._task is not None and service.streamer._task.cancelled()

@@ -65,8 +65,8 @@ class DiameterClient:
 
         loop = asyncio.get_running_loop()
         handler = request_handler or _default_handler(origin_host, origin_realm)
-        _, link = await asyncio.wait_for(
-            loop.create_connection(
+        async with asyncio.timeout(timeout_s):
+            _, link = await loop.create_connection(
                 lambda: PeerLink(
                     make_connection,
                     handler,
@@ -75,12 +75,11 @@ class DiameterClient:
                 ),
                 host,
                 port,
-            ),
-            timeout_s,
-        )
+            )
         assert link.connection is not None
         link.write(link.connection.initiate())
-        await asyncio.wait_for(asyncio.shield(link.opened), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(link.opened)
         return cls(link, config)
 
     @property
@@ -102,7 +101,8 @@ class DiameterClient:
     async def request(self, request: Message, timeout_s: float = REQUEST_TIMEOUT_S) -> Message:
         future = self._link.send_request(request)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await future
         except TimeoutError:
             self._link.forget(request)
             raise
@@ -136,7 +136,8 @@ class DiameterClient:
         if connection is not None and connection.state is PeerState.OPEN:
             self._link.write(connection.disconnect())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._link.closed), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._link.closed)
         self._link.abort("client closed")
 
     async def __aenter__(self) -> DiameterClient:

@@ -91,7 +91,8 @@ class DiameterServer:
             raise PeerNotConnectedError(origin_host)
         future = link.send_request(request)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await future
         except TimeoutError:
             link.forget(request)
             raise

@@ -413,7 +413,8 @@ class Engine:
         self.pool_waiters += 1
         self._waiting[group_id] = self._waiting.get(group_id, 0) + 1
         try:
-            await asyncio.wait_for(event.wait(), left_ms / 1000)
+            async with asyncio.timeout(left_ms / 1000):
+                await event.wait()
         except TimeoutError:
             return False
         finally:

@@ -91,8 +91,9 @@ class InteropService:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_S):
+                    await self._wake.wait()
             self._wake.clear()
             for record in await self.engine.store.interop_transfers("held"):
                 try:

@@ -100,7 +100,8 @@ class Exporter:
             if moved < self.batch_records_max:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._wake.wait()
 
     async def step(self) -> int:
         """Export one batch; returns how many records were read (0: caught up)."""

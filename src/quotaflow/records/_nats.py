@@ -109,17 +109,15 @@ class NatsStreamer:
         opts = self.options
         # One quick reconnect inside the client at most (nats-py 2.16 hangs on a refused first
         # connection when reconnecting is off); beyond that the loop reconnects with backoff.
-        nc = await asyncio.wait_for(
-            nats.connect(
+        async with asyncio.timeout(10):
+            nc = await nats.connect(
                 opts.url,
                 connect_timeout=2,
                 allow_reconnect=True,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.1,
                 error_cb=_quiet,
-            ),
-            timeout=10,
-        )
+            )
         js = nc.jetstream(timeout=opts.ack_timeout_s)
         if opts.create_stream:
             try:
@@ -151,7 +149,8 @@ class NatsStreamer:
             if moved < self.options.batch_records_max:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._wake.wait()
 
     async def step(self) -> int:
         """Publish one batch and move the position; returns how many records were sent."""
