@@ -153,3 +153,22 @@ async def test_export_stops_in_the_tick_it_is_woken(tmp_path: Path) -> None:
         assert not guard.expired(), "stop() hung: the wake-up swallowed its cancel"
         await service()
         assert service.exporter._task is not None and service.exporter._task.cancelled()
+
+
+async def test_a_burst_of_charges_is_exported_as_one_batch(tmp_path: Path) -> None:
+    """Every charge wakes the exporter; it lingers so that the burst lands in one batch (each
+    batch costs fsyncs and a position write per format), not one batch per charge."""
+    data = tmp_path / "data"
+    opts = RecordOptions(formats=("jsonl",), poll_interval_s=5.0)
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, opts)
+        exporter = service.exporter
+        assert exporter is not None
+        exporter.linger_s = 2.0  # far longer than 20 debits take, however slow the disk
+        await asyncio.sleep(0.05)  # its first (empty) pass is done; it waits for a wake-up
+        await debits(engine, "alice", 20, "a")
+        last = stored(engine)[-1]["seq"]
+        await eventually(lambda: exporter.position == last, timeout_s=10, what="export")
+        assert exporter.batches <= 2  # one, or two if the first read met the first debits
+        await service()
