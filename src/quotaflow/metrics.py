@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 
 from quotaflow import NATIVE_MODE, __version__
+from quotaflow.store import gc_policy
 
 REGISTRY = CollectorRegistry()
 
@@ -34,6 +36,17 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
     registry=REGISTRY,
 )
+
+
+GC_PAUSE_SECONDS = Histogram(
+    "quotaflow_gc_pause_seconds",
+    "Passes of the cyclic garbage collector, which stop every thread (store/gc_policy.py)",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+_GC_PAUSES = [GC_PAUSE_SECONDS.labels(str(g)) for g in range(3)]
+gc_policy.observers.append(lambda generation, seconds: _GC_PAUSES[generation].observe(seconds))
 
 
 BUILD = Info("quotaflow_build", "Version; whether the hot path runs compiled", registry=REGISTRY)
@@ -62,6 +75,11 @@ class _StoreCollector:
             "quotaflow_store_failed",
             "1 when the journal failed",
             value=1 if stats.get("failed") else 0,
+        )
+        yield GaugeMetricFamily(
+            "quotaflow_gc_frozen_objects",
+            "Objects the garbage collector no longer scans (should follow the ledger's size)",
+            value=gc.get_freeze_count(),
         )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -31,17 +30,11 @@ import orjson
 from quotaflow.ledger import ChargingError, LimitReached, Limits, Price, Subscriber, Unit
 from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import Group, Reservation
+from quotaflow.store import gc_policy
 from quotaflow.store.base import Barrier, Clock, Result, StoreUnavailable, wall_clock_ms
 
 log = logging.getLogger("quotaflow.store")
 
-# The ledger's state is millions of long-lived, acyclic objects. CPython's cyclic collector
-# would rescan them again and again as the state grows (measured: a third of the throughput),
-# so the store raises the young-generation threshold and moves what has settled into the
-# permanent generation every FREEZE_EVERY_ROWS journal records. Acyclic garbage is still
-# freed at once by reference counting.
-GC_THRESHOLDS = (50_000, 20, 100)
-FREEZE_EVERY_ROWS = 200_000
 PRUNE_SLICE_ROWS = 10_000  # charging records deleted per transaction by retention
 SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is killed
 
@@ -97,7 +90,7 @@ class EmbeddedStore:
         # False: each change is written (and fsynced) before execute returns, on the event
         # loop; slow, but the order of everything is fixed (the pool simulator needs that).
         self.group_commit = group_commit
-        self._rows_since_freeze = 0
+        self._gc_engaged = False
         self.ledger = Ledger(self.limits)
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -143,10 +136,9 @@ class EmbeddedStore:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        if self.tune_gc:
-            gc.set_threshold(*GC_THRESHOLDS)
-            gc.collect()
-            gc.freeze()
+        if self.tune_gc and not self._gc_engaged:
+            gc_policy.engage()  # see store/gc_policy.py
+            self._gc_engaged = True
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
 
     def _recover(self, db: sqlite3.Connection) -> int:
@@ -199,6 +191,9 @@ class EmbeddedStore:
             self._reader.close()
             self._reader = None
         self._writer.shutdown(wait=True)
+        if self._gc_engaged:
+            gc_policy.release()
+            self._gc_engaged = False
 
     # ------------------------------------------------------------------ writes
 
@@ -389,10 +384,6 @@ class EmbeddedStore:
                     return
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
-                self._rows_since_freeze += count
-                if self.tune_gc and self._rows_since_freeze >= FREEZE_EVERY_ROWS:
-                    gc.freeze()
-                    self._rows_since_freeze = 0
         finally:
             self._committing = False
 
