@@ -249,14 +249,16 @@ async def closed_loop(
     users: int,
     seconds: float,
     warmup_s: float,
-    next_request: Callable[[int], tuple[bytes, bytes]],
+    next_request: Callable[[int], tuple[bytes, bytes] | None],
     ok_status: int,
+    on_answer: Callable[[int, int, dict[str, str] | None], None] | None = None,
 ) -> dict[str, Any]:
     """`users` virtual users, each with one request in flight, for warmup_s + seconds.
 
-    `next_request(user)` gives the path and body of that user's next request. Requests sent
-    after the warm-up are measured; their latency is from handing the frames to the transport
-    to the end of the response.
+    `next_request(user)` gives the path and body of that user's next request, or None when it
+    has no more (that user stops). `on_answer(user, status, headers)` sees every answer.
+    Requests sent after the warm-up are measured; their latency is from handing the frames to
+    the transport to the end of the response.
     """
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
@@ -276,11 +278,19 @@ async def closed_loop(
             if running == 0 and not finished.done():
                 finished.set_result(None)
             return
-        path, body = next_request(u)
+        request = next_request(u)
+        if request is None:
+            running -= 1
+            if running == 0 and not finished.done():
+                finished.set_result(None)
+            return
+        path, body = request
         measured = now >= warm_until
 
-        def done(status: int, _headers: dict[str, str] | None, _body: bytes) -> None:
+        def done(status: int, headers: dict[str, str] | None, _body: bytes) -> None:
             nonlocal errors, running
+            if on_answer is not None:
+                on_answer(u, status, headers)
             if measured:
                 latencies.append(clock() - now)
                 if status != ok_status:
