@@ -35,19 +35,28 @@ class CapabilitiesExchanged(Event):
     peer: PeerInfo
 
 
-@dataclass(frozen=True, slots=True)
+# One per request: not frozen (a frozen one sets its field through object.__setattr__) and an
+# explicit __init__, which mypyc compiles. Never changed once made.
+@dataclass(slots=True, init=False)
 class RequestReceived(Event):
     """A valid application request (CCR, RAR, ...) that the application must answer."""
 
     request: Message
 
+    def __init__(self, request: Message) -> None:
+        self.request = request
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class AnswerReceived(Event):
-    """The answer to a request we sent, matched by hop-by-hop id."""
+    """The answer to a request we sent, matched by hop-by-hop id (one per answer, as above)."""
 
     answer: Message
     request: Message
+
+    def __init__(self, answer: Message, request: Message) -> None:
+        self.answer = answer
+        self.request = request
 
 
 @dataclass(frozen=True, slots=True)

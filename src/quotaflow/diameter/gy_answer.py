@@ -43,13 +43,18 @@ _RESULT_CODE = 268
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
-# construct (each field set through object.__setattr__). Never changed once made.
-@dataclass(slots=True)
+# construct (each field set through object.__setattr__). Never changed once made. An explicit
+# __init__: mypyc compiles it, a dataclass-generated one runs interpreted.
+@dataclass(slots=True, init=False)
 class Echo:
     """What a CCA copies from its request: the Session-Id, then the ECHOED AVPs present."""
 
     session: Avp | None
     echoed: list[Avp]
+
+    def __init__(self, session: Avp | None, echoed: list[Avp]) -> None:
+        self.session = session
+        self.echoed = echoed
 
 
 def echo_of(request: Message) -> Echo:
@@ -130,9 +135,8 @@ def credit_control_answer(
 # ---------------------------------------------------------------------- per service
 
 
-# Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
-# construct (each field set through object.__setattr__). Never changed once made.
-@dataclass(slots=True)
+# Not frozen and an explicit __init__, as Echo above. Never changed once made.
+@dataclass(slots=True, init=False)
 class Outcome:
     """What one service of a CCR gets back."""
 
@@ -144,6 +148,26 @@ class Outcome:
     kept: bool = False  # no credit, but the session stays up, restricted
     starved: bool = False  # final units or no credit: a top-up should re-authorise it
     zero_grant: bool = False  # say "0 units" explicitly (a pool asks the session to wait)
+
+    def __init__(
+        self,
+        ask: ServiceAsk,
+        result_code: int,
+        granted_units: int = 0,
+        validity_s: int | None = None,
+        final: bool = False,
+        kept: bool = False,
+        starved: bool = False,
+        zero_grant: bool = False,
+    ) -> None:
+        self.ask = ask
+        self.result_code = result_code
+        self.granted_units = granted_units
+        self.validity_s = validity_s
+        self.final = final
+        self.kept = kept
+        self.starved = starved
+        self.zero_grant = zero_grant
 
 
 def outcome(ask: ServiceAsk, answer: ServiceAnswer, config: GyConfig) -> Outcome:

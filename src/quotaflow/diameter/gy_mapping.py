@@ -75,8 +75,9 @@ def result_code_for(exc: ChargingError) -> int:
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
-# construct (each field set through object.__setattr__). Never changed once made.
-@dataclass(slots=True)
+# construct (each field set through object.__setattr__). Never changed once made. An explicit
+# __init__: mypyc compiles it, a dataclass-generated one runs interpreted.
+@dataclass(slots=True, init=False)
 class ServiceAsk:
     """One service of a CCR: an MSCC, or the top-level units of a single-service request."""
 
@@ -90,6 +91,30 @@ class ServiceAsk:
     refusal: int | None = None  # decided without the engine: 4011 (free) or 5031 (not rated)
     used_input_octets: int | None = None  # for the charging record, when reported apart
     used_output_octets: int | None = None
+
+    def __init__(
+        self,
+        rating_group: int | None,
+        unit: Unit,
+        requested_units: int | None,
+        used_units: int,
+        wants_grant: bool,
+        in_mscc: bool,
+        service_identifiers: tuple[Avp, ...] = (),
+        refusal: int | None = None,
+        used_input_octets: int | None = None,
+        used_output_octets: int | None = None,
+    ) -> None:
+        self.rating_group = rating_group
+        self.unit = unit
+        self.requested_units = requested_units
+        self.used_units = used_units
+        self.wants_grant = wants_grant
+        self.in_mscc = in_mscc
+        self.service_identifiers = service_identifiers
+        self.refusal = refusal
+        self.used_input_octets = used_input_octets
+        self.used_output_octets = used_output_octets
 
     def engine_request(self) -> ServiceRequest:
         return ServiceRequest(

@@ -46,7 +46,9 @@ AvpValue: TypeAlias = int | float | str | bytes | datetime | IPAddress | RawAddr
 BuildValue: TypeAlias = object
 
 
-@dataclass(slots=True)
+# Made per AVP / per request: an explicit __init__, which mypyc compiles; a dataclass-generated
+# one runs interpreted (~0.3-0.7 us a call from compiled code, against ~0.05 us).
+@dataclass(slots=True, init=False)
 class Avp:
     """One AVP. `definition` is None for an AVP the dictionary does not know (kept raw)."""
 
@@ -55,6 +57,20 @@ class Avp:
     vendor_id: int = 0
     flags: int = 0
     definition: AvpDef | None = field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        code: int,
+        value: AvpValue,
+        vendor_id: int = 0,
+        flags: int = 0,
+        definition: AvpDef | None = None,
+    ) -> None:
+        self.code = code
+        self.value = value
+        self.vendor_id = vendor_id
+        self.flags = flags
+        self.definition = definition
 
     @property
     def name(self) -> str:
@@ -87,7 +103,7 @@ class Avp:
         return iter(self.children)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Header:
     """The 20-octet message header (RFC 6733 section 3)."""
 
@@ -98,6 +114,24 @@ class Header:
     application_id: int
     hop_by_hop: int
     end_to_end: int
+
+    def __init__(
+        self,
+        version: int,
+        length: int,
+        flags: int,
+        command_code: int,
+        application_id: int,
+        hop_by_hop: int,
+        end_to_end: int,
+    ) -> None:
+        self.version = version
+        self.length = length
+        self.flags = flags
+        self.command_code = command_code
+        self.application_id = application_id
+        self.hop_by_hop = hop_by_hop
+        self.end_to_end = end_to_end
 
 
 class Message:
