@@ -77,7 +77,7 @@ _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 415, 416
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
 # construct (each field set through object.__setattr__). Never changed once made.
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Ccr:
     """What identifies a CCR, read once."""
 
@@ -88,6 +88,24 @@ class Ccr:
     origin_host: str
     origin_realm: str
     echo: Echo  # what the CCA copies from it
+
+    def __init__(
+        self,
+        message: Message,
+        session_id: str,
+        request_type: int,
+        number: int,
+        origin_host: str,
+        origin_realm: str,
+        echo: Echo,
+    ) -> None:
+        self.message = message
+        self.session_id = session_id
+        self.request_type = request_type
+        self.number = number
+        self.origin_host = origin_host
+        self.origin_realm = origin_realm
+        self.echo = echo
 
     @classmethod
     def read(cls, message: Message) -> Ccr:

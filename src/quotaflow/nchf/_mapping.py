@@ -33,7 +33,9 @@ _THRESHOLD_FIELD = {
 _IMMEDIATE = "IMMEDIATE_REPORT"
 
 
-@dataclass(slots=True)  # not frozen, as the parsed request (_wire.Units): built per answer
+# Not frozen, as the parsed request (_wire.Units), and an explicit __init__ (compiled; a
+# dataclass-generated one runs interpreted): built per answer.
+@dataclass(slots=True, init=False)
 class Charged:
     """One rating group of a request with the engine's answer for it."""
 
@@ -41,6 +43,18 @@ class Charged:
     unit: Unit
     offline: bool
     answer: ServiceAnswer
+
+    def __init__(
+        self,
+        usage: UnitUsage,
+        unit: Unit,
+        offline: bool,
+        answer: ServiceAnswer,
+    ) -> None:
+        self.usage = usage
+        self.unit = unit
+        self.offline = offline
+        self.answer = answer
 
 
 def _amount(units: Units, unit: Unit) -> int:
