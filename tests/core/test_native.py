@@ -125,3 +125,57 @@ def test_a_compiled_module_no_longer_listed_is_found(tmp_path: Path) -> None:
     }
     if quotaflow.NATIVE_MODE == "compiled":
         assert set(_native.compiled_files()) == set(_native.COMPILED)
+
+
+# Built once, at configuration or provisioning time (or per admin call), not per request:
+# these may keep the constructor dataclasses generate.
+BUILT_RARELY = {
+    "quotaflow.ledger.model": {"Bucket", "Subscriber", "Member", "Group"},
+    "quotaflow.ledger.transfers": {"TransferLimits", "Transfer", "Voucher", "Offer"},
+    "quotaflow.engine.grants": {"UnitGrantLimits", "GrantPolicy"},
+    "quotaflow.rating.tariff": {"Band", "ServiceTariff", "Plan", "TariffBook"},
+    "quotaflow.diameter.dictionary": {
+        "Rule",
+        "Grammar",
+        "AvpDef",
+        "CommandDef",
+        "AvpSpec",
+        "CommandSpec",
+        "Dictionary",
+    },
+    "quotaflow.diameter.message": {"RawAddress"},
+    "quotaflow.diameter.events": {
+        "PeerInfo",
+        "CapabilitiesExchanged",
+        "UnmatchedAnswer",
+        "MessageRejected",
+        "ConnectionClosed",
+    },
+    "quotaflow.diameter.peer": {"AllowedPeer", "PeerConfig"},
+    "quotaflow.diameter.gy_mapping": {"Reading"},
+    "quotaflow.records._chain": {"SealedFile"},
+    "quotaflow.records._writer": {"Rotation", "_Open"},
+}
+
+
+def test_per_request_dataclasses_in_compiled_modules_have_their_own_constructor() -> None:
+    """A dataclass-generated __init__ runs interpreted even in a compiled class (0.3-0.7 us a
+    call against ~0.05 us): every dataclass in a compiled module declares init=False and writes
+    its own, unless it is built rarely (listed above)."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    generated = []
+    for name in _native.COMPILED:
+        module = importlib.import_module(name)
+        for cls_name, cls in vars(module).items():
+            if (
+                inspect.isclass(cls)
+                and cls.__module__ == name
+                and dataclasses.is_dataclass(cls)
+                and cls.__dataclass_params__.init  # type: ignore[attr-defined]
+                and cls_name not in BUILT_RARELY.get(name, set())
+            ):
+                generated.append(f"{name}.{cls_name}")
+    assert generated == []
