@@ -136,7 +136,8 @@ def test_consumption_order_scope_then_expiry_then_priority() -> None:
             },
             T0,
         )
-    legs = reserve(ledger, "r1", 55)["legs"]
+    reserve(ledger, "r1", 55)
+    legs = [leg.to_json() for leg in ledger.subscribers["a"].reservations["r1"].legs]
     assert [leg[0] for leg in legs] == [
         "rg10-only-prio",
         "rg10-only",

@@ -733,7 +733,8 @@ class Ledger(GroupOps, MovingOps):
             "exhausted": granted < units_max,
             "validity_ms": validity_ms,
             "expires_at_ms": expires,
-            "legs": [leg.to_json() for leg in legs],
+            # No legs: the reservation holds them, and this answer is kept for the operation
+            # id's window (a list per leg kept per grant, which nothing read).
         }
 
     def _hold_units(
