@@ -175,3 +175,24 @@ async def test_one_session_gets_no_choice(live: Live) -> None:
     await live.engine.session_update("only", 1, [ServiceRequest(10, used_units=11 * MB)])
     await live.settled()
     assert live.receiver.types() == ["low_balance"]
+
+
+async def test_balance_events_nothing_watches_are_not_queued(live: Live) -> None:
+    """Every charge emits a balance event; queueing it for nobody cost ~5% of a loaded loop."""
+    await provision(live.engine, "alice", octets=100 * MB)
+    await provision(live.engine, "bob", octets=100 * MB)
+    await spend(live, "alice", "a1", MB)
+    await live.settled()
+    skipped = live.service.skipped_events
+    assert skipped >= 1
+    await live.subscribe()
+    await live.threshold(subscriber_id="alice", unit="octets", below_units=50 * MB)
+    await spend(live, "bob", "b1", MB)  # nobody watches bob
+    await live.settled()
+    assert live.service.skipped_events == skipped + 1
+    await spend(live, "alice", "a2", 60 * MB)  # watched: queued, evaluated, fired
+    await live.settled()
+    assert live.service.skipped_events == skipped + 1
+    assert live.receiver.types() == ["low_balance"]
+    status = (await live.api.get("/v1/notifications/status")).json()
+    assert status["skipped_engine_events"] == skipped + 1
