@@ -38,7 +38,7 @@ _lock = threading.Lock()
 _users = 0
 _saved: tuple[int, int, int] | None = None
 _started = 0.0
-# Seconds of each collection, by generation; the metrics module reads them.
+# Called with (generation, seconds) after each pass; the metrics module adds one.
 observers: list[Callable[[int, float], None]] = []
 
 
