@@ -16,7 +16,10 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 STAMP=".venv/.quotaflow-installed${QF_EXTRAS:+-$QF_EXTRAS}"
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ setup.py -nt "$STAMP" ]; then
+fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ] && [ ! setup.py -nt "$1" ]; }
+# An install with the test extras serves the server too: no reinstall (and no recompiling)
+# when serve.sh follows test.sh.
+if ! fresh "$STAMP" && { [ -n "$QF_EXTRAS" ] || ! fresh .venv/.quotaflow-installed-test; }; then
     .venv/bin/python -m pip install -q --upgrade pip
     # The build tools, in the venv: mypyc must see the installed dependencies' types.
     .venv/bin/python -m pip install -q "setuptools>=77" "mypy==2.4.1"
