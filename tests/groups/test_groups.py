@@ -229,6 +229,26 @@ async def test_policy_counter_changes_reach_a_webhook(
     assert all(e["type"] == "policy_counter" for e in received)
 
 
+async def test_policy_counters_are_not_checked_for_nobody(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    """Without a subscription for policy_counter events, a charge does not wake the watcher."""
+    watch = server._counters
+    await family(api)
+    before = watch.skipped
+    await server.engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=MB)])
+    assert watch.skipped > before and not watch._pending
+    received: list[dict[str, Any]] = []
+    async with webhook(received) as url:
+        r = await api.post(
+            "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["low_balance"]}
+        )
+        assert r.status_code == 201, r.text  # another event type: still nobody for counters
+        skipped = watch.skipped
+        await server.engine.session_start("d2", "dad", 0, [ServiceRequest(10, requested_units=MB)])
+        assert watch.skipped > skipped
+
+
 async def test_a_pool_threshold_fires_when_members_drain_it(
     api: httpx.AsyncClient, server: Server
 ) -> None:

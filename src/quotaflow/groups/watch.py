@@ -27,6 +27,7 @@ class CounterWatch:
         self.notify = notify
         self._last: dict[str, str] = {}  # counter id -> status last told
         self._pending: set[str] = set()
+        self.skipped = 0  # events not checked: no subscription takes policy_counter events
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -42,9 +43,20 @@ class CounterWatch:
                 await self._task
 
     def _on_event(self, event: EngineEvent) -> None:
-        if event.kind in WATCH_EVENTS and len(self._pending) < PENDING_MAX:
+        if event.kind in WATCH_EVENTS and len(self._pending) < PENDING_MAX and self._heard():
             self._pending.add(event.subscriber_id)
             self._wake.set()
+        elif event.kind in WATCH_EVENTS:
+            self.skipped += 1
+
+    def _heard(self) -> bool:
+        """Whether any webhook subscription takes policy_counter events. Statuses go out only
+        that way: without one, a check after every charge (a task wake-up and a read) is work
+        for nobody. A subscription made later hears the next change after it."""
+        return any(
+            sub.events is None or "policy_counter" in sub.events
+            for sub in self.notify.dispatcher.subscriptions.values()
+        )
 
     async def _run(self) -> None:
         while True:
