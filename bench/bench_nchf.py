@@ -246,7 +246,7 @@ async def _client(port: int, args: dict[str, Any]) -> dict[str, Any]:
         # CPU the server spent per request, all its threads and its event loop's thread alone
         # (warm-up included on both sides of the division): steadier than req/s on a shared
         # machine.
-        sent = r["requests"] * (wall / (wall - 1.0))
+        sent = max(r["requests"] * (wall / max(wall - 1.0, 1e-9)), 1.0)  # a phase with none
         r["server_us"] = 1e6 * (_cpu_s(args["server_pid"]) - server0) / sent
         r["loop_us"] = 1e6 * (_cpu_s(args["server_pid"], thread=True) - loop0) / sent
         results[name] = r

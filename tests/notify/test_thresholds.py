@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from quotaflow.engine import ServiceRequest, ServiceResult
@@ -196,3 +199,27 @@ async def test_balance_events_nothing_watches_are_not_queued(live: Live) -> None
     assert live.receiver.types() == ["low_balance"]
     status = (await live.api.get("/v1/notifications/status")).json()
     assert status["skipped_engine_events"] == skipped + 1
+
+
+async def test_a_top_up_right_after_a_refusal_still_brings_credit_back(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal is still queued (the service is behind) when the top-up's credit event comes:
+    that event must be queued too, although the subscriber is not yet known to be out."""
+    await provision(live.engine, "alice", octets=0)
+    await live.subscribe(events=["out_of_credit", "credit_reallocated"])
+    handle = live.service._handle_batch
+
+    async def behind(batch: list[Any]) -> None:
+        await asyncio.sleep(0.2)
+        await handle(batch)
+
+    monkeypatch.setattr(live.service, "_handle_batch", behind)
+    with pytest.raises(NoCredit):
+        await spend(live, "alice", "a1", MB)
+    await live.engine.admin(
+        "topup", "gift", {"subscriber_id": "alice", "unit": "octets", "amount": 5 * MB}
+    )
+    await live.settled()
+    assert live.receiver.types("alice") == ["out_of_credit", "credit_reallocated"]
+    assert not live.service._refusing

@@ -53,10 +53,7 @@ class CounterWatch:
         """Whether any webhook subscription takes policy_counter events. Statuses go out only
         that way: without one, a check after every charge (a task wake-up and a read) is work
         for nobody. A subscription made later hears the next change after it."""
-        return any(
-            sub.events is None or "policy_counter" in sub.events
-            for sub in self.notify.dispatcher.subscriptions.values()
-        )
+        return self.notify.dispatcher.takes("policy_counter")
 
     async def _run(self) -> None:
         while True:

@@ -161,6 +161,7 @@ class Dispatcher:
         self.db = db
         self.options = options or DeliveryOptions()
         self.subscriptions: dict[str, Subscription] = {}
+        self._takes: dict[str, bool] = {}  # event type -> some subscription takes it
         self.stats = _Stats()
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._queued = 0
@@ -172,6 +173,7 @@ class Dispatcher:
         for doc in (await self.db.all("subscriptions")).values():
             sub = Subscription.from_json(doc)
             self.subscriptions[sub.id] = sub
+        self._takes.clear()
         self._client = httpx.AsyncClient(
             timeout=self.options.timeout_s,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
@@ -204,12 +206,25 @@ class Dispatcher:
             raise InvalidRequest("too many subscriptions", limit=self.options.subscriptions_max)
         await self.db.put("subscriptions", sub.id, sub.to_json(with_secret=True))
         self.subscriptions[sub.id] = sub
+        self._takes.clear()
         return sub
 
     async def remove(self, sub_id: str) -> bool:
         found = self.subscriptions.pop(sub_id, None) is not None
+        self._takes.clear()
         await self.db.delete("subscriptions", sub_id)
         return found
+
+    def takes(self, event_type: str) -> bool:
+        """Whether any subscription takes this type of event (asked per charge: remembered
+        until the subscriptions change)."""
+        known = self._takes.get(event_type)
+        if known is None:
+            known = self._takes[event_type] = any(
+                sub.events is None or event_type in sub.events
+                for sub in self.subscriptions.values()
+            )
+        return known
 
     # ------------------------------------------------------------------ sending
 

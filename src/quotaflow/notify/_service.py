@@ -76,6 +76,9 @@ class NotifyService:
         self._watching: dict[str | None, dict[str, Threshold]] = {}
         self.dropped_events = 0
         self.skipped_events = 0  # nothing watched them: not queued (see _wanted)
+        # Refusals queued and not yet processed, by subscriber: until `_refused_request` has
+        # put the subscriber in `_out`, its credit events must still be queued behind them.
+        self._refusing: dict[str, int] = {}
         self._states: dict[tuple[str, str], str] = {}
         self._bases: dict[tuple[str, str], int] = {}
         self._refused: dict[str, int] = {}
@@ -127,6 +130,15 @@ class NotifyService:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped_events += 1
+            if event.kind == "no_credit":
+                self._refused_done(event.subscriber_id)
+
+    def _refused_done(self, sid: str) -> None:
+        left = self._refusing.get(sid, 0) - 1
+        if left > 0:
+            self._refusing[sid] = left
+        else:
+            self._refusing.pop(sid, None)
 
     def _wanted(self, event: EngineEvent) -> bool:
         """Whether `_handle_batch` would do anything with it. Every charge emits a balance
@@ -135,10 +147,18 @@ class NotifyService:
         kind, sid = event.kind, event.subscriber_id
         if kind in BALANCE_EVENTS:
             watching = self._watching
-            return bool(watching.get(None)) or bool(watching.get(sid)) or sid in self._out
+            return (
+                bool(watching.get(None))
+                or bool(watching.get(sid))
+                or sid in self._out
+                or sid in self._refusing
+            )
         if kind == "abort":
             return sid in self._choices
-        return kind == "no_credit"
+        if kind == "no_credit":
+            self._refusing[sid] = self._refusing.get(sid, 0) + 1
+            return True
+        return False
 
     async def drained(self) -> None:
         """Wait until every engine event so far was processed (tests, orderly shutdown)."""
@@ -165,7 +185,10 @@ class NotifyService:
         credited = {e.subscriber_id for e in batch if _is_credit(e)}
         for i, e in enumerate(batch):
             if e.kind == "no_credit":
-                await self._refused_request(e)
+                try:
+                    await self._refused_request(e)
+                finally:
+                    self._refused_done(e.subscriber_id)
             elif e.kind in BALANCE_EVENTS and last_balance.get(e.subscriber_id) == i:
                 await self._balance(e.subscriber_id, e.subscriber_id in credited)
             elif e.kind == "abort":

@@ -171,6 +171,14 @@ class EmbeddedStore:
             self.ledger.apply(op, op_id, args, now_ms)
 
     async def close(self) -> None:
+        try:
+            await self._close()
+        finally:
+            if self._gc_engaged:
+                gc_policy.release()
+                self._gc_engaged = False
+
+    async def _close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,9 +199,6 @@ class EmbeddedStore:
             self._reader.close()
             self._reader = None
         self._writer.shutdown(wait=True)
-        if self._gc_engaged:
-            gc_policy.release()
-            self._gc_engaged = False
 
     # ------------------------------------------------------------------ writes
 

@@ -15,8 +15,8 @@ collected. Measured with `tests/core/test_gc_policy.py` (a server in its own pro
 API, Gy, Nchf with ChargingNotify, refusals; two rounds, the second twice as long): nothing left
 behind. Freezing only after middle passes (every third young pass) gives cycles longer to die
 but measured worse on Gy at 4 x 32 in flight: p99 31-54 ms against 26 ms, 81 against 76 us of
-CPU per CCR. `quotaflow_gc_frozen_objects` shows the permanent generation's size, which should
-follow the ledger's; `quotaflow_gc_pause_seconds` each pass.
+CPU per CCR. `process_resident_memory_bytes` on /metrics should follow the ledger's size;
+`quotaflow_gc_pause_seconds` shows each pass.
 
 The callback runs in whichever thread allocated, under the GIL.
 """
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 YOUNG_THRESHOLD = 10_000
-# Older generations stay empty (everything that survives is frozen); these only say how often
-# a pass is labelled middle or old, as measured.
+# The older generations stay empty, and gc.freeze() resets the counts that would start their
+# passes, so in practice every pass is a young one; their thresholds are left as measured.
 THRESHOLDS = (YOUNG_THRESHOLD, 2, 100)
 
 _lock = threading.Lock()
