@@ -94,6 +94,16 @@ async def serve_asgi(app: Any, port: int | None = None) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 5)
 
 
+async def stops_when_woken(wake: Callable[[], None], stop: Callable[[], Awaitable[None]]) -> None:
+    """Wake a background loop and stop it in the same tick (nothing runs in between); fail if the
+    stop hangs. Python 3.11's wait_for returned the wake-up and dropped the cancel, so the loop
+    ran on and its stop never returned."""
+    async with asyncio.timeout(5) as guard:
+        wake()
+        await stop()
+    assert not guard.expired(), "stop hung: the wake-up swallowed its cancel"
+
+
 async def eventually(
     check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 5.0, what: str = ""
 ) -> None:

@@ -18,6 +18,7 @@ from tests.records.harness import (
     provision,
     running_engine,
     serve_routes,
+    stops_when_woken,
     stored,
 )
 
@@ -147,10 +148,7 @@ async def test_export_stops_in_the_tick_it_is_woken(tmp_path: Path) -> None:
         last = stored(engine)[-1]["seq"]
         await eventually(lambda: service.exporter.position == last, what="export")  # type: ignore[union-attr]
         await asyncio.sleep(0.01)  # back in its wait for the next wake-up
-        async with asyncio.timeout(5) as guard:  # stop() itself: nothing runs between
-            service.exporter.wake()
-            await service.exporter.stop()
-        assert not guard.expired(), "stop() hung: the wake-up swallowed its cancel"
+        await stops_when_woken(service.exporter.wake, service.exporter.stop)
         await service()
         assert service.exporter._task is not None and service.exporter._task.cancelled()
 

@@ -16,7 +16,14 @@ from nats.js.errors import NotFoundError
 
 from quotaflow import records
 from quotaflow.records import NatsOptions, RecordOptions
-from tests.records.harness import debits, eventually, provision, running_engine, stored
+from tests.records.harness import (
+    debits,
+    eventually,
+    provision,
+    running_engine,
+    stops_when_woken,
+    stored,
+)
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -117,9 +124,6 @@ async def test_stream_stops_in_the_tick_it_is_woken(
         last = stored(engine)[-1]["seq"]
         await eventually(lambda: service.streamer.position == last, what="stream")  # type: ignore[union-attr]
         await asyncio.sleep(0.01)
-        async with asyncio.timeout(5) as guard:  # stop() itself: nothing runs between
-            service.streamer.wake()
-            await service.streamer.stop()
-        assert not guard.expired(), "stop() hung: the wake-up swallowed its cancel"
+        await stops_when_woken(service.streamer.wake, service.streamer.stop)
         await service()
         assert service.streamer._task is not None and service.streamer._task.cancelled()

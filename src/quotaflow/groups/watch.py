@@ -43,17 +43,16 @@ class CounterWatch:
                 await self._task
 
     def _on_event(self, event: EngineEvent) -> None:
-        if event.kind in WATCH_EVENTS and len(self._pending) < PENDING_MAX and self._heard():
+        if event.kind not in WATCH_EVENTS:
+            return
+        # Statuses go out only as policy_counter webhooks: without a subscription for them, a
+        # check after every charge (a task wake-up and a read) is work for nobody. A
+        # subscription made later hears the next change after it.
+        if not self.notify.dispatcher.takes("policy_counter"):
+            self.skipped += 1
+        elif len(self._pending) < PENDING_MAX:
             self._pending.add(event.subscriber_id)
             self._wake.set()
-        elif event.kind in WATCH_EVENTS:
-            self.skipped += 1
-
-    def _heard(self) -> bool:
-        """Whether any webhook subscription takes policy_counter events. Statuses go out only
-        that way: without one, a check after every charge (a task wake-up and a read) is work
-        for nobody. A subscription made later hears the next change after it."""
-        return self.notify.dispatcher.takes("policy_counter")
 
     async def _run(self) -> None:
         while True:

@@ -130,8 +130,10 @@ class NotifyService:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped_events += 1
-            if event.kind == "no_credit":
-                self._refused_done(event.subscriber_id)
+            return
+        if event.kind == "no_credit":
+            sid = event.subscriber_id
+            self._refusing[sid] = self._refusing.get(sid, 0) + 1
 
     def _refused_done(self, sid: str) -> None:
         left = self._refusing.get(sid, 0) - 1
@@ -155,10 +157,7 @@ class NotifyService:
             )
         if kind == "abort":
             return sid in self._choices
-        if kind == "no_credit":
-            self._refusing[sid] = self._refusing.get(sid, 0) + 1
-            return True
-        return False
+        return kind == "no_credit"
 
     async def drained(self) -> None:
         """Wait until every engine event so far was processed (tests, orderly shutdown)."""
