@@ -12,6 +12,7 @@ from quotaflow import NATIVE_MODE, __version__
 from quotaflow.store import gc_policy
 
 REGISTRY = CollectorRegistry()
+SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 HTTP_REQUESTS = Counter(
     "quotaflow_http_requests",
@@ -32,7 +33,7 @@ REQUEST_SECONDS = Histogram(
     "quotaflow_request_seconds",
     "Time from request to durable answer",
     ["interface"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    buckets=SECONDS_BUCKETS,
     registry=REGISTRY,
 )
 
@@ -41,7 +42,7 @@ GC_PAUSE_SECONDS = Histogram(
     "quotaflow_gc_pause_seconds",
     "Passes of the cyclic garbage collector, which stop every thread (store/gc_policy.py)",
     ["generation"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    buckets=SECONDS_BUCKETS,
     registry=REGISTRY,
 )
 _GC_PAUSES = [GC_PAUSE_SECONDS.labels(str(g)) for g in range(3)]
