@@ -29,6 +29,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.ledger._base",
     "quotaflow.ledger._groups",
     "quotaflow.ledger._moves",
+    "quotaflow.ledger._opids",
     "quotaflow.ledger.ledger",
     "quotaflow.ledger.model",
     "quotaflow.ledger.periods",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import orjson
 import pytest
 
 from quotaflow.ledger import (
@@ -308,6 +310,39 @@ def test_idempotency_window_forgets_old_ids() -> None:
     assert len(ledger.idempotency) == 3
     ledger.apply("expire", None, {}, T0 + 2000)
     assert not ledger.idempotency
+
+
+def test_idempotency_forgets_oldest_first_by_count_and_by_clock() -> None:
+    ledger = Ledger(Limits(idempotency_window_ms=1000, idempotency_entries_max=4))
+    ledger.apply("create_subscriber", "c", {"id": "a"}, T0)
+    for i, at in enumerate([T0, T0 + 10, T0 + 10, T0 + 600, T0 + 700]):
+        ledger.apply("topup", f"t{i}", {"subscriber_id": "a", "unit": "octets", "amount": 1}, at)
+    # "c" and then "t0" went for the cap; the window then drops what came before each horizon
+    assert list(ledger.idempotency.entries) == ["t1", "t2", "t3", "t4"]
+    assert ledger.prune_idempotency(T0 + 1011) == 2
+    assert list(ledger.idempotency.entries) == ["t3", "t4"]
+    copy = Ledger.restore(ledger.snapshot(), ledger.limits)
+    assert copy.snapshot() == ledger.snapshot()
+    assert copy.prune_idempotency(T0 + 1650) == 1 and list(copy.idempotency.entries) == ["t4"]
+
+
+def test_ids_from_a_snapshot_of_the_old_format_still_tell_repeats_from_conflicts() -> None:
+    """Before the operation was kept beside its digest, a row was [id, digest of operation and
+    arguments, result, clock value]."""
+    ledger = make(1000)
+    args = {"subscriber_id": "a", "unit": "octets", "amount": 5}
+    first, _ = ledger.apply("topup", "t1", args, T0)
+    doc = ledger.snapshot()
+    content = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+    old = hashlib.blake2b(b"topup" + content, digest_size=16).hexdigest()
+    doc["idempotency"] = [row[:4] for row in doc["idempotency"]]
+    doc["idempotency"][-1][1] = old
+    copy = Ledger.restore(doc)
+    assert copy.apply("topup", "t1", dict(args), T0) == (first, False)
+    with pytest.raises(Conflict):
+        copy.apply("adjust", "t1", args, T0)
+    with pytest.raises(Conflict):
+        copy.apply("topup", "t1", {**args, "amount": 6}, T0)
 
 
 def test_snapshot_restore_round_trip() -> None:

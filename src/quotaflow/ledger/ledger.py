@@ -11,7 +11,6 @@ groups are in _groups.py and those that move credit between accounts in _moves.p
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -40,6 +39,7 @@ from quotaflow.ledger._base import (
 )
 from quotaflow.ledger._groups import GroupOps
 from quotaflow.ledger._moves import MovingOps
+from quotaflow.ledger._opids import OperationIds, digest
 from quotaflow.ledger.errors import (
     Conflict,
     InvalidAmount,
@@ -74,11 +74,6 @@ from quotaflow.ledger.transfers import (
 )
 
 
-def _digest(op: str, content: bytes) -> bytes:
-    """What the operation-id table keeps of an operation, to tell a repeat from a conflict."""
-    return hashlib.blake2b(op.encode() + content, digest_size=16).digest()
-
-
 class Ledger(GroupOps, MovingOps):
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -97,14 +92,11 @@ class Ledger(GroupOps, MovingOps):
         # Transfers to other operators: id -> {from, to, operator, unit, amount, state, buckets}
         self.remote: dict[str, dict[str, Any]] = {}
         self._voucher_tokens: dict[str, str] = {}  # token hash -> voucher id
-        # op_id -> (digest of the operation and its canonical arguments, first result, when).
+        # op_id -> (operation, digest of its canonical arguments, first result); see _opids.
         # Keeping the arguments themselves instead of a digest executes fewer instructions but
-        # measured 10-20% slower (memory), so a 16-byte digest it is.
-        # Oldest first, and an OrderedDict: forgetting from the front of a plain dict makes each
-        # next(iter()) skip every slot deleted since its last resize (quadratic pruning).
-        # Keeping the first result encoded as JSON, to spare the GC a million nested dicts,
-        # measured 20% slower (bench_ledger, compiled).
-        self.idempotency: OrderedDict[str, tuple[bytes, Result, int]] = OrderedDict()
+        # measured 10-20% slower (memory), and so did keeping the first result encoded as JSON
+        # (bench_ledger, compiled).
+        self.idempotency = OperationIds(self.limits.idempotency_entries_max)
         # Open reservations by the second they lapse in: removed on commit or release, so
         # the table holds only what is open (a heap would keep every committed one until its
         # expiry came round). The heap holds each second that has an entry, once.
@@ -128,7 +120,7 @@ class Ledger(GroupOps, MovingOps):
         # (a network element that vanished without a release); kept in snapshots so replay
         # closes the same ones.
         self._next_session_scan_ms = 0
-        self._ops: dict[str, Callable[[Args, int], Result]] = {
+        operations: dict[str, Callable[[Args, int], Result]] = {
             "create_subscriber": self._create_subscriber,
             "update_subscriber": self._update_subscriber,
             "delete_subscriber": self._delete_subscriber,
@@ -165,6 +157,9 @@ class Ledger(GroupOps, MovingOps):
             "provider_topup": self._provider_topup,
             "expire": self._expire,
         }
+        self._ops: dict[str, tuple[str, Callable[[Args, int], Result]]] = {
+            name: (name, fn) for name, fn in operations.items()
+        }
 
     # ------------------------------------------------------------------ entry point
 
@@ -184,9 +179,10 @@ class Ledger(GroupOps, MovingOps):
         self, op: str, op_id: str | None, args: Args, now_ms: int
     ) -> tuple[Result, bool, bytes]:
         """As `apply`, also returning the canonical JSON of `args` (what the journal keeps)."""
-        fn = self._ops.get(op)
-        if fn is None:
+        known = self._ops.get(op)
+        if known is None:
             raise InvalidRequest(f"unknown ledger operation {op!r}")
+        name, fn = known  # the name every entry of this operation shares
         try:
             content = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
         except TypeError as exc:  # e.g. an integer beyond 64 bits
@@ -195,39 +191,25 @@ class Ledger(GroupOps, MovingOps):
             return fn(args, now_ms), True, content
         if type(op_id) is not str or not 0 < len(op_id) <= OP_ID_LEN_MAX:
             raise InvalidRequest(f"op_id must be a string of 1..{OP_ID_LEN_MAX} characters")
-        fingerprint = _digest(op, content)
-        seen = self.idempotency.get(op_id)
-        if seen is not None:
-            if seen[0] != fingerprint:
-                raise Conflict(f"operation id {op_id!r} was used with different content")
-            return seen[1], False, content
-        result = fn(args, now_ms)
-        self._remember(op_id, fingerprint, result, now_ms)
-        return result, True, content
-
-    def _remember(self, op_id: str, fingerprint: bytes, result: Result, now_ms: int) -> None:
+        fingerprint = digest(content)
         table = self.idempotency
-        table[op_id] = (fingerprint, result, now_ms)
-        if len(table) > self.limits.idempotency_entries_max:
-            table.popitem(last=False)
+        seen = table.get(op_id)
+        if seen is not None:
+            if not table.same(seen, name, fingerprint, content):
+                raise Conflict(f"operation id {op_id!r} was used with different content")
+            return seen[2], False, content
+        result = fn(args, now_ms)
+        table.add(op_id, name, fingerprint, result, now_ms)
+        return result, True, content
 
     def first_answer(self, op_id: str) -> Result | None:
         """The answer an operation id got, while it is remembered."""
         seen = self.idempotency.get(op_id)
-        return None if seen is None else seen[1]
+        return None if seen is None else seen[2]
 
     def prune_idempotency(self, now_ms: int) -> int:
         """Forget operation ids older than the window. Deterministic given now_ms."""
-        horizon = now_ms - self.limits.idempotency_window_ms
-        table = self.idempotency
-        dropped = 0
-        while table:
-            key = next(iter(table))
-            if table[key][2] >= horizon:
-                break
-            table.popitem(last=False)
-            dropped += 1
-        return dropped
+        return self.idempotency.prune(now_ms - self.limits.idempotency_window_ms)
 
     # ------------------------------------------------------------------ queries
 
@@ -1237,7 +1219,7 @@ class Ledger(GroupOps, MovingOps):
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
             "remote": list(self.remote.values()),
-            "idempotency": [[k, v[0].hex(), v[1], v[2]] for k, v in self.idempotency.items()],
+            "idempotency": self.idempotency.to_json(),
         }
 
     @classmethod
@@ -1284,7 +1266,7 @@ class Ledger(GroupOps, MovingOps):
         ledger._next_session_scan_ms = doc.get("next_session_scan_ms", 0)
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
-        ledger.idempotency = OrderedDict(
-            (k, (bytes.fromhex(fp), result, at)) for k, fp, result, at in doc["idempotency"]
+        ledger.idempotency = OperationIds.from_json(
+            doc["idempotency"], ledger.limits.idempotency_entries_max
         )
         return ledger

@@ -1,0 +1,112 @@
+"""The operation-id table: each id's first answer, kept for the window, to tell a repeat from a
+conflict.
+
+An entry is (operation, fingerprint, first result). The fingerprint is a 16-byte BLAKE2b digest
+of the canonical arguments; the operation is kept beside it (one pointer to a name every entry
+shares) rather than hashed in, which spares a concatenation per operation. Entries restored
+from a snapshot written before that change have no operation and the old digest of operation
+and arguments together; they are compared the old way until they age out.
+
+Oldest first, forgotten from the front. A plain dict holds the entries; a deque holds the ids
+in the order they came, and another the runs of ids that came at the same clock value, so an
+entry carries no time of its own. (An OrderedDict costs a linked node per entry; forgetting
+from the front of a plain dict through next(iter()) is quadratic, as each call skips the slots
+deleted since the last resize.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import deque
+from typing import Any
+
+Result = dict[str, Any]
+Entry = tuple[str | None, bytes, Result]  # (operation or None, fingerprint, first result)
+
+
+def digest(content: bytes) -> bytes:
+    return hashlib.blake2b(content, digest_size=16).digest()
+
+
+def legacy_digest(op: str, content: bytes) -> bytes:
+    """The fingerprint of entries from snapshots written before the operation was kept apart."""
+    return hashlib.blake2b(op.encode() + content, digest_size=16).digest()
+
+
+class OperationIds:
+    def __init__(self, entries_max: int) -> None:
+        assert entries_max > 0
+        self.entries_max = entries_max
+        self.entries: dict[str, Entry] = {}
+        self._order: deque[str] = deque()
+        self._runs: deque[list[int]] = deque()  # [clock value, ids that came at it], oldest first
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, op_id: str) -> bool:
+        return op_id in self.entries
+
+    def get(self, op_id: str) -> Entry | None:
+        return self.entries.get(op_id)
+
+    def same(self, entry: Entry, op: str, fingerprint: bytes, content: bytes) -> bool:
+        """Whether `op` with this content is what the entry's id was first used for."""
+        kept_op = entry[0]
+        if kept_op is None:
+            return entry[1] == legacy_digest(op, content)
+        return kept_op == op and entry[1] == fingerprint
+
+    def add(
+        self, op_id: str, op: str | None, fingerprint: bytes, result: Result, now_ms: int
+    ) -> None:
+        """Remember a new id (not in the table) at clock value `now_ms`."""
+        self.entries[op_id] = (op, fingerprint, result)
+        self._order.append(op_id)
+        runs = self._runs
+        if runs and runs[-1][0] == now_ms:
+            runs[-1][1] += 1
+        else:
+            runs.append([now_ms, 1])
+        if len(self.entries) > self.entries_max:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        del self.entries[self._order.popleft()]
+        first = self._runs[0]
+        first[1] -= 1
+        if not first[1]:
+            self._runs.popleft()
+
+    def prune(self, horizon_ms: int) -> int:
+        """Forget ids from the front while they came before `horizon_ms`; how many went.
+        Stops at the first that came later (deterministic given the clock values)."""
+        runs = self._runs
+        dropped = 0
+        while runs and runs[0][0] < horizon_ms:
+            count = runs.popleft()[1]
+            for _ in range(count):
+                del self.entries[self._order.popleft()]
+            dropped += count
+        return dropped
+
+    def to_json(self) -> list[list[Any]]:
+        """[op_id, fingerprint hex, result, clock value, operation], oldest first."""
+        out: list[list[Any]] = []
+        order = iter(self._order)
+        for at, count in self._runs:
+            for _ in range(count):
+                op_id = next(order)
+                op, fingerprint, result = self.entries[op_id]
+                out.append([op_id, fingerprint.hex(), result, at, op])
+        return out
+
+    @classmethod
+    def from_json(cls, rows: list[list[Any]], entries_max: int) -> OperationIds:
+        """From `to_json`'s rows; rows of older snapshots have no operation (None)."""
+        table = cls(entries_max)
+        for row in rows:
+            op = sys.intern(row[4]) if len(row) > 4 and row[4] is not None else None
+            table.add(row[0], op, bytes.fromhex(row[1]), row[2], row[3])
+        return table
