@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quotaflow.diameter import Message, default_dictionary, gy_config
-from quotaflow.diameter.constants import ResultCode
+from quotaflow.diameter.codec import decode_header
+from quotaflow.diameter.constants import FLAG_REQUEST, HEADER_OCTETS, ResultCode
 from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.gy_answer import AvpFactory, Outcome, command_result, money_value
 from quotaflow.diameter.gy_config import GyConfig
@@ -23,6 +24,7 @@ from quotaflow.diameter.gy_mapping import (
 )
 from quotaflow.diameter.gy_retransmit import AnswerCache
 from quotaflow.diameter.message import build_avp
+from quotaflow.diameter.messages import normalize_answer
 from quotaflow.ledger import (
     ChargingError,
     Conflict,
@@ -131,8 +133,15 @@ def test_settings_are_checked() -> None:
     assert GyConfig.of(SimpleNamespace()) is gy_config.DEFAULT
 
 
+def _seal(request: Message, answer: Message) -> bytes:
+    frame = answer.encode()
+    answer.avps_wire = frame[HEADER_OCTETS:]
+    return frame
+
+
 async def test_answer_table_is_bounded_and_keeps_no_failures() -> None:
-    cache = AnswerCache(entries_max=2, age_max_s=60)
+    cache = AnswerCache(entries_max=2, age_max_s=60, seal=_seal)
+    request = Message(272, 4, flags=FLAG_REQUEST)
     computed: list[int] = []
 
     def compute(n: int) -> object:
@@ -149,17 +158,44 @@ async def test_answer_table_is_bounded_and_keeps_no_failures() -> None:
         return answer.get("Result-Code") != 5012
 
     for n in (1, 2, 1, 3, 1):
-        await cache.answer(("s", 1, n), compute(n), keep)  # type: ignore[arg-type]
+        await cache.answer(("s", 1, n), request, compute(n), keep)  # type: ignore[arg-type]
     assert computed == [1, 2, 3, 1]  # 1 was evicted by 3 (two entries at most)
     assert len(cache) == 2 and cache.hits == 1
-    await cache.answer(("s", 1, 5012), compute(5012), keep)  # type: ignore[arg-type]
-    await cache.answer(("s", 1, 5012), compute(5012), keep)  # type: ignore[arg-type]
+    await cache.answer(("s", 1, 5012), request, compute(5012), keep)  # type: ignore[arg-type]
+    await cache.answer(("s", 1, 5012), request, compute(5012), keep)  # type: ignore[arg-type]
     assert computed[-2:] == [5012, 5012]
 
     async def boom() -> Message:
         raise RuntimeError("store down")
 
     with pytest.raises(RuntimeError):
-        await cache.answer(("s", 2, 0), boom, keep)
-    again = await cache.answer(("s", 2, 0), compute(7), keep)  # type: ignore[arg-type]
+        await cache.answer(("s", 2, 0), request, boom, keep)
+    again = await cache.answer(("s", 2, 0), request, compute(7), keep)  # type: ignore[arg-type]
     assert again.get("Result-Code") == 7
+
+
+async def test_a_kept_answer_is_its_first_frame_with_the_ids_of_the_retransmission() -> None:
+    """The table keeps the sealed frame, not the AVP tree; a hit decodes it again and the
+    transport sends the same AVP bytes behind the retransmission's own ids."""
+    cache = AnswerCache(entries_max=8, age_max_s=60, seal=_seal)
+    first_request = Message(272, 4, flags=FLAG_REQUEST, hop_by_hop=11, end_to_end=21)
+
+    async def compute() -> Message:
+        answer = Message(272, 4)
+        answer.add("Result-Code", 2001)
+        answer.add("Origin-Host", "ocs.test")
+        return answer
+
+    first = await cache.answer(("s", 2, 1), first_request, compute, lambda a: True)
+    assert first.avps_wire is not None
+    kept = cache._entries[("s", 2, 1)][1]
+    assert isinstance(kept, bytes)  # no Message, no AVP objects kept
+    retry = Message(272, 4, flags=FLAG_REQUEST | 0x10, hop_by_hop=12, end_to_end=21)
+    again = await cache.answer(("s", 2, 1), retry, compute, lambda a: True)
+    assert cache.hits == 1 and again.get("Result-Code") == 2001
+    assert again.get("Origin-Host") == "ocs.test"
+    normalize_answer(retry, again, "ocs.test", "test")
+    sent = again.encode()
+    assert sent[HEADER_OCTETS:] == kept[HEADER_OCTETS:]
+    header = decode_header(sent)
+    assert (header.hop_by_hop, header.end_to_end, header.flags) == (12, 21, 0)

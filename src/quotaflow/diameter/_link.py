@@ -57,8 +57,10 @@ class PeerLink(asyncio.Protocol):
         self._on_closed = on_closed
         self.connection: PeerConnection | None = None
         self.transport: asyncio.Transport | None = None
-        self.opened: asyncio.Future[PeerInfo] = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[PeerInfo] = self._loop.create_future()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
         self._waiters: dict[int, asyncio.Future[Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -80,8 +82,7 @@ class PeerLink(asyncio.Protocol):
             _address(transport.get_extra_info("sockname")),
             _address(transport.get_extra_info("peername")),
         )
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._open_timeout_s, self._open_timeout)
+        self._timer = self._loop.call_later(self._open_timeout_s, self._open_timeout)
 
     def data_received(self, data: bytes) -> None:
         assert self.connection is not None
@@ -108,7 +109,7 @@ class PeerLink(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self._out.append(data)
             if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+                self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what is queued now."""
@@ -125,7 +126,7 @@ class PeerLink(asyncio.Protocol):
         """Send a request; the future gets its answer (or LinkClosedError)."""
         assert self.connection is not None
         data = self.connection.send(request)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Message] = self._loop.create_future()
         self._waiters[request.hop_by_hop] = future
         self.write(data)
         return future
@@ -170,9 +171,7 @@ class PeerLink(asyncio.Protocol):
     def _opened(self, peer: PeerInfo) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            self._watchdog_interval_s, self._watchdog
-        )
+        self._timer = self._loop.call_later(self._watchdog_interval_s, self._watchdog)
         if not self.opened.done():
             self.opened.set_result(peer)
         if self._on_open is not None:
@@ -186,7 +185,7 @@ class PeerLink(asyncio.Protocol):
             )
             self.write(self.connection.send(busy))
             return
-        task = asyncio.get_running_loop().create_task(self._answer(request))
+        task = self._loop.create_task(self._answer(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -205,9 +204,7 @@ class PeerLink(asyncio.Protocol):
         assert self.connection is not None
         self._handle(self.connection.on_watchdog_timer())
         if self.connection.state is PeerState.OPEN:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._watchdog_interval_s, self._watchdog
-            )
+            self._timer = self._loop.call_later(self._watchdog_interval_s, self._watchdog)
 
     def _open_timeout(self) -> None:
         self.abort(f"no capabilities exchange within {self._open_timeout_s} s")

@@ -113,7 +113,9 @@ _TEXT_TYPES = frozenset({AvpType.UTF8_STRING, AvpType.DIAMETER_IDENTITY, AvpType
 
 
 def encode_message(message: Message) -> bytes:
-    body = _encode_avps(message.avps)
+    body = message.avps_wire
+    if body is None:
+        body = _encode_avps(message.avps)
     length = HEADER_OCTETS + len(body)
     if length > AVP_LENGTH_MAX:
         raise ValueError(f"message is {length} octets, above the 24-bit message length")

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from quotaflow.diameter.constants import CcRequestType, CommandCode, ResultCode
+from quotaflow.diameter.codec import encode_message
+from quotaflow.diameter.constants import HEADER_OCTETS, CcRequestType, CommandCode, ResultCode
 from quotaflow.diameter.dictionary import Dictionary
 from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.events import PeerInfo
@@ -47,7 +48,7 @@ from quotaflow.diameter.gy_mapping import (
 from quotaflow.diameter.gy_notify import GyNotifier, session_meta
 from quotaflow.diameter.gy_retransmit import AnswerCache
 from quotaflow.diameter.message import Avp, Message
-from quotaflow.diameter.messages import make_answer
+from quotaflow.diameter.messages import make_answer, normalize_answer
 from quotaflow.diameter.peer import AllowedPeer
 from quotaflow.diameter.transport import DiameterServer, serve_diameter
 from quotaflow.engine import Engine, ServiceRequest, SessionAnswer
@@ -148,7 +149,7 @@ class GyApplication:
         self.config = config
         self.identity = identity
         self.realm = realm
-        self.answers = AnswerCache(config.answers_kept_max, config.answers_kept_s)
+        self.answers = AnswerCache(config.answers_kept_max, config.answers_kept_s, self._seal)
         self.notifier = GyNotifier(engine, config, identity, realm)
         self.events = EventCharging(engine, config)
         self._avps: AvpFactory | None = None
@@ -163,9 +164,18 @@ class GyApplication:
         ccr = Ccr.read(request)
         return await self.answers.answer(
             (ccr.session_id, ccr.request_type, ccr.number),
+            request,
             lambda: self._answer(peer, ccr),
             _keep,
         )
+
+    def _seal(self, request: Message, answer: Message) -> bytes:
+        """Put the answer in shape for the wire and encode it once; the frame is kept for
+        retransmissions and the transport reuses the encoded AVPs."""
+        normalize_answer(request, answer, self.identity, self.realm)
+        frame = encode_message(answer)
+        answer.avps_wire = frame[HEADER_OCTETS:]
+        return frame
 
     async def _answer(self, peer: PeerInfo, ccr: Ccr) -> Message:
         started = time.perf_counter()

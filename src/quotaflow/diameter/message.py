@@ -140,6 +140,7 @@ class Message:
     __slots__ = (
         "application_id",
         "avps",
+        "avps_wire",
         "command_code",
         "dictionary",
         "end_to_end",
@@ -165,6 +166,9 @@ class Message:
         self.end_to_end = end_to_end
         self.avps: list[Avp] = [] if avps is None else avps
         self.dictionary = dictionary if dictionary is not None else default_dictionary()
+        # The AVPs already encoded (a sealed answer, see gy_retransmit): encoding then packs only
+        # the header from the fields above. Whoever sets it no longer changes `avps`.
+        self.avps_wire: bytes | None = None
 
     @classmethod
     def request(

@@ -86,6 +86,8 @@ def normalize_answer(
     answer.end_to_end = request.end_to_end
     answer.command_code = request.command_code
     answer.flags = (answer.flags & FLAG_ERROR) | (request.flags & FLAG_PROXIABLE)
+    if answer.avps_wire is not None:
+        return  # sealed: its AVPs were put in shape before they were encoded
     # One pass by code (this runs for every answer); answers built by make_answer or the Gy
     # application are already in shape and are left as they are.
     sessions = 0
