@@ -59,6 +59,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.nchf._app",
     "quotaflow.records._chain",
     "quotaflow.records._writer",
+    "quotaflow.tally",
 )
 ROOT = Path(__file__).resolve().parent
 MANIFEST = ROOT / "_native.json"

@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from quotaflow import NATIVE_MODE, __version__
 from quotaflow.store import gc_policy
+from quotaflow.tally import Latencies, Tally
 
 REGISTRY = CollectorRegistry()
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -20,22 +21,47 @@ HTTP_REQUESTS = Counter(
     ["method", "route", "status"],
     registry=REGISTRY,
 )
-SESSION_STEPS = Counter(
-    "quotaflow_session_steps",
-    "Charging session steps by interface, kind and per-service result",
-    ["interface", "step", "result"],
-    registry=REGISTRY,
-)
+# Counted per request in plain integers (tally.py), exported by _HotPathCollector below.
+SESSION_STEPS = Tally()  # (interface, step, result)
+_REQUEST_SECONDS: dict[str, Latencies] = {}
 ENGINE_ERRORS = Counter(
     "quotaflow_engine_errors", "Refused requests by reason", ["code"], registry=REGISTRY
 )
-REQUEST_SECONDS = Histogram(
-    "quotaflow_request_seconds",
-    "Time from request to durable answer",
-    ["interface"],
-    buckets=SECONDS_BUCKETS,
-    registry=REGISTRY,
-)
+
+
+def request_seconds(interface: str) -> Latencies:
+    """The latency histogram of an interface's requests, from request to durable answer."""
+    found = _REQUEST_SECONDS.get(interface)
+    if found is None:
+        found = _REQUEST_SECONDS[interface] = Latencies(SECONDS_BUCKETS)
+    return found
+
+
+class _HotPathCollector:
+    def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        seconds = HistogramMetricFamily(
+            "quotaflow_request_seconds",
+            "Time from request to durable answer",
+            labels=["interface"],
+        )
+        for interface, tally in sorted(_REQUEST_SECONDS.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*tally.bounds_s, float("inf")), tally.counts, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            seconds.add_metric([interface], buckets, tally.sum_s)
+        yield seconds
+        steps = CounterMetricFamily(
+            "quotaflow_session_steps",
+            "Charging session steps by interface, kind and per-service result",
+            labels=["interface", "step", "result"],
+        )
+        for key, count in sorted(SESSION_STEPS.counts.items()):
+            steps.add_metric(list(key), count)
+        yield steps
+
+
+REGISTRY.register(_HotPathCollector())
 
 
 GC_PAUSE_SECONDS = Histogram(

@@ -303,3 +303,24 @@ async def test_a_shared_pool_reclaiming_answers_zero_units_for_a_while(tmp_path:
         assert service["Result-Code"] == 2001
         assert service["Granted-Service-Unit/CC-Total-Octets"] == 0
         assert service["Validity-Time"] == 30
+
+
+async def test_steps_and_latencies_reach_the_metrics(env: GyEnv) -> None:
+    """Counted in plain integers on the hot path (tally.py), exported at scrape."""
+    from quotaflow.metrics import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    initial = {"interface": "gy", "step": "initial", "result": "2001"}
+    steps0 = sample("quotaflow_session_steps_total", **initial)
+    count0 = sample("quotaflow_request_seconds_count", interface="gy")
+    slow0 = sample("quotaflow_request_seconds_bucket", interface="gy", le="+Inf")
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    await client.request(ccr(client, sid, TERM, 1, mscc(10, used={"CC-Total-Octets": MB})))
+    assert sample("quotaflow_session_steps_total", **initial) == steps0 + 1
+    assert sample("quotaflow_request_seconds_count", interface="gy") == count0 + 2
+    assert sample("quotaflow_request_seconds_bucket", interface="gy", le="+Inf") == slow0 + 2
+    assert sample("quotaflow_request_seconds_sum", interface="gy") > 0

@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter
-
 from quotaflow.diameter.codec import encode_message
 from quotaflow.diameter.constants import HEADER_OCTETS, CcRequestType, CommandCode, ResultCode
 from quotaflow.diameter.dictionary import Dictionary
@@ -53,7 +51,7 @@ from quotaflow.diameter.peer import AllowedPeer
 from quotaflow.diameter.transport import DiameterServer, serve_diameter
 from quotaflow.engine import Engine, ServiceRequest, SessionAnswer
 from quotaflow.ledger import ChargingError, SubscriberBarred, Unit, UnknownSubscriber
-from quotaflow.metrics import REQUEST_SECONDS, SESSION_STEPS
+from quotaflow.metrics import SESSION_STEPS, request_seconds
 from quotaflow.rating import TariffBook
 
 if TYPE_CHECKING:
@@ -154,8 +152,8 @@ class GyApplication:
         self.events = EventCharging(engine, config)
         self._avps: AvpFactory | None = None
         self._reading: tuple[TariffBook, Reading] | None = None
-        self._seconds = REQUEST_SECONDS.labels("gy")
-        self._steps: dict[tuple[int, int], Counter] = {}
+        self._seconds = request_seconds("gy")
+        self._steps: dict[tuple[int, int], tuple[str, ...]] = {}
 
     async def handle(self, peer: PeerInfo, request: Message) -> Message:
         if request.command_code != CommandCode.CREDIT_CONTROL:
@@ -326,11 +324,11 @@ class GyApplication:
 
     def _count(self, request_type: int, answer: Message) -> None:
         code = result_code_of(answer)
-        counter = self._steps.get((request_type, code))
-        if counter is None:
+        key = self._steps.get((request_type, code))
+        if key is None:
             step = _STEPS.get(request_type, "other")
-            counter = self._steps[request_type, code] = SESSION_STEPS.labels("gy", step, code)
-        counter.inc()
+            key = self._steps[request_type, code] = ("gy", step, str(code))
+        SESSION_STEPS.add(key)
 
 
 def _engine_requests(asks: list[ServiceAsk]) -> list[ServiceRequest]:
