@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import pytest
@@ -188,7 +189,7 @@ async def test_a_kept_answer_is_its_first_frame_with_the_ids_of_the_retransmissi
 
     first = await cache.answer(("s", 2, 1), first_request, compute, lambda a: True)
     assert first.avps_wire is not None
-    kept = cache._entries[("s", 2, 1)][1]
+    kept = cache._entries[("s", 2, 1)].first
     assert isinstance(kept, bytes)  # no Message, no AVP objects kept
     retry = Message(272, 4, flags=FLAG_REQUEST | 0x10, hop_by_hop=12, end_to_end=21)
     again = await cache.answer(("s", 2, 1), retry, compute, lambda a: True)
@@ -199,3 +200,27 @@ async def test_a_kept_answer_is_its_first_frame_with_the_ids_of_the_retransmissi
     assert sent[HEADER_OCTETS:] == kept[HEADER_OCTETS:]
     header = decode_header(sent)
     assert (header.hop_by_hop, header.end_to_end, header.flags) == (12, 21, 0)
+
+
+async def test_answers_older_than_the_age_are_forgotten() -> None:
+    cache = AnswerCache(entries_max=8, age_max_s=0.05, seal=_seal)
+    request = Message(272, 4, flags=FLAG_REQUEST)
+    computed: list[int] = []
+
+    def compute(n: int) -> Callable[[], Awaitable[Message]]:
+        async def run() -> Message:
+            computed.append(n)
+            answer = Message(272, 4)
+            answer.add("Result-Code", 2001)
+            return answer
+
+        return run
+
+    await cache.answer(("s", 1, 0), request, compute(0), lambda a: True)
+    await cache.answer(("s", 1, 0), request, compute(0), lambda a: True)
+    assert computed == [0] and cache.hits == 1
+    await asyncio.sleep(0.06)
+    await cache.answer(("s", 1, 1), request, compute(1), lambda a: True)
+    assert len(cache) == 1  # the first went when the second came
+    await cache.answer(("s", 1, 0), request, compute(0), lambda a: True)
+    assert computed == [0, 1, 0]
