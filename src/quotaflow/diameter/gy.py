@@ -71,7 +71,8 @@ ERROR_MESSAGE_CHARS_MAX = 200
 _TRANSIENT = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
 # Vendor-0 codes of what every CCR is keyed by.
 _SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM = 263, 264, 296
-_CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 415, 416
+_CC_REQUEST_NUMBER, _CC_REQUEST_TYPE, _AUTH_APPLICATION_ID = 415, 416, 258
+assert ECHOED == (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)  # Ccr.read's order
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
@@ -106,13 +107,15 @@ class Ccr:
         self.origin_realm = origin_realm
         self.echo = echo
 
-    @classmethod
-    def read(cls, message: Message) -> Ccr:
+    @staticmethod
+    def read(message: Message) -> Ccr:
         # One pass by code over the top-level AVPs (this runs for every request); the first
         # of each counts, as in the grammar check.
         session: Avp | None = None
-        host = realm = request_type = number = None
-        echoed: dict[int, Avp] = {}
+        auth: Avp | None = None
+        kind: Avp | None = None
+        number: Avp | None = None
+        host = realm = None
         for avp in message.avps:
             if avp.vendor_id:
                 continue
@@ -126,17 +129,28 @@ class Ccr:
             elif code == _ORIGIN_REALM:
                 if realm is None:
                     realm = avp.value
-            elif code in ECHOED and code not in echoed:
-                echoed[code] = avp
-                if code == _CC_REQUEST_TYPE:
-                    request_type = avp.value
-                elif code == _CC_REQUEST_NUMBER:
-                    number = avp.value
+            elif code == _CC_REQUEST_NUMBER:
+                if number is None:
+                    number = avp
+            elif code == _CC_REQUEST_TYPE:
+                if kind is None:
+                    kind = avp
+            elif code == _AUTH_APPLICATION_ID and auth is None:
+                auth = avp
         # The grammar was checked on receipt: these are present, with these types.
         assert session is not None and isinstance(session.value, str)
-        assert isinstance(request_type, int) and isinstance(number, int)
-        echo = Echo(session, [echoed[code] for code in ECHOED if code in echoed])
-        return cls(message, session.value, request_type, number, str(host), str(realm), echo)
+        assert kind is not None and isinstance(kind.value, int)
+        assert number is not None and isinstance(number.value, int)
+        echoed = [kind, number] if auth is None else [auth, kind, number]  # ECHOED's order
+        return Ccr(
+            message,
+            session.value,
+            kind.value,
+            number.value,
+            str(host),
+            str(realm),
+            Echo(session, echoed),
+        )
 
 
 class GyApplication:
