@@ -37,6 +37,7 @@ log = logging.getLogger("quotaflow.store")
 
 PRUNE_SLICE_ROWS = 10_000  # charging records deleted per transaction by retention
 SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is killed
+HAND_OVER_EVERY_OPS = 128  # while a commit is being written, offer the GIL this often
 
 SCHEMA = """
 -- One row per group commit: `records` is a JSON array of
@@ -232,6 +233,10 @@ class EmbeddedStore:
             record = args.get("record")
             if record is not None:
                 self._records.append(self._record(op, args, result, record, now))
+            if self._committing and not self._seq % HAND_OVER_EVERY_OPS:
+                # Compiled code never offers the GIL: the writer thread, back from SQLite,
+                # would wait a whole switch interval (5 ms) to report the commit done.
+                time.sleep(0)
         return result, self.pending()
 
     def _record(
