@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from quotaflow.engine import (
+    SESSION_EVENTS,
     Engine,
     EngineEvent,
     GrantPolicy,
@@ -110,6 +111,23 @@ async def test_terminate_releases_and_lapsed_grants_return(engine: Engine, clock
     clock.ms += 70_000  # validity + grace passed: the next touch voids the grant
     await engine.admin("topup", "t2", {"subscriber_id": "a", "unit": "octets", "amount": 1})
     assert available(engine) == 99 * MB + 1
+
+
+async def test_listeners_hear_only_the_kinds_they_take(engine: Engine) -> None:
+    every: list[EngineEvent] = []
+    sessions: list[EngineEvent] = []
+    engine.subscribe(every.append)
+    engine.subscribe(sessions.append, SESSION_EVENTS)
+    await engine.session_start("s", "a", 0, [ServiceRequest(10)])
+    await engine.session_update("s", 1, [ServiceRequest(10, used_units=MB)])
+    await engine.admin("topup", "t3", {"subscriber_id": "a", "unit": "octets", "amount": MB})
+    assert "balance_changed" in [e.kind for e in every]
+    assert [e.kind for e in sessions] == ["credit_added"]
+    engine.unsubscribe(every.append)
+    engine.unsubscribe(sessions.append)
+    heard = len(every)
+    await engine.session_update("s", 2, [ServiceRequest(10, used_units=MB)])
+    assert len(every) == heard and len(sessions) == 1
 
 
 async def test_barred_unknown_and_events(engine: Engine) -> None:

@@ -49,7 +49,7 @@ from quotaflow.diameter.message import Avp, Message
 from quotaflow.diameter.messages import make_answer, normalize_answer
 from quotaflow.diameter.peer import AllowedPeer
 from quotaflow.diameter.transport import DiameterServer, serve_diameter
-from quotaflow.engine import Engine, ServiceRequest, SessionAnswer
+from quotaflow.engine import SESSION_EVENTS, Engine, ServiceRequest, SessionAnswer
 from quotaflow.ledger import ChargingError, SubscriberBarred, Unit, UnknownSubscriber
 from quotaflow.metrics import SESSION_STEPS, request_seconds
 from quotaflow.rating import TariffBook
@@ -402,7 +402,7 @@ async def start_gy(engine: Engine, cfg: Config, config: GyConfig | None = None) 
         accept_any_loopback=not peers,
     )
     app.notifier.attach(server)
-    engine.subscribe(app.notifier.on_event)
+    engine.subscribe(app.notifier.on_event, SESSION_EVENTS)
     log.info(
         "Gy serving",
         extra={"diameter": f"{cfg.diameter_host}:{server.port}", "peers": len(peers)},

@@ -1,6 +1,6 @@
 """The charging engine: sessions, grant sizing, event charging, administration."""
 
-from quotaflow.engine.engine import Engine, split_identity
+from quotaflow.engine.engine import SESSION_EVENTS, Engine, split_identity
 from quotaflow.engine.grants import GrantPolicy, UnitGrantLimits
 from quotaflow.engine.types import (
     DebitAnswer,
@@ -12,6 +12,7 @@ from quotaflow.engine.types import (
 )
 
 __all__ = [
+    "SESSION_EVENTS",
     "DebitAnswer",
     "Engine",
     "EngineEvent",

@@ -128,7 +128,10 @@ class Engine:
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
         # Each session's rating groups with a tracker, so ending a session touches only its own.
         self._session_rgs: dict[str, list[int | None]] = {}
-        self._listeners: list[Listener] = []
+        # Each listener with the event kinds it acts on (None: every kind), and, per kind, who
+        # takes it: an event nobody takes is never built (a charge emits one, always).
+        self._listeners: list[tuple[Listener, frozenset[str] | None]] = []
+        self._takers: dict[str, tuple[Listener, ...]] = {}
         self.reclaims = 0  # reclaim rounds started (the simulator reports it)
         self._pool_events: dict[str, asyncio.Event] = {}
         self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
@@ -141,22 +144,33 @@ class Engine:
 
     # ------------------------------------------------------------------ events
 
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, listener: Listener, kinds: frozenset[str] | None = None) -> None:
+        """Call `listener` with every event of these kinds (None: of every kind)."""
+        self._listeners.append((listener, kinds))
+        self._takers.clear()
 
     def unsubscribe(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self._listeners = [(fn, kinds) for fn, kinds in self._listeners if fn != listener]
+        self._takers.clear()
+
+    def _taken(self, kind: str) -> tuple[Listener, ...]:
+        found = self._takers.get(kind)
+        if found is None:
+            found = tuple(fn for fn, kinds in self._listeners if kinds is None or kind in kinds)
+            self._takers[kind] = found
+        return found
 
     async def _emit(
         self, kind: str, subscriber_id: str, detail: dict[str, Any] | None = None
     ) -> None:
         """Tell listeners. Kinds that interfaces act on carry the subscriber's open sessions."""
+        if not self._taken(kind):
+            return
         sessions = await self.store.sessions_of(subscriber_id) if kind in SESSION_EVENTS else {}
         self._notify(EngineEvent(kind, subscriber_id, sessions, detail or {}))
 
     def _notify(self, event: EngineEvent) -> None:
-        for listener in self._listeners:
+        for listener in self._taken(event.kind):
             try:
                 listener(event)
             except Exception:  # a listener's failure must never fail the charging answer
@@ -517,7 +531,7 @@ class Engine:
             )
 
     async def _after_charge(self, step: _Step, s: ServiceRequest, result: Result) -> None:
-        if not self._listeners:
+        if not self._taken("balance_changed") and not self._taken("no_credit"):
             return
         detail = {
             "session_id": step.session_id,

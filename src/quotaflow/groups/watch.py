@@ -32,7 +32,7 @@ class CounterWatch:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> CounterWatch:
-        self.engine.subscribe(self._on_event)
+        self.engine.subscribe(self._on_event, WATCH_EVENTS)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from quotaflow.engine import Engine, ServiceRequest, ServiceResult
+from quotaflow.engine import SESSION_EVENTS, Engine, ServiceRequest, ServiceResult
 from quotaflow.http_server import asgi_over_rsgi
 from quotaflow.ledger import ChargingError, UnknownSession, UnknownSubscriber
 from quotaflow.nchf import _problems as problems
@@ -185,7 +185,7 @@ class NchfApp:
         self.engine = engine
         self.config = config
         self.notifier = Notifier(config)
-        engine.subscribe(self.notifier.on_event)
+        engine.subscribe(self.notifier.on_event, SESSION_EVENTS)
         self.state = State()
         self.state.nchf_close = self.notifier.aclose
         self.state.nchf_notifier = self.notifier

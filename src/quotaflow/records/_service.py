@@ -95,7 +95,7 @@ class RecordService:
                 poll_interval_s=opts.poll_interval_s,
             )
             await self.streamer.start()
-        self.engine.subscribe(self._on_event)
+        self.engine.subscribe(self._on_event, WAKE_EVENTS)
         if opts.retention_days > 0:
             self._retention = asyncio.get_running_loop().create_task(self._retain())
         log.info("records service started", extra={"export_dir": str(self.export_dir)})
