@@ -224,3 +224,54 @@ async def test_answers_older_than_the_age_are_forgotten() -> None:
     assert len(cache) == 1  # the first went when the second came
     await cache.answer(("s", 1, 0), request, compute(0), lambda a: True)
     assert computed == [0, 1, 0]
+
+
+async def test_an_answer_that_cannot_be_encoded_is_not_kept_and_its_copies_fail_too() -> None:
+    failures = [ValueError("does not fit")]
+
+    def seal(request: Message, answer: Message) -> bytes:
+        if failures:
+            raise failures.pop()
+        return _seal(request, answer)
+
+    cache = AnswerCache(entries_max=8, age_max_s=60, seal=seal)
+    request = Message(272, 4, flags=FLAG_REQUEST)
+
+    async def compute() -> Message:
+        await asyncio.sleep(0.01)
+        answer = Message(272, 4)
+        answer.add("Result-Code", 2001)
+        return answer
+
+    first = asyncio.ensure_future(cache.answer(("s", 2, 1), request, compute, lambda a: True))
+    await asyncio.sleep(0)
+    copy = asyncio.ensure_future(cache.answer(("s", 2, 1), request, compute, lambda a: True))
+    results = await asyncio.wait_for(asyncio.gather(first, copy, return_exceptions=True), 2)
+    assert all(isinstance(r, ValueError) for r in results)
+    assert len(cache) == 0
+    again = await asyncio.wait_for(cache.answer(("s", 2, 1), request, compute, lambda a: True), 2)
+    assert again.get("Result-Code") == 2001
+
+
+async def test_answers_not_kept_do_not_use_up_the_table() -> None:
+    cache = AnswerCache(entries_max=4, age_max_s=60, seal=_seal)
+    request = Message(272, 4, flags=FLAG_REQUEST)
+
+    def answering(code: int) -> Callable[[], Awaitable[Message]]:
+        async def run() -> Message:
+            answer = Message(272, 4)
+            answer.add("Result-Code", code)
+            return answer
+
+        return run
+
+    def keep(answer: Message) -> bool:
+        return answer.get("Result-Code") != 3004
+
+    await cache.answer(("s", 2, 0), request, answering(2001), keep)
+    for n in range(1, 4):
+        await cache.answer(("s", 2, n), request, answering(3004), keep)
+    await cache.answer(("s", 2, 9), request, answering(2001), keep)
+    assert len(cache) == 2
+    await cache.answer(("s", 2, 0), request, answering(5030), keep)
+    assert cache.hits == 1  # the first answer is still kept

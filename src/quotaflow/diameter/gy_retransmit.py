@@ -52,12 +52,13 @@ def unseal(frame: bytes, request: Message) -> Message:
 class _Kept:
     """One key's first answer: a future while it is being charged, then the sealed frame."""
 
-    __slots__ = ("at", "first", "key")
+    __slots__ = ("at", "first", "gone", "key")
 
     def __init__(self, key: AnswerKey, at: float, first: asyncio.Future[Message] | bytes) -> None:
         self.key = key
         self.at = at
         self.first = first
+        self.gone = False  # replaced or discarded: no longer in the table
 
 
 class AnswerCache:
@@ -69,9 +70,9 @@ class AnswerCache:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._entries: dict[AnswerKey, _Kept] = {}
         # Oldest first (insertion order is age order), so eviction never hashes a key it keeps.
-        # An entry replaced or discarded stays here until it reaches the front, and is then
-        # dropped without touching the table. (Forgetting from the front of the dict itself
-        # would rescan the slots its deletions left there: 23 us per insert at 32k entries.)
+        # An entry replaced or discarded is marked gone and stays here until it reaches the
+        # front; it counts against nothing. (Forgetting from the front of the dict itself would
+        # rescan the slots its deletions left there: 23 us per insert at 32k entries.)
         self._order: deque[_Kept] = deque()
         self.hits = 0
 
@@ -100,17 +101,21 @@ class AnswerCache:
         if loop is None:  # asyncio.get_running_loop() costs a getpid() system call each time
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-        kept = entries[key] = _Kept(key, now, future)  # an expired entry is replaced
+        if kept is not None:  # expired: replaced
+            kept.gone = True
+        kept = entries[key] = _Kept(key, now, future)
         self._order.append(kept)
         self._evict(now)
         try:
             answer = await compute()
+            # Sealed here, so that a failure to encode fails the copies waiting too.
+            frame = self._seal(request, answer)
         except BaseException as exc:
             self._discard(kept)
             future.set_exception(exc)
             future.exception()  # retrieved: no copy may be waiting for it
             raise
-        kept.first = self._seal(request, answer)
+        kept.first = frame
         future.set_result(answer)
         if not keep(answer):
             self._discard(kept)
@@ -119,11 +124,16 @@ class AnswerCache:
     def _evict(self, now: float) -> None:
         order, entries = self._order, self._entries
         horizon = now - self._age_max_s
-        while order and (len(order) > self._entries_max or order[0].at < horizon):
-            oldest = order.popleft()
-            if entries.get(oldest.key) is oldest:
+        while order:
+            oldest = order[0]
+            if not oldest.gone and len(entries) <= self._entries_max and oldest.at >= horizon:
+                return
+            order.popleft()
+            if not oldest.gone:
+                oldest.gone = True
                 del entries[oldest.key]
 
     def _discard(self, kept: _Kept) -> None:
-        if self._entries.get(kept.key) is kept:
+        if not kept.gone:
+            kept.gone = True
             del self._entries[kept.key]

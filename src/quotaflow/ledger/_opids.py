@@ -36,7 +36,7 @@ def legacy_digest(op: str, content: bytes) -> bytes:
 
 class OperationIds:
     def __init__(self, entries_max: int) -> None:
-        assert entries_max > 0
+        assert entries_max >= 0  # 0: nothing is remembered
         self.entries_max = entries_max
         self.entries: dict[str, Entry] = {}
         self._order: deque[str] = deque()
