@@ -53,6 +53,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.diameter.gy_answer",
     "quotaflow.diameter.gy_mapping",
     "quotaflow.diameter.gy_retransmit",
+    "quotaflow.diameter.gy_notify",
     "quotaflow.diameter.gy",
     "quotaflow.nchf._wire",
     "quotaflow.nchf._mapping",
