@@ -60,6 +60,8 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.nchf._app",
     "quotaflow.records._chain",
     "quotaflow.records._writer",
+    "quotaflow.records._export",
+    "quotaflow.groups.watch",
     "quotaflow.tally",
 )
 ROOT = Path(__file__).resolve().parent
