@@ -238,3 +238,18 @@ async def test_answers_ready_together_leave_in_one_write(server: DiameterServer)
     assert [a.hop_by_hop for a in answers] == list(range(100, 120))
     assert [a.get("CC-Request-Number") for a in answers] == list(range(20))
     link.abort("test over")
+
+
+async def test_an_answer_in_the_tick_of_the_deadline_is_not_lost() -> None:
+    """The answer is set, and the deadline passes, in the same loop iteration: it counts."""
+    from quotaflow.diameter._link import answer_within
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Message] = loop.create_future()
+    answer = Message(272, 4)
+    loop.call_soon(future.set_result, answer)  # before the timeout's own call_soon below
+    assert await answer_within(future, 0) is answer
+    late: asyncio.Future[Message] = loop.create_future()
+    with pytest.raises(TimeoutError):
+        await answer_within(late, 0.01)
+    assert not late.cancelled()  # the wait ended, not the request

@@ -131,6 +131,19 @@ class PeerLink(asyncio.Protocol):
         self.write(data)
         return future
 
+    async def request(self, request: Message, timeout_s: float) -> Message:
+        """Send a request and await its answer; TimeoutError after `timeout_s`.
+
+        An answer that arrives in the loop iteration the deadline passes is still returned:
+        the timeout cancels this wait, not the future the answer is already in.
+        """
+        future = self.send_request(request)
+        try:
+            return await answer_within(future, timeout_s)
+        except TimeoutError:
+            self.forget(request)
+            raise
+
     def forget(self, request: Message) -> None:
         """Stop waiting for the answer to `request` (timed out)."""
         self._waiters.pop(request.hop_by_hop, None)
@@ -231,6 +244,19 @@ class PeerLink(asyncio.Protocol):
             return peer.origin_host
         remote = self.connection.remote_address if self.connection is not None else None
         return str(remote)
+
+
+async def answer_within(future: asyncio.Future[Message], timeout_s: float) -> Message:
+    """The answer `future` gets within `timeout_s`, else TimeoutError; an answer set in the very
+    loop iteration the deadline passes still counts (awaited directly, the future would be
+    cancelled with the wait, or its result dropped when the wait is cancelled after it)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(future)
+    except TimeoutError:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        raise
 
 
 def _address(sockaddr: object) -> IPAddress | None:

@@ -99,13 +99,7 @@ class DiameterClient:
         return self._link.send_request(request)
 
     async def request(self, request: Message, timeout_s: float = REQUEST_TIMEOUT_S) -> Message:
-        future = self._link.send_request(request)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
-            self._link.forget(request)
-            raise
+        return await self._link.request(request, timeout_s)
 
     def new_session_id(self) -> str:
         return new_session_id(self.config.origin_host)

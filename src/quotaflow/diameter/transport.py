@@ -89,13 +89,7 @@ class DiameterServer:
         link = self._registry.get(origin_host)
         if link is None or link.connection is None or link.connection.state is not PeerState.OPEN:
             raise PeerNotConnectedError(origin_host)
-        future = link.send_request(request)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
-            link.forget(request)
-            raise
+        return await link.request(request, timeout_s)
 
     async def close(self, cause: int = DisconnectCause.REBOOTING, grace_s: float = 1.0) -> None:
         """Stop listening, send DPR to every open peer, close all connections."""
