@@ -140,30 +140,41 @@ def _seal(request: Message, answer: Message) -> bytes:
     return frame
 
 
+def _answering(
+    code: int, calls: list[int] | None = None, tag: int | None = None, pause_s: float | None = None
+) -> Callable[[], Awaitable[Message]]:
+    """A compute for the answer table: an answer with this Result-Code; the call is noted in
+    `calls` (as `tag`, else the code), after a pause if one is given."""
+
+    async def run() -> Message:
+        if calls is not None:
+            calls.append(code if tag is None else tag)
+        if pause_s is not None:
+            await asyncio.sleep(pause_s)
+        answer = Message(272, 4)
+        answer.add("Result-Code", code)
+        return answer
+
+    return run
+
+
 async def test_answer_table_is_bounded_and_keeps_no_failures() -> None:
     cache = AnswerCache(entries_max=2, age_max_s=60, seal=_seal)
     request = Message(272, 4, flags=FLAG_REQUEST)
     computed: list[int] = []
 
-    def compute(n: int) -> object:
-        async def run() -> Message:
-            computed.append(n)
-            await asyncio.sleep(0)
-            answer = Message(272, 4)
-            answer.add("Result-Code", n)
-            return answer
-
-        return run
+    def compute(n: int) -> Callable[[], Awaitable[Message]]:
+        return _answering(n, computed, pause_s=0)
 
     def keep(answer: Message) -> bool:
         return answer.get("Result-Code") != 5012
 
     for n in (1, 2, 1, 3, 1):
-        await cache.answer(("s", 1, n), request, compute(n), keep)  # type: ignore[arg-type]
+        await cache.answer(("s", 1, n), request, compute(n), keep)
     assert computed == [1, 2, 3, 1]  # 1 was evicted by 3 (two entries at most)
     assert len(cache) == 2 and cache.hits == 1
-    await cache.answer(("s", 1, 5012), request, compute(5012), keep)  # type: ignore[arg-type]
-    await cache.answer(("s", 1, 5012), request, compute(5012), keep)  # type: ignore[arg-type]
+    await cache.answer(("s", 1, 5012), request, compute(5012), keep)
+    await cache.answer(("s", 1, 5012), request, compute(5012), keep)
     assert computed[-2:] == [5012, 5012]
 
     async def boom() -> Message:
@@ -171,7 +182,7 @@ async def test_answer_table_is_bounded_and_keeps_no_failures() -> None:
 
     with pytest.raises(RuntimeError):
         await cache.answer(("s", 2, 0), request, boom, keep)
-    again = await cache.answer(("s", 2, 0), request, compute(7), keep)  # type: ignore[arg-type]
+    again = await cache.answer(("s", 2, 0), request, compute(7), keep)
     assert again.get("Result-Code") == 7
 
 
@@ -208,13 +219,7 @@ async def test_answers_older_than_the_age_are_forgotten() -> None:
     computed: list[int] = []
 
     def compute(n: int) -> Callable[[], Awaitable[Message]]:
-        async def run() -> Message:
-            computed.append(n)
-            answer = Message(272, 4)
-            answer.add("Result-Code", 2001)
-            return answer
-
-        return run
+        return _answering(2001, computed, tag=n)
 
     await cache.answer(("s", 1, 0), request, compute(0), lambda a: True)
     await cache.answer(("s", 1, 0), request, compute(0), lambda a: True)
@@ -236,12 +241,7 @@ async def test_an_answer_that_cannot_be_encoded_is_not_kept_and_its_copies_fail_
 
     cache = AnswerCache(entries_max=8, age_max_s=60, seal=seal)
     request = Message(272, 4, flags=FLAG_REQUEST)
-
-    async def compute() -> Message:
-        await asyncio.sleep(0.01)
-        answer = Message(272, 4)
-        answer.add("Result-Code", 2001)
-        return answer
+    compute = _answering(2001, pause_s=0.01)
 
     first = asyncio.ensure_future(cache.answer(("s", 2, 1), request, compute, lambda a: True))
     await asyncio.sleep(0)
@@ -257,21 +257,13 @@ async def test_answers_not_kept_do_not_use_up_the_table() -> None:
     cache = AnswerCache(entries_max=4, age_max_s=60, seal=_seal)
     request = Message(272, 4, flags=FLAG_REQUEST)
 
-    def answering(code: int) -> Callable[[], Awaitable[Message]]:
-        async def run() -> Message:
-            answer = Message(272, 4)
-            answer.add("Result-Code", code)
-            return answer
-
-        return run
-
     def keep(answer: Message) -> bool:
         return answer.get("Result-Code") != 3004
 
-    await cache.answer(("s", 2, 0), request, answering(2001), keep)
+    await cache.answer(("s", 2, 0), request, _answering(2001), keep)
     for n in range(1, 4):
-        await cache.answer(("s", 2, n), request, answering(3004), keep)
-    await cache.answer(("s", 2, 9), request, answering(2001), keep)
+        await cache.answer(("s", 2, n), request, _answering(3004), keep)
+    await cache.answer(("s", 2, 9), request, _answering(2001), keep)
     assert len(cache) == 2
-    await cache.answer(("s", 2, 0), request, answering(5030), keep)
+    await cache.answer(("s", 2, 0), request, _answering(5030), keep)
     assert cache.hits == 1  # the first answer is still kept
