@@ -45,9 +45,6 @@ class OperationIds:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __contains__(self, op_id: str) -> bool:
-        return op_id in self.entries
-
     def get(self, op_id: str) -> Entry | None:
         return self.entries.get(op_id)
 
