@@ -345,6 +345,29 @@ def test_ids_from_a_snapshot_of_the_old_format_still_tell_repeats_from_conflicts
         copy.apply("topup", "t1", {**args, "amount": 6}, T0)
 
 
+def test_ids_from_a_snapshot_before_xxh3_still_tell_repeats_from_conflicts() -> None:
+    """Rows of five fields carry a BLAKE2b digest of the arguments; they are compared that way
+    until they age out, and written back as they were read."""
+    ledger = make(1000)
+    args = {"subscriber_id": "a", "unit": "octets", "amount": 5}
+    first, _ = ledger.apply("topup", "t1", args, T0)
+    doc = ledger.snapshot()
+    assert doc["idempotency"][-1][5] == "xxh3-128"
+    content = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+    doc["idempotency"] = [row[:5] for row in doc["idempotency"]]
+    doc["idempotency"][-1][1] = hashlib.blake2b(content, digest_size=16).hexdigest()
+    copy = Ledger.restore(doc)
+    assert copy.snapshot()["idempotency"] == doc["idempotency"]
+    assert copy.apply("topup", "t1", dict(reversed(args.items())), T0) == (first, False)
+    with pytest.raises(Conflict):
+        copy.apply("topup", "t1", {**args, "amount": 6}, T0)
+    with pytest.raises(Conflict):
+        copy.apply("adjust", "t1", args, T0)
+    doc["idempotency"][-1] = [*doc["idempotency"][-1], "sha-0"]
+    with pytest.raises(ValueError, match="unknown scheme 'sha-0'"):
+        Ledger.restore(doc)
+
+
 def test_snapshot_restore_round_trip() -> None:
     ledger = make(1000, rating_groups=[10], expires_at_ms=T0 + 50_000)
     reserve(ledger, "r1", 100)

@@ -82,3 +82,103 @@ async def test_submits_offer_the_gil_while_a_commit_is_written(
     await store.flush()
     await store.close()
     assert idle >= 1024 // 128 - 1  # once per 128 changes while the commit was in flight
+
+
+def _crash(store: EmbeddedStore) -> None:
+    """Stop without the closing snapshot, so the next open replays the journal."""
+    assert store._db is not None
+    store._db.close()
+    store._db = None
+    if store._sweeper is not None:
+        store._sweeper.cancel()
+
+
+async def test_recovery_replays_journal_rows_of_the_old_format_and_of_the_new(
+    tmp_path: Path,
+) -> None:
+    """A data directory from before batches were encoded as they came holds rows that are an
+    array of [seq, op, op_id, args, now_ms, refused]; they replay, and so do later rows."""
+    import sqlite3
+
+    import orjson
+
+    from quotaflow.store.embedded import SCHEMA
+
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    db.executescript(SCHEMA)
+    old_rows = [
+        [1, "create_subscriber", "c", {"id": "a"}, 1_000, 0],
+        [2, "topup", "t", {"amount": 70, "subscriber_id": "a", "unit": "octets"}, 1_000, 0],
+    ]
+    db.execute("INSERT INTO journal VALUES (2, 1, ?)", (orjson.dumps(old_rows),))
+    db.commit()
+    db.close()
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    assert store._seq == 2
+    debit = {"subscriber_id": "a", "unit": "octets", "units": 20}
+    assert (await store.execute("debit", "d", debit))["units"] == 20
+    expected = store.ledger.snapshot()
+    _crash(store)
+    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await again.open()
+    try:
+        assert again._seq == 3 and again._since_snapshot == 3
+        assert again.ledger.snapshot() == expected
+        assert sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 50
+        # the replayed ids are remembered: a repeat is answered, not applied again
+        assert (await again.execute("debit", "d", debit))["units"] == 20
+        assert sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 50
+    finally:
+        await again.close()
+
+
+async def test_a_refused_operation_that_voided_a_lapsed_grant_replays_the_void(
+    tmp_path: Path,
+) -> None:
+    """The refusal is journaled (marked refused) because its sweep voided a reservation whose
+    validity had lapsed; replay voids it at the same instant and refuses the rest again."""
+    from quotaflow.ledger import NotFound
+
+    now = [1_000_000]
+    store = EmbeddedStore(tmp_path, clock=lambda: now[0], sweep_interval_s=3600)
+    await store.open()
+    await store.execute("create_subscriber", "c", {"id": "a"})
+    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 100})
+    grant = {"subscriber_id": "a", "reservation_id": "r1", "unit": "octets"}
+    await store.execute("reserve", "g", {**grant, "units_max": 60, "validity_ms": 1_000})
+    now[0] += 5_000
+    with pytest.raises(NotFound):
+        await store.execute("commit", "x", {**grant, "reservation_id": "r2", "used_units": 1})
+    assert store._seq == 4  # the refusal took a sequence number: it changed something
+    assert not store.ledger.subscriber("a").reservations
+    expected = store.ledger.snapshot()
+    _crash(store)
+    again = EmbeddedStore(tmp_path, clock=lambda: now[0], sweep_interval_s=3600)
+    await again.open()
+    try:
+        assert again.ledger.snapshot() == expected
+        assert again.ledger.lapsed_voids == 1
+    finally:
+        await again.close()
+
+
+def test_a_journal_row_that_does_not_add_up_is_an_error_not_a_guess() -> None:
+    import orjson
+
+    from quotaflow.store.journal import Batch, decode
+
+    batch = Batch(7)
+    batch.add("topup", "t", b'{"amount":1}', 5, False)
+    batch.add("expire", None, b"{}", 6, True)
+    records = batch.encode()
+    assert batch.encode() == records  # encoding twice changes nothing
+    assert list(decode(7, 8, records)) == [
+        (7, "topup", "t", {"amount": 1}, 5, 0),
+        (8, "expire", None, {}, 6, 1),
+    ]
+    with pytest.raises(ValueError, match="do not hold 3 operations"):
+        list(decode(7, 9, records))
+    doc = orjson.loads(records)
+    with pytest.raises(ValueError, match="unknown batch format 3"):
+        list(decode(7, 8, orjson.dumps({**doc, "v": 3})))

@@ -32,6 +32,7 @@ from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import Group, Reservation
 from quotaflow.store import gc_policy
 from quotaflow.store.base import Barrier, Clock, Result, StoreUnavailable, wall_clock_ms
+from quotaflow.store.journal import Batch, decode
 
 log = logging.getLogger("quotaflow.store")
 
@@ -40,8 +41,8 @@ SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is kil
 HAND_OVER_EVERY_OPS = 128  # while a commit is being written, offer the GIL this often
 
 SCHEMA = """
--- One row per group commit: `records` is a JSON array of
--- [seq, op, op_id, args, now_ms, refused] for seq in first_seq..last_seq.
+-- One row per group commit: `records` holds the operations first_seq..last_seq, in the format
+-- of store/journal.py.
 CREATE TABLE IF NOT EXISTS journal (
     last_seq INTEGER PRIMARY KEY,
     first_seq INTEGER NOT NULL,
@@ -62,8 +63,6 @@ CREATE TABLE IF NOT EXISTS snapshot (
 );
 """
 
-# A journal record; args is the canonical JSON the ledger produced, embedded without re-encoding.
-Row = tuple[int, str, str | None, orjson.Fragment, int, int]
 Record = tuple[int, int, str, bytes]  # (seq, at_ms, subscriber id, JSON body)
 RECORDED_FIELDS = ("unit", "rating_group", "used_units", "units", "amount")
 
@@ -97,7 +96,7 @@ class EmbeddedStore:
         self._reader: sqlite3.Connection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-journal")
         self._seq = 0
-        self._rows: list[Row] = []
+        self._batch = Batch(1)  # what was applied since the last commit
         self._records: list[Record] = []
         self._barrier: Barrier | None = None
         self._committing = False
@@ -149,15 +148,17 @@ class EmbeddedStore:
             self.ledger = Ledger.restore(orjson.loads(row[1]), self.limits)
         replayed = 0
         snapshot_seq = self._seq
-        for (batch,) in db.execute(
-            "SELECT records FROM journal WHERE last_seq > ? ORDER BY last_seq", (snapshot_seq,)
+        for first_seq, last_seq, records in db.execute(
+            "SELECT first_seq, last_seq, records FROM journal WHERE last_seq > ? ORDER BY last_seq",
+            (snapshot_seq,),
         ):
-            for seq, op, op_id, args, now_ms, refused in orjson.loads(batch):
+            for seq, op, op_id, args, now_ms, refused in decode(first_seq, last_seq, records):
                 if seq > snapshot_seq:
                     self._replay(op, op_id, args, now_ms, refused)
                     self._seq = seq
                     replayed += 1
         self._since_snapshot = replayed
+        self._batch = Batch(self._seq + 1)
         return replayed
 
     def _replay(
@@ -215,7 +216,8 @@ class EmbeddedStore:
             raise StoreUnavailable(
                 "journal write failed; refusing changes", cause=repr(self._failed)
             )
-        if len(self._rows) >= self.pending_rows_max:
+        batch = self._batch
+        if len(batch) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
         now = self.clock() if now_ms is None else now_ms
         voids = self.ledger.lapsed_voids
@@ -224,12 +226,11 @@ class EmbeddedStore:
         except ChargingError:
             if self.ledger.lapsed_voids != voids:
                 self._seq += 1
-                fragment = orjson.Fragment(orjson.dumps(args))
-                self._rows.append((self._seq, op, op_id, fragment, now, 1))
+                batch.add(op, op_id, orjson.dumps(args), now, True)
             raise
         if changed:
             self._seq += 1
-            self._rows.append((self._seq, op, op_id, orjson.Fragment(content), now, 0))
+            batch.add(op, op_id, content, now, False)
             record = args.get("record")
             if record is not None:
                 self._records.append(self._record(op, args, result, record, now))
@@ -257,9 +258,9 @@ class EmbeddedStore:
 
     def pending(self) -> asyncio.Future[None] | None:
         """The barrier of everything applied so far, or None when all of it is durable."""
-        if not self.group_commit and self._rows and not self._committing:
+        if not self.group_commit and len(self._batch) and not self._committing:
             self._write_now()
-        if not self._rows and not self._committing:
+        if not len(self._batch) and not self._committing:
             return None
         if self._barrier is None:
             self._barrier = Barrier(loop=asyncio.get_running_loop())
@@ -303,16 +304,17 @@ class EmbeddedStore:
         # A forked snapshot that finished is stored with this batch: everything up to its
         # sequence number was in earlier batches, all committed by now.
         snapshot: tuple[int, bytes | Path] | None = self._finished_snapshot()
-        rows, records, barrier = self._rows, self._records, self._barrier
-        self._rows, self._records, self._barrier = [], [], None
-        self._since_snapshot += len(rows)
+        taken, records, barrier = self._batch, self._records, self._barrier
+        self._batch, self._records, self._barrier = Batch(self._seq + 1), [], None
+        count = len(taken)
+        self._since_snapshot += count
         if self._since_snapshot >= self.snapshot_every_ops and self._snapshot_child is None:
             self._since_snapshot = 0
             if not self._fork_snapshot() and snapshot is None:
                 snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
-        # Encoded here in one C call, so the writer thread needs the GIL only briefly.
-        batch = (rows[-1][0], rows[0][0], orjson.dumps(rows)) if rows else None
-        return batch, len(rows), snapshot, records, barrier
+        # Encoded here, so the writer thread needs the GIL only briefly.
+        batch = (taken.last_seq, taken.first_seq, taken.encode()) if count else None
+        return batch, count, snapshot, records, barrier
 
     def _fork_snapshot(self) -> bool:
         """Start a child that writes the state as it is now to a file. False if it cannot."""
@@ -377,7 +379,7 @@ class EmbeddedStore:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._rows or self._barrier is not None:
+            while len(self._batch) or self._barrier is not None:
                 batch, count, snapshot, records, barrier = self._take()
                 try:
                     await loop.run_in_executor(
@@ -390,7 +392,8 @@ class EmbeddedStore:
                     for b in (barrier, self._barrier):
                         if b is not None and not b.done():
                             b.set_exception(failure)
-                    self._rows, self._records, self._barrier = [], [], None
+                    self._batch, self._records = Batch(self._seq + 1), []
+                    self._barrier = None
                     return
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
@@ -568,7 +571,7 @@ class EmbeddedStore:
             "backend": "embedded",
             "path": str(self.path),
             "seq": self._seq,
-            "pending_rows": len(self._rows),
+            "pending_rows": len(self._batch),
             "commits": self.commits,
             "committed_rows": self.committed_rows,
             "last_commit_s": self.last_commit_s,
