@@ -24,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from quotaflow.ledger import ChargingError
 from quotaflow.store import EmbeddedStore
+from tests.core.harness import crash
 
 SUBS = ["a", "b", "c"]
 RGS = [None, 10, 20]
@@ -400,12 +401,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.loop.run_until_complete(self.store.close())
         else:  # a crash: what was acknowledged is on disk; drop the process state
             self.loop.run_until_complete(self.store.flush())
-            assert self.store._db is not None
-            self.store._db.close()
-            self.store._db = None
-            if self.store._sweeper is not None:
-                self.store._sweeper.cancel()
-            self.store._writer.shutdown()
+            crash(self.store)
         self.store = self._open()
         assert self.store.ledger.snapshot() == before
 

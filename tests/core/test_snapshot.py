@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from quotaflow.store import EmbeddedStore
+from tests.core.harness import crash
 
 
 async def _load(store: EmbeddedStore, first: int, count: int) -> None:
@@ -40,11 +41,7 @@ async def test_a_forked_snapshot_is_stored_and_recovery_starts_from_it(tmp_path:
     assert not list(tmp_path.glob(".snapshot-*.tmp"))
     # Crash (no closing snapshot): recovery loads the forked snapshot, replays the rest.
     expected = store.ledger.snapshot()
-    assert store._db is not None
-    store._db.close()
-    store._db = None
-    if store._sweeper is not None:
-        store._sweeper.cancel()
+    crash(store)
     again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
     await again.open()
     try:

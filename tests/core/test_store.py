@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from quotaflow.store import EmbeddedStore
+from tests.core.harness import crash
 
 
 async def test_a_cancelled_waiter_does_not_cancel_its_batch(tmp_path: Path) -> None:
@@ -84,15 +85,6 @@ async def test_submits_offer_the_gil_while_a_commit_is_written(
     assert idle >= 1024 // 128 - 1  # once per 128 changes while the commit was in flight
 
 
-def _crash(store: EmbeddedStore) -> None:
-    """Stop without the closing snapshot, so the next open replays the journal."""
-    assert store._db is not None
-    store._db.close()
-    store._db = None
-    if store._sweeper is not None:
-        store._sweeper.cancel()
-
-
 async def test_recovery_replays_journal_rows_of_the_old_format_and_of_the_new(
     tmp_path: Path,
 ) -> None:
@@ -119,7 +111,7 @@ async def test_recovery_replays_journal_rows_of_the_old_format_and_of_the_new(
     debit = {"subscriber_id": "a", "unit": "octets", "units": 20}
     assert (await store.execute("debit", "d", debit))["units"] == 20
     expected = store.ledger.snapshot()
-    _crash(store)
+    crash(store)
     again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
     await again.open()
     try:
@@ -153,7 +145,7 @@ async def test_a_refused_operation_that_voided_a_lapsed_grant_replays_the_void(
     assert store._seq == 4  # the refusal took a sequence number: it changed something
     assert not store.ledger.subscriber("a").reservations
     expected = store.ledger.snapshot()
-    _crash(store)
+    crash(store)
     again = EmbeddedStore(tmp_path, clock=lambda: now[0], sweep_interval_s=3600)
     await again.open()
     try:
