@@ -34,6 +34,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.ledger.model",
     "quotaflow.ledger.periods",
     "quotaflow.ledger.transfers",
+    "quotaflow.store.clock",
     "quotaflow.store.journal",
     "quotaflow.store.embedded",
     "quotaflow.engine.engine",

@@ -923,7 +923,10 @@ class Ledger(GroupOps, MovingOps):
             for name, value in debit["drawn"].items():
                 result["drawn"][name] = result["drawn"].get(name, 0) + value
         if session is not None:
-            session.setdefault("money_units", {})[key] = base
+            money_units = session.get("money_units")
+            if money_units is None:  # setdefault would build a dict on every step
+                money_units = session["money_units"] = {}
+            money_units[key] = base
             session["last_ms"] = now_ms
             self.sessions.move_to_end(args["session_id"])
         if not reserve:

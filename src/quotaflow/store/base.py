@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from quotaflow.ledger import ChargingError, Subscriber
 from quotaflow.ledger.model import Group, Reservation
+from quotaflow.store.clock import wall_clock_ms as wall_clock_ms
 
 Result = dict[str, Any]
 Clock = Callable[[], int]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Barrier(asyncio.Future[None]):

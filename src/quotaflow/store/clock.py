@@ -1,0 +1,10 @@
+"""The wall clock the store, and through it the engine, reads: several times per charge, so it
+is compiled (an interpreted function costs about 0.2 us a call from compiled code)."""
+
+from __future__ import annotations
+
+import time
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
