@@ -174,3 +174,23 @@ def test_a_journal_row_that_does_not_add_up_is_an_error_not_a_guess() -> None:
     doc = orjson.loads(records)
     with pytest.raises(ValueError, match="unknown batch format 3"):
         list(decode(7, 8, orjson.dumps({**doc, "v": 3})))
+
+
+def test_charging_records_are_inserted_in_order_in_statements_of_bounded_size() -> None:
+    """One statement per commit where SQLite allows it; split where its parameter limit would
+    not (`rows_max`), and nothing lost or reordered at the seams."""
+    import sqlite3
+
+    from quotaflow.store.embedded import SCHEMA, _insert_records
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.executescript(SCHEMA)
+    records = [(seq, 1_000 + seq, f"s{seq % 3}", b'{"seq":%d}' % seq) for seq in range(1, 8)]
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    _insert_records(db, records, 3)
+    db.set_trace_callback(None)
+    assert len(statements) == 3  # 3 + 3 + 1 rows
+    assert db.execute(
+        "SELECT seq, at_ms, subscriber_id, body FROM cdr ORDER BY seq"
+    ).fetchall() == [(seq, at, sid, body) for seq, at, sid, body in records]
