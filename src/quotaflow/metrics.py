@@ -37,6 +37,16 @@ def request_seconds(interface: str) -> Latencies:
     return found
 
 
+def _buckets(tally: Latencies) -> list[tuple[str, float]]:
+    """A tally's counts as the cumulative buckets of a Prometheus histogram."""
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*tally.bounds_s, float("inf")), tally.counts, strict=True):
+        cumulative += count
+        buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+    return buckets
+
+
 class _HotPathCollector:
     def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
         seconds = HistogramMetricFamily(
@@ -45,11 +55,7 @@ class _HotPathCollector:
             labels=["interface"],
         )
         for interface, tally in sorted(_REQUEST_SECONDS.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*tally.bounds_s, float("inf")), tally.counts, strict=True):
-                cumulative += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            seconds.add_metric([interface], buckets, tally.sum_s)
+            seconds.add_metric([interface], _buckets(tally), tally.sum_s)
         yield seconds
         steps = CounterMetricFamily(
             "quotaflow_session_steps",
@@ -84,10 +90,19 @@ class _StoreCollector:
 
     def __init__(self) -> None:
         self.source: Callable[[], dict[str, Any]] | None = None
+        self.commit_seconds: Latencies | None = None
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
         if self.source is None:
             return
+        if self.commit_seconds is not None:
+            commits = HistogramMetricFamily(
+                "quotaflow_store_commit_seconds",
+                "Time a group commit took to write, BEGIN to COMMIT on the journal thread "
+                "(with its waits for the GIL between statements)",
+            )
+            commits.add_metric([], _buckets(self.commit_seconds), self.commit_seconds.sum_s)
+            yield commits
         stats = self.source()
         for key in ("seq", "pending_rows", "commits", "committed_rows", "subscribers", "sessions"):
             if isinstance(stats.get(key), int):
@@ -112,6 +127,9 @@ REGISTRY.register(_STORE)
 ProcessCollector(registry=REGISTRY)
 
 
-def watch_store(stats: Callable[[], dict[str, Any]]) -> None:
+def watch_store(
+    stats: Callable[[], dict[str, Any]], commit_seconds: Latencies | None = None
+) -> None:
     """Export this store's figures at /metrics (the latest server started in the process)."""
     _STORE.source = stats
+    _STORE.commit_seconds = commit_seconds

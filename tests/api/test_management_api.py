@@ -158,6 +158,9 @@ async def test_metrics_and_openapi(api: httpx.AsyncClient) -> None:
         in metrics
     )
     assert "quotaflow_store_subscribers 1.0" in metrics
+    # the subscriber's creation was a group commit, timed
+    commits = [line for line in metrics.splitlines() if "store_commit_seconds_count" in line]
+    assert len(commits) == 1 and float(commits[0].split()[-1]) >= 1
     native = quotaflow.NATIVE_MODE.split(" ", 1)[0]  # "compiled" or "interpreted"
     assert (
         f'quotaflow_build_info{{native="{native}",version="{quotaflow.__version__}"}} 1.0'

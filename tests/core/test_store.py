@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 
 from quotaflow.store import EmbeddedStore
@@ -178,7 +179,7 @@ def test_a_journal_row_that_does_not_add_up_is_an_error_not_a_guess() -> None:
 
 def test_charging_records_are_inserted_in_order_in_statements_of_bounded_size() -> None:
     """One statement per commit where SQLite allows it; split where its parameter limit would
-    not (`rows_max`), and nothing lost or reordered at the seams."""
+    not (`rows_max`); padding rows are dropped, nothing is lost or reordered at the seams."""
     import sqlite3
 
     from quotaflow.store.embedded import SCHEMA, _insert_records
@@ -188,9 +189,64 @@ def test_charging_records_are_inserted_in_order_in_statements_of_bounded_size() 
     records = [(seq, 1_000 + seq, f"s{seq % 3}", b'{"seq":%d}' % seq) for seq in range(1, 8)]
     statements: list[str] = []
     db.set_trace_callback(statements.append)
-    _insert_records(db, records, 3)
+    _insert_records(db, records, 4)
+    _insert_records(db, [(8, 1_008, "s2", b"{}")], 4)
     db.set_trace_callback(None)
-    assert len(statements) == 3  # 3 + 3 + 1 rows
+    # 4 rows, then 3 padded to 4 (the same statement, prepared once), then 1
+    assert len(statements) == 3 and statements[1].count("(NULL, NULL, NULL, NULL)") == 1
+    records.append((8, 1_008, "s2", b"{}"))
     assert db.execute(
         "SELECT seq, at_ms, subscriber_id, body FROM cdr ORDER BY seq"
     ).fetchall() == [(seq, at, sid, body) for seq, at, sid, body in records]
+
+
+async def test_without_group_commit_writes_do_not_race_a_snapshot(tmp_path: Path) -> None:
+    """Each change is written before execute returns; a snapshot written meanwhile on the writer
+    thread used to share the connection with it inside one transaction ("cannot start a
+    transaction within a transaction"), which stopped the store."""
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600, group_commit=False)
+    await store.open()
+    await store.execute("create_subscriber", "c", {"id": "a"})
+    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 10**9})
+    for i in range(300):  # a snapshot big enough to take a while
+        record = {"pad": "y" * 2000}
+        topup = {"subscriber_id": "a", "unit": "octets", "amount": 1, "record": record}
+        await store.execute("topup", f"x{i}", topup)
+
+    async def debits(k: int) -> None:
+        for i in range(100):
+            debit = {"subscriber_id": "a", "unit": "octets", "units": 1}
+            await store.execute("debit", f"d{k}-{i}", debit)
+
+    for k in range(5):
+        await asyncio.gather(store.snapshot(), debits(k))
+    assert store._failed is None
+    expected = store.ledger.snapshot()
+    crash(store)
+    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await again.open()
+    try:
+        assert again.ledger.snapshot() == expected
+    finally:
+        await again.close()
+
+
+async def test_a_commit_with_more_records_than_one_statement_takes_keeps_them_all(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    await store.execute("create_subscriber", "c", {"id": "a"})
+    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 100})
+    store._record_rows = 2
+    for i in range(5):
+        debit = {"subscriber_id": "a", "unit": "octets", "units": 1, "record": {"n": i}}
+        store.submit("debit", f"d{i}", debit)
+    commits = store.commits
+    await store.flush()
+    assert store.commits == commits + 1  # the five went in one commit
+    await store.close()
+    rows = sqlite3.connect(tmp_path / "ledger.sqlite3").execute("SELECT body FROM cdr").fetchall()
+    assert [orjson.loads(body)["n"] for (body,) in rows] == [0, 1, 2, 3, 4]

@@ -24,16 +24,16 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from xxhash import xxh3_128_digest
 
 Result = dict[str, Any]
 Entry = tuple[str | None, bytes, Result]  # (operation or None, fingerprint, first result)
 
-SCHEME = "xxh3-128"  # the last field of a snapshot row written by this release
-FINGERPRINT_LEN = 16
-_BLAKE2B = b"\x01"  # prefix of a fingerprint restored from a snapshot row of five fields
+SCHEME: Final = "xxh3-128"  # the last field of a snapshot row written by this release
+FINGERPRINT_LEN: Final = 16
+_BLAKE2B: Final = b"\x01"  # prefix of a fingerprint restored from a snapshot row of five fields
 
 
 def digest(content: bytes) -> bytes:

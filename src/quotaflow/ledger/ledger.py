@@ -893,7 +893,8 @@ class Ledger(GroupOps, MovingOps):
         zero_rated = bool(args.get("zero_rated"))
         session = self.sessions.get(_optional_id("session_id", args.get("session_id")) or "")
         key = str(rating_group)
-        base = 0 if session is None else session.get("money_units", {}).get(key, 0)
+        paid = None if session is None else session.get("money_units")
+        base = 0 if paid is None else paid.get(key, 0)
         result: Result = {"posted_units": 0, "unpaid_units": 0, "drawn": {}, "cost_micros": 0}
         if rid is not None and rid in sub.reservations:
             committed = self._commit_on(sub, rid, used)

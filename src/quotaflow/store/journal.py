@@ -19,11 +19,11 @@ as well.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-FORMAT = 2
+FORMAT: Final = 2
 
 # One journaled operation as replay sees it: (seq, op, op_id, args, now_ms, refused).
 Replayed = tuple[int, str, str | None, dict[str, Any], int, int]
@@ -49,6 +49,7 @@ class Batch:
 
     def add(self, op: str, op_id: str | None, content: bytes, now_ms: int, refused: bool) -> None:
         """Append the next operation; `content` is its arguments as JSON."""
+        assert self._args[-1] != 0x5D, "an encoded batch takes no more operations"
         if refused:
             self.refused.append(len(self.ops))
         self.ops.append(op)
