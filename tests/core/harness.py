@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from quotaflow.store import EmbeddedStore
+from quotaflow.store.base import Clock, wall_clock_ms
 
 
 def crash(store: EmbeddedStore) -> None:
@@ -14,3 +18,20 @@ def crash(store: EmbeddedStore) -> None:
     if store._sweeper is not None:
         store._sweeper.cancel()
     store._writer.shutdown()
+
+
+@asynccontextmanager
+async def recovered(
+    store: EmbeddedStore, clock: Clock = wall_clock_ms
+) -> AsyncIterator[EmbeddedStore]:
+    """Crash `store`, open its data directory again, and check the recovered state is the
+    state it had; yields the reopened store and closes it afterwards."""
+    expected = store.ledger.snapshot()
+    crash(store)
+    again = EmbeddedStore(store.data_dir, clock=clock, sweep_interval_s=3600)
+    await again.open()
+    try:
+        assert again.ledger.snapshot() == expected
+        yield again
+    finally:
+        await again.close()

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from quotaflow.store import EmbeddedStore
-from tests.core.harness import crash
+from tests.core.harness import recovered
 
 
 async def _load(store: EmbeddedStore, first: int, count: int) -> None:
@@ -40,16 +40,9 @@ async def test_a_forked_snapshot_is_stored_and_recovery_starts_from_it(tmp_path:
     assert rows and 50 <= rows[0][0] < store._seq
     assert not list(tmp_path.glob(".snapshot-*.tmp"))
     # Crash (no closing snapshot): recovery loads the forked snapshot, replays the rest.
-    expected = store.ledger.snapshot()
-    crash(store)
-    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
-    await again.open()
-    try:
-        assert again.ledger.snapshot() == expected
+    async with recovered(store) as again:
         # only what came after the snapshot was replayed
         assert 0 < again._since_snapshot == again._seq - rows[0][0]
-    finally:
-        await again.close()
 
 
 async def test_a_failed_snapshot_child_changes_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from quotaflow.store import EmbeddedStore
-from tests.core.harness import crash
+from tests.core.harness import recovered
 
 
 async def test_a_cancelled_waiter_does_not_cancel_its_batch(tmp_path: Path) -> None:
@@ -111,19 +111,12 @@ async def test_recovery_replays_journal_rows_of_the_old_format_and_of_the_new(
     assert store._seq == 2
     debit = {"subscriber_id": "a", "unit": "octets", "units": 20}
     assert (await store.execute("debit", "d", debit))["units"] == 20
-    expected = store.ledger.snapshot()
-    crash(store)
-    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
-    await again.open()
-    try:
+    async with recovered(store) as again:
         assert again._seq == 3 and again._since_snapshot == 3
-        assert again.ledger.snapshot() == expected
         assert sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 50
         # the replayed ids are remembered: a repeat is answered, not applied again
         assert (await again.execute("debit", "d", debit))["units"] == 20
         assert sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 50
-    finally:
-        await again.close()
 
 
 async def test_a_refused_operation_that_voided_a_lapsed_grant_replays_the_void(
@@ -145,15 +138,8 @@ async def test_a_refused_operation_that_voided_a_lapsed_grant_replays_the_void(
         await store.execute("commit", "x", {**grant, "reservation_id": "r2", "used_units": 1})
     assert store._seq == 4  # the refusal took a sequence number: it changed something
     assert not store.ledger.subscriber("a").reservations
-    expected = store.ledger.snapshot()
-    crash(store)
-    again = EmbeddedStore(tmp_path, clock=lambda: now[0], sweep_interval_s=3600)
-    await again.open()
-    try:
-        assert again.ledger.snapshot() == expected
+    async with recovered(store, clock=lambda: now[0]) as again:
         assert again.ledger.lapsed_voids == 1
-    finally:
-        await again.close()
 
 
 def test_a_journal_row_that_does_not_add_up_is_an_error_not_a_guess() -> None:
@@ -221,14 +207,8 @@ async def test_without_group_commit_writes_do_not_race_a_snapshot(tmp_path: Path
     for k in range(5):
         await asyncio.gather(store.snapshot(), debits(k))
     assert store._failed is None
-    expected = store.ledger.snapshot()
-    crash(store)
-    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
-    await again.open()
-    try:
-        assert again.ledger.snapshot() == expected
-    finally:
-        await again.close()
+    async with recovered(store):
+        pass
 
 
 async def test_a_commit_with_more_records_than_one_statement_takes_keeps_them_all(
