@@ -451,3 +451,27 @@ def test_skip_pool_must_be_a_boolean(value: object) -> None:
     with pytest.raises(InvalidRequest, match="skip_pool"):
         ledger.apply("charge", "ch", charge, T0)
     assert ledger.snapshot() == before
+
+
+def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
+    """Past a few thousand forgotten ids the table cuts them off the front of its id list; the
+    order, the clock values and the snapshot rows stay right across such cuts, and pruning
+    reaches into the newest run of ids (the one still open)."""
+    from quotaflow.ledger._opids import OperationIds
+
+    table = OperationIds(3_000)
+    for i in range(10_000):
+        table.add(f"id{i}", "topup", bytes(16), {"n": i}, 1_000 + i // 7)
+    assert len(table) == 3_000 and next(iter(table.entries)) == "id7000"  # the cap, one by one
+    assert len(table._ids) < 7_000  # the list was cut
+    rows = table.to_json()
+    assert [row[0] for row in rows] == [f"id{i}" for i in range(7_000, 10_000)]
+    assert [row[3] for row in rows] == [1_000 + i // 7 for i in range(7_000, 10_000)]
+    horizon = 1_000 + 9_000 // 7
+    left = [i for i in range(7_000, 10_000) if 1_000 + i // 7 >= horizon]
+    assert table.prune(horizon) == 3_000 - len(left)
+    assert list(table.entries) == [f"id{i}" for i in left]
+    assert OperationIds.from_json(table.to_json(), 3_000).to_json() == table.to_json()
+    assert table.prune(10**12) == len(left) and len(table) == 0 and table.to_json() == []
+    table.add("again", "topup", bytes(16), {}, 5)
+    assert [row[0] for row in table.to_json()] == ["again"] and table.prune(6) == 1

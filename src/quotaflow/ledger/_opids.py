@@ -12,8 +12,8 @@ out: a BLAKE2b digest of the arguments (rows of five fields), or of operation an
 together (four fields, no operation kept). In memory the first kind is marked by a prefix byte,
 the second by the missing operation.
 
-Oldest first, forgotten from the front. A plain dict holds the entries; a deque holds the ids
-in the order they came, and another the runs of ids that came at the same clock value, so an
+Oldest first, forgotten from the front. A plain dict holds the entries; a list holds the ids
+in the order they came, and a deque the runs of ids that came at the same clock value, so an
 entry carries no time of its own. (An OrderedDict costs a linked node per entry; forgetting
 from the front of a plain dict through next(iter()) is quadratic, as each call skips the slots
 deleted since the last resize.)
@@ -33,6 +33,7 @@ Entry = tuple[str | None, bytes, Result]  # (operation or None, fingerprint, fir
 
 SCHEME: Final = "xxh3-128"  # the last field of a snapshot row written by this release
 FINGERPRINT_LEN: Final = 16
+_COMPACT_AFTER: Final = 4096  # forgotten ids at the front of the id list before it is cut
 _BLAKE2B: Final = b"\x01"  # prefix of a fingerprint restored from a snapshot row of five fields
 
 
@@ -55,8 +56,15 @@ class OperationIds:
         assert entries_max >= 0  # 0: nothing is remembered
         self.entries_max = entries_max
         self.entries: dict[str, Entry] = {}
-        self._order: deque[str] = deque()
-        self._runs: deque[list[int]] = deque()  # [clock value, ids that came at it], oldest first
+        # The ids oldest first: the live ones are _ids[_head:]; the front is cut off now and
+        # then (a list appends and indexes natively in compiled code, a deque by method calls).
+        self._ids: list[str] = []
+        self._head = 0
+        # Runs of ids that came at the same clock value, oldest first: the closed ones as
+        # [clock value, count], the newest (still growing) in two plain integers.
+        self._runs: deque[list[int]] = deque()
+        self._open_at = 0
+        self._open_count = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -80,21 +88,34 @@ class OperationIds:
     ) -> None:
         """Remember a new id (not in the table) at clock value `now_ms`."""
         self.entries[op_id] = (op, fingerprint, result)
-        self._order.append(op_id)
-        runs = self._runs
-        if runs and runs[-1][0] == now_ms:
-            runs[-1][1] += 1
+        self._ids.append(op_id)
+        if self._open_count and self._open_at == now_ms:
+            self._open_count += 1
         else:
-            runs.append([now_ms, 1])
+            if self._open_count:
+                self._runs.append([self._open_at, self._open_count])
+            self._open_at = now_ms
+            self._open_count = 1
         if len(self.entries) > self.entries_max:
             self._drop_oldest()
 
+    def _forget_first(self) -> None:
+        """Forget the oldest id (its run is counted down by the caller)."""
+        del self.entries[self._ids[self._head]]
+        self._head += 1
+        if self._head >= _COMPACT_AFTER and 2 * self._head >= len(self._ids):
+            del self._ids[: self._head]  # moves the rest, at most as many as were forgotten
+            self._head = 0
+
     def _drop_oldest(self) -> None:
-        del self.entries[self._order.popleft()]
-        first = self._runs[0]
-        first[1] -= 1
-        if not first[1]:
-            self._runs.popleft()
+        self._forget_first()
+        if self._runs:
+            first = self._runs[0]
+            first[1] -= 1
+            if not first[1]:
+                self._runs.popleft()
+        else:
+            self._open_count -= 1
 
     def prune(self, horizon_ms: int) -> int:
         """Forget ids from the front while they came before `horizon_ms`; how many went.
@@ -104,16 +125,24 @@ class OperationIds:
         while runs and runs[0][0] < horizon_ms:
             count = runs.popleft()[1]
             for _ in range(count):
-                del self.entries[self._order.popleft()]
+                self._forget_first()
             dropped += count
+        if not runs and self._open_count and self._open_at < horizon_ms:
+            for _ in range(self._open_count):
+                self._forget_first()
+            dropped += self._open_count
+            self._open_count = 0
         return dropped
 
     def to_json(self) -> list[list[Any]]:
         """[op_id, fingerprint hex, result, clock value, operation, scheme], oldest first; an
         entry restored from an older snapshot is written back as it was read."""
         out: list[list[Any]] = []
-        order = iter(self._order)
-        for at, count in self._runs:
+        order = iter(self._ids[self._head :])
+        runs = list(self._runs)
+        if self._open_count:
+            runs.append([self._open_at, self._open_count])
+        for at, count in runs:
             for _ in range(count):
                 op_id = next(order)
                 op, fingerprint, result = self.entries[op_id]

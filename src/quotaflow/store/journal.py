@@ -39,6 +39,7 @@ class Batch:
         self.now_ms: list[int] = []
         self.refused: list[int] = []
         self._args = bytearray(b"[")
+        self._encoded = False
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -49,7 +50,7 @@ class Batch:
 
     def add(self, op: str, op_id: str | None, content: bytes, now_ms: int, refused: bool) -> None:
         """Append the next operation; `content` is its arguments as JSON."""
-        assert self._args[-1] != 0x5D, "an encoded batch takes no more operations"
+        assert not self._encoded, "an encoded batch takes no more operations"
         if refused:
             self.refused.append(len(self.ops))
         self.ops.append(op)
@@ -63,8 +64,9 @@ class Batch:
         """The batch as its journal row's `records` (not empty: it has operations)."""
         assert self.ops, "an empty batch is not written"
         args = self._args
-        if args[-1] == 0x2C:  # the trailing comma becomes the closing bracket
+        if not self._encoded:  # the trailing comma becomes the closing bracket
             args[-1] = 0x5D
+            self._encoded = True
         return orjson.dumps(
             {
                 "v": FORMAT,
