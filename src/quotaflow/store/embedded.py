@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+from orjson import dumps as _dumps
 
 from quotaflow.ledger import ChargingError, LimitReached, Limits, Price, Subscriber, Unit
 from quotaflow.ledger.ledger import Ledger
@@ -275,7 +276,7 @@ class EmbeddedStore:
         for key in ("posted_units", "unpaid_units", "units", "drawn", "cost_micros", "amount"):
             if key in result:
                 body[key] = result[key]
-        return (self._seq, now, subscriber_id, orjson.dumps(body))
+        return (self._seq, now, subscriber_id, _dumps(body))
 
     def pending(self) -> asyncio.Future[None] | None:
         """The barrier of everything applied so far, or None when all of it is durable."""
