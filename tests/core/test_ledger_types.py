@@ -125,3 +125,28 @@ def test_a_wrong_type_is_a_ledger_error(op: str, field: str, value: Any) -> None
     except ChargingError:
         assert ledger.snapshot() == before  # refused: nothing changed
     ledger.check_invariants()
+
+
+@pytest.mark.parametrize(
+    ("op", "amount", "accepted"),
+    [
+        ("topup", 2**62, True),
+        ("topup", 2**62 + 1, False),
+        ("topup", 0, False),
+        ("adjust", -(2**62), True),
+        ("adjust", -(2**62) - 1, False),
+    ],
+)
+def test_amounts_are_bounded_at_exactly_two_to_the_62(op: str, amount: int, accepted: bool) -> None:
+    """The stated bound of any single amount (the API's OpenAPI says the same), checked with
+    unboxed comparisons just below it and a boxed one at it."""
+    ledger = Ledger()
+    ledger.apply("create_subscriber", "c", {"id": "a"}, 0)
+    full = {"subscriber_id": "a", "unit": "octets", "amount": 2**62}
+    ledger.apply("topup", "t", full, 0)  # room for the largest debit
+    args = {"subscriber_id": "a", "unit": "octets", "amount": amount}
+    if accepted:
+        ledger.apply(op, "x", args, 0)
+    else:
+        with pytest.raises(ChargingError, match="amount out of range"):
+            ledger.apply(op, "x", args, 0)
