@@ -73,7 +73,7 @@ def check_avps(avps: list[Avp], grammar: Grammar, dictionary: Dictionary) -> Non
     """Occurrence rules of `grammar` over `avps`, recursing into Grouped members."""
     counts: dict[str, int] = {}
     index = grammar.index
-    grouped: list[Avp] | None = None
+    grouped: list[Avp] = []  # a list, not None: compiled code appends to a list natively
     for avp in avps:
         definition = avp.definition
         if definition is None:
@@ -93,10 +93,7 @@ def check_avps(avps: list[Avp], grammar: Grammar, dictionary: Dictionary) -> Non
                 failed_avps=[avp],
             )
         if definition.grammar is not None and not definition.opaque:
-            if grouped is None:
-                grouped = [avp]
-            else:
-                grouped.append(avp)
+            grouped.append(avp)
     for rule in grammar.required:
         if counts.get(rule.name, 0) < rule.min_count:
             raise DiameterError(
@@ -104,7 +101,7 @@ def check_avps(avps: list[Avp], grammar: Grammar, dictionary: Dictionary) -> Non
                 f"missing {rule.name}",
                 failed_avps=[_missing_example(dictionary, rule.name)],
             )
-    for avp in grouped or ():
+    for avp in grouped:
         definition = avp.definition
         assert definition is not None and definition.grammar is not None
         if not isinstance(avp.value, list):
