@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Final, cast
 
 from quotaflow.diameter.constants import ResultCode
 from quotaflow.diameter.errors import LinkClosedError
@@ -32,7 +32,7 @@ log = logging.getLogger("quotaflow.diameter")
 
 RequestHandler = Callable[[PeerInfo, Message], Awaitable[Message]]
 
-IN_FLIGHT_MAX = 1_024  # application requests being handled per connection; beyond: 3004
+IN_FLIGHT_MAX: Final = 1_024  # application requests being handled per connection; beyond: 3004
 
 
 class PeerLink(asyncio.Protocol):

@@ -48,9 +48,9 @@ _pack_header = _S_HEADER.pack
 _pack_avp = _S_AVP.pack
 _pack_vendor_avp = _S_AVP_VENDOR.pack
 
-AVP_LENGTH_MAX = 0xFFFFFF  # 24-bit length field
+AVP_LENGTH_MAX: Final = 0xFFFFFF  # 24-bit length field
 # AVPs per message, all nesting levels together: far above any real CCR, low enough to bound work.
-AVP_COUNT_MAX = 4096
+AVP_COUNT_MAX: Final = 4096
 
 
 # -- encoding -------------------------------------------------------------------------------

@@ -1,29 +1,33 @@
-"""Numbers from RFC 6733 and RFC 4006 that code on both sides of the wire refers to by name."""
+"""Numbers from RFC 6733 and RFC 4006 that code on both sides of the wire refers to by name.
+
+Final, so that compiled modules use them as literals instead of looking each up by name
+(several per AVP in the codec)."""
 
 from enum import IntEnum
+from typing import Final
 
-DIAMETER_VERSION = 1
-HEADER_OCTETS = 20
-DEFAULT_PORT = 3868
-DEFAULT_IDENTITY = "ocs.quotaflow.local"
-DEFAULT_REALM = "quotaflow.local"
-PRODUCT_NAME = "quotaflow"
+DIAMETER_VERSION: Final = 1
+HEADER_OCTETS: Final = 20
+DEFAULT_PORT: Final = 3868
+DEFAULT_IDENTITY: Final = "ocs.quotaflow.local"
+DEFAULT_REALM: Final = "quotaflow.local"
+PRODUCT_NAME: Final = "quotaflow"
 
 # Message header flags (RFC 6733 section 3).
-FLAG_REQUEST = 0x80
-FLAG_PROXIABLE = 0x40
-FLAG_ERROR = 0x20
-FLAG_RETRANSMIT = 0x10
-FLAG_RESERVED = 0x0F
+FLAG_REQUEST: Final = 0x80
+FLAG_PROXIABLE: Final = 0x40
+FLAG_ERROR: Final = 0x20
+FLAG_RETRANSMIT: Final = 0x10
+FLAG_RESERVED: Final = 0x0F
 
 # AVP header flags (RFC 6733 section 4.1).
-AVP_FLAG_VENDOR = 0x80
-AVP_FLAG_MANDATORY = 0x40
-AVP_FLAG_PROTECTED = 0x20
+AVP_FLAG_VENDOR: Final = 0x80
+AVP_FLAG_MANDATORY: Final = 0x40
+AVP_FLAG_PROTECTED: Final = 0x20
 
-APPLICATION_COMMON = 0
-APPLICATION_CREDIT_CONTROL = 4
-APPLICATION_RELAY = 0xFFFFFFFF
+APPLICATION_COMMON: Final = 0
+APPLICATION_CREDIT_CONTROL: Final = 4
+APPLICATION_RELAY: Final = 0xFFFFFFFF
 
 
 class CommandCode(IntEnum):

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from quotaflow.diameter.codec import encode_message
 from quotaflow.diameter.constants import HEADER_OCTETS, CcRequestType, CommandCode, ResultCode
@@ -70,8 +70,12 @@ ERROR_MESSAGE_CHARS_MAX = 200
 # Answers a retry may get differently: not kept for retransmissions.
 _TRANSIENT = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
 # Vendor-0 codes of what every CCR is keyed by.
-_SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM = 263, 264, 296
-_CC_REQUEST_NUMBER, _CC_REQUEST_TYPE, _AUTH_APPLICATION_ID = 415, 416, 258
+_SESSION_ID: Final = 263
+_ORIGIN_HOST: Final = 264
+_ORIGIN_REALM: Final = 296
+_CC_REQUEST_NUMBER: Final = 415
+_CC_REQUEST_TYPE: Final = 416
+_AUTH_APPLICATION_ID: Final = 258
 assert ECHOED == (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)  # Ccr.read's order
 
 

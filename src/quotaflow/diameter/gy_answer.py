@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from quotaflow.diameter.constants import (
     AVP_FLAG_MANDATORY,
@@ -37,9 +38,12 @@ _THRESHOLD_AVP = {
     Unit.EVENTS: "Unit-Quota-Threshold",
 }
 # Request AVPs a CCA echoes (vendor 0 codes), in the answer's order.
-_SESSION_ID, _AUTH_APPLICATION_ID, _CC_REQUEST_NUMBER, _CC_REQUEST_TYPE = 263, 258, 415, 416
+_SESSION_ID: Final = 263
+_AUTH_APPLICATION_ID: Final = 258
+_CC_REQUEST_NUMBER: Final = 415
+_CC_REQUEST_TYPE: Final = 416
 ECHOED = (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)
-_RESULT_CODE = 268
+_RESULT_CODE: Final = 268
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from quotaflow.diameter.constants import ResultCode
 from quotaflow.diameter.errors import ForeignCurrency, GyRequestError
@@ -28,8 +29,9 @@ from quotaflow.ledger import (
     UnknownSubscriber,
 )
 
-UINT32_MAX = 2**32 - 1
-MONEY_EXPONENT_MAX = 18  # |Exponent| of a CC-Money Unit-Value; beyond it the value is refused
+UINT32_MAX: Final = 2**32 - 1
+# |Exponent| of a CC-Money Unit-Value; beyond it the value is refused
+MONEY_EXPONENT_MAX: Final = 18
 MICROS_EXPONENT = -6  # money is held in micro-units of the currency
 
 # Subscription-Id-Type (RFC 4006 8.47) to the ledger's identity kinds.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 from quotaflow.diameter.constants import (
     APPLICATION_COMMON,
@@ -118,7 +119,9 @@ def normalize_answer(
         answer.add("Origin-Realm", origin_realm)
 
 
-_SESSION_ID, _ORIGIN_HOST, _ORIGIN_REALM = 263, 264, 296  # vendor-0 AVP codes
+_SESSION_ID: Final = 263  # vendor-0 AVP codes
+_ORIGIN_HOST: Final = 264
+_ORIGIN_REALM: Final = 296
 
 
 def build_capabilities(

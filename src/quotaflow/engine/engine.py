@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from quotaflow.engine.grants import GrantPolicy, RateTracker, UnitGrantLimits
 from quotaflow.engine.pools import PoolView, reclaimable, size_pool_grant
@@ -97,7 +97,7 @@ def _short(result: Result, lim: UnitGrantLimits) -> bool:
 
 
 Listener = Callable[[EngineEvent], None]
-SERVICES_PER_REQUEST_MAX = 64
+SERVICES_PER_REQUEST_MAX: Final = 64
 RECLAIM_MIN_AGE_S = 7  # measured with bench/sim_pools.py (docs/SHARED-POOLS.md)
 # Events interfaces act on (re-authorise, abort); they carry the open sessions.
 SESSION_EVENTS = frozenset({"credit_added", "barred", "abort", "reauthorize"})

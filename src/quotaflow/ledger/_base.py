@@ -24,9 +24,9 @@ AMOUNT_MAX = 2**62  # any single amount; keeps every sum far inside a signed 64-
 # instructions; now a few dozen).
 _AMOUNT_MAX_LESS_ONE: Final = 4_611_686_018_427_387_903
 _AMOUNT_MIN: Final = -4_611_686_018_427_387_904
-ID_LEN_MAX = 128
-OP_ID_LEN_MAX = 256  # room for an interface's prefix around a caller's id
-SESSION_SCAN_MS = 3_600_000  # how often the sweeper looks for idle sessions
+ID_LEN_MAX: Final = 128
+OP_ID_LEN_MAX: Final = 256  # room for an interface's prefix around a caller's id
+SESSION_SCAN_MS: Final = 3_600_000  # how often the sweeper looks for idle sessions
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -46,7 +46,7 @@ def _split(buckets: Iterable[Bucket], want: int) -> list[tuple[Bucket, int]]:
     return takes
 
 
-PROVIDERS_MAX = 8
+PROVIDERS_MAX: Final = 8
 
 
 def _month(now_ms: int) -> int:

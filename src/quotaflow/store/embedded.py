@@ -40,7 +40,7 @@ log = logging.getLogger("quotaflow.store")
 
 PRUNE_SLICE_ROWS = 10_000  # charging records deleted per transaction by retention
 SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is killed
-HAND_OVER_EVERY_OPS = 128  # while a commit is being written, offer the GIL this often
+HAND_OVER_EVERY_OPS: Final = 128  # while a commit is being written, offer the GIL this often
 # Charging records are inserted by one multi-row statement per commit, of up to
 # RECORD_ROWS_PER_STATEMENT rows (fewer where the SQLite build allows fewer parameters). The
 # writer thread needs the GIL back after each statement it runs, and while the event loop is busy
