@@ -49,14 +49,18 @@ from quotaflow.diameter import (
     new_session_id,
     serve_diameter,
 )
-from quotaflow.diameter.constants import FLAG_REQUEST, HEADER_OCTETS
+from quotaflow.diameter.constants import (
+    AVP_CC_REQUEST_NUMBER,
+    AVP_RESULT_CODE,
+    FLAG_REQUEST,
+    HEADER_OCTETS,
+)
 from quotaflow.diameter.messages import build_capabilities
 
 MB = 1_000_000
 CLIENT_HOST = "bench.pgw.test"
 CLIENT_REALM = "bench.test"
 SERVER_REALM = "quotaflow.local"
-RESULT_CODE, CC_REQUEST_NUMBER = 268, 415  # vendor-0 AVP codes the client reads or patches
 _S_AVP = struct.Struct(">II")
 
 
@@ -267,7 +271,7 @@ def _avp_offset(frame: bytes, code: int) -> int:
 
 def _result_code(frame: bytes) -> int:
     """The Result-Code of an answer (0 when it has none): the only AVP the client reads."""
-    offset = _avp_offset(frame, RESULT_CODE)
+    offset = _avp_offset(frame, AVP_RESULT_CODE)
     return int.from_bytes(frame[offset : offset + 4], "big") if offset > 0 else 0
 
 
@@ -278,7 +282,7 @@ class Template:
     __slots__ = ("head", "middle", "tail")
 
     def __init__(self, frame: bytes) -> None:
-        at = _avp_offset(frame, CC_REQUEST_NUMBER)
+        at = _avp_offset(frame, AVP_CC_REQUEST_NUMBER)
         assert at > 0, "a CCR has a CC-Request-Number"
         self.head, self.middle, self.tail = frame[:12], frame[20:at], frame[at + 4 :]
 

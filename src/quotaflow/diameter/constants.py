@@ -25,6 +25,15 @@ AVP_FLAG_VENDOR: Final = 0x80
 AVP_FLAG_MANDATORY: Final = 0x40
 AVP_FLAG_PROTECTED: Final = 0x20
 
+# Vendor-0 AVP codes that code matches on by number (every request and answer passes them).
+AVP_AUTH_APPLICATION_ID: Final = 258
+AVP_SESSION_ID: Final = 263
+AVP_ORIGIN_HOST: Final = 264
+AVP_RESULT_CODE: Final = 268
+AVP_ORIGIN_REALM: Final = 296
+AVP_CC_REQUEST_NUMBER: Final = 415
+AVP_CC_REQUEST_TYPE: Final = 416
+
 APPLICATION_COMMON: Final = 0
 APPLICATION_CREDIT_CONTROL: Final = 4
 APPLICATION_RELAY: Final = 0xFFFFFFFF

@@ -15,10 +15,21 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from quotaflow.diameter.codec import encode_message
-from quotaflow.diameter.constants import HEADER_OCTETS, CcRequestType, CommandCode, ResultCode
+from quotaflow.diameter.constants import (
+    AVP_AUTH_APPLICATION_ID,
+    AVP_CC_REQUEST_NUMBER,
+    AVP_CC_REQUEST_TYPE,
+    AVP_ORIGIN_HOST,
+    AVP_ORIGIN_REALM,
+    AVP_SESSION_ID,
+    HEADER_OCTETS,
+    CcRequestType,
+    CommandCode,
+    ResultCode,
+)
 from quotaflow.diameter.dictionary import Dictionary
 from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.events import PeerInfo
@@ -69,14 +80,8 @@ DEFAULT_CURRENCY_CODE = 978  # EUR, when the tariff's currency is not in ISO_421
 ERROR_MESSAGE_CHARS_MAX = 200
 # Answers a retry may get differently: not kept for retransmissions.
 _TRANSIENT = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
-# Vendor-0 codes of what every CCR is keyed by.
-_SESSION_ID: Final = 263
-_ORIGIN_HOST: Final = 264
-_ORIGIN_REALM: Final = 296
-_CC_REQUEST_NUMBER: Final = 415
-_CC_REQUEST_TYPE: Final = 416
-_AUTH_APPLICATION_ID: Final = 258
-assert ECHOED == (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)  # Ccr.read's order
+# Ccr.read builds the echoed AVPs in this order.
+assert ECHOED == (AVP_AUTH_APPLICATION_ID, AVP_CC_REQUEST_TYPE, AVP_CC_REQUEST_NUMBER)
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
@@ -124,22 +129,22 @@ class Ccr:
             if avp.vendor_id:
                 continue
             code = avp.code
-            if code == _SESSION_ID:
+            if code == AVP_SESSION_ID:
                 if session is None:
                     session = avp
-            elif code == _ORIGIN_HOST:
+            elif code == AVP_ORIGIN_HOST:
                 if host is None:
                     host = avp.value
-            elif code == _ORIGIN_REALM:
+            elif code == AVP_ORIGIN_REALM:
                 if realm is None:
                     realm = avp.value
-            elif code == _CC_REQUEST_NUMBER:
+            elif code == AVP_CC_REQUEST_NUMBER:
                 if number is None:
                     number = avp
-            elif code == _CC_REQUEST_TYPE:
+            elif code == AVP_CC_REQUEST_TYPE:
                 if kind is None:
                     kind = avp
-            elif code == _AUTH_APPLICATION_ID and auth is None:
+            elif code == AVP_AUTH_APPLICATION_ID and auth is None:
                 auth = avp
         # The grammar was checked on receipt: these are present, with these types.
         assert session is not None and isinstance(session.value, str)

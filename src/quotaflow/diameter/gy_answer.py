@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from quotaflow.diameter.constants import (
+    AVP_AUTH_APPLICATION_ID,
+    AVP_CC_REQUEST_NUMBER,
+    AVP_CC_REQUEST_TYPE,
     AVP_FLAG_MANDATORY,
     AVP_FLAG_VENDOR,
+    AVP_RESULT_CODE,
+    AVP_SESSION_ID,
     FLAG_PROXIABLE,
     ResultCode,
     is_protocol_error,
@@ -38,12 +42,7 @@ _THRESHOLD_AVP = {
     Unit.EVENTS: "Unit-Quota-Threshold",
 }
 # Request AVPs a CCA echoes (vendor 0 codes), in the answer's order.
-_SESSION_ID: Final = 263
-_AUTH_APPLICATION_ID: Final = 258
-_CC_REQUEST_NUMBER: Final = 415
-_CC_REQUEST_TYPE: Final = 416
-ECHOED = (_AUTH_APPLICATION_ID, _CC_REQUEST_TYPE, _CC_REQUEST_NUMBER)
-_RESULT_CODE: Final = 268
+ECHOED = (AVP_AUTH_APPLICATION_ID, AVP_CC_REQUEST_TYPE, AVP_CC_REQUEST_NUMBER)
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to
@@ -67,7 +66,7 @@ def echo_of(request: Message) -> Echo:
     for avp in request.avps:
         if avp.vendor_id:
             continue
-        if avp.code == _SESSION_ID and session is None:
+        if avp.code == AVP_SESSION_ID and session is None:
             session = avp
         elif avp.code in ECHOED and avp.code not in echoed:
             echoed[avp.code] = avp
@@ -77,7 +76,7 @@ def echo_of(request: Message) -> Echo:
 def result_code_of(answer: Message) -> int:
     """The top-level Result-Code (0 if none), found by code."""
     for avp in answer.avps:
-        if avp.code == _RESULT_CODE and not avp.vendor_id and isinstance(avp.value, int):
+        if avp.code == AVP_RESULT_CODE and not avp.vendor_id and isinstance(avp.value, int):
             return avp.value
     return 0
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
 
 from quotaflow.diameter.constants import (
     APPLICATION_COMMON,
     APPLICATION_CREDIT_CONTROL,
+    AVP_ORIGIN_HOST,
+    AVP_ORIGIN_REALM,
+    AVP_SESSION_ID,
     FLAG_ERROR,
     FLAG_PROXIABLE,
     CommandCode,
@@ -96,18 +98,20 @@ def normalize_answer(
     for avp in answer.avps:
         if not avp.vendor_id:
             code = avp.code
-            if code == _SESSION_ID:
+            if code == AVP_SESSION_ID:
                 sessions += 1
-            elif code == _ORIGIN_HOST:
+            elif code == AVP_ORIGIN_HOST:
                 has_host = True
-            elif code == _ORIGIN_REALM:
+            elif code == AVP_ORIGIN_REALM:
                 has_realm = True
     first = answer.avps[0] if answer.avps else None
     if sessions > 1 or (
-        sessions == 1 and (first is None or first.code != _SESSION_ID or first.vendor_id)
+        sessions == 1 and (first is None or first.code != AVP_SESSION_ID or first.vendor_id)
     ):
-        found = [avp for avp in answer.avps if avp.code == _SESSION_ID and avp.vendor_id == 0]
-        rest = [avp for avp in answer.avps if not (avp.code == _SESSION_ID and avp.vendor_id == 0)]
+        found = [avp for avp in answer.avps if avp.code == AVP_SESSION_ID and avp.vendor_id == 0]
+        rest = [
+            avp for avp in answer.avps if not (avp.code == AVP_SESSION_ID and avp.vendor_id == 0)
+        ]
         answer.avps = found[:1] + rest
     elif not sessions:
         session = request.find("Session-Id")
@@ -117,11 +121,6 @@ def normalize_answer(
         answer.add("Origin-Host", origin_host)
     if not has_realm:
         answer.add("Origin-Realm", origin_realm)
-
-
-_SESSION_ID: Final = 263  # vendor-0 AVP codes
-_ORIGIN_HOST: Final = 264
-_ORIGIN_REALM: Final = 296
 
 
 def build_capabilities(
