@@ -230,3 +230,23 @@ async def test_a_commit_with_more_records_than_one_statement_takes_keeps_them_al
     await store.close()
     rows = sqlite3.connect(tmp_path / "ledger.sqlite3").execute("SELECT body FROM cdr").fetchall()
     assert [orjson.loads(body)["n"] for (body,) in rows] == [0, 1, 2, 3, 4]
+
+
+async def test_a_store_refuses_to_start_on_a_journal_row_it_cannot_read(tmp_path: Path) -> None:
+    """A row of a batch format this release does not know (written by a newer one) stops the
+    start with a clear error: nothing is replayed half-way, and the row is left as it was."""
+    import sqlite3
+
+    from quotaflow.store.embedded import SCHEMA
+
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    db.executescript(SCHEMA)
+    row = orjson.dumps({"v": 3, "ops": ["create_subscriber"], "ids": ["c"], "args": [{}]})
+    db.execute("INSERT INTO journal VALUES (1, 1, ?)", (row,))
+    db.commit()
+    db.close()
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    with pytest.raises(ValueError, match="unknown batch format 3"):
+        await store.open()
+    kept = sqlite3.connect(tmp_path / "ledger.sqlite3").execute("SELECT records FROM journal")
+    assert kept.fetchall() == [(row,)]
