@@ -31,6 +31,7 @@ MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 PART_SUFFIX = ".part"
 ENTRY = struct.Struct(">Q8s")  # seq, first 8 bytes of the line's SHA-256
+_pack_entry = ENTRY.pack  # bound once: a method lookup per record otherwise
 DIGEST_BYTES = 8
 
 CSV_COLUMNS = (
@@ -73,7 +74,11 @@ def line_hash(line: bytes) -> str:
 
 
 def content_hash(fmt: LineFormat, line: bytes, prev: str) -> str:
-    return hashlib.sha256(fmt.content(line, prev)).hexdigest()
+    return content_digest(fmt, line, prev).hex()
+
+
+def content_digest(fmt: LineFormat, line: bytes, prev: str) -> bytes:
+    return hashlib.sha256(fmt.content(line, prev)).digest()
 
 
 class LineFormat:
@@ -163,8 +168,9 @@ def _one_line(text: str) -> str:
 FORMATS: dict[str, LineFormat] = {"jsonl": JsonLines(), "csv": Csv()}
 
 
-def pack_entry(seq: int, digest_hex: str) -> bytes:
-    return ENTRY.pack(seq, bytes.fromhex(digest_hex[: DIGEST_BYTES * 2]))
+def pack_entry(seq: int, digest: bytes) -> bytes:
+    """A manifest entry: the seq and the first DIGEST_BYTES of the content's digest."""
+    return _pack_entry(seq, digest[:DIGEST_BYTES])
 
 
 def unpack_entries(encoded: str) -> list[tuple[int, str]]:

@@ -5,6 +5,10 @@ and fsynced, then the position moves. A restart resumes from the position; a rec
 already holds is skipped by seq, so a crash between the write and the position update does not
 duplicate lines in files either.
 
+An embedded store also hands each record over as its commit ends (RecordOutbox): an exporter
+that keeps up takes them from there and reads the table only to catch up (after a start, or
+when it fell behind by more than the outbox holds).
+
 Subscriber identities are not in the stored record; they are joined here at export time from
 the store. Identities rarely change, but a record exported after a change (or after the
 subscriber was deleted) carries the identities of export time (or none).
@@ -22,6 +26,7 @@ from quotaflow.ledger import ChargingError
 from quotaflow.records._source import RecordFilter, RecordSource
 from quotaflow.records._writer import ChainWriter
 from quotaflow.store.base import Store
+from quotaflow.store.embedded import RecordOutbox
 
 log = logging.getLogger("quotaflow.records")
 
@@ -33,9 +38,10 @@ LINGER_S = 0.1
 
 
 async def with_identities(store: Store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each record with `identities` of its subscriber as the store knows them now."""
+    """The records, each given `identities` of its subscriber as the store knows them now.
+    They are changed in place: every caller passes records of its own (decoded from the table,
+    or handed over by the outbox)."""
     cache: dict[str, dict[str, str]] = {}
-    out = []
     for n, r in enumerate(records, 1):
         if n % 500 == 0:
             await asyncio.sleep(0)  # a batch of thousands would hold the loop for milliseconds
@@ -47,8 +53,8 @@ async def with_identities(store: Store, records: list[dict[str, Any]]) -> list[d
             except ChargingError:  # deleted since
                 ids = {}
             cache[sid] = ids
-        out.append({**r, "identities": ids})
-    return out
+        r["identities"] = ids
+    return records
 
 
 class Exporter:
@@ -63,6 +69,7 @@ class Exporter:
         poll_interval_s: float = 0.5,
         batch_records_max: int = BATCH_RECORDS_MAX,
         linger_s: float = LINGER_S,
+        outbox: RecordOutbox | None = None,
     ) -> None:
         assert writers and poll_interval_s > 0 and 0 < batch_records_max <= 100_000
         assert linger_s >= 0
@@ -77,6 +84,11 @@ class Exporter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-records-write")
+        self.outbox = outbox
+        # Every record with a seq up to this one is in the files: the position, or further
+        # when the table was read to its end (there are no records between the two).
+        self._exported_to = 0
+        self.from_outbox = 0  # records taken from the outbox rather than read from the table
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,6 +105,8 @@ class Exporter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.outbox is not None:
+            self.outbox.close()
         self._io.shutdown(wait=True)
 
     @property
@@ -118,9 +132,19 @@ class Exporter:
     async def step(self) -> int:
         """Export one batch; returns how many records were read (0: caught up)."""
         loop = asyncio.get_running_loop()
-        batch = await self.source.read(
-            RecordFilter(after_seq=self.position), self.batch_records_max
-        )
+        limit = self.batch_records_max
+        position = self.position
+        exported_to = max(position, self._exported_to)
+        batch = None if self.outbox is None else self.outbox.take(exported_to, limit)
+        table_end = -1
+        if batch is None:
+            # Committed before the read starts: a short page then holds every record up to it.
+            durable = getattr(self.store, "durable_seq", -1)
+            batch = await self.source.read(RecordFilter(after_seq=position), limit)
+            if len(batch) < limit:
+                table_end = durable
+        else:
+            self.from_outbox += len(batch)
         if batch:
             self.batches += 1
             enriched = await with_identities(self.store, batch)
@@ -129,6 +153,8 @@ class Exporter:
         else:
             for w in self.writers:
                 await loop.run_in_executor(self._io, w.rotate_if_due)
+        # Written (an exception above leaves both as they were).
+        self._exported_to = max(exported_to, table_end, self.position)
         return len(batch)
 
     async def seal(self) -> int:
@@ -144,5 +170,6 @@ class Exporter:
             "position": self.position,
             "batches": self.batches,
             "errors": self.errors,
+            "from_outbox": self.from_outbox,
             "writers": [w.status() for w in self.writers],
         }

@@ -78,12 +78,15 @@ class RecordService:
                 ChainWriter(self.export_dir / fmt, fmt, self.key, opts.rotation)
                 for fmt in opts.formats
             ]
+            # The embedded store hands records over as they commit (one consumer: the files).
+            handover = getattr(self.store, "record_outbox", None)
             self.exporter = Exporter(
                 self.store,
                 self.source(),
                 writers,
                 poll_interval_s=opts.poll_interval_s,
                 batch_records_max=opts.batch_records_max,
+                outbox=handover() if handover is not None else None,
             )
             await self.exporter.start()
         if opts.nats is not None:

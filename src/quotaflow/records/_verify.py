@@ -201,6 +201,10 @@ def _against_manifest(name: str, lines: list[_Line], manifest: dict[str, Any]) -
         return [Problem("manifest", f"entries unreadable: {exc}", name)]
     index = {seq: i for i, (seq, _) in enumerate(entries)}
     problems: list[Problem] = []
+    if len(index) != len(entries) or len(entries) != manifest.get("count"):
+        # Signed, yet not what was written: the writer listed records it never wrote.
+        what = f"{len(entries)} entries for {len(index)} seqs, count {manifest.get('count')}"
+        problems.append(Problem("manifest", f"entries do not add up: {what}", name))
     placed: list[tuple[int, _Line]] = []  # (listed index, line) for listed records, file order
     seen: set[int] = set()
     for line in lines:

@@ -29,7 +29,7 @@ from quotaflow.records._chain import (
     PART_SUFFIX,
     MalformedLine,
     SealedFile,
-    content_hash,
+    content_digest,
     line_hash,
     pack_entry,
     sign_manifest,
@@ -62,6 +62,8 @@ class _Open:
     first_seq: int = 0
     last_seq: int = 0
     entries: bytearray = field(default_factory=bytearray)
+    # SHA-256 of the bytes written so far, for the manifest: sealing then reads nothing back.
+    file_hash: Any = field(default_factory=hashlib.sha256)
 
 
 # This loop runs compiled, on the exporter's thread, and compiled code never offers the GIL
@@ -144,9 +146,10 @@ class ChainWriter:
                 state.prev_head, state.first_seq = prev, seq
             state.count += 1
             state.last_seq = seq
-            state.entries += pack_entry(seq, content_hash(self.format, line, prev))
+            state.entries += pack_entry(seq, content_digest(self.format, line, prev))
             kept += len(line) + 1
         state.size_bytes = kept
+        state.file_hash = hashlib.sha256(raw[:kept])
         state.created_ms = int(path.stat().st_mtime * 1000)
         return state, torn
 
@@ -199,17 +202,21 @@ class ChainWriter:
         path = self.folder / f"cdr-{first_seq:012d}.{self.format.name}{PART_SUFFIX}"
         state = _Open(path, self.head, now_ms, first_seq=first_seq)
         if self.format.header is not None:
+            header = self.format.header + b"\n"
             with open(path, "wb") as f:
-                f.write(self.format.header + b"\n")
-            state.size_bytes = len(self.format.header) + 1
+                f.write(header)
+            state.size_bytes = len(header)
+            state.file_hash.update(header)
         self._open = state
         return state
 
     def _write_lines(self, state: _Open, records: list[dict[str, Any]]) -> int:
         """Write as many records as fit before a size or count limit; returns how many."""
         out = bytearray()
+        entries = bytearray()  # the state's only once the lines are written
         head = self.head
         rot = self.rotation
+        fmt = self.format
         n = 0
         while n < len(records) and (
             state.count + n == 0  # a file holds at least one record, whatever the limits
@@ -219,10 +226,11 @@ class ChainWriter:
             )
         ):
             r = records[n]
-            line = self.format.encode(r, head)
-            state.entries += pack_entry(r["seq"], content_hash(self.format, line, head))
+            line = fmt.encode(r, head)
+            entries += pack_entry(r["seq"], content_digest(fmt, line, head))
             head = line_hash(line)
-            out += line + b"\n"
+            out += line
+            out += b"\n"
             n += 1
             if n % YIELD_EVERY_LINES == 0:
                 time.sleep(0)  # let the event loop's thread have the GIL (see YIELD_EVERY_LINES)
@@ -232,6 +240,8 @@ class ChainWriter:
             f.write(out)
             f.flush()
             os.fsync(f.fileno())
+        state.entries += entries
+        state.file_hash.update(out)
         if state.count == 0:
             state.first_seq = records[0]["seq"]
         state.count += n
@@ -278,7 +288,11 @@ class ChainWriter:
     def _write_manifest(
         self, data: Path, state: _Open, head: str, now_ms: int | None = None
     ) -> None:
-        digest = hashlib.sha256(data.read_bytes()).hexdigest()
+        size_bytes = data.stat().st_size
+        if size_bytes == state.size_bytes:
+            digest = state.file_hash.hexdigest()
+        else:  # not only what this writer wrote (a failed write left part of a line): as it is
+            digest = hashlib.sha256(data.read_bytes()).hexdigest()
         sealed = SealedFile(
             file=data.name,
             format=self.format.name,
@@ -288,7 +302,7 @@ class ChainWriter:
             prev_head=state.prev_head,
             head=head,
             file_sha256=digest,
-            size_bytes=data.stat().st_size,
+            size_bytes=size_bytes,
             created_ms=state.created_ms,
             sealed_ms=_now_ms() if now_ms is None else now_ms,
             entries=bytes(state.entries),

@@ -21,6 +21,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
@@ -76,6 +77,63 @@ CREATE TABLE IF NOT EXISTS snapshot (
 
 Record = tuple[int, int, str, bytes]  # (seq, at_ms, subscriber id, JSON body)
 RECORDED_FIELDS = ("unit", "rating_group", "used_units", "units", "amount")
+# Committed charging records held for the exporter (see RecordOutbox) before the oldest are
+# dropped and it reads them back from the cdr table instead.
+OUTBOX_RECORDS_MAX: Final = 20_000
+
+
+class RecordOutbox:
+    """Charging records handed to one consumer (the file exporter) as their commit ends.
+
+    An exporter that keeps up then takes each record as the dict it was written from, instead
+    of reading the row back and decoding its JSON (a tenth of the CPU of a Gy request went to
+    following the cdr table). It changes nothing durable: a record is taken only once it is
+    committed, and whatever the outbox cannot vouch for is read from the table as before.
+
+    `floor_seq`: every record committed with a greater seq is still here or was taken. A take
+    after a seq below it is refused (None): the consumer reads the table.
+    """
+
+    def __init__(self, floor_seq: int, records_max: int = OUTBOX_RECORDS_MAX) -> None:
+        assert records_max > 0
+        self.floor_seq = floor_seq
+        self.records_max = records_max
+        self.dropped = 0
+        self.closed = False
+        self._records: deque[dict[str, Any]] = deque()
+
+    def close(self) -> None:
+        """The consumer is gone: the store stops delivering (and may hand out a new one)."""
+        self.closed = True
+        self._records.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def deliver(self, bodies: list[dict[str, Any]]) -> None:
+        """A commit's records, oldest first (on the event loop, once the commit ended)."""
+        held = self._records
+        held.extend(bodies)
+        over = len(held) - self.records_max
+        if over > 0:  # the consumer is behind: it reads the oldest from the table
+            for _ in range(over):
+                dropped = held.popleft()
+            self.floor_seq = dropped["seq"]
+            self.dropped += over
+
+    def take(self, after_seq: int, limit: int) -> list[dict[str, Any]] | None:
+        """Up to `limit` committed records with seq > after_seq, oldest first, handed over
+        (they are the caller's to change); None when some of them may be only in the table."""
+        if after_seq < self.floor_seq:
+            return None
+        held = self._records
+        while held and held[0]["seq"] <= after_seq:
+            held.popleft()
+        taken = [held.popleft() for _ in range(min(limit, len(held)))]
+        if taken:
+            # A consumer that fails to write these asks again from before them: the table.
+            self.floor_seq = taken[-1]["seq"]
+        return taken
 
 
 class EmbeddedStore:
@@ -109,6 +167,8 @@ class EmbeddedStore:
         self._seq = 0
         self._batch = Batch(1)  # what was applied since the last commit
         self._records: list[Record] = []
+        self._bodies: list[dict[str, Any]] = []  # the records' dicts, for the outbox
+        self._outbox: RecordOutbox | None = None
         self._barrier: Barrier | None = None
         self._committing = False
         self._since_snapshot = 0
@@ -120,6 +180,7 @@ class EmbeddedStore:
         self._record_rows = 1  # charging records per INSERT, set by open()
         self.commits = 0
         self.committed_rows = 0
+        self.durable_seq = 0  # the last operation committed (every one before it is too)
         self.last_commit_s = 0.0
         # Observed on the event loop once each commit is reported (metrics.watch_store).
         self.commit_seconds = Latencies(COMMIT_SECONDS_BUCKETS)
@@ -181,6 +242,7 @@ class EmbeddedStore:
                     replayed += 1
         self._since_snapshot = replayed
         self._batch = Batch(self._seq + 1)
+        self.durable_seq = self._seq
         return replayed
 
     def _replay(
@@ -255,16 +317,14 @@ class EmbeddedStore:
             batch.add(op, op_id, content, now, False)
             record = args.get("record")
             if record is not None:
-                self._records.append(self._record(op, args, result, record, now))
+                self._record(op, args, result, record, now)
             if self._committing and not self._seq % HAND_OVER_EVERY_OPS:
                 # Compiled code never offers the GIL: the writer thread, back from SQLite,
                 # would wait a whole switch interval (5 ms) to report the commit done.
                 time.sleep(0)
         return result, self.pending()
 
-    def _record(
-        self, op: str, args: dict[str, Any], result: Result, record: Any, now: int
-    ) -> Record:
+    def _record(self, op: str, args: dict[str, Any], result: Result, record: Any, now: int) -> None:
         body: dict[str, Any] = {"seq": self._seq, "at_ms": now, "op": op}
         if isinstance(record, dict):
             body.update(record)
@@ -276,7 +336,10 @@ class EmbeddedStore:
         for key in ("posted_units", "unpaid_units", "units", "drawn", "cost_micros", "amount"):
             if key in result:
                 body[key] = result[key]
-        return (self._seq, now, subscriber_id, _dumps(body))
+        self._records.append((self._seq, now, subscriber_id, _dumps(body)))
+        outbox = self._outbox
+        if outbox is not None and not outbox.closed:
+            self._bodies.append(body)
 
     def pending(self) -> asyncio.Future[None] | None:
         """The barrier of everything applied so far, or None when all of it is durable."""
@@ -320,14 +383,16 @@ class EmbeddedStore:
         int,
         tuple[int, bytes | Path] | None,
         list[Record],
+        list[dict[str, Any]],
         asyncio.Future[None] | None,
     ]:
         """Everything applied since the last commit, ready for `_write`; starts a new batch."""
         # A forked snapshot that finished is stored with this batch: everything up to its
         # sequence number was in earlier batches, all committed by now.
         snapshot: tuple[int, bytes | Path] | None = self._finished_snapshot()
-        taken, records, barrier = self._batch, self._records, self._barrier
-        self._batch, self._records, self._barrier = Batch(self._seq + 1), [], None
+        taken, records, bodies, barrier = self._batch, self._records, self._bodies, self._barrier
+        self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
+        self._barrier = None
         count = len(taken)
         self._since_snapshot += count
         if self._since_snapshot >= self.snapshot_every_ops and self._snapshot_child is None:
@@ -336,7 +401,7 @@ class EmbeddedStore:
                 snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
         # Encoded here, so the writer thread needs the GIL only briefly.
         batch = (taken.last_seq, taken.first_seq, taken.encode()) if count else None
-        return batch, count, snapshot, records, barrier
+        return batch, count, snapshot, records, bodies, barrier
 
     def _fork_snapshot(self) -> bool:
         """Start a child that writes the state as it is now to a file. False if it cannot."""
@@ -389,7 +454,7 @@ class EmbeddedStore:
         return seq, path
 
     def _write_now(self) -> None:
-        batch, count, snapshot, records, barrier = self._take()
+        batch, count, snapshot, records, bodies, barrier = self._take()
         try:
             # On the writer thread, as every other use of the connection (snapshots, pruning):
             # written from here, it raced them inside one SQLite transaction.
@@ -397,15 +462,35 @@ class EmbeddedStore:
         except BaseException as exc:  # fail-stop, as in the group commit
             self._failed = exc
             raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
-        self.commit_seconds.observe(self.last_commit_s)
+        self._committed(batch, bodies)
         if barrier is not None and not barrier.done():
             barrier.set_result(None)
+
+    def _committed(
+        self, batch: tuple[int, int, bytes] | None, bodies: list[dict[str, Any]]
+    ) -> None:
+        """A commit ended: its duration to the histogram, its records to the outbox."""
+        if batch is not None:
+            self.durable_seq = batch[0]
+        self.commit_seconds.observe(self.last_commit_s)
+        outbox = self._outbox
+        if bodies and outbox is not None and not outbox.closed:
+            outbox.deliver(bodies)
+
+    def record_outbox(self, records_max: int = OUTBOX_RECORDS_MAX) -> RecordOutbox:
+        """Hand every charging record committed from now on to one consumer (RecordOutbox),
+        until it closes the outbox."""
+        if self._outbox is not None and not self._outbox.closed:
+            raise RuntimeError("the store's record outbox has a consumer already")
+        # Records applied before now are only in the table (once committed: durable_seq).
+        self._outbox = RecordOutbox(self._seq, records_max)
+        return self._outbox
 
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while len(self._batch) or self._barrier is not None:
-                batch, count, snapshot, records, barrier = self._take()
+                batch, count, snapshot, records, bodies, barrier = self._take()
                 try:
                     await loop.run_in_executor(
                         self._writer, self._write, batch, count, snapshot, records
@@ -417,10 +502,10 @@ class EmbeddedStore:
                     for b in (barrier, self._barrier):
                         if b is not None and not b.done():
                             b.set_exception(failure)
-                    self._batch, self._records = Batch(self._seq + 1), []
+                    self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
                     self._barrier = None
                     return
-                self.commit_seconds.observe(self.last_commit_s)
+                self._committed(batch, bodies)
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
         finally:
