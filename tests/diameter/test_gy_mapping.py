@@ -267,3 +267,25 @@ async def test_answers_not_kept_do_not_use_up_the_table() -> None:
     assert len(cache) == 2
     await cache.answer(("s", 2, 0), request, _answering(5030), keep)
     assert cache.hits == 1  # the first answer is still kept
+
+
+async def test_copies_arriving_while_the_first_is_charged_wait_for_its_answer() -> None:
+    """Computed once; each copy gets the first answer once it is sealed. Without a copy no
+    future is made at all."""
+    cache = AnswerCache(entries_max=8, age_max_s=60, seal=_seal)
+    request = Message(272, 4, flags=FLAG_REQUEST)
+    computed: list[int] = []
+    compute = _answering(2001, computed, pause_s=0.01)
+
+    first = asyncio.ensure_future(cache.answer(("s", 2, 1), request, compute, lambda a: True))
+    await asyncio.sleep(0)
+    copies = [
+        asyncio.ensure_future(cache.answer(("s", 2, 1), request, compute, lambda a: True))
+        for _ in range(2)
+    ]
+    answers = await asyncio.wait_for(asyncio.gather(first, *copies), 2)
+    assert computed == [2001] and cache.hits == 2
+    assert [a.get("Result-Code") for a in answers] == [2001, 2001, 2001]
+    assert answers[1] is not answers[0] and answers[1].avps_wire == answers[0].avps_wire
+    await cache.answer(("s", 2, 2), request, _answering(2001), lambda a: True)
+    assert cache._entries[("s", 2, 2)].waiting is None

@@ -74,7 +74,9 @@ class Grammar:
 
     rules: tuple[Rule, ...]
     open: bool
-    index: Mapping[str, Rule] = field(default_factory=dict, compare=False)
+    # A dict, not a Mapping: compiled code then looks a name up natively, not by a method call
+    # (once per AVP received).
+    index: dict[str, Rule] = field(default_factory=dict, compare=False)
     # The rules with a minimum, checked for every message: most rules of a CCR have none.
     required: tuple[Rule, ...] = field(default=(), compare=False)
 

@@ -50,14 +50,17 @@ def unseal(frame: bytes, request: Message) -> Message:
 
 
 class _Kept:
-    """One key's first answer: a future while it is being charged, then the sealed frame."""
+    """One key's first answer: None while it is being charged, then the sealed frame. A copy
+    arriving meanwhile waits on `waiting`, made only then (copies are rare; a future per
+    request is not free)."""
 
-    __slots__ = ("at", "first", "gone", "key")
+    __slots__ = ("at", "first", "gone", "key", "waiting")
 
-    def __init__(self, key: AnswerKey, at: float, first: asyncio.Future[Message] | bytes) -> None:
+    def __init__(self, key: AnswerKey, at: float) -> None:
         self.key = key
         self.at = at
-        self.first = first
+        self.first: bytes | None = None
+        self.waiting: asyncio.Future[Message] | None = None
         self.gone = False  # replaced or discarded: no longer in the table
 
 
@@ -94,16 +97,15 @@ class AnswerCache:
         if kept is not None and now - kept.at <= self._age_max_s:
             self.hits += 1
             first = kept.first
-            if isinstance(first, bytes):
+            if first is not None:
                 return unseal(first, request)
-            return copy_answer(await asyncio.shield(first))
-        loop = self._loop
-        if loop is None:  # asyncio.get_running_loop() costs a getpid() system call each time
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Message] = loop.create_future()
+            waiting = kept.waiting
+            if waiting is None:
+                waiting = kept.waiting = self._running_loop().create_future()
+            return copy_answer(await asyncio.shield(waiting))
         if kept is not None:  # expired: replaced
             kept.gone = True
-        kept = entries[key] = _Kept(key, now, future)
+        kept = entries[key] = _Kept(key, now)
         self._order.append(kept)
         self._evict(now)
         try:
@@ -112,14 +114,23 @@ class AnswerCache:
             frame = self._seal(request, answer)
         except BaseException as exc:
             self._discard(kept)
-            future.set_exception(exc)
-            future.exception()  # retrieved: no copy may be waiting for it
+            waiting = kept.waiting
+            if waiting is not None:
+                waiting.set_exception(exc)
+                waiting.exception()  # retrieved: every copy may have gone meanwhile
             raise
         kept.first = frame
-        future.set_result(answer)
+        if kept.waiting is not None:
+            kept.waiting.set_result(answer)
         if not keep(answer):
             self._discard(kept)
         return answer
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:  # asyncio.get_running_loop() costs a getpid() system call each time
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _evict(self, now: float) -> None:
         order, entries = self._order, self._entries
