@@ -6,6 +6,7 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Final
 
 from quotaflow.diameter.constants import ResultCode
 from quotaflow.diameter.dictionary import FIXED_SIZE_OCTETS, AvpDef, AvpType
@@ -13,20 +14,20 @@ from quotaflow.diameter.errors import ValueProblem
 from quotaflow.diameter.message import AvpValue, RawAddress
 
 # NTP era 0 starts 1900-01-01; Unix time starts 2 208 988 800 s later.
-_NTP_UNIX_OFFSET_S = 2_208_988_800
+_NTP_UNIX_OFFSET_S: Final = 2_208_988_800
 # RFC 4330 section 3: with the top bit clear, a 32-bit NTP value is in era 1 (from 2036-02-07).
-_NTP_ERA_S = 1 << 32
+_NTP_ERA_S: Final = 1 << 32
 
-_ADDRESS_FAMILY_IPV4 = 1
-_ADDRESS_FAMILY_IPV6 = 2
+_ADDRESS_FAMILY_IPV4: Final = 1
+_ADDRESS_FAMILY_IPV6: Final = 2
 
 _S_I32 = struct.Struct(">i")
 _S_I64 = struct.Struct(">q")
-_S_U32 = struct.Struct(">I")
+_S_U32: Final = struct.Struct(">I")
 _S_U64 = struct.Struct(">Q")
 _S_F32 = struct.Struct(">f")
 _S_F64 = struct.Struct(">d")
-_S_U16 = struct.Struct(">H")
+_S_U16: Final = struct.Struct(">H")
 
 
 def decode_value(definition: AvpDef, data: bytes) -> AvpValue:
@@ -170,7 +171,7 @@ def _int(unpacker: struct.Struct) -> Callable[[bytes], AvpValue]:
     return decode
 
 
-_UNPACKERS: dict[AvpType, struct.Struct] = {
+_UNPACKERS: Final[dict[AvpType, struct.Struct]] = {
     AvpType.INTEGER32: _S_I32,
     AvpType.ENUMERATED: _S_I32,
     AvpType.INTEGER64: _S_I64,
@@ -181,7 +182,7 @@ _UNPACKERS: dict[AvpType, struct.Struct] = {
     AvpType.TIME: _S_U32,
 }
 
-_DECODERS: dict[AvpType, Callable[[bytes], AvpValue]] = {
+_DECODERS: Final[dict[AvpType, Callable[[bytes], AvpValue]]] = {
     AvpType.OCTET_STRING: bytes,
     AvpType.IP_FILTER_RULE: bytes,
     AvpType.INTEGER32: _int(_S_I32),
@@ -262,7 +263,7 @@ def _enc_time(value: AvpValue) -> bytes:
     return _S_U32.pack(ntp_s % _NTP_ERA_S)
 
 
-_ENCODERS: dict[AvpType, Callable[[AvpValue], bytes]] = {
+_ENCODERS: Final[dict[AvpType, Callable[[AvpValue], bytes]]] = {
     AvpType.OCTET_STRING: _enc_bytes,
     AvpType.IP_FILTER_RULE: _enc_bytes,
     AvpType.INTEGER32: _enc_int(_S_I32),

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-VENDOR_NONE = 0
+VENDOR_NONE: Final = 0
 VENDOR_3GPP = 10415
 VENDOR_3GPP2 = 5535
 

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from quotaflow.diameter.codec import encode_message
 from quotaflow.diameter.constants import (
@@ -70,16 +70,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("quotaflow.diameter.gy")
 
-_STEPS: dict[int, str] = {
+_STEPS: Final[dict[int, str]] = {
     CcRequestType.INITIAL: "initial",
     CcRequestType.UPDATE: "update",
     CcRequestType.TERMINATION: "termination",
     CcRequestType.EVENT: "event",
 }
-DEFAULT_CURRENCY_CODE = 978  # EUR, when the tariff's currency is not in ISO_4217
-ERROR_MESSAGE_CHARS_MAX = 200
+DEFAULT_CURRENCY_CODE: Final = 978  # EUR, when the tariff's currency is not in ISO_4217
+ERROR_MESSAGE_CHARS_MAX: Final = 200
 # Answers a retry may get differently: not kept for retransmissions.
-_TRANSIENT = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
+_TRANSIENT: Final = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
 # Ccr.read builds the echoed AVPs in this order.
 assert ECHOED == (AVP_AUTH_APPLICATION_ID, AVP_CC_REQUEST_TYPE, AVP_CC_REQUEST_NUMBER)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from quotaflow.diameter.constants import (
     AVP_AUTH_APPLICATION_ID,
@@ -31,18 +32,18 @@ from quotaflow.diameter.messages import make_answer
 from quotaflow.engine import ServiceAnswer, ServiceResult
 from quotaflow.ledger import Unit
 
-_GRANT_AVP = {
+_GRANT_AVP: Final = {
     Unit.OCTETS: "CC-Total-Octets",
     Unit.SECONDS: "CC-Time",
     Unit.EVENTS: "CC-Service-Specific-Units",
 }
-_THRESHOLD_AVP = {
+_THRESHOLD_AVP: Final = {
     Unit.OCTETS: "Volume-Quota-Threshold",
     Unit.SECONDS: "Time-Quota-Threshold",
     Unit.EVENTS: "Unit-Quota-Threshold",
 }
 # Request AVPs a CCA echoes (vendor 0 codes), in the answer's order.
-ECHOED = (AVP_AUTH_APPLICATION_ID, AVP_CC_REQUEST_TYPE, AVP_CC_REQUEST_NUMBER)
+ECHOED: Final = (AVP_AUTH_APPLICATION_ID, AVP_CC_REQUEST_TYPE, AVP_CC_REQUEST_NUMBER)
 
 
 # Not frozen: one is made for every request and a frozen dataclass costs ~5x as much to

@@ -32,10 +32,10 @@ from quotaflow.ledger import (
 UINT32_MAX: Final = 2**32 - 1
 # |Exponent| of a CC-Money Unit-Value; beyond it the value is refused
 MONEY_EXPONENT_MAX: Final = 18
-MICROS_EXPONENT = -6  # money is held in micro-units of the currency
+MICROS_EXPONENT: Final = -6  # money is held in micro-units of the currency
 
 # Subscription-Id-Type (RFC 4006 8.47) to the ledger's identity kinds.
-IDENTITY_KINDS = {0: "msisdn", 1: "imsi", 2: "sip_uri", 3: "nai"}
+IDENTITY_KINDS: Final = {0: "msisdn", 1: "imsi", 2: "sip_uri", 3: "nai"}
 # ISO 4217 numeric codes of the tariff's currency (Currency-Code, RFC 4006 8.11).
 ISO_4217 = {
     "AUD": 36, "BRL": 986, "CAD": 124, "CHF": 756, "CNY": 156, "CZK": 203, "DKK": 208,
@@ -44,15 +44,23 @@ ISO_4217 = {
 }  # fmt: skip
 
 # When a request names several units, the one charged (after the rating group's own unit).
-_UNIT_ORDER = (Unit.OCTETS, Unit.SECONDS, Unit.EVENTS, Unit.MONEY)
+_UNIT_ORDER: Final = (Unit.OCTETS, Unit.SECONDS, Unit.EVENTS, Unit.MONEY)
 # RFC 4006 AVP codes (vendor 0) read on every request: matched by code, not by name.
-_CC_INPUT_OCTETS, _CC_MONEY, _CC_OUTPUT_OCTETS = 412, 413, 414
-_CC_SERVICE_SPECIFIC_UNITS, _CC_TIME, _CC_TOTAL_OCTETS = 417, 420, 421
-_RATING_GROUP, _RSU, _SERVICE_IDENTIFIER, _USU, _MSCC = 432, 437, 439, 446, 456
+_CC_INPUT_OCTETS: Final = 412
+_CC_MONEY: Final = 413
+_CC_OUTPUT_OCTETS: Final = 414
+_CC_SERVICE_SPECIFIC_UNITS: Final = 417
+_CC_TIME: Final = 420
+_CC_TOTAL_OCTETS: Final = 421
+_RATING_GROUP: Final = 432
+_RSU: Final = 437
+_SERVICE_IDENTIFIER: Final = 439
+_USU: Final = 446
+_MSCC: Final = 456
 
 # Engine errors to Result-Code, most specific class first. StoreUnavailable (code
 # "store_unavailable") becomes 3004 TOO_BUSY so that a client may fail over to another server.
-_ERROR_CODES: tuple[tuple[type[ChargingError], int], ...] = (
+_ERROR_CODES: Final[tuple[tuple[type[ChargingError], int], ...]] = (
     (UnknownSubscriber, ResultCode.USER_UNKNOWN),
     (SubscriberBarred, ResultCode.END_USER_SERVICE_DENIED),
     (NoCredit, ResultCode.CREDIT_LIMIT_REACHED),

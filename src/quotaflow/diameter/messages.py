@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 from quotaflow.diameter.constants import (
     APPLICATION_COMMON,
@@ -21,11 +22,11 @@ from quotaflow.diameter.dictionary import VENDOR_3GPP
 from quotaflow.diameter.message import Avp, BuildValue, IPAddress, Message
 
 # Avoid Session-Id collisions across restarts: RFC 6733 8.8 suggests a high part from boot time.
-_SESSION_HIGH = int.from_bytes(os.urandom(4), "big")
+_SESSION_HIGH: Final = int.from_bytes(os.urandom(4), "big")
 _session_counter = itertools.count(1)
 
 # AVPs every answer starts with, in this order (Session-Id first: freeDiameter insists).
-_ANSWER_HEAD = ("Session-Id", "Result-Code", "Origin-Host", "Origin-Realm")
+_ANSWER_HEAD: Final = ("Session-Id", "Result-Code", "Origin-Host", "Origin-Realm")
 
 
 def new_session_id(origin_host: str, optional: str | None = None) -> str:

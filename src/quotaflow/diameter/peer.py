@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Final
 
 from quotaflow.diameter.codec import encode_message, salvage_avps
 from quotaflow.diameter.constants import (
@@ -446,7 +447,7 @@ class PeerConnection:
         return ConnectionClosed(reason, pending)
 
 
-_PEER_COMMANDS = frozenset(
+_PEER_COMMANDS: Final = frozenset(
     {CommandCode.CAPABILITIES_EXCHANGE, CommandCode.DEVICE_WATCHDOG, CommandCode.DISCONNECT_PEER}
 )
 

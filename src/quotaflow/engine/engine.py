@@ -98,10 +98,10 @@ def _short(result: Result, lim: UnitGrantLimits) -> bool:
 
 Listener = Callable[[EngineEvent], None]
 SERVICES_PER_REQUEST_MAX: Final = 64
-RECLAIM_MIN_AGE_S = 7  # measured with bench/sim_pools.py (docs/SHARED-POOLS.md)
+RECLAIM_MIN_AGE_S: Final = 7  # measured with bench/sim_pools.py (docs/SHARED-POOLS.md)
 # Events interfaces act on (re-authorise, abort); they carry the open sessions.
-SESSION_EVENTS = frozenset({"credit_added", "barred", "abort", "reauthorize"})
-IDENTITY_PREFIXES = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
+SESSION_EVENTS: Final = frozenset({"credit_added", "barred", "abort", "reauthorize"})
+IDENTITY_PREFIXES: Final = {"imsi-": "imsi", "nai-": "nai", "msisdn-": "msisdn", "sip:": "sip_uri"}
 
 
 def split_identity(identity: str) -> tuple[str, str]:

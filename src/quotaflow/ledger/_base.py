@@ -18,7 +18,7 @@ from quotaflow.ledger.transfers import Offer, Transfer, TransferLimits, Voucher
 Result = dict[str, Any]
 Args = dict[str, Any]
 
-AMOUNT_MAX = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
+AMOUNT_MAX: Final = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
 # The same bounds as literals that compiled comparisons use unboxed: 2**62 itself lies just past
 # mypyc's unboxed integers, which made every amount check a boxed comparison (about 550
 # instructions; now a few dozen).
@@ -107,9 +107,9 @@ def _choice(table: dict[str, E], value: Any, name: str) -> E:
     return found
 
 
-_UNITS: dict[str, Unit] = {u.value: u for u in Unit}
-_STATUSES: dict[str, Status] = {s.value: s for s in Status}
-_ORIGINS: dict[str, Origin] = {o.value: o for o in Origin}
+_UNITS: Final[dict[str, Unit]] = {u.value: u for u in Unit}
+_STATUSES: Final[dict[str, Status]] = {s.value: s for s in Status}
+_ORIGINS: Final[dict[str, Origin]] = {o.value: o for o in Origin}
 
 
 def _unit(value: Any) -> Unit:

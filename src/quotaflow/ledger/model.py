@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 
 class Unit(StrEnum):
@@ -36,8 +36,8 @@ class Status(StrEnum):
     BARRED = "barred"
 
 
-IDENTITY_KINDS = ("msisdn", "imsi", "nai", "sip_uri")
-NEVER_MS = 2**62  # "no expiry": later than any real clock, still an int for sorting
+IDENTITY_KINDS: Final = ("msisdn", "imsi", "nai", "sip_uri")
+NEVER_MS: Final = 2**62  # "no expiry": later than any real clock, still an int for sorting
 
 
 # Made for every priced request: an explicit __init__ and not frozen (see the note above Leg),
@@ -312,7 +312,7 @@ class Reservation:
         )
 
 
-COUNTER_NAMES = (
+COUNTER_NAMES: Final = (
     "credited",  # bucket creation, top-ups, positive adjustments
     "refunded",
     "transferred_in",

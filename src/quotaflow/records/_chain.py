@@ -30,11 +30,11 @@ _SORT_KEYS: Final = orjson.OPT_SORT_KEYS  # per record: spares a module attribut
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 PART_SUFFIX = ".part"
-ENTRY = struct.Struct(">Q8s")  # seq, first 8 bytes of the line's SHA-256
-_pack_entry = ENTRY.pack  # bound once: a method lookup per record otherwise
-DIGEST_BYTES = 8
+ENTRY: Final = struct.Struct(">Q8s")  # seq, first 8 bytes of the line's SHA-256
+_pack_entry: Final = ENTRY.pack  # bound once: a method lookup per record otherwise
+DIGEST_BYTES: Final = 8
 
-CSV_COLUMNS = (
+CSV_COLUMNS: Final = (
     "seq",
     "at_ms",
     "subscriber_id",

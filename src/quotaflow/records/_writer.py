@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,7 +37,7 @@ from quotaflow.records._chain import (
 
 log = logging.getLogger("quotaflow.records")
 
-POSITION_FILE = "position.json"
+POSITION_FILE: Final = "position.json"
 
 
 @dataclass(slots=True)
@@ -70,7 +70,7 @@ class _Open:
 # to another thread by itself: a batch of 5,000 records held the event loop for 33 ms. Every
 # this many lines it lets go (about 0.3 ms of work), so the loop waits no longer than for any
 # interpreted thread (the 5 ms switch interval).
-YIELD_EVERY_LINES = 64
+YIELD_EVERY_LINES: Final = 64
 
 
 def _now_ms() -> int:

@@ -39,8 +39,8 @@ from quotaflow.tally import Latencies
 
 log = logging.getLogger("quotaflow.store")
 
-PRUNE_SLICE_ROWS = 10_000  # charging records deleted per transaction by retention
-SNAPSHOT_CHILD_TIMEOUT_S = 3_600  # a child that has not finished by then is killed
+PRUNE_SLICE_ROWS: Final = 10_000  # charging records deleted per transaction by retention
+SNAPSHOT_CHILD_TIMEOUT_S: Final = 3_600  # a child that has not finished by then is killed
 HAND_OVER_EVERY_OPS: Final = 128  # while a commit is being written, offer the GIL this often
 # Charging records are inserted by one multi-row statement per commit, of up to
 # RECORD_ROWS_PER_STATEMENT rows (fewer where the SQLite build allows fewer parameters). The
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS snapshot (
 """
 
 Record = tuple[int, int, str, bytes]  # (seq, at_ms, subscriber id, JSON body)
-RECORDED_FIELDS = ("unit", "rating_group", "used_units", "units", "amount")
+RECORDED_FIELDS: Final = ("unit", "rating_group", "used_units", "units", "amount")
 # Committed charging records held for the exporter (see RecordOutbox) before the oldest are
 # dropped and it reads them back from the cdr table instead.
 OUTBOX_RECORDS_MAX: Final = 20_000
@@ -703,7 +703,7 @@ def _insert_records(db: sqlite3.Connection, records: list[Record], rows_max: int
         db.execute(_insert_sql(size), params)
 
 
-_INSERT_SQL: dict[int, str] = {}
+_INSERT_SQL: Final[dict[int, str]] = {}
 
 
 def _insert_sql(rows: int) -> str:
