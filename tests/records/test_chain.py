@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from quotaflow.records import (
     load_public_key,
     verify,
 )
-from quotaflow.records._chain import FORMATS, line_hash
+from quotaflow.records._chain import FORMATS, line_hash, signed_bytes
 
 
 def record(seq: int) -> dict[str, Any]:
@@ -148,6 +149,24 @@ def test_manifest_edit_or_other_key_breaks_the_signature(
     doc["count"] = 9
     mpath.write_bytes(orjson.dumps(doc))
     assert [p.kind for p in verify(data, key.public_key()).problems] == ["signature"]
+
+
+def test_a_signed_manifest_listing_a_record_twice_is_named(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    """Signed by the right key, yet not what was written: a writer that listed the entries of
+    a failed write twice. Every line still matches an entry, so only the count tells."""
+    data = write_file(tmp_path / "out", "jsonl", key)
+    mpath = data.with_name(data.name + ".manifest.json")
+    doc = orjson.loads(mpath.read_bytes())
+    entries = base64.b64decode(doc["entries"])
+    doc["entries"] = base64.b64encode(entries + entries[-16:]).decode()
+    del doc["signature"]
+    doc["signature"] = base64.b64encode(key.sign(signed_bytes(doc))).decode()
+    mpath.write_bytes(orjson.dumps(doc))
+    problems = verify(data, key.public_key()).problems
+    assert [(p.kind, p.line) for p in problems] == [("manifest", None)]
+    assert "11 entries for 10 seqs, count 10" in problems[0].message
 
 
 def test_bytes_outside_records_are_caught(tmp_path: Path, key: Ed25519PrivateKey) -> None:
