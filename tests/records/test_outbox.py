@@ -88,6 +88,7 @@ async def test_exporter_takes_records_from_the_outbox_and_the_table_and_loses_no
         assert await exporter.step() == 13 and exporter.from_outbox == 0  # from the table
         await debits(engine, "alice", 2, "kept")
         assert await exporter.step() == 2 and exporter.from_outbox == 2  # from the outbox
+        assert exporter.status()["outbox_dropped"] == 8  # the six, then two it had read
 
         # A write that fails loses the records it took from the outbox: they are read again
         # from the table. (The open file is made a folder for one step: a real write error.)

@@ -170,6 +170,9 @@ class Exporter:
             "position": self.position,
             "batches": self.batches,
             "errors": self.errors,
+            # Records handed over by the store as they committed (the rest were read from the
+            # table), and how many the outbox let go before they were taken.
             "from_outbox": self.from_outbox,
+            "outbox_dropped": 0 if self.outbox is None else self.outbox.dropped,
             "writers": [w.status() for w in self.writers],
         }
