@@ -3,6 +3,8 @@ table as the fallback: whatever way a record comes, it is exported once, in orde
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from quotaflow.ledger import Unit
 from quotaflow.records import ChainWriter
 from quotaflow.records._export import Exporter
 from quotaflow.store import EmbeddedStore
+from quotaflow.store.base import StoreUnavailable
 from quotaflow.store.embedded import RecordOutbox
 from tests.records.harness import debits, provision, running_engine, stored
 from tests.records.test_export import exported
@@ -38,6 +41,21 @@ def test_outbox_hands_over_committed_records_once_and_refuses_what_it_cannot_vou
     assert box.take(19, 100) == _bodies(20, 21, 22)  # what the consumer has is skipped
     box.close()
     assert box.closed and len(box) == 0
+    assert box.take(22, 100) is None  # closed: the table is the truth
+
+
+def test_records_applied_before_an_outbox_opened_never_lower_its_floor() -> None:
+    """A commit under way when an outbox opened may deliver records collected for the one
+    before it: they are the table's, and an overflow among them must not lower the floor (the
+    exporter would then skip a record that is in neither)."""
+    box = RecordOutbox(floor_seq=6, records_max=2)
+    box.deliver(_bodies(3, 4, 5, 7))
+    assert len(box) == 1 and box.floor_seq == 6 and box.dropped == 0
+    assert box.take(5, 10) is None
+    box.deliver(_bodies(8, 9, 10))
+    assert box.floor_seq == 8 and box.dropped == 2
+    box.deliver(_bodies(11))
+    assert box.floor_seq == 9  # up only
 
 
 async def test_a_store_delivers_only_records_committed_after_the_outbox_was_opened(
@@ -67,6 +85,69 @@ async def test_a_store_delivers_only_records_committed_after_the_outbox_was_open
         assert store.record_outbox().floor_seq == 5  # a new consumer may open one
     finally:
         await store.close()
+
+
+async def test_an_exporter_restarted_on_an_open_store_loses_no_record(tmp_path: Path) -> None:
+    """Records applied while the first exporter's outbox was open, committed after a second
+    one opened (the review's case): every record reaches the files once, in order."""
+    data = tmp_path / "data"
+    key = records.load_or_create_key(data / "keys")
+    async with running_engine(data) as engine:
+        store = engine.store
+        assert isinstance(store, EmbeddedStore)
+        await provision(engine, "alice")
+        debit = {"subscriber_id": "alice", "unit": "octets", "units": 5, "record": {"kind": "x"}}
+        first = store.record_outbox(2)
+        for i in range(3):
+            store.submit("debit", f"a{i}", debit)  # collected for the first, not committed
+        first.close()
+        store.submit("debit", "between", debit)  # no outbox open
+        second = store.record_outbox(2)
+        store.submit("debit", "after", debit)
+        await store.flush()  # one commit delivers all five
+        writer = ChainWriter(data / "records" / "jsonl", "jsonl", key, records.Rotation())
+        writer.recover()
+        exporter = Exporter(
+            store, records.RecordSource(store), [writer], batch_records_max=2, outbox=second
+        )
+        while await exporter.step():
+            pass
+        in_table = [r["seq"] for r in stored(engine)]
+        await exporter.stop()
+        exporter.source.close()
+    assert [r["seq"] for r in exported(data / "records" / "jsonl")] == in_table
+    assert len(in_table) == 5
+
+
+async def test_a_store_stopped_by_a_failed_commit_closes_its_outbox(tmp_path: Path) -> None:
+    """The write may have committed before it failed: the exporter must ask the table."""
+    store = EmbeddedStore(tmp_path / "data", tune_gc=False, sweep_interval_s=3600)
+    await store.open()
+    try:
+        await store.execute("create_subscriber", "c1", {"id": "s1"})
+        await store.execute("topup", "t1", {"subscriber_id": "s1", "unit": "octets", "amount": 99})
+        box = store.record_outbox()
+        with sqlite3.connect(store.path) as other:  # a broken database: the cdr table is gone
+            other.execute("DROP TABLE cdr")
+        debit = {"subscriber_id": "s1", "unit": "octets", "units": 5, "record": {"kind": "x"}}
+        with pytest.raises(StoreUnavailable):
+            await store.execute("debit", "d1", debit)
+        assert box.closed and box.take(box.floor_seq, 10) is None
+    finally:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()
+
+
+async def test_a_records_service_that_fails_to_start_leaves_the_store_free(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_engine(data) as engine:
+        with pytest.raises(AssertionError):  # refused by the exporter, after the outbox opened
+            await records.start(
+                engine, engine.store, data, records.RecordOptions(batch_records_max=0)
+            )
+        service = await records.start(engine, engine.store, data, records.RecordOptions())
+        assert service.exporter is not None and service.exporter.outbox is not None
+        await service()
 
 
 async def test_exporter_takes_records_from_the_outbox_and_the_table_and_loses_none(

@@ -80,15 +80,21 @@ class RecordService:
             ]
             # The embedded store hands records over as they commit (one consumer: the files).
             handover = getattr(self.store, "record_outbox", None)
-            self.exporter = Exporter(
-                self.store,
-                self.source(),
-                writers,
-                poll_interval_s=opts.poll_interval_s,
-                batch_records_max=opts.batch_records_max,
-                outbox=handover() if handover is not None else None,
-            )
-            await self.exporter.start()
+            outbox = handover() if handover is not None else None
+            try:
+                self.exporter = Exporter(
+                    self.store,
+                    self.source(),
+                    writers,
+                    poll_interval_s=opts.poll_interval_s,
+                    batch_records_max=opts.batch_records_max,
+                    outbox=outbox,
+                )
+                await self.exporter.start()
+            except BaseException:
+                if outbox is not None:  # else the store would refuse the next start
+                    outbox.close()
+                raise
         if opts.nats is not None:
             self.streamer = NatsStreamer(
                 self.store,

@@ -91,11 +91,13 @@ class RecordOutbox:
     committed, and whatever the outbox cannot vouch for is read from the table as before.
 
     `floor_seq`: every record committed with a greater seq is still here or was taken. A take
-    after a seq below it is refused (None): the consumer reads the table.
+    after a seq below it is refused (None): the consumer reads the table. It never goes down.
+    A closed outbox refuses every take: so does one whose store stopped on a failed commit.
     """
 
     def __init__(self, floor_seq: int, records_max: int = OUTBOX_RECORDS_MAX) -> None:
         assert records_max > 0
+        self.opened_seq = floor_seq  # records up to it are the table's, whatever is delivered
         self.floor_seq = floor_seq
         self.records_max = records_max
         self.dropped = 0
@@ -112,19 +114,23 @@ class RecordOutbox:
 
     def deliver(self, bodies: list[dict[str, Any]]) -> None:
         """A commit's records, oldest first (on the event loop, once the commit ended)."""
+        if bodies[0]["seq"] <= self.opened_seq:
+            # Applied before this outbox opened (collected for one closed since, in a commit
+            # that was under way): the table's, as the floor says.
+            bodies = [b for b in bodies if b["seq"] > self.opened_seq]
         held = self._records
         held.extend(bodies)
         over = len(held) - self.records_max
         if over > 0:  # the consumer is behind: it reads the oldest from the table
             for _ in range(over):
                 dropped = held.popleft()
-            self.floor_seq = dropped["seq"]
+            self.floor_seq = max(self.floor_seq, dropped["seq"])
             self.dropped += over
 
     def take(self, after_seq: int, limit: int) -> list[dict[str, Any]] | None:
         """Up to `limit` committed records with seq > after_seq, oldest first, handed over
         (they are the caller's to change); None when some of them may be only in the table."""
-        if after_seq < self.floor_seq:
+        if after_seq < self.floor_seq or self.closed:
             return None
         held = self._records
         while held and held[0]["seq"] <= after_seq:
@@ -461,6 +467,8 @@ class EmbeddedStore:
             self._writer.submit(self._write, batch, count, snapshot, records).result()
         except BaseException as exc:  # fail-stop, as in the group commit
             self._failed = exc
+            if self._outbox is not None:
+                self._outbox.close()  # as in the group commit: only the table knows
             raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
         self._committed(batch, bodies)
         if barrier is not None and not barrier.done():
@@ -502,6 +510,9 @@ class EmbeddedStore:
                     for b in (barrier, self._barrier):
                         if b is not None and not b.done():
                             b.set_exception(failure)
+                    if self._outbox is not None:
+                        # The write may have committed before it failed: only the table knows.
+                        self._outbox.close()
                     self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
                     self._barrier = None
                     return
