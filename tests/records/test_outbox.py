@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quotaflow import records
 from quotaflow.ledger import Unit
@@ -23,6 +24,20 @@ from tests.records.test_export import exported
 
 def _bodies(*seqs: int) -> list[dict[str, Any]]:
     return [{"seq": s} for s in seqs]
+
+
+def _exporter(
+    store: EmbeddedStore, data: Path, key: Ed25519PrivateKey, outbox: RecordOutbox, **options: Any
+) -> Exporter:
+    """An exporter to JSON lines under `data`, not started: the test drives its steps."""
+    writer = ChainWriter(data / "records" / "jsonl", "jsonl", key, records.Rotation())
+    writer.recover()
+    return Exporter(store, records.RecordSource(store), [writer], outbox=outbox, **options)
+
+
+async def _stopped(exporter: Exporter) -> None:
+    await exporter.stop()
+    exporter.source.close()
 
 
 def test_outbox_hands_over_committed_records_once_and_refuses_what_it_cannot_vouch_for() -> None:
@@ -105,16 +120,11 @@ async def test_an_exporter_restarted_on_an_open_store_loses_no_record(tmp_path: 
         second = store.record_outbox(2)
         store.submit("debit", "after", debit)
         await store.flush()  # one commit delivers all five
-        writer = ChainWriter(data / "records" / "jsonl", "jsonl", key, records.Rotation())
-        writer.recover()
-        exporter = Exporter(
-            store, records.RecordSource(store), [writer], batch_records_max=2, outbox=second
-        )
+        exporter = _exporter(store, data, key, second, batch_records_max=2)
         while await exporter.step():
             pass
         in_table = [r["seq"] for r in stored(engine)]
-        await exporter.stop()
-        exporter.source.close()
+        await _stopped(exporter)
     assert [r["seq"] for r in exported(data / "records" / "jsonl")] == in_table
     assert len(in_table) == 5
 
@@ -160,11 +170,7 @@ async def test_exporter_takes_records_from_the_outbox_and_the_table_and_loses_no
         assert isinstance(store, EmbeddedStore)
         await provision(engine, "alice")
         await debits(engine, "alice", 3, "before")  # in the table only
-        writer = ChainWriter(data / "records" / "jsonl", "jsonl", key, records.Rotation())
-        writer.recover()
-        exporter = Exporter(
-            store, records.RecordSource(store), [writer], outbox=store.record_outbox(4)
-        )
+        exporter = _exporter(store, data, key, store.record_outbox(4))
         await debits(engine, "alice", 10, "overflow")  # six more than the outbox holds
         assert await exporter.step() == 13 and exporter.from_outbox == 0  # from the table
         await debits(engine, "alice", 2, "kept")
@@ -189,8 +195,7 @@ async def test_exporter_takes_records_from_the_outbox_and_the_table_and_loses_no
         in_table = stored(engine)
         # Sealed: the manifest's digests are of what was written, not of the failed attempt.
         assert await exporter.seal() == 1
-        await exporter.stop()
-        exporter.source.close()
+        await _stopped(exporter)
     files = exported(data / "records" / "jsonl")
     identities = {"msisdn": "4670alice", "imsi": "00101alice"}
     assert files == [{**r, "identities": identities} for r in in_table] and len(files) == 18

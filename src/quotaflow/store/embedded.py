@@ -201,11 +201,7 @@ class EmbeddedStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.data_dir.glob(".snapshot-*.tmp"):  # a forked snapshot cut short
             stale.unlink(missing_ok=True)
-        db = sqlite3.connect(
-            self.path,
-            check_same_thread=False,
-            isolation_level=None,
-        )
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
@@ -466,13 +462,18 @@ class EmbeddedStore:
             # written from here, it raced them inside one SQLite transaction.
             self._writer.submit(self._write, batch, count, snapshot, records).result()
         except BaseException as exc:  # fail-stop, as in the group commit
-            self._failed = exc
-            if self._outbox is not None:
-                self._outbox.close()  # as in the group commit: only the table knows
+            self._stop(exc)
             raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
         self._committed(batch, bodies)
         if barrier is not None and not barrier.done():
             barrier.set_result(None)
+
+    def _stop(self, exc: BaseException) -> None:
+        """A journal write failed: refuse every change from now on. The write may have
+        committed before it failed, so the exporter must ask the table: the outbox closes."""
+        self._failed = exc
+        if self._outbox is not None:
+            self._outbox.close()
 
     def _committed(
         self, batch: tuple[int, int, bytes] | None, bodies: list[dict[str, Any]]
@@ -504,15 +505,12 @@ class EmbeddedStore:
                         self._writer, self._write, batch, count, snapshot, records
                     )
                 except BaseException as exc:  # fail-stop: memory is now ahead of disk
-                    self._failed = exc
+                    self._stop(exc)
                     log.critical("journal write failed; store refuses changes", exc_info=exc)
                     failure = StoreUnavailable("journal write failed", cause=repr(exc))
                     for b in (barrier, self._barrier):
                         if b is not None and not b.done():
                             b.set_exception(failure)
-                    if self._outbox is not None:
-                        # The write may have committed before it failed: only the table knows.
-                        self._outbox.close()
                     self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
                     self._barrier = None
                     return
