@@ -141,11 +141,13 @@ class Server:
 
 async def run(cfg: Config) -> None:
     server = Server(cfg)
-    await server.start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before the start: the HTTP listener answers while start() still waits for it, so a
+    # SIGTERM sent once /v1/health answered would otherwise kill the process uncleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    await server.start()
     await done.wait()
     log.info("stopping")
     await server.stop()
