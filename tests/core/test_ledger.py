@@ -326,6 +326,32 @@ def test_idempotency_forgets_oldest_first_by_count_and_by_clock() -> None:
     assert copy.prune_idempotency(T0 + 1650) == 1 and list(copy.idempotency.entries) == ["t4"]
 
 
+def test_a_repeat_gets_a_copy_of_the_first_answer_and_snapshots_keep_it_either_way() -> None:
+    """First answers are kept as JSON: a repeat gets an equal answer of its own (changing it
+    changes nothing kept), and a snapshot written from the encoded answers (`raw`, as the store
+    writes it) reads back as the plain one."""
+    ledger = make(1000)
+    args = {
+        "subscriber_id": "a",
+        "reservation_id": "r1",
+        "unit": "octets",
+        "rating_group": 10,
+        "units_max": 300,
+        "validity_ms": 60_000,
+    }
+    first, changed = ledger.apply("reserve", "x1", args, T0)
+    assert changed and first["units"] == 300
+    again, changed = ledger.apply("reserve", "x1", dict(args), T0 + 5)
+    assert (again, changed) == (first, False) and again is not first
+    again["units"] = 1
+    assert ledger.first_answer("x1") == first
+    raw = orjson.loads(orjson.dumps(ledger.snapshot(raw=True)))
+    assert raw == ledger.snapshot()
+    copy = Ledger.restore(raw)
+    assert copy.apply("reserve", "x1", args, T0 + 9) == (first, False)
+    assert copy.snapshot() == ledger.snapshot()
+
+
 def test_ids_from_a_snapshot_of_the_old_format_still_tell_repeats_from_conflicts() -> None:
     """Before the operation was kept beside its digest, a row was [id, digest of operation and
     arguments, result, clock value]."""
@@ -461,7 +487,7 @@ def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
 
     table = OperationIds(3_000)
     for i in range(10_000):
-        table.add(f"id{i}", "topup", bytes(16), {"n": i}, 1_000 + i // 7)
+        table.add(f"id{i}", "topup", bytes(16), f'{{"n":{i}}}', 1_000 + i // 7)
     assert len(table) == 3_000 and next(iter(table.entries)) == "id7000"  # the cap, one by one
     assert len(table._ids) < 7_000  # the list was cut
     rows = table.to_json()
@@ -473,5 +499,5 @@ def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
     assert list(table.entries) == [f"id{i}" for i in left]
     assert OperationIds.from_json(table.to_json(), 3_000).to_json() == table.to_json()
     assert table.prune(10**12) == len(left) and len(table) == 0 and table.to_json() == []
-    table.add("again", "topup", bytes(16), {}, 5)
+    table.add("again", "topup", bytes(16), "{}", 5)
     assert [row[0] for row in table.to_json()] == ["again"] and table.prune(6) == 1

@@ -1,11 +1,21 @@
 """The operation-id table: each id's first answer, kept for the window, to tell a repeat from a
 conflict.
 
-An entry is (operation, fingerprint, first result). The fingerprint is a 128-bit XXH3 hash of the
-canonical arguments: it only has to tell a caller's repeat from its own reuse of an id with other
-content, so it needs no cryptographic strength, and XXH3 costs 50 ns where BLAKE2b cost 430 (the
-ledger's hot path hashes every operation). The operation is kept beside it (one pointer to a name
-every entry shares) rather than hashed in.
+An entry is (operation, fingerprint, first result as JSON).
+
+The result is kept encoded, as one string per id, where its dict (with nested dicts and
+integers) kept several objects per operation alive for the whole window, for the cyclic
+collector to scan and for eviction to free cold. The ledger benchmark's process held 2 million
+ids in 865 MB instead of 1,583 MB, at the same throughput (docs/PERFORMANCE.md); a repeat, which
+is rare, decodes its own copy. A str, not the bytes orjson returns: those sit in a 1 KiB
+allocation that orjson shrinks in place, and keeping millions of them grew the C heap by about a
+kilobyte each (the benchmark then spent a fifth of its time in page faults).
+
+The fingerprint is a 128-bit XXH3 hash of the canonical arguments: it only has to tell a
+caller's repeat from its own reuse of an id with other content, so it needs no cryptographic
+strength, and XXH3 costs 50 ns where BLAKE2b cost 430 (the ledger's hot path hashes every
+operation). The operation is kept beside it (one pointer to a name every entry shares) rather
+than hashed in.
 
 Entries restored from older snapshots keep the fingerprint they were written with until they age
 out: a BLAKE2b digest of the arguments (rows of five fields), or of operation and arguments
@@ -26,10 +36,12 @@ import sys
 from collections import deque
 from typing import Any, Final
 
+import orjson
 from xxhash import xxh3_128_digest
 
 Result = dict[str, Any]
-Entry = tuple[str | None, bytes, Result]  # (operation or None, fingerprint, first result)
+# (operation or None, fingerprint, first result as JSON)
+Entry = tuple[str | None, bytes, str]
 
 SCHEME: Final = "xxh3-128"  # the last field of a snapshot row written by this release
 FINGERPRINT_LEN: Final = 16
@@ -72,6 +84,12 @@ class OperationIds:
     def get(self, op_id: str) -> Entry | None:
         return self.entries.get(op_id)
 
+    @staticmethod
+    def answer(entry: Entry) -> Result:
+        """The first result of an entry, a copy of its own (the caller may change it)."""
+        result: Result = orjson.loads(entry[2])
+        return result
+
     def same(self, entry: Entry, op: str, fingerprint: bytes, content: bytes) -> bool:
         """Whether `op` with this content is what the entry's id was first used for."""
         kept_op, kept = entry[0], entry[1]
@@ -83,11 +101,10 @@ class OperationIds:
             return kept == fingerprint
         return kept[1:] == blake2b_digest(content)
 
-    def add(
-        self, op_id: str, op: str | None, fingerprint: bytes, result: Result, now_ms: int
-    ) -> None:
-        """Remember a new id (not in the table) at clock value `now_ms`."""
-        self.entries[op_id] = (op, fingerprint, result)
+    def add(self, op_id: str, op: str | None, fingerprint: bytes, answer: str, now_ms: int) -> None:
+        """Remember a new id (not in the table) at clock value `now_ms`, with its first result
+        as JSON."""
+        self.entries[op_id] = (op, fingerprint, answer)
         self._ids.append(op_id)
         if self._open_count and self._open_at == now_ms:
             self._open_count += 1
@@ -134,9 +151,10 @@ class OperationIds:
             self._open_count = 0
         return dropped
 
-    def to_json(self) -> list[list[Any]]:
+    def to_json(self, raw: bool = False) -> list[list[Any]]:
         """[op_id, fingerprint hex, result, clock value, operation, scheme], oldest first; an
-        entry restored from an older snapshot is written back as it was read."""
+        entry restored from an older snapshot is written back as it was read. With `raw` the
+        results are left encoded (`orjson.Fragment`), for a snapshot that orjson writes."""
         out: list[list[Any]] = []
         order = iter(self._ids[self._head :])
         runs = list(self._runs)
@@ -145,7 +163,8 @@ class OperationIds:
         for at, count in runs:
             for _ in range(count):
                 op_id = next(order)
-                op, fingerprint, result = self.entries[op_id]
+                op, fingerprint, answer = self.entries[op_id]
+                result = orjson.Fragment(answer) if raw else orjson.loads(answer)
                 if len(fingerprint) == FINGERPRINT_LEN and op is not None:
                     out.append([op_id, fingerprint.hex(), result, at, op, SCHEME])
                 else:
@@ -164,5 +183,5 @@ class OperationIds:
                     fingerprint = _BLAKE2B + fingerprint
                 elif row[5] != SCHEME:
                     raise ValueError(f"operation id fingerprints of unknown scheme {row[5]!r}")
-            table.add(row[0], op, fingerprint, row[2], row[3])
+            table.add(row[0], op, fingerprint, orjson.dumps(row[2]).decode(), row[3])
         return table

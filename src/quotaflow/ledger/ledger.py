@@ -201,15 +201,15 @@ class Ledger(GroupOps, MovingOps):
         if seen is not None:
             if not table.same(seen, name, fingerprint, content):
                 raise Conflict(f"operation id {op_id!r} was used with different content")
-            return seen[2], False, content
+            return table.answer(seen), False, content
         result = fn(args, now_ms)
-        table.add(op_id, name, fingerprint, result, now_ms)
+        table.add(op_id, name, fingerprint, _dumps(result).decode(), now_ms)
         return result, True, content
 
     def first_answer(self, op_id: str) -> Result | None:
         """The answer an operation id got, while it is remembered."""
         seen = self.idempotency.get(op_id)
-        return None if seen is None else seen[2]
+        return None if seen is None else self.idempotency.answer(seen)
 
     def prune_idempotency(self, now_ms: int) -> int:
         """Forget operation ids older than the window. Deterministic given now_ms."""
@@ -1215,7 +1215,9 @@ class Ledger(GroupOps, MovingOps):
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, raw: bool = False) -> dict[str, Any]:
+        """The whole state as JSON values. With `raw`, parts kept encoded stay so (as
+        `orjson.Fragment`): for orjson to write, not to compare or read."""
         return {
             "subscribers": [s.to_json() for s in self.subscribers.values()],
             "sessions": dict(self.sessions),
@@ -1227,7 +1229,7 @@ class Ledger(GroupOps, MovingOps):
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
             "remote": list(self.remote.values()),
-            "idempotency": self.idempotency.to_json(),
+            "idempotency": self.idempotency.to_json(raw),
         }
 
     @classmethod

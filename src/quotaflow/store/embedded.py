@@ -400,7 +400,7 @@ class EmbeddedStore:
         if self._since_snapshot >= self.snapshot_every_ops and self._snapshot_child is None:
             self._since_snapshot = 0
             if not self._fork_snapshot() and snapshot is None:
-                snapshot = (self._seq, orjson.dumps(self.ledger.snapshot()))
+                snapshot = (self._seq, orjson.dumps(self.ledger.snapshot(raw=True)))
         # Encoded here, so the writer thread needs the GIL only briefly.
         batch = (taken.last_seq, taken.first_seq, taken.encode()) if count else None
         return batch, count, snapshot, records, bodies, barrier
@@ -429,7 +429,7 @@ class EmbeddedStore:
                 # Nor may it keep the server's sockets open: a connection the server closes
                 # must close for its peer now, not when the child is done.
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                path.write_bytes(orjson.dumps(self.ledger.snapshot()))
+                path.write_bytes(orjson.dumps(self.ledger.snapshot(raw=True)))
                 code = 0
             finally:
                 os._exit(code)
@@ -563,7 +563,7 @@ class EmbeddedStore:
     async def snapshot(self) -> None:
         """Write a snapshot of everything applied so far and drop the journal it covers."""
         await self.flush()
-        body = orjson.dumps(self.ledger.snapshot())
+        body = orjson.dumps(self.ledger.snapshot(raw=True))
         await asyncio.get_running_loop().run_in_executor(
             self._writer, self._write, None, 0, (self._seq, body)
         )
