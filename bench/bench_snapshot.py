@@ -21,9 +21,9 @@ from quotaflow.store import EmbeddedStore
 async def worst_stall_ms(subscribers: int, debits: int, fork: bool) -> tuple[float, float, int]:
     """Returns (worst loop stall ms, debits per second, snapshots taken)."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = EmbeddedStore(Path(tmp), snapshot_every_ops=10**12, sweep_interval_s=3600)
-        if not fork:
-            store._fork_snapshot = lambda: False  # type: ignore[method-assign]
+        store = EmbeddedStore(
+            Path(tmp), snapshot_every_ops=10**12, sweep_interval_s=3600, fork_snapshots=fork
+        )
         await store.open()
         for i in range(subscribers):
             if i % 20_000 == 0:

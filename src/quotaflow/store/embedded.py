@@ -154,6 +154,7 @@ class EmbeddedStore:
         sweep_interval_s: float = 1.0,
         tune_gc: bool = True,
         group_commit: bool = True,
+        fork_snapshots: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock
@@ -165,6 +166,8 @@ class EmbeddedStore:
         # False: each change is written (and fsynced) before execute returns, on the event
         # loop; slow, but the order of everything is fixed (the pool simulator needs that).
         self.group_commit = group_commit
+        # False: snapshots are serialised on the event loop (bench_snapshot.py's comparison).
+        self.fork_snapshots = fork_snapshots
         self._gc_engaged = False
         self.ledger = Ledger(self.limits)
         self._db: sqlite3.Connection | None = None
@@ -407,7 +410,7 @@ class EmbeddedStore:
 
     def _fork_snapshot(self) -> bool:
         """Start a child that writes the state as it is now to a file. False if it cannot."""
-        if not hasattr(os, "fork"):
+        if not self.fork_snapshots or not hasattr(os, "fork"):
             return False
         seq = self._seq
         path = self.data_dir / f".snapshot-{seq}.tmp"
