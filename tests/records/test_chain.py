@@ -234,6 +234,35 @@ def test_recovery_cuts_a_torn_line_and_finishes_a_seal(
     assert report.ok and report.records == len(SEQS), report.problems
 
 
+def test_a_manifest_that_fails_is_written_later_and_the_sealed_file_stays_sealed(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    """The file is renamed before its manifest is written. When the manifest fails (here its
+    path is a folder for a while), the next records must not go to the renamed file's old
+    name: they start a new file, and the manifest is written before them."""
+    out = tmp_path / "out"
+    w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
+    w.recover()
+    blocker = out / "cdr-000000000003-000000000006.jsonl.manifest.json"
+    blocker.mkdir()
+    with pytest.raises(OSError):
+        w.append([record(s) for s in SEQS])
+    status = w.status()
+    assert status["manifests_pending"] == 1 and status["open_file"] is None
+    assert w.last_seq == 6
+    with pytest.raises(OSError):  # still blocked: nothing more is written meanwhile
+        w.append([record(s) for s in SEQS])
+    assert w.last_seq == 6
+    blocker.rmdir()
+    w.append([record(s) for s in SEQS])  # the exporter sends again from its position
+    w.seal()
+    assert w.status()["manifests_pending"] == 0
+    names = sorted(f.name for f in out.glob("cdr-*.jsonl"))
+    assert names[0] == "cdr-000000000003-000000000006.jsonl" and len(names) == 4
+    report = verify(out, key.public_key())
+    assert report.ok and report.records == len(SEQS), report.problems
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_a_large_append_offers_the_gil_between_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str

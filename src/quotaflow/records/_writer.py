@@ -111,6 +111,9 @@ class ChainWriter:
         self.written = 0
         self.sealed_files = 0
         self._open: _Open | None = None
+        # Files sealed on disk whose manifest could not be written yet (data path, its state,
+        # the chain head and the clock at sealing); written before anything else is.
+        self._unsigned: list[tuple[Path, _Open, str, int]] = []
 
     # ------------------------------------------------------------------ recovery
 
@@ -187,6 +190,7 @@ class ChainWriter:
         fresh = [r for r in records if r["seq"] > self.last_seq]
         if not fresh:
             return 0
+        self._sign_pending()
         assert all(a["seq"] < b["seq"] for a, b in itertools.pairwise(fresh))
         now = _now_ms() if now_ms is None else now_ms
         done = 0
@@ -262,6 +266,7 @@ class ChainWriter:
     def rotate_if_due(self, now_ms: int | None = None) -> bool:
         """Seal the open file if it is old enough (called on the exporter's idle ticks)."""
         now = _now_ms() if now_ms is None else now_ms
+        self._sign_pending()
         if self._open is None or not self._due(self._open, now):
             return False
         self._seal(now)
@@ -269,6 +274,7 @@ class ChainWriter:
 
     def seal(self) -> bool:
         """Seal the open file now, whatever its size (on demand, e.g. before shipping)."""
+        self._sign_pending()
         if self._open is None or self._open.count == 0:
             return False
         self._seal(_now_ms())
@@ -280,10 +286,20 @@ class ChainWriter:
         final = self.folder / f"cdr-{state.first_seq:012d}-{state.last_seq:012d}.{self.format.name}"
         os.replace(state.path, final)
         _fsync_dir(self.folder)
-        self._write_manifest(final, state, self.head, now_ms)
+        # Sealed on disk from here, whatever becomes of its manifest: the next records go to a
+        # new file, and a manifest that fails is written again before anything else.
         self._open = None
         self.sealed_files += 1
         log.info("record file sealed", extra={"file": final.name, "records": state.count})
+        self._unsigned.append((final, state, self.head, now_ms))
+        self._sign_pending()
+
+    def _sign_pending(self) -> None:
+        """Write the manifests of sealed files that lack one, oldest first."""
+        while self._unsigned:
+            data, state, head, sealed_ms = self._unsigned[0]
+            self._write_manifest(data, state, head, sealed_ms)
+            del self._unsigned[0]
 
     def _write_manifest(
         self, data: Path, state: _Open, head: str, now_ms: int | None = None
@@ -323,6 +339,7 @@ class ChainWriter:
             "head": self.head,
             "written": self.written,
             "sealed_files": self.sealed_files,
+            "manifests_pending": len(self._unsigned),
             "open_file": None if state is None else state.path.name,
             "open_records": 0 if state is None else state.count,
         }
