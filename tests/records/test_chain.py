@@ -234,6 +234,33 @@ def test_recovery_cuts_a_torn_line_and_finishes_a_seal(
     assert report.ok and report.records == len(SEQS), report.problems
 
 
+def test_a_write_whose_fsync_failed_is_repeated_once_not_twice(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines reached the file but their fsync failed, so the writer did not count them;
+    the exporter sends them again. The file must hold them once, chained as written."""
+    out = tmp_path / "out"
+    w = ChainWriter(out, "jsonl", key, Rotation(records_max=4))
+    w.recover()
+    w.append([record(s) for s in SEQS[:2]])
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky_fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        w.append([record(s) for s in SEQS])
+    assert w.last_seq == SEQS[1] and not failures
+    w.append([record(s) for s in SEQS])
+    w.seal()
+    report = verify(out, key.public_key())
+    assert report.ok and report.records == len(SEQS), report.problems
+
+
 def test_a_manifest_that_fails_is_written_later_and_the_sealed_file_stays_sealed(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:

@@ -241,6 +241,10 @@ class ChainWriter:
         if n == 0:
             return 0
         with open(state.path, "ab") as f:
+            if f.tell() != state.size_bytes:
+                # An earlier write failed after some of its bytes reached the file (or all of
+                # them, and only the fsync failed): this write repeats those lines, so they go.
+                f.truncate(state.size_bytes)
             f.write(out)
             f.flush()
             os.fsync(f.fileno())
