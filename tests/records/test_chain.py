@@ -261,6 +261,35 @@ def test_a_write_whose_fsync_failed_is_repeated_once_not_twice(
     assert report.ok and report.records == len(SEQS), report.problems
 
 
+def test_a_file_sealed_right_after_a_failed_write_holds_only_what_was_counted(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal (on demand, or by age on an idle tick) can come between a failed write and its
+    repetition: the uncounted lines must not go into the sealed file; they go to the next."""
+    out = tmp_path / "out"
+    w = ChainWriter(out, "jsonl", key, Rotation())
+    w.recover()
+    w.append([record(s) for s in SEQS[:2]])
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky_fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        w.append([record(s) for s in SEQS])
+    assert w.seal()
+    w.append([record(s) for s in SEQS])
+    w.seal()
+    first = out / f"cdr-{SEQS[0]:012d}-{SEQS[1]:012d}.jsonl"
+    assert len(lines_of(first)) == 2
+    report = verify(out, key.public_key())
+    assert report.ok and report.records == len(SEQS), report.problems
+
+
 def test_a_manifest_that_fails_is_written_later_and_the_sealed_file_stays_sealed(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:

@@ -77,7 +77,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a folder (its entries: a rename, a new file) or a file."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -288,8 +289,12 @@ class ChainWriter:
         state = self._open
         assert state is not None and state.count > 0
         final = self.folder / f"cdr-{state.first_seq:012d}-{state.last_seq:012d}.{self.format.name}"
+        if state.path.stat().st_size != state.size_bytes:
+            # Lines of a failed write, not counted: they are sent again, to the next file.
+            os.truncate(state.path, state.size_bytes)
+            _fsync_path(state.path)
         os.replace(state.path, final)
-        _fsync_dir(self.folder)
+        _fsync_path(self.folder)
         # Sealed on disk from here, whatever becomes of its manifest: the next records go to a
         # new file, and a manifest that fails is written again before anything else.
         self._open = None
@@ -328,7 +333,7 @@ class ChainWriter:
             entries=bytes(state.entries),
         )
         write_atomic(data.with_name(data.name + MANIFEST_SUFFIX), sign_manifest(sealed, self.key))
-        _fsync_dir(self.folder)
+        _fsync_path(self.folder)
 
     def _save_position(self) -> None:
         doc = {"last_seq": self.last_seq, "head": self.head, "format": self.format.name}
