@@ -4,7 +4,11 @@ Prints the store's ops/s next to the ceiling of a bare SQLite group-commit loop 
 the same size in the same batches (WAL, synchronous=FULL), measured in the same run, and the
 ratio. Every operation is acknowledged only after its batch committed.
 
-    .venv/bin/python bench/bench_ledger.py [--pairs 200000] [--inflight 2000]
+    .venv/bin/python bench/bench_ledger.py [--pairs 200000] [--inflight 2000] [--no-op-ids]
+
+`--no-op-ids` sends every operation without an operation id: nothing to fingerprint, nothing
+kept for repeats. Not how the engine uses the ledger (every charge carries an id); it shows what
+the idempotency table costs.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from quotaflow.store import EmbeddedStore
 SUBSCRIBERS = 10_000
 
 
-async def bench_store(data_dir: Path, pairs: int, inflight: int) -> tuple[float, float, int]:
+async def bench_store(
+    data_dir: Path, pairs: int, inflight: int, op_ids: bool = True
+) -> tuple[float, float, int]:
     """Returns (ops/s, mean rows per commit, journal row bytes)."""
     store = EmbeddedStore(data_dir, snapshot_every_ops=10**12)
     await store.open()
@@ -50,7 +56,7 @@ async def bench_store(data_dir: Path, pairs: int, inflight: int) -> tuple[float,
         rid = f"r{i}"
         submit(
             "reserve",
-            f"a{i}",
+            f"a{i}" if op_ids else None,
             {
                 "subscriber_id": sid,
                 "reservation_id": rid,
@@ -61,7 +67,9 @@ async def bench_store(data_dir: Path, pairs: int, inflight: int) -> tuple[float,
             },
         )
         _, barrier = submit(
-            "commit", f"b{i}", {"subscriber_id": sid, "reservation_id": rid, "used_units": 700_000}
+            "commit",
+            f"b{i}" if op_ids else None,
+            {"subscriber_id": sid, "reservation_id": rid, "used_units": 700_000},
         )
         in_window += 2
         if in_window >= window and barrier is not None:
@@ -136,6 +144,9 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=200_000)
     p.add_argument("--inflight", type=int, default=2_000, help="most ops unanswered at once")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--no-op-ids", action="store_true", help="operations without ids (see the docstring)"
+    )
     args = p.parse_args()
     try:
         import uvloop
@@ -146,7 +157,9 @@ def main() -> int:
     store_rates, ceilings, blob_ceilings = [], [], []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-            rate, per_commit, row_bytes = runner(bench_store(Path(tmp), args.pairs, args.inflight))
+            rate, per_commit, row_bytes = runner(
+                bench_store(Path(tmp), args.pairs, args.inflight, not args.no_op_ids)
+            )
             batch = max(1, round(per_commit))
             ceiling = bench_sqlite_ceiling(
                 Path(tmp) / "bare.sqlite3", 2 * args.pairs, batch, row_bytes
