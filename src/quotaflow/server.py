@@ -143,11 +143,22 @@ async def run(cfg: Config) -> None:
     server = Server(cfg)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
+    starting = asyncio.ensure_future(server.start())
+
+    def stop_requested() -> None:
+        done.set()
+        starting.cancel()  # a start still under way (a long replay) stops at its next await
+
     # Before the start: the HTTP listener answers while start() still waits for it, so a
     # SIGTERM sent once /v1/health answered would otherwise kill the process uncleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await server.start()
+        loop.add_signal_handler(sig, stop_requested)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        if not done.is_set():
+            raise
+        log.info("stopping during start")
     await done.wait()
     log.info("stopping")
     await server.stop()

@@ -352,6 +352,33 @@ def test_a_repeat_gets_a_copy_of_the_first_answer_and_snapshots_keep_it_either_w
     assert copy.snapshot() == ledger.snapshot()
 
 
+def test_a_bucket_never_passes_amount_max_and_nothing_moves_when_refused() -> None:
+    """Each top-up of AMOUNT_MAX is valid; the sum would pass 64 bits, which neither the
+    journal nor a snapshot can hold. The one that would is refused before anything moves."""
+    from quotaflow.ledger._base import AMOUNT_MAX
+
+    ledger = make(0)
+    topup = {"subscriber_id": "a", "unit": "octets", "amount": AMOUNT_MAX}
+    ledger.apply("topup", "t0", topup, T0)
+    before = ledger.snapshot()
+    with pytest.raises(LimitReached):
+        ledger.apply("topup", "t1", {**topup, "amount": 1}, T0)
+    with pytest.raises(LimitReached):
+        ledger.apply("refund", "r1", {**topup, "amount": 1}, T0)
+    assert ledger.snapshot() == before and ledger.first_answer("t1") is None
+    orjson.dumps(ledger.snapshot(raw=True))  # still encodable
+
+
+def test_a_first_answer_orjson_cannot_encode_is_kept_as_it_is() -> None:
+    from quotaflow.ledger._opids import OperationIds
+
+    table = OperationIds(10)
+    table.add("x", "topup", bytes(16), {"n": 2**70}, 5)
+    entry = table.get("x")
+    assert entry is not None and table.answer(entry) == {"n": 2**70}
+    assert table.to_json()[0][2] == {"n": 2**70}
+
+
 def test_ids_from_a_snapshot_of_the_old_format_still_tell_repeats_from_conflicts() -> None:
     """Before the operation was kept beside its digest, a row was [id, digest of operation and
     arguments, result, clock value]."""

@@ -144,7 +144,9 @@ def test_amounts_are_bounded_at_exactly_two_to_the_62(op: str, amount: int, acce
     ledger.apply("create_subscriber", "c", {"id": "a"}, 0)
     full = {"subscriber_id": "a", "unit": "octets", "amount": 2**62}
     ledger.apply("topup", "t", full, 0)  # room for the largest debit
-    args = {"subscriber_id": "a", "unit": "octets", "amount": amount}
+    ledger.apply("create_subscriber", "cb", {"id": "b"}, 0)  # and an empty one to top up
+    target = "b" if op == "topup" else "a"  # a bucket holds at most 2**62 (see below)
+    args = {"subscriber_id": target, "unit": "octets", "amount": amount}
     if accepted:
         ledger.apply(op, "x", args, 0)
     else:

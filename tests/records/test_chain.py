@@ -319,6 +319,72 @@ def test_a_manifest_that_fails_is_written_later_and_the_sealed_file_stays_sealed
     assert report.ok and report.records == len(SEQS), report.problems
 
 
+def test_a_folder_fsync_that_fails_after_the_rename_leaves_the_file_sealed(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename is done when the folder's fsync fails: the writer must not go back to the
+    old .part name (it would start an empty file there); the fsync and the manifest follow."""
+    out = tmp_path / "out"
+    w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
+    w.recover()
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky_fsync(fd: int) -> None:
+        sealed = list(out.glob("cdr-*-*.jsonl"))
+        if failures and sealed and os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        w.append([record(s) for s in SEQS])
+    assert not failures and w.status()["open_file"] is None
+    assert w.status()["manifests_pending"] == 1
+    w.append([record(s) for s in SEQS])
+    w.seal()
+    assert not list(out.glob("*.part"))
+    report = verify(out, key.public_key())
+    assert report.ok and report.records == len(SEQS), report.problems
+
+
+def test_a_restart_with_a_manifest_pending_asks_for_no_record_twice(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    """The position is saved before a file is renamed: a restart after a seal whose append
+    did not finish must not ask the source for that file's records again."""
+    out = tmp_path / "out"
+    w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
+    w.recover()
+    blocker = out / "cdr-000000000003-000000000006.jsonl.manifest.json"
+    blocker.mkdir()
+    with pytest.raises(OSError):
+        w.append([record(s) for s in SEQS])
+    blocker.rmdir()
+    again = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
+    again.recover()  # signs the sealed file
+    assert again.last_seq == 6
+    again.append([record(s) for s in SEQS])  # the exporter sends again from its position
+    again.seal()
+    report = verify(out, key.public_key())
+    assert report.ok and report.records == len(SEQS), report.problems
+
+
+@pytest.mark.parametrize("left", [b"", b"seq,at_"])
+def test_a_csv_file_whose_header_never_reached_the_disk_is_started_again(
+    tmp_path: Path, key: Ed25519PrivateKey, left: bytes
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cdr-000000000003.csv.part").write_bytes(left)  # a crash inside the first write
+    w = ChainWriter(out, "csv", key, Rotation())
+    w.recover()
+    w.append([record(s) for s in SEQS])
+    w.seal()
+    report = verify(out, key.public_key())
+    assert report.ok and report.records == len(SEQS), report.problems
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_a_large_append_offers_the_gil_between_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str

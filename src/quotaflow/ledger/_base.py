@@ -18,7 +18,10 @@ from quotaflow.ledger.transfers import Offer, Transfer, TransferLimits, Voucher
 Result = dict[str, Any]
 Args = dict[str, Any]
 
-AMOUNT_MAX: Final = 2**62  # any single amount; keeps every sum far inside a signed 64-bit integer
+# Any single amount, and the most one bucket may hold (top-ups and refunds that would pass it are
+# refused before anything moves): amounts stay inside 64 bits, which the journal and snapshots
+# need. Lifetime counters are sums of such amounts and are not capped.
+AMOUNT_MAX: Final = 2**62
 # The same bounds as literals that compiled comparisons use unboxed: 2**62 itself lies just past
 # mypyc's unboxed integers, which made every amount check a boxed comparison (about 550
 # instructions; now a few dozen).

@@ -40,8 +40,9 @@ import orjson
 from xxhash import xxh3_128_digest
 
 Result = dict[str, Any]
-# (operation or None, fingerprint, first result as JSON)
-Entry = tuple[str | None, bytes, str]
+# (operation or None, fingerprint, first result as JSON; the result itself in the rare case
+# that orjson cannot encode it, a number past 64 bits)
+Entry = tuple[str | None, bytes, str | Result]
 
 SCHEME: Final = "xxh3-128"  # the last field of a snapshot row written by this release
 FINGERPRINT_LEN: Final = 16
@@ -87,8 +88,11 @@ class OperationIds:
     @staticmethod
     def answer(entry: Entry) -> Result:
         """The first result of an entry, a copy of its own (the caller may change it)."""
-        result: Result = orjson.loads(entry[2])
-        return result
+        kept = entry[2]
+        if isinstance(kept, str):
+            result: Result = orjson.loads(kept)
+            return result
+        return kept
 
     def same(self, entry: Entry, op: str, fingerprint: bytes, content: bytes) -> bool:
         """Whether `op` with this content is what the entry's id was first used for."""
@@ -101,7 +105,9 @@ class OperationIds:
             return kept == fingerprint
         return kept[1:] == blake2b_digest(content)
 
-    def add(self, op_id: str, op: str | None, fingerprint: bytes, answer: str, now_ms: int) -> None:
+    def add(
+        self, op_id: str, op: str | None, fingerprint: bytes, answer: str | Result, now_ms: int
+    ) -> None:
         """Remember a new id (not in the table) at clock value `now_ms`, with its first result
         as JSON."""
         self.entries[op_id] = (op, fingerprint, answer)
@@ -164,7 +170,9 @@ class OperationIds:
             for _ in range(count):
                 op_id = next(order)
                 op, fingerprint, answer = self.entries[op_id]
-                result = orjson.Fragment(answer) if raw else orjson.loads(answer)
+                result: Any = answer
+                if isinstance(answer, str):
+                    result = orjson.Fragment(answer) if raw else orjson.loads(answer)
                 if len(fingerprint) == FINGERPRINT_LEN and op is not None:
                     out.append([op_id, fingerprint.hex(), result, at, op, SCHEME])
                 else:

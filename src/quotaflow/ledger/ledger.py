@@ -203,7 +203,11 @@ class Ledger(GroupOps, MovingOps):
                 raise Conflict(f"operation id {op_id!r} was used with different content")
             return table.answer(seen), False, content
         result = fn(args, now_ms)
-        table.add(op_id, name, fingerprint, _dumps(result).decode(), now_ms)
+        try:
+            answer: str | Result = _dumps(result).decode()
+        except TypeError:  # a number past 64 bits: the change is made, so keep it as it is
+            answer = result
+        table.add(op_id, name, fingerprint, answer, now_ms)
         return result, True, content
 
     def first_answer(self, op_id: str) -> Result | None:
@@ -427,6 +431,12 @@ class Ledger(GroupOps, MovingOps):
             bucket_id = f"main-{UNIT_NAME[unit]}"
         if bucket_id is None:
             bucket_id = _check_id("topup_id", args.get("topup_id"))
+        existing = sub.buckets.get(bucket_id)
+        if existing is not None and existing.amount > AMOUNT_MAX - amount:
+            # Checked before anything moves: sums past 64 bits could not be journaled or kept.
+            raise LimitReached(
+                f"bucket {bucket_id!r} would hold more than {AMOUNT_MAX}", limit=AMOUNT_MAX
+            )
         line = sub.buckets.get(f"overdraft-{UNIT_NAME[unit]}")
         if line is not None and line.amount < line.initial:
             # A soft pool's credit line is repaid first; the rest goes where it would have.
@@ -483,6 +493,10 @@ class Ledger(GroupOps, MovingOps):
             )
         if bucket.unit is not unit:
             raise InvalidRequest(f"bucket {bucket_id!r} holds {UNIT_NAME[bucket.unit]}")
+        if bucket.amount > AMOUNT_MAX - amount:
+            raise LimitReached(
+                f"bucket {bucket_id!r} would hold more than {AMOUNT_MAX}", limit=AMOUNT_MAX
+            )
         bucket.amount += amount
         sub.counter(unit)["refunded"] += amount
         return {

@@ -158,6 +158,13 @@ class ChainWriter:
         return state, torn
 
     def _reopen(self, path: Path) -> None:
+        header = self.format.header
+        if header is not None and (header + b"\n").startswith(path.read_bytes()):
+            # Not even its header made it to disk (a crash or a failed first write): no
+            # records, so nothing to keep; the next record starts a new file.
+            path.unlink()
+            _fsync_path(self.folder)
+            return
         try:
             state, torn = self._scan(path)
         except MalformedLine as exc:
@@ -206,12 +213,14 @@ class ChainWriter:
     def _start(self, first_seq: int, now_ms: int) -> _Open:
         path = self.folder / f"cdr-{first_seq:012d}.{self.format.name}{PART_SUFFIX}"
         state = _Open(path, self.head, now_ms, first_seq=first_seq)
-        if self.format.header is not None:
-            header = self.format.header + b"\n"
-            with open(path, "wb") as f:
-                f.write(header)
-            state.size_bytes = len(header)
-            state.file_hash.update(header)
+        header = b"" if self.format.header is None else self.format.header + b"\n"
+        with open(path, "wb") as f:
+            f.write(header)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(self.folder)  # the file's name too: the position will count its lines
+        state.size_bytes = len(header)
+        state.file_hash.update(header)
         self._open = state
         return state
 
@@ -242,6 +251,8 @@ class ChainWriter:
         if n == 0:
             return 0
         with open(state.path, "ab") as f:
+            if f.tell() < state.size_bytes:  # never pad with zeros what someone else cut
+                raise RuntimeError(f"{state.path} is shorter than the lines written to it")
             if f.tell() != state.size_bytes:
                 # An earlier write failed after some of its bytes reached the file (or all of
                 # them, and only the fsync failed): this write repeats those lines, so they go.
@@ -293,10 +304,12 @@ class ChainWriter:
             # Lines of a failed write, not counted: they are sent again, to the next file.
             os.truncate(state.path, state.size_bytes)
             _fsync_path(state.path)
+        # The position first: once renamed, a restart no longer reads this file's lines as
+        # the open file's, so it must not ask the source for them again.
+        self._save_position()
         os.replace(state.path, final)
-        _fsync_path(self.folder)
-        # Sealed on disk from here, whatever becomes of its manifest: the next records go to a
-        # new file, and a manifest that fails is written again before anything else.
+        # Sealed on disk from here, whatever follows fails (the folder's fsync, the manifest):
+        # the next records go to a new file, and what is left is done before anything else.
         self._open = None
         self.sealed_files += 1
         log.info("record file sealed", extra={"file": final.name, "records": state.count})
@@ -304,9 +317,11 @@ class ChainWriter:
         self._sign_pending()
 
     def _sign_pending(self) -> None:
-        """Write the manifests of sealed files that lack one, oldest first."""
+        """Make sealed files durable and signed, oldest first: the folder's fsync (their new
+        names), then each one's manifest."""
         while self._unsigned:
             data, state, head, sealed_ms = self._unsigned[0]
+            _fsync_path(self.folder)
             self._write_manifest(data, state, head, sealed_ms)
             del self._unsigned[0]
 
