@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,23 @@ def rechain(path: Path, fmt: str, lines: list[bytes], start: int) -> list[bytes]
         else:
             out[i] = out[i][: out[i].rfind(b",") + 1] + prev.encode()
     return out
+
+
+def fail_one_fsync(
+    monkeypatch: pytest.MonkeyPatch, when: Callable[[int], bool] = lambda fd: True
+) -> list[OSError]:
+    """The next os.fsync of a descriptor that `when` picks fails with EIO; the returned list
+    is empty once it has."""
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky_fsync(fd: int) -> None:
+        if failures and when(fd):
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    return failures
 
 
 @pytest.fixture
@@ -243,15 +261,7 @@ def test_a_write_whose_fsync_failed_is_repeated_once_not_twice(
     w = ChainWriter(out, "jsonl", key, Rotation(records_max=4))
     w.recover()
     w.append([record(s) for s in SEQS[:2]])
-    real_fsync = os.fsync
-    failures = [OSError(5, "Input/output error")]
-
-    def flaky_fsync(fd: int) -> None:
-        if failures:
-            raise failures.pop()
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    failures = fail_one_fsync(monkeypatch)
     with pytest.raises(OSError, match="Input/output"):
         w.append([record(s) for s in SEQS])
     assert w.last_seq == SEQS[1] and not failures
@@ -270,15 +280,7 @@ def test_a_file_sealed_right_after_a_failed_write_holds_only_what_was_counted(
     w = ChainWriter(out, "jsonl", key, Rotation())
     w.recover()
     w.append([record(s) for s in SEQS[:2]])
-    real_fsync = os.fsync
-    failures = [OSError(5, "Input/output error")]
-
-    def flaky_fsync(fd: int) -> None:
-        if failures:
-            raise failures.pop()
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    fail_one_fsync(monkeypatch)
     with pytest.raises(OSError, match="Input/output"):
         w.append([record(s) for s in SEQS])
     assert w.seal()
@@ -290,6 +292,20 @@ def test_a_file_sealed_right_after_a_failed_write_holds_only_what_was_counted(
     assert report.ok and report.records == len(SEQS), report.problems
 
 
+def append_with_first_manifest_blocked(
+    out: Path, key: Ed25519PrivateKey
+) -> tuple[ChainWriter, Path]:
+    """A writer of three records a file whose append of SEQS failed at the first file's
+    manifest (its path is a folder, returned to be removed)."""
+    w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
+    w.recover()
+    blocker = out / "cdr-000000000003-000000000006.jsonl.manifest.json"
+    blocker.mkdir()
+    with pytest.raises(OSError):
+        w.append([record(s) for s in SEQS])
+    return w, blocker
+
+
 def test_a_manifest_that_fails_is_written_later_and_the_sealed_file_stays_sealed(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
@@ -297,12 +313,7 @@ def test_a_manifest_that_fails_is_written_later_and_the_sealed_file_stays_sealed
     path is a folder for a while), the next records must not go to the renamed file's old
     name: they start a new file, and the manifest is written before them."""
     out = tmp_path / "out"
-    w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
-    w.recover()
-    blocker = out / "cdr-000000000003-000000000006.jsonl.manifest.json"
-    blocker.mkdir()
-    with pytest.raises(OSError):
-        w.append([record(s) for s in SEQS])
+    w, blocker = append_with_first_manifest_blocked(out, key)
     status = w.status()
     assert status["manifests_pending"] == 1 and status["open_file"] is None
     assert w.last_seq == 6
@@ -327,16 +338,14 @@ def test_a_folder_fsync_that_fails_after_the_rename_leaves_the_file_sealed(
     out = tmp_path / "out"
     w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
     w.recover()
-    real_fsync = os.fsync
-    failures = [OSError(5, "Input/output error")]
-
-    def flaky_fsync(fd: int) -> None:
-        sealed = list(out.glob("cdr-*-*.jsonl"))
-        if failures and sealed and os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
-            raise failures.pop()
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    failures = fail_one_fsync(
+        monkeypatch,
+        # the folder's, once a file was renamed
+        lambda fd: (
+            bool(list(out.glob("cdr-*-*.jsonl")))
+            and os.path.isdir(os.readlink(f"/proc/self/fd/{fd}"))
+        ),
+    )
     with pytest.raises(OSError, match="Input/output"):
         w.append([record(s) for s in SEQS])
     assert not failures and w.status()["open_file"] is None
@@ -354,12 +363,7 @@ def test_a_restart_with_a_manifest_pending_asks_for_no_record_twice(
     """The position is saved before a file is renamed: a restart after a seal whose append
     did not finish must not ask the source for that file's records again."""
     out = tmp_path / "out"
-    w = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
-    w.recover()
-    blocker = out / "cdr-000000000003-000000000006.jsonl.manifest.json"
-    blocker.mkdir()
-    with pytest.raises(OSError):
-        w.append([record(s) for s in SEQS])
+    _, blocker = append_with_first_manifest_blocked(out, key)
     blocker.rmdir()
     again = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
     again.recover()  # signs the sealed file

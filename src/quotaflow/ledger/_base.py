@@ -11,6 +11,7 @@ from mypy_extensions import trait
 from quotaflow.ledger.errors import (
     InvalidAmount,
     InvalidRequest,
+    LimitReached,
 )
 from quotaflow.ledger.model import Bucket, Group, Origin, Price, Status, Subscriber, Unit
 from quotaflow.ledger.transfers import Offer, Transfer, TransferLimits, Voucher
@@ -71,6 +72,15 @@ def _check_amount(name: str, value: Any, *, signed: bool = False, zero_ok: bool 
     if not (low <= amount <= _AMOUNT_MAX_LESS_ONE or amount == AMOUNT_MAX):
         raise InvalidAmount(f"{name} out of range [{low}, {AMOUNT_MAX}]", field=name)
     return amount
+
+
+def _check_room(bucket: Bucket, amount: int) -> None:
+    """Refuse, before anything moves, to credit a bucket past AMOUNT_MAX (sums past 64 bits
+    could not be journaled or kept)."""
+    if bucket.amount > AMOUNT_MAX - amount:
+        raise LimitReached(
+            f"bucket {bucket.id!r} would hold more than {AMOUNT_MAX}", limit=AMOUNT_MAX
+        )
 
 
 def _check_id(name: str, value: Any) -> str:

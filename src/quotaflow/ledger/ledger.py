@@ -28,6 +28,7 @@ from quotaflow.ledger._base import (
     Result,
     _check_amount,
     _check_id,
+    _check_room,
     _month,
     _optional_id,
     _origin,
@@ -432,11 +433,8 @@ class Ledger(GroupOps, MovingOps):
         if bucket_id is None:
             bucket_id = _check_id("topup_id", args.get("topup_id"))
         existing = sub.buckets.get(bucket_id)
-        if existing is not None and existing.amount > AMOUNT_MAX - amount:
-            # Checked before anything moves: sums past 64 bits could not be journaled or kept.
-            raise LimitReached(
-                f"bucket {bucket_id!r} would hold more than {AMOUNT_MAX}", limit=AMOUNT_MAX
-            )
+        if existing is not None:
+            _check_room(existing, amount)
         line = sub.buckets.get(f"overdraft-{UNIT_NAME[unit]}")
         if line is not None and line.amount < line.initial:
             # A soft pool's credit line is repaid first; the rest goes where it would have.
@@ -493,10 +491,7 @@ class Ledger(GroupOps, MovingOps):
             )
         if bucket.unit is not unit:
             raise InvalidRequest(f"bucket {bucket_id!r} holds {UNIT_NAME[bucket.unit]}")
-        if bucket.amount > AMOUNT_MAX - amount:
-            raise LimitReached(
-                f"bucket {bucket_id!r} would hold more than {AMOUNT_MAX}", limit=AMOUNT_MAX
-            )
+        _check_room(bucket, amount)
         bucket.amount += amount
         sub.counter(unit)["refunded"] += amount
         return {

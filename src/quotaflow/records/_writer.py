@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -84,6 +84,18 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _cut_to_counted(f: BinaryIO, state: _Open) -> None:
+    """Cut the open file (`f`, opened to append) back to the lines the writer counted: an
+    earlier write may have failed after some of its bytes reached the file (or all of them, and
+    only the fsync failed), and those lines are written again. A shorter file is not padded."""
+    size_bytes = f.tell()
+    if size_bytes < state.size_bytes:
+        raise RuntimeError(f"{state.path} is shorter than the lines written to it")
+    if size_bytes > state.size_bytes:
+        f.truncate(state.size_bytes)
+        os.fsync(f.fileno())
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -159,7 +171,11 @@ class ChainWriter:
 
     def _reopen(self, path: Path) -> None:
         header = self.format.header
-        if header is not None and (header + b"\n").startswith(path.read_bytes()):
+        if (
+            header is not None
+            and path.stat().st_size <= len(header) + 1
+            and (header + b"\n").startswith(path.read_bytes())
+        ):
             # Not even its header made it to disk (a crash or a failed first write): no
             # records, so nothing to keep; the next record starts a new file.
             path.unlink()
@@ -251,12 +267,7 @@ class ChainWriter:
         if n == 0:
             return 0
         with open(state.path, "ab") as f:
-            if f.tell() < state.size_bytes:  # never pad with zeros what someone else cut
-                raise RuntimeError(f"{state.path} is shorter than the lines written to it")
-            if f.tell() != state.size_bytes:
-                # An earlier write failed after some of its bytes reached the file (or all of
-                # them, and only the fsync failed): this write repeats those lines, so they go.
-                f.truncate(state.size_bytes)
+            _cut_to_counted(f, state)
             f.write(out)
             f.flush()
             os.fsync(f.fileno())
@@ -300,10 +311,8 @@ class ChainWriter:
         state = self._open
         assert state is not None and state.count > 0
         final = self.folder / f"cdr-{state.first_seq:012d}-{state.last_seq:012d}.{self.format.name}"
-        if state.path.stat().st_size != state.size_bytes:
-            # Lines of a failed write, not counted: they are sent again, to the next file.
-            os.truncate(state.path, state.size_bytes)
-            _fsync_path(state.path)
+        with open(state.path, "ab") as f:  # uncounted lines are sent again, to the next file
+            _cut_to_counted(f, state)
         # The position first: once renamed, a restart no longer reads this file's lines as
         # the open file's, so it must not ask the source for them again.
         self._save_position()
