@@ -9,13 +9,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "src"))
 os.environ.setdefault("QUOTAFLOW_NATIVE", "1")
-from quotaflow._native import COMPILED, MANIFEST, source_digest, source_path  # noqa: E402
+from quotaflow._native import (  # noqa: E402
+    C_MODULES,
+    COMPILED,
+    MANIFEST,
+    source_digest,
+    source_path,
+)
 
 # pip runs this file several times (metadata, then the build): compile only when building.
 BUILDING = bool({"build", "build_ext", "bdist_wheel", "editable_wheel", "develop"} & set(sys.argv))
@@ -35,7 +41,7 @@ if BUILDING and NATIVE:
 
     paths = [str(source_path(m).relative_to(HERE)) for m in COMPILED]
     # Read before mypyc reads the sources; a source changed while it compiled gets no manifest.
-    digests = {m: source_digest(m) for m in COMPILED}
+    digests = {m: source_digest(m) for m in (*COMPILED, *C_MODULES)}
     # An isolated build (pip install .) has no dependencies installed: their types are Any
     # there, so the strict checks that only warn about Any are off for the build (CI runs
     # mypy --strict on its own).
@@ -52,7 +58,11 @@ if BUILDING and NATIVE:
         multi_file=True,
         opt_level=os.environ.get("QUOTAFLOW_OPT_LEVEL", "3"),
     )
-    after = {m: source_digest(m) for m in COMPILED}
+    ext_modules += [
+        Extension(m, [str(source_path(m).relative_to(HERE))], extra_compile_args=["-O2"])
+        for m in C_MODULES
+    ]
+    after = {m: source_digest(m) for m in (*COMPILED, *C_MODULES)}
     if after != digests:
         raise SystemExit("a compiled source changed during the build: build again")
     MANIFEST.write_text(json.dumps({"modules": digests}, indent=1, sort_keys=True) + "\n")

@@ -66,12 +66,16 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.groups.watch",
     "quotaflow.tally",
 )
+# Written in C, built beside them, and used with them (their Python stand-ins are in the
+# modules that load them).
+C_MODULES: tuple[str, ...] = ("quotaflow.ledger._idtable",)
 ROOT = Path(__file__).resolve().parent
 MANIFEST = ROOT / "_native.json"
 
 
 def source_path(module: str) -> Path:
-    return ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    suffix = ".c" if module in C_MODULES else ".py"
+    return ROOT.joinpath(*module.split(".")[1:]).with_suffix(suffix)
 
 
 def source_digest(module: str) -> str:
@@ -100,13 +104,13 @@ def why_not_compiled(manifest: Path = MANIFEST, found: dict[str, Path] | None = 
     except (OSError, ValueError, KeyError):
         return "not built"
     found = compiled_files() if found is None else found
-    for module in COMPILED:
+    for module in (*COMPILED, *C_MODULES):
         if module not in found:
             return f"{module} is not compiled"
         if built.get(module) != source_digest(module):
             return f"{module} changed since it was compiled"
     for module in found:
-        if module not in COMPILED:  # compiled by an older build, no longer listed
+        if module not in COMPILED and module not in C_MODULES:  # an older build's, no longer listed
             return f"{module} is compiled but not listed"
     return None
 
@@ -120,6 +124,8 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in C_MODULES:  # no Python source: QUOTAFLOW_NATIVE=0 leaves it unused
+            return None
         if fullname not in self.compiled or not source_path(fullname).exists():
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))

@@ -318,12 +318,12 @@ def test_idempotency_forgets_oldest_first_by_count_and_by_clock() -> None:
     for i, at in enumerate([T0, T0 + 10, T0 + 10, T0 + 600, T0 + 700]):
         ledger.apply("topup", f"t{i}", {"subscriber_id": "a", "unit": "octets", "amount": 1}, at)
     # "c" and then "t0" went for the cap; the window then drops what came before each horizon
-    assert list(ledger.idempotency.entries) == ["t1", "t2", "t3", "t4"]
+    assert ledger.idempotency.ids() == ["t1", "t2", "t3", "t4"]
     assert ledger.prune_idempotency(T0 + 1011) == 2
-    assert list(ledger.idempotency.entries) == ["t3", "t4"]
+    assert ledger.idempotency.ids() == ["t3", "t4"]
     copy = Ledger.restore(ledger.snapshot(), ledger.limits)
     assert copy.snapshot() == ledger.snapshot()
-    assert copy.prune_idempotency(T0 + 1650) == 1 and list(copy.idempotency.entries) == ["t4"]
+    assert copy.prune_idempotency(T0 + 1650) == 1 and copy.idempotency.ids() == ["t4"]
 
 
 def test_a_repeat_gets_a_copy_of_the_first_answer_and_snapshots_keep_it_either_way() -> None:
@@ -510,20 +510,20 @@ def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
     """Past a few thousand forgotten ids the table cuts them off the front of its id list; the
     order, the clock values and the snapshot rows stay right across such cuts, and pruning
     reaches into the newest run of ids (the one still open)."""
-    from quotaflow.ledger._opids import OperationIds
+    from quotaflow.ledger._opids import OperationIds, PyIdTable
 
-    table = OperationIds(3_000)
+    table = OperationIds(3_000, PyIdTable(3_000))  # the Python table (the C one has no list)
     for i in range(10_000):
         table.add(f"id{i}", "topup", bytes(16), f'{{"n":{i}}}', 1_000 + i // 7)
-    assert len(table) == 3_000 and next(iter(table.entries)) == "id7000"  # the cap, one by one
-    assert len(table._ids) < 7_000  # the list was cut
+    assert len(table) == 3_000 and table.ids()[0] == "id7000"  # the cap, one by one
+    assert len(table.storage._ids) < 7_000  # the list was cut
     rows = table.to_json()
     assert [row[0] for row in rows] == [f"id{i}" for i in range(7_000, 10_000)]
     assert [row[3] for row in rows] == [1_000 + i // 7 for i in range(7_000, 10_000)]
     horizon = 1_000 + 9_000 // 7
     left = [i for i in range(7_000, 10_000) if 1_000 + i // 7 >= horizon]
     assert table.prune(horizon) == 3_000 - len(left)
-    assert list(table.entries) == [f"id{i}" for i in left]
+    assert table.ids() == [f"id{i}" for i in left]
     assert OperationIds.from_json(table.to_json(), 3_000).to_json() == table.to_json()
     assert table.prune(10**12) == len(left) and len(table) == 0 and table.to_json() == []
     table.add("again", "topup", bytes(16), "{}", 5)

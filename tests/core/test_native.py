@@ -93,7 +93,7 @@ def test_compiled_and_interpreted_ledgers_agree() -> None:
 def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     manifest = tmp_path / "_native.json"
     assert _native.why_not_compiled(manifest) in ("not built", "QUOTAFLOW_NATIVE=0")
-    digests = {m: _native.source_digest(m) for m in _native.COMPILED}
+    digests = {m: _native.source_digest(m) for m in (*_native.COMPILED, *_native.C_MODULES)}
     digests[_native.COMPILED[0]] = "0" * 64  # built from a source that has changed since
     manifest.write_text(json.dumps({"modules": digests}))
     reason = _native.why_not_compiled(manifest)
@@ -124,7 +124,7 @@ def test_a_compiled_module_no_longer_listed_is_found(tmp_path: Path) -> None:
         "quotaflow.rating.tariff": tmp_path / "rating" / f"tariff{suffix}"
     }
     if quotaflow.NATIVE_MODE == "compiled":
-        assert set(_native.compiled_files()) == set(_native.COMPILED)
+        assert set(_native.compiled_files()) == {*_native.COMPILED, *_native.C_MODULES}
 
 
 # Built once, at configuration or provisioning time (or per admin call), not per request:

@@ -84,7 +84,7 @@ async def test_schemathesis_finds_nothing(chf: LiveChf, client: SpecClient) -> N
     ledger = chf.store.ledger
     opened = sum(
         1
-        for op_id in ledger.idempotency.entries
+        for op_id in ledger.idempotency.ids()
         if op_id.endswith("#open")
         and (ledger.first_answer(op_id) or {}).get("subscriber_id") == sub
     )

@@ -22,11 +22,9 @@ out: a BLAKE2b digest of the arguments (rows of five fields), or of operation an
 together (four fields, no operation kept). In memory the first kind is marked by a prefix byte,
 the second by the missing operation.
 
-Oldest first, forgotten from the front. A plain dict holds the entries; a list holds the ids
-in the order they came, and a deque the runs of ids that came at the same clock value, so an
-entry carries no time of its own. (An OrderedDict costs a linked node per entry; forgetting
-from the front of a plain dict through next(iter()) is quadratic, as each call skips the slots
-deleted since the last resize.)
+Oldest first, forgotten from the front. The entries live in a table written in C
+(`_idtable.c`, whose comment says why), or in `PyIdTable` where that is not built; the
+`OperationIds` wrapper is the same over either.
 """
 
 from __future__ import annotations
@@ -34,10 +32,15 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections import deque
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from xxhash import xxh3_128_digest
+
+from quotaflow import _native
+
+if TYPE_CHECKING:
+    from quotaflow.ledger._idtable import IdTable
 
 Result = dict[str, Any]
 # (operation or None, fingerprint, first result as JSON; the result itself in the rare case
@@ -64,9 +67,17 @@ def legacy_digest(op: str, content: bytes) -> bytes:
     return hashlib.blake2b(op.encode() + content, digest_size=16).digest()
 
 
-class OperationIds:
+class PyIdTable:
+    """The id table's storage in Python, where the C one (`_idtable.c`) is not built: the same
+    methods and the same order. A plain dict holds the entries; a list holds the ids in the
+    order they came, and a deque the runs of ids that came at the same clock value, so an entry
+    carries no time of its own. (An OrderedDict costs a linked node per entry; forgetting from
+    the front of a plain dict through next(iter()) is quadratic, as each call skips the slots
+    deleted since the last resize.)"""
+
     def __init__(self, entries_max: int) -> None:
-        assert entries_max >= 0  # 0: nothing is remembered
+        if entries_max < 0:
+            raise ValueError("entries_max must be at least 0")
         self.entries_max = entries_max
         self.entries: dict[str, Entry] = {}
         # The ids oldest first: the live ones are _ids[_head:]; the front is cut off now and
@@ -84,6 +95,98 @@ class OperationIds:
 
     def get(self, op_id: str) -> Entry | None:
         return self.entries.get(op_id)
+
+    def add(
+        self, op_id: str, op: str | None, fingerprint: bytes, answer: str | Result, at_ms: int
+    ) -> None:
+        if op_id in self.entries:
+            raise KeyError("operation id already remembered")
+        self.entries[op_id] = (op, fingerprint, answer)
+        self._ids.append(op_id)
+        if self._open_count and self._open_at == at_ms:
+            self._open_count += 1
+        else:
+            if self._open_count:
+                self._runs.append([self._open_at, self._open_count])
+            self._open_at = at_ms
+            self._open_count = 1
+        while len(self.entries) > self.entries_max:
+            self._drop_oldest()
+
+    def _forget_first(self) -> None:
+        """Forget the oldest id (its run is counted down by the caller)."""
+        del self.entries[self._ids[self._head]]
+        self._head += 1
+        if self._head >= _COMPACT_AFTER and 2 * self._head >= len(self._ids):
+            del self._ids[: self._head]  # moves the rest, at most as many as were forgotten
+            self._head = 0
+
+    def _drop_oldest(self) -> None:
+        self._forget_first()
+        if self._runs:
+            first = self._runs[0]
+            first[1] -= 1
+            if not first[1]:
+                self._runs.popleft()
+        else:
+            self._open_count -= 1
+
+    def prune(self, horizon_ms: int) -> int:
+        runs = self._runs
+        dropped = 0
+        while runs and runs[0][0] < horizon_ms:
+            count = runs.popleft()[1]
+            for _ in range(count):
+                self._forget_first()
+            dropped += count
+        if not runs and self._open_count and self._open_at < horizon_ms:
+            for _ in range(self._open_count):
+                self._forget_first()
+            dropped += self._open_count
+            self._open_count = 0
+        return dropped
+
+    def rows(self) -> list[tuple[str, str | None, bytes, str | Result, int]]:
+        out: list[tuple[str, str | None, bytes, str | Result, int]] = []
+        order = iter(self._ids[self._head :])
+        runs = list(self._runs)
+        if self._open_count:
+            runs.append([self._open_at, self._open_count])
+        for at, count in runs:
+            for _ in range(count):
+                op_id = next(order)
+                op, fingerprint, answer = self.entries[op_id]
+                out.append((op_id, op, fingerprint, answer, at))
+        return out
+
+    def ids(self) -> list[str]:
+        return self._ids[self._head :]
+
+
+def _storage(entries_max: int) -> IdTable | PyIdTable:
+    """The C table where it is built and the compiled modules are in use, else the Python one."""
+    if _native.MODE == "compiled":
+        from quotaflow.ledger._idtable import IdTable
+
+        return IdTable(entries_max)
+    return PyIdTable(entries_max)
+
+
+class OperationIds:
+    def __init__(self, entries_max: int, storage: IdTable | PyIdTable | None = None) -> None:
+        assert entries_max >= 0  # 0: nothing is remembered
+        self.entries_max = entries_max
+        self.storage = _storage(entries_max) if storage is None else storage
+
+    def __len__(self) -> int:
+        return len(self.storage)
+
+    def get(self, op_id: str) -> Entry | None:
+        return self.storage.get(op_id)
+
+    def ids(self) -> list[str]:
+        """The remembered ids, oldest first."""
+        return self.storage.ids()
 
     @staticmethod
     def answer(entry: Entry) -> Result:
@@ -109,74 +212,27 @@ class OperationIds:
         self, op_id: str, op: str | None, fingerprint: bytes, answer: str | Result, now_ms: int
     ) -> None:
         """Remember a new id (not in the table) at clock value `now_ms`, with its first result
-        as JSON."""
-        self.entries[op_id] = (op, fingerprint, answer)
-        self._ids.append(op_id)
-        if self._open_count and self._open_at == now_ms:
-            self._open_count += 1
-        else:
-            if self._open_count:
-                self._runs.append([self._open_at, self._open_count])
-            self._open_at = now_ms
-            self._open_count = 1
-        if len(self.entries) > self.entries_max:
-            self._drop_oldest()
-
-    def _forget_first(self) -> None:
-        """Forget the oldest id (its run is counted down by the caller)."""
-        del self.entries[self._ids[self._head]]
-        self._head += 1
-        if self._head >= _COMPACT_AFTER and 2 * self._head >= len(self._ids):
-            del self._ids[: self._head]  # moves the rest, at most as many as were forgotten
-            self._head = 0
-
-    def _drop_oldest(self) -> None:
-        self._forget_first()
-        if self._runs:
-            first = self._runs[0]
-            first[1] -= 1
-            if not first[1]:
-                self._runs.popleft()
-        else:
-            self._open_count -= 1
+        as JSON; the oldest goes when the table is full."""
+        self.storage.add(op_id, op, fingerprint, answer, now_ms)
 
     def prune(self, horizon_ms: int) -> int:
         """Forget ids from the front while they came before `horizon_ms`; how many went.
         Stops at the first that came later (deterministic given the clock values)."""
-        runs = self._runs
-        dropped = 0
-        while runs and runs[0][0] < horizon_ms:
-            count = runs.popleft()[1]
-            for _ in range(count):
-                self._forget_first()
-            dropped += count
-        if not runs and self._open_count and self._open_at < horizon_ms:
-            for _ in range(self._open_count):
-                self._forget_first()
-            dropped += self._open_count
-            self._open_count = 0
-        return dropped
+        return self.storage.prune(horizon_ms)
 
     def to_json(self, raw: bool = False) -> list[list[Any]]:
         """[op_id, fingerprint hex, result, clock value, operation, scheme], oldest first; an
         entry restored from an older snapshot is written back as it was read. With `raw` the
         results are left encoded (`orjson.Fragment`), for a snapshot that orjson writes."""
         out: list[list[Any]] = []
-        order = iter(self._ids[self._head :])
-        runs = list(self._runs)
-        if self._open_count:
-            runs.append([self._open_at, self._open_count])
-        for at, count in runs:
-            for _ in range(count):
-                op_id = next(order)
-                op, fingerprint, answer = self.entries[op_id]
-                result: Any = answer
-                if isinstance(answer, str):
-                    result = orjson.Fragment(answer) if raw else orjson.loads(answer)
-                if len(fingerprint) == FINGERPRINT_LEN and op is not None:
-                    out.append([op_id, fingerprint.hex(), result, at, op, SCHEME])
-                else:
-                    out.append([op_id, fingerprint[-FINGERPRINT_LEN:].hex(), result, at, op])
+        for op_id, op, fingerprint, answer, at in self.storage.rows():
+            result: Any = answer
+            if isinstance(answer, str):
+                result = orjson.Fragment(answer) if raw else orjson.loads(answer)
+            if len(fingerprint) == FINGERPRINT_LEN and op is not None:
+                out.append([op_id, fingerprint.hex(), result, at, op, SCHEME])
+            else:
+                out.append([op_id, fingerprint[-FINGERPRINT_LEN:].hex(), result, at, op])
         return out
 
     @classmethod

@@ -1,0 +1,180 @@
+"""The operation-id table's storage: the C table (`ledger/_idtable.c`) and its Python stand-in
+keep the same entries in the same order, against a plain model, through the cap, the window,
+chunk turnover and index growth."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import quotaflow
+from quotaflow.ledger._opids import OperationIds, PyIdTable
+
+try:
+    from quotaflow.ledger._idtable import IdTable
+except ImportError:  # an interpreted install: only the stand-in exists
+    IdTable = None
+
+KINDS = ["python"] + (["c"] if IdTable is not None else [])
+
+
+def make(kind: str, entries_max: int) -> Any:
+    return IdTable(entries_max) if kind == "c" else PyIdTable(entries_max)
+
+
+def test_the_compiled_build_keeps_ids_in_the_c_table() -> None:
+    if os.environ.get("QUOTAFLOW_NATIVE") == "0" or quotaflow.NATIVE_MODE != "compiled":
+        assert type(OperationIds(5).storage) is PyIdTable
+        return
+    assert IdTable is not None
+    assert type(OperationIds(5).storage) is IdTable
+
+
+ids = st.text(min_size=1, max_size=40)  # any str, surrogates included
+answers = st.one_of(
+    st.text(max_size=300),  # kept as text (JSON in the ledger, any str here)
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),  # kept as the object
+)
+fingerprints = st.binary(min_size=16, max_size=17)
+ops = st.sampled_from(["topup", "reserve", "commit", None])
+
+
+class Model(RuleBasedStateMachine):
+    """Both tables against a list of (id, op, fingerprint, answer, at) oldest first."""
+
+    @initialize(entries_max=st.integers(0, 40))
+    def start(self, entries_max: int) -> None:
+        self.entries_max = entries_max
+        self.model: list[tuple[str, str | None, bytes, Any, int]] = []
+        self.clock = 1_000
+        self.tables = {kind: make(kind, entries_max) for kind in KINDS}
+
+    @rule(op_id=ids, op=ops, fp=fingerprints, answer=answers, step=st.integers(0, 3))
+    def add(self, op_id: str, op: str | None, fp: bytes, answer: Any, step: int) -> None:
+        self.clock += step
+        known = any(row[0] == op_id for row in self.model)
+        for table in self.tables.values():
+            if known:
+                with pytest.raises(KeyError):
+                    table.add(op_id, op, fp, answer, self.clock)
+            else:
+                table.add(op_id, op, fp, answer, self.clock)
+        if not known:
+            self.model.append((op_id, op, fp, answer, self.clock))
+            del self.model[: max(0, len(self.model) - self.entries_max)]
+
+    @precondition(lambda self: bool(self.model))
+    @rule(data=st.data())
+    def repeat_of_a_live_id(self, data: st.DataObject) -> None:
+        op_id, op, fp, answer, _ = data.draw(st.sampled_from(self.model))
+        for table in self.tables.values():
+            assert table.get(op_id) == (op, fp, answer)
+            with pytest.raises(KeyError):
+                table.add(op_id, op, fp, answer, self.clock)
+
+    @rule(op_id=ids)
+    def get(self, op_id: str) -> None:
+        want = next(((o, f, a) for i, o, f, a, _ in self.model if i == op_id), None)
+        for table in self.tables.values():
+            assert table.get(op_id) == want
+
+    @rule(back=st.integers(-2, 6))
+    def prune(self, back: int) -> None:
+        horizon = self.clock - back
+        keep = 0
+        while keep < len(self.model) and self.model[keep][4] < horizon:
+            keep += 1
+        for table in self.tables.values():
+            assert table.prune(horizon) == keep
+        del self.model[:keep]
+
+    @invariant()
+    def same_entries_in_the_same_order(self) -> None:
+        for table in self.tables.values():
+            assert len(table) == len(self.model)
+            assert table.ids() == [row[0] for row in self.model]
+            assert table.rows() == self.model
+            assert table.entries_max == self.entries_max
+
+
+TestModel = Model.TestCase
+TestModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_ids_across_chunks_index_growth_and_the_cap(kind: str) -> None:
+    """Enough ids to fill many chunks and grow the index several times, with answers of every
+    size (one larger than a chunk); each live id is found, each forgotten one is not, in
+    order, while the cap and the window turn the table over."""
+    table = make(kind, 30_000)
+    big = "x" * (3 << 20)  # bigger than a chunk: a chunk of its own
+    for i in range(100_000):
+        answer = big if i == 50_000 else f'{{"n":{i},"pad":"{"y" * (i % 200)}"}}'
+        table.add(f"op-{i}", "topup", i.to_bytes(16, "big"), answer, 1_000 + i // 10)
+    assert len(table) == 30_000
+    assert table.get("op-69999") is None
+    assert table.get("op-70000") == ("topup", (70_000).to_bytes(16, "big"), '{"n":70000,"pad":""}')
+    live = table.ids()
+    assert live == [f"op-{i}" for i in range(70_000, 100_000)]
+    assert all(table.get(op_id) is not None for op_id in live[::97])
+    assert table.prune(1_000 + 9_000) == 20_000
+    assert table.ids()[0] == "op-90000" and len(table) == 10_000
+    assert table.get("op-89999") is None and table.get("op-95000") is not None
+    assert table.prune(10**12) == 10_000 and len(table) == 0 and table.rows() == []
+    table.add("again", None, bytes(17), "", 5)  # reuses the emptied chunk
+    assert table.rows() == [("again", None, bytes(17), "", 5)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_arguments_are_refused_and_change_nothing(kind: str) -> None:
+    table = make(kind, 10)
+    table.add("a", "topup", bytes(16), "{}", 1)
+    if kind == "c":  # the C table checks types the ledger's callers already guarantee
+        with pytest.raises(TypeError):
+            table.add(7, "topup", bytes(16), "{}", 1)
+        with pytest.raises(ValueError):
+            table.add("b", "topup", bytes(18), "{}", 1)
+        with pytest.raises(TypeError):
+            table.add("b", b"topup", bytes(16), "{}", 1)
+        with pytest.raises(TypeError):
+            table.get(7)
+    with pytest.raises(KeyError):
+        table.add("a", "topup", bytes(16), "{}", 1)
+    with pytest.raises(ValueError):
+        make(kind, -1)
+    assert table.rows() == [("a", "topup", bytes(16), "{}", 1)]
+
+
+results = st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=3)
+
+
+@given(
+    st.lists(
+        st.tuples(ids, st.one_of(results, results.map(lambda r: orjson.dumps(r).decode()))),
+        min_size=1,
+        max_size=30,
+        unique_by=lambda row: row[0],
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_snapshot_rows_restore_through_either_table(rows: list[tuple[str, Any]]) -> None:
+    """Both tables write the same snapshot rows, and those rows restore into either."""
+    dumped = []
+    for kind in KINDS:
+        table = OperationIds(100, make(kind, 100))
+        for i, (op_id, answer) in enumerate(rows):
+            table.add(op_id, "topup", bytes([i]) * 16, answer, 1_000 + i)
+        dumped.append(table.to_json())
+    assert all(d == dumped[0] for d in dumped)
+    restored = OperationIds.from_json(dumped[0], 100).storage.rows()
+    for kind in KINDS:
+        again = OperationIds(100, make(kind, 100))
+        for row in restored:
+            again.storage.add(*row)
+        assert again.to_json() == dumped[0]
