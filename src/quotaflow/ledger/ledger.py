@@ -116,7 +116,6 @@ class Ledger(GroupOps, MovingOps):
         self.pool_holds: dict[str, set[tuple[str, str]]] = {}
         # And what they hold in all, by (group id, unit).
         self.pool_held: dict[tuple[str, str], int] = {}
-        self._next_expiry: dict[str, int] = {}  # subscriber id -> soonest reservation expiry
         # Reservations voided lazily because their validity lapsed. Such a void can happen in
         # an operation that is then refused; the store journals that refusal too, so replay
         # voids the same reservations at the same instant.
@@ -371,7 +370,6 @@ class Ledger(GroupOps, MovingOps):
         for key, value in sub.identities.items():
             self.identity_index.pop(f"{key}:{value}", None)
         del self.subscribers[sub.id]
-        self._next_expiry.pop(sub.id, None)
         return {"id": sub.id, "deleted": True}
 
     # ------------------------------------------------------------------ buckets
@@ -541,8 +539,7 @@ class Ledger(GroupOps, MovingOps):
 
     def _sweep_subscriber(self, sub: Subscriber, now_ms: int) -> None:
         """Void this subscriber's lapsed reservations (validity over)."""
-        nxt = self._next_expiry.get(sub.id)
-        if nxt is None or nxt > now_ms:
+        if sub.lapse_at_ms > now_ms:
             return
         soonest = NEVER_MS
         for res in list(sub.reservations.values()):
@@ -551,10 +548,7 @@ class Ledger(GroupOps, MovingOps):
                 self.lapsed_voids += 1
             elif res.expires_at_ms < soonest:
                 soonest = res.expires_at_ms
-        if soonest < NEVER_MS:
-            self._next_expiry[sub.id] = soonest
-        else:
-            self._next_expiry.pop(sub.id, None)
+        sub.lapse_at_ms = soonest
 
     def _account(self, sub: Subscriber, leg: Leg) -> Subscriber:
         return sub if leg.account is None else self.subscribers[leg.account]
@@ -718,9 +712,8 @@ class Ledger(GroupOps, MovingOps):
         self._hold_pool(res)
         sub.reservations[rid] = res
         self._track(sub.id, res)
-        nxt = self._next_expiry.get(sub.id)
-        if nxt is None or expires < nxt:
-            self._next_expiry[sub.id] = expires
+        if expires < sub.lapse_at_ms:
+            sub.lapse_at_ms = expires
         return {
             "reservation_id": rid,
             "units": granted,
@@ -1252,9 +1245,8 @@ class Ledger(GroupOps, MovingOps):
             for res in sub.reservations.values():
                 ledger._track(sub.id, res)
                 ledger._hold_pool(res)
-                nxt = ledger._next_expiry.get(sub.id)
-                if nxt is None or res.expires_at_ms < nxt:
-                    ledger._next_expiry[sub.id] = res.expires_at_ms
+                if res.expires_at_ms < sub.lapse_at_ms:
+                    sub.lapse_at_ms = res.expires_at_ms
             for b in sub.buckets.values():
                 if b.expires_at_ms < NEVER_MS:
                     heapq.heappush(ledger._bucket_expiry_heap, (b.expires_at_ms, sub.id, b.id))

@@ -343,6 +343,9 @@ class Subscriber:
     reservations: dict[str, Reservation] = field(default_factory=dict)
     # Flows per unit, for the conservation check: see Ledger.check_conservation.
     counters: dict[Unit, dict[str, int]] = field(default_factory=dict)
+    # Derived, not saved: no open reservation lapses before this (NEVER_MS: none open). Lets
+    # the ledger skip the lapse sweep of a subscriber without a lookup elsewhere.
+    lapse_at_ms: int = field(default=NEVER_MS, compare=False, repr=False)
 
     def counter(self, unit: Unit) -> dict[str, int]:
         c = self.counters.get(unit)
