@@ -84,6 +84,12 @@ class Model(RuleBasedStateMachine):
         for table in self.tables.values():
             assert table.get(op_id) == want
 
+    @rule(op_id=ids)
+    def prefetch(self, op_id: str) -> None:
+        """A hint only: it answers nothing and changes nothing (the invariant checks)."""
+        for table in self.tables.values():
+            assert table.prefetch(op_id) is None
+
     @rule(back=st.integers(-2, 6))
     def prune(self, back: int) -> None:
         horizon = self.clock - back

@@ -342,6 +342,19 @@ static PyObject *IdTable_get(IdTable *t, PyObject *op_id) {
     return entry;
 }
 
+PyDoc_STRVAR(prefetch_doc, "prefetch(op_id): start loading the index slot where a get of this "
+                           "id will look, so that work done before the get hides the wait");
+
+static PyObject *IdTable_prefetch(IdTable *t, PyObject *op_id) {
+    if (PyUnicode_Check(op_id)) {
+        Py_hash_t h = PyObject_Hash(op_id); /* kept in the str: the get does not hash again */
+        if (h == -1)
+            return NULL;
+        __builtin_prefetch(&t->slots[(uint64_t)h & t->mask]);
+    }
+    Py_RETURN_NONE;
+}
+
 static int op_code(IdTable *t, PyObject *op, uint16_t *code) {
     if (op == Py_None) {
         *code = OP_NONE;
@@ -519,6 +532,7 @@ static PyObject *IdTable_get_entries_max(IdTable *t, void *closure) {
 
 static PyMethodDef IdTable_methods[] = {
     {"get", (PyCFunction)IdTable_get, METH_O, get_doc},
+    {"prefetch", (PyCFunction)IdTable_prefetch, METH_O, prefetch_doc},
     {"add", (PyCFunction)(void (*)(void))IdTable_add, METH_FASTCALL, add_doc},
     {"prune", (PyCFunction)IdTable_prune, METH_O, prune_doc},
     {"rows", (PyCFunction)IdTable_rows, METH_NOARGS, rows_doc},

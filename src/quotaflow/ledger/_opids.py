@@ -96,6 +96,9 @@ class PyIdTable:
     def get(self, op_id: str) -> Entry | None:
         return self.entries.get(op_id)
 
+    def prefetch(self, op_id: str) -> None:
+        pass  # the C table's way to hide a cache miss; nothing to gain here
+
     def add(
         self, op_id: str, op: str | None, fingerprint: bytes, answer: str | Result, at_ms: int
     ) -> None:
@@ -183,6 +186,11 @@ class OperationIds:
 
     def get(self, op_id: str) -> Entry | None:
         return self.storage.get(op_id)
+
+    def prefetch(self, op_id: str) -> None:
+        """A `get` of this id follows soon: start loading what it reads (it then waits less
+        on memory, in a table of millions of ids)."""
+        self.storage.prefetch(op_id)
 
     def ids(self) -> list[str]:
         """The remembered ids, oldest first."""

@@ -187,6 +187,9 @@ class Ledger(GroupOps, MovingOps):
         if known is None:
             raise InvalidRequest(f"unknown ledger operation {op!r}")
         name, fn = known  # the name every entry of this operation shares
+        table = self.idempotency
+        if type(op_id) is str:
+            table.prefetch(op_id)  # its slot loads while the arguments are encoded
         try:
             content = _dumps(args, None, _SORT_KEYS)
         except TypeError as exc:  # e.g. an integer beyond 64 bits
@@ -196,7 +199,6 @@ class Ledger(GroupOps, MovingOps):
         if type(op_id) is not str or not 0 < len(op_id) <= OP_ID_LEN_MAX:
             raise InvalidRequest(f"op_id must be a string of 1..{OP_ID_LEN_MAX} characters")
         fingerprint = digest(content)
-        table = self.idempotency
         seen = table.get(op_id)
         if seen is not None:
             if not table.same(seen, name, fingerprint, content):
