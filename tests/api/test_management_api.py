@@ -34,19 +34,20 @@ async def test_subscriber_lifecycle(api: httpx.AsyncClient) -> None:
 async def test_a_topup_past_the_bucket_limit_is_refused_and_changes_nothing(
     api: httpx.AsyncClient,
 ) -> None:
-    """Each amount is within 2**62, their sum is not: the second top-up gets the limit error
-    with its reason, the balance stays as it was, and the server goes on answering."""
+    """Each amount is within 2**62, their sum is not: the second top-up is an invalid amount
+    (422 with its reason, not a 429 that invites a retry), the balance stays as it was, and
+    the server goes on answering."""
     await create(api)
     full = {"unit": "octets", "amount": 2**62}
     r = await api.post("/v1/subscribers/alice/topups", json={"id": "t-1", **full})
     assert r.status_code == 201, r.text
     before = (await api.get("/v1/subscribers/alice/balance")).json()
     r = await api.post("/v1/subscribers/alice/topups", json={"id": "t-2", **full})
-    assert r.status_code == 429 and r.json()["error"]["code"] == "limit_reached", r.text
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_amount", r.text
     assert "would hold more than" in r.json()["error"]["message"]
     assert (await api.get("/v1/subscribers/alice/balance")).json() == before
     r = await api.post("/v1/subscribers/alice/topups", json={"id": "t-3", **full, "amount": 1})
-    assert r.status_code == 429
+    assert r.status_code == 422
     assert (await api.get("/v1/subscribers/alice/balance")).json() == before
 
 

@@ -4,6 +4,7 @@ chunk turnover and index growth."""
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -184,3 +185,77 @@ def test_snapshot_rows_restore_through_either_table(rows: list[tuple[str, Any]])
         for row in restored:
             again.storage.add(*row)
         assert again.to_json() == dumped[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_collection_that_prunes_during_rows_does_not_cut_the_walk(kind: str) -> None:
+    """Making a row may start a collection (CPython 3.11 collects inside allocations), and a
+    callback or finalizer run by it may prune the table: the walk must not go on over the
+    chunks that freed."""
+    table = make(kind, 100)
+    table.add("n", "topup", bytes(16), "{}", 1)
+    table.add("big", "topup", bytes(16), "x" * (2 << 20), 1)  # a chunk of its own
+    for i in range(5):
+        table.add(f"n{i}", "topup", bytes(16), "{}", 2)
+    want = [row[0] for row in table.rows()]
+    calls: list[int] = []
+
+    def prune_on_second_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            calls.append(1)
+            if len(calls) == 2:
+                table.prune(10**12)
+
+    gc.collect()
+    threshold = gc.get_threshold()
+    gc.callbacks.append(prune_on_second_collection)
+    gc.set_threshold(1)
+    try:
+        rows = table.rows()
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(prune_on_second_collection)
+    assert [row[0] for row in rows] == want
+    assert rows[1][3] == "x" * (2 << 20)
+
+
+def test_a_finalizer_that_prunes_during_get_leaves_the_answer_whole() -> None:
+    """The C table's get makes a tuple, which may start a collection. (The Python table's
+    returns the tuple it keeps: nothing to collect inside it.)"""
+    assert IdTable is not None, "the C table is built wherever the tests run (scripts/test.sh)"
+    table = IdTable(100)
+    table.add("big", "topup", bytes(16), "x" * (2 << 20), 1)  # a chunk of its own
+    table.add("next", "topup", bytes(16), "{}", 2)
+
+    class Pruner:
+        def __init__(self) -> None:
+            self.cycle = self
+
+        def __del__(self) -> None:
+            table.prune(10**12)  # forgets "big": its chunk is freed
+
+    gc.collect()
+    threshold = gc.get_threshold()
+    gc.disable()
+    Pruner()  # garbage in a cycle, with a finalizer
+    gc.set_threshold(1)
+    gc.enable()
+    try:
+        entry = table.get("big")  # making its tuple collects: the finalizer prunes
+    finally:
+        gc.set_threshold(*threshold)
+    # the finalizer ran inside the get (before it the answer would be None, after it the
+    # table would still hold two ids), and the answer came out whole
+    assert entry == ("topup", bytes(16), "x" * (2 << 20)) and len(table) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refused_adds_leave_no_operation_name_behind(kind: str) -> None:
+    """The C table numbers operation names (at most 65,535): a refused add must not use one."""
+    table = make(kind, 10)
+    table.add("a", "x", bytes(16), "", 1)
+    for i in range(65_600):
+        with pytest.raises(KeyError):
+            table.add("a", f"op{i}", bytes(16), "", 1)
+    table.add("b", "topup", bytes(16), "", 1)
+    assert table.ids() == ["a", "b"]

@@ -11,7 +11,6 @@ from mypy_extensions import trait
 from quotaflow.ledger.errors import (
     InvalidAmount,
     InvalidRequest,
-    LimitReached,
 )
 from quotaflow.ledger.model import Bucket, Group, Origin, Price, Status, Subscriber, Unit
 from quotaflow.ledger.transfers import Offer, Transfer, TransferLimits, Voucher
@@ -78,7 +77,9 @@ def _check_room(bucket: Bucket, amount: int) -> None:
     """Refuse, before anything moves, to credit a bucket past AMOUNT_MAX (sums past 64 bits
     could not be journaled or kept)."""
     if bucket.amount > AMOUNT_MAX - amount:
-        raise LimitReached(
+        # The amount, not the system, is at fault: an invalid amount (422 over HTTP, 5004 over
+        # Gy, 400 over Nchf), not a limit reached (429 / 5006 / 503, which invite a retry).
+        raise InvalidAmount(
             f"bucket {bucket.id!r} would hold more than {AMOUNT_MAX}", limit=AMOUNT_MAX
         )
 

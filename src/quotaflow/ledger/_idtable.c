@@ -298,7 +298,7 @@ static Py_ssize_t IdTable_len(IdTable *t) { return t->count; }
 
 static int key_of(PyObject *op_id, uint64_t *hash, const char **p, Py_ssize_t *n,
                   PyObject **tmp) {
-    if (!PyUnicode_Check(op_id)) {
+    if (!PyUnicode_CheckExact(op_id)) { /* a subclass's __hash__ could call into the table */
         PyErr_SetString(PyExc_TypeError, "an operation id is a str");
         return -1;
     }
@@ -322,23 +322,19 @@ static PyObject *IdTable_get(IdTable *t, PyObject *op_id) {
     Py_XDECREF(tmp);
     if (i < 0)
         Py_RETURN_NONE;
+    /* Everything is read from the record before the tuple is made: making a tuple may start
+     * a collection, whose finalizers may prune or add and so free or reuse the record's chunk.
+     * (A bytes or str object is not tracked by the collector: making one starts none.) */
     const Rec *r = t->slots[i].rec;
+    PyObject *op = op_name(t, r->op);
     PyObject *fp = PyBytes_FromStringAndSize((const char *)r->fp, r->fp_len);
     PyObject *answer = answer_of(r);
-    if (fp == NULL || answer == NULL) {
-        Py_XDECREF(fp);
-        Py_XDECREF(answer);
-        return NULL;
-    }
-    PyObject *entry = PyTuple_New(3);
-    if (entry == NULL) {
-        Py_DECREF(fp);
-        Py_DECREF(answer);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(entry, 0, op_name(t, r->op));
-    PyTuple_SET_ITEM(entry, 1, fp);
-    PyTuple_SET_ITEM(entry, 2, answer);
+    PyObject *entry = NULL;
+    if (fp != NULL && answer != NULL)
+        entry = PyTuple_Pack(3, op, fp, answer);
+    Py_DECREF(op);
+    Py_XDECREF(fp);
+    Py_XDECREF(answer);
     return entry;
 }
 
@@ -346,11 +342,13 @@ PyDoc_STRVAR(prefetch_doc, "prefetch(op_id): start loading the index slot where 
                            "id will look, so that work done before the get hides the wait");
 
 static PyObject *IdTable_prefetch(IdTable *t, PyObject *op_id) {
-    if (PyUnicode_Check(op_id)) {
+    if (PyUnicode_CheckExact(op_id)) {
         Py_hash_t h = PyObject_Hash(op_id); /* kept in the str: the get does not hash again */
         if (h == -1)
             return NULL;
+#if defined(__GNUC__) || defined(__clang__)
         __builtin_prefetch(&t->slots[(uint64_t)h & t->mask]);
+#endif
     }
     Py_RETURN_NONE;
 }
@@ -360,7 +358,7 @@ static int op_code(IdTable *t, PyObject *op, uint16_t *code) {
         *code = OP_NONE;
         return 0;
     }
-    if (!PyUnicode_Check(op)) {
+    if (!PyUnicode_CheckExact(op)) {
         PyErr_SetString(PyExc_TypeError, "an operation is a str or None");
         return -1;
     }
@@ -404,9 +402,11 @@ static PyObject *IdTable_add(IdTable *t, PyObject *const *args, Py_ssize_t nargs
         PyErr_Format(PyExc_ValueError, "a fingerprint is bytes of at most %d", FP_MAX);
         return NULL;
     }
-    uint16_t code;
-    if (op_code(t, op, &code) < 0)
+    if (op != Py_None && !PyUnicode_CheckExact(op)) {
+        PyErr_SetString(PyExc_TypeError, "an operation is a str or None");
         return NULL;
+    }
+    uint16_t code;
     uint64_t hash;
     const char *key;
     Py_ssize_t key_len;
@@ -430,6 +430,9 @@ static PyObject *IdTable_add(IdTable *t, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_OverflowError, "operation id or answer too long");
         goto fail;
     }
+    /* the name is registered only now, when nothing else can refuse the add */
+    if (op_code(t, op, &code) < 0)
+        goto fail;
     if ((size_t)(t->count + 1) * 8 > (t->mask + 1) * 5 && grow(t) < 0)
         goto fail;
     Rec *r = append(t, rec_size((size_t)key_len, (size_t)text_len));
@@ -520,7 +523,15 @@ static PyObject *collect(IdTable *t, int (*fn)(IdTable *, const Rec *, void *)) 
 
 PyDoc_STRVAR(rows_doc, "rows() -> [(op_id, op, fingerprint, answer, at_ms)], oldest first");
 
-static PyObject *IdTable_rows(IdTable *t, PyObject *unused) { return collect(t, append_row); }
+static PyObject *IdTable_rows(IdTable *t, PyObject *unused) {
+    /* Each row is a tuple, whose making may start a collection, and a finalizer run by it may
+     * prune or add, freeing or reusing the chunk being walked: no collection during the walk. */
+    int was_enabled = PyGC_Disable();
+    PyObject *rows = collect(t, append_row);
+    if (was_enabled)
+        PyGC_Enable();
+    return rows;
+}
 
 PyDoc_STRVAR(ids_doc, "ids() -> [op_id], oldest first");
 

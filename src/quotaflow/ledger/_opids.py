@@ -29,6 +29,7 @@ Oldest first, forgotten from the front. The entries live in a table written in C
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sys
 from collections import deque
@@ -150,6 +151,17 @@ class PyIdTable:
         return dropped
 
     def rows(self) -> list[tuple[str, str | None, bytes, str | Result, int]]:
+        # Each row made may start a collection, whose callbacks or finalizers could prune the
+        # table under the walk (the C table does the same).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._rows()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _rows(self) -> list[tuple[str, str | None, bytes, str | Result, int]]:
         out: list[tuple[str, str | None, bytes, str | Result, int]] = []
         order = iter(self._ids[self._head :])
         runs = list(self._runs)
