@@ -387,7 +387,8 @@ static int op_code(IdTable *t, PyObject *op, uint16_t *code) {
 
 PyDoc_STRVAR(add_doc, "add(op_id, op, fingerprint, answer, at_ms): remember a new id (one not in "
                       "the table), then forget the oldest while more than entries_max remain. "
-                      "The answer is kept as text when it is a str, else as the object.");
+                      "The answer is kept as text when it is a str or bytes of UTF-8 (given "
+                      "back as str), else as the object.");
 
 static PyObject *IdTable_add(IdTable *t, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
@@ -423,6 +424,9 @@ static PyObject *IdTable_add(IdTable *t, PyObject *const *args, Py_ssize_t nargs
     if (PyUnicode_Check(answer)) {
         if (utf8_of(answer, &text, &text_len, &answer_tmp) < 0)
             goto fail;
+    } else if (PyBytes_Check(answer)) { /* UTF-8 already (orjson's): copied as it is */
+        text = PyBytes_AS_STRING(answer);
+        text_len = PyBytes_GET_SIZE(answer);
     } else {
         result = answer;
     }

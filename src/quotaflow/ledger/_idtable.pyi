@@ -14,7 +14,7 @@ class IdTable:
         op_id: str,
         op: str | None,
         fingerprint: bytes,
-        answer: str | dict[str, Any],
+        answer: str | bytes | dict[str, Any],
         at_ms: int,
         /,
     ) -> None: ...

@@ -101,11 +101,21 @@ class PyIdTable:
         pass  # the C table's way to hide a cache miss; nothing to gain here
 
     def add(
-        self, op_id: str, op: str | None, fingerprint: bytes, answer: str | Result, at_ms: int
+        self,
+        op_id: str,
+        op: str | None,
+        fingerprint: bytes,
+        answer: str | bytes | Result,
+        at_ms: int,
     ) -> None:
         if op_id in self.entries:
             raise KeyError("operation id already remembered")
-        self.entries[op_id] = (op, fingerprint, answer)
+        # JSON's UTF-8 is kept as a str (see the module's docstring on orjson's bytes)
+        self.entries[op_id] = (
+            op,
+            fingerprint,
+            answer.decode() if isinstance(answer, bytes) else answer,
+        )
         self._ids.append(op_id)
         if self._open_count and self._open_at == at_ms:
             self._open_count += 1
@@ -229,10 +239,16 @@ class OperationIds:
         return kept[1:] == blake2b_digest(content)
 
     def add(
-        self, op_id: str, op: str | None, fingerprint: bytes, answer: str | Result, now_ms: int
+        self,
+        op_id: str,
+        op: str | None,
+        fingerprint: bytes,
+        answer: str | bytes | Result,
+        now_ms: int,
     ) -> None:
         """Remember a new id (not in the table) at clock value `now_ms`, with its first result
-        as JSON; the oldest goes when the table is full."""
+        as JSON (str, or bytes of UTF-8: a get gives it back as str); the oldest goes when the
+        table is full."""
         self.storage.add(op_id, op, fingerprint, answer, now_ms)
 
     def prune(self, horizon_ms: int) -> int:

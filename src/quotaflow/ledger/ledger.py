@@ -206,7 +206,7 @@ class Ledger(GroupOps, MovingOps):
             return table.answer(seen), False, content
         result = fn(args, now_ms)
         try:
-            answer: str | Result = _dumps(result).decode()
+            answer: bytes | Result = _dumps(result)  # the table keeps it as text
         except TypeError:  # a number past 64 bits: the change is made, so keep it as it is
             answer = result
         table.add(op_id, name, fingerprint, answer, now_ms)
