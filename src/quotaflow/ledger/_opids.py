@@ -199,9 +199,13 @@ def _storage(entries_max: int) -> IdTable | PyIdTable:
 
 class OperationIds:
     def __init__(self, entries_max: int, storage: IdTable | PyIdTable | None = None) -> None:
-        assert entries_max >= 0  # 0: nothing is remembered
-        self.entries_max = entries_max
+        """At most `entries_max` ids (0: nothing is remembered; below 0: ValueError), kept in
+        `storage`, by default the C table where it is in use."""
         self.storage = _storage(entries_max) if storage is None else storage
+
+    @property
+    def entries_max(self) -> int:
+        return self.storage.entries_max
 
     def __len__(self) -> int:
         return len(self.storage)
@@ -283,5 +287,5 @@ class OperationIds:
                     fingerprint = _BLAKE2B + fingerprint
                 elif row[5] != SCHEME:
                     raise ValueError(f"operation id fingerprints of unknown scheme {row[5]!r}")
-            table.add(row[0], op, fingerprint, orjson.dumps(row[2]).decode(), row[3])
+            table.add(row[0], op, fingerprint, orjson.dumps(row[2]), row[3])
         return table
