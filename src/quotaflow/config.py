@@ -202,8 +202,12 @@ def _load_records(table: dict[str, Any]) -> RecordOptions:
             stream=str(n.get("stream", defaults.stream)),
             subject=str(n.get("subject", defaults.subject)),
         )
+    for key in ("export", "process"):
+        if not isinstance(table.get(key, True), bool):
+            raise ConfigError(f"records.{key} must be true or false")
     return RecordOptions(
-        export=bool(table.get("export", True)),
+        export=table.get("export", True),
+        process=table.get("process", True),
         formats=tuple(formats),
         rotation=rotation,
         nats=nats,

@@ -65,6 +65,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         'default = 2\nmax = 3\n[rating]\ntariff_file = "TARIFF"\n'
         '[diameter]\npeers = [{ origin_host = "pgw.example", address = "127.0.0.1" }]\n'
         '[records]\nformats = ["jsonl", "csv"]\nrotate_s = 600\nretention_days = 30\n'
+        "process = false\n"
         '[records.nats]\nurl = "nats://127.0.0.1:4222"\nsubject = "ocs.cdr"\n'
     )
     path.write_text(path.read_text().replace("TARIFF", str(tariff)))
@@ -80,6 +81,8 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     assert cfg.diameter_peers[0].origin_host == "pgw.example"
     assert cfg.records.formats == ("jsonl", "csv") and cfg.records.rotation.age_s_max == 600
     assert cfg.records.retention_days == 30
+    assert cfg.records.process is False and cfg.records.export is True
+    assert load(None).records.process is True
     assert cfg.records.nats is not None and cfg.records.nats.subject == "ocs.cdr"
 
 
@@ -91,6 +94,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         ("[grants.octets]\nmin = 10\ndefault = 5\n", "grants.octets"),
         ('[rating]\ntariff_file = "/nonexistent/t.toml"\n', "cannot read tariff file"),
         ('[records]\nformats = ["xml"]\n', "records.formats"),
+        ('[records]\nprocess = "yes"\n', "records.process"),
         ('[diameter]\npeers = [{ address = "x" }]\n', "origin_host"),
         ("not toml at all = = =", "cannot read config"),
     ],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from quotaflow import records
 from quotaflow.engine import Engine, ServiceRequest
@@ -32,10 +33,16 @@ def exported(folder: Path) -> list[dict[str, object]]:
     return out
 
 
-async def test_export_survives_restart_without_loss_or_duplicates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("process", [True, False], ids=["own-process", "in-process"])
+async def test_export_survives_restart_without_loss_or_duplicates(
+    tmp_path: Path, process: bool
+) -> None:
     data = tmp_path / "data"
     opts = RecordOptions(
-        formats=("jsonl", "csv"), rotation=Rotation(records_max=4), poll_interval_s=0.05
+        formats=("jsonl", "csv"),
+        rotation=Rotation(records_max=4),
+        poll_interval_s=0.05,
+        process=process,
     )
     async with running_engine(data) as engine:
         await provision(engine, "alice")
@@ -139,7 +146,7 @@ async def test_export_stops_in_the_tick_it_is_woken(tmp_path: Path) -> None:
     """A wake-up and a stop in the same tick: the stop wins. (Python 3.11's wait_for returned
     the wake-up and dropped the cancel, so the loop ran on and stop() never returned.)"""
     data = tmp_path / "data"
-    opts = RecordOptions(formats=("jsonl",), poll_interval_s=0.05)
+    opts = RecordOptions(formats=("jsonl",), poll_interval_s=0.05, process=False)
     async with running_engine(data) as engine:
         await provision(engine, "alice")
         await debits(engine, "alice", 2, "a")
@@ -153,18 +160,22 @@ async def test_export_stops_in_the_tick_it_is_woken(tmp_path: Path) -> None:
         assert service.exporter._task is not None and service.exporter._task.cancelled()
 
 
-async def test_a_burst_of_charges_is_exported_as_one_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("process", [True, False], ids=["own-process", "in-process"])
+async def test_a_burst_of_charges_is_exported_as_one_batch(tmp_path: Path, process: bool) -> None:
     """Every charge wakes the exporter; it lingers so that the burst lands in one batch (each
     batch costs fsyncs and a position write per format), not one batch per charge."""
     data = tmp_path / "data"
-    opts = RecordOptions(formats=("jsonl",), poll_interval_s=5.0)
+    # A linger far longer than 20 debits take, however slow the disk; a poll longer than the
+    # test, so only a wake-up can start the export.
+    opts = RecordOptions(formats=("jsonl",), poll_interval_s=30.0, linger_s=2.0, process=process)
     async with running_engine(data) as engine:
         await provision(engine, "alice")
         service = await records.start(engine, engine.store, data, opts)
         exporter = service.exporter
         assert exporter is not None
-        exporter.linger_s = 2.0  # far longer than 20 debits take, however slow the disk
-        await asyncio.sleep(0.05)  # its first (empty) pass is done; it waits for a wake-up
+        # Its first (empty) pass is done; it waits for a wake-up.
+        await eventually(lambda: service.status()["export"].get("position") == 0, what="start")
+        await asyncio.sleep(0.05)
         await debits(engine, "alice", 20, "a")
         last = stored(engine)[-1]["seq"]
         await eventually(lambda: exporter.position == last, timeout_s=10, what="export")

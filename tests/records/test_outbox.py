@@ -4,6 +4,7 @@ table as the fallback: whatever way a record comes, it is exported once, in orde
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quotaflow import records
 from quotaflow.ledger import Unit
 from quotaflow.records import ChainWriter
-from quotaflow.records._export import Exporter
+from quotaflow.records._export import Exporter, identities_from
 from quotaflow.store import EmbeddedStore
 from quotaflow.store.base import StoreUnavailable
 from quotaflow.store.embedded import RecordOutbox
@@ -32,7 +33,14 @@ def _exporter(
     """An exporter to JSON lines under `data`, not started: the test drives its steps."""
     writer = ChainWriter(data / "records" / "jsonl", "jsonl", key, records.Rotation())
     writer.recover()
-    return Exporter(store, records.RecordSource(store), [writer], outbox=outbox, **options)
+    return Exporter(
+        functools.partial(identities_from, store),
+        records.RecordSource(store),
+        [writer],
+        outbox=outbox,
+        durable_seq=lambda: store.durable_seq,
+        **options,
+    )
 
 
 async def _stopped(exporter: Exporter) -> None:
@@ -153,9 +161,13 @@ async def test_a_records_service_that_fails_to_start_leaves_the_store_free(tmp_p
     async with running_engine(data) as engine:
         with pytest.raises(AssertionError):  # refused by the exporter, after the outbox opened
             await records.start(
-                engine, engine.store, data, records.RecordOptions(batch_records_max=0)
+                engine,
+                engine.store,
+                data,
+                records.RecordOptions(batch_records_max=0, process=False),
             )
-        service = await records.start(engine, engine.store, data, records.RecordOptions())
+        options = records.RecordOptions(process=False)
+        service = await records.start(engine, engine.store, data, options)
         assert service.exporter is not None and service.exporter.outbox is not None
         await service()
 

@@ -9,16 +9,21 @@ An embedded store also hands each record over as its commit ends (RecordOutbox):
 that keeps up takes them from there and reads the table only to catch up (after a start, or
 when it fell behind by more than the outbox holds).
 
-Subscriber identities are not in the stored record; they are joined here at export time from
-the store. Identities rarely change, but a record exported after a change (or after the
-subscriber was deleted) carries the identities of export time (or none).
+Subscriber identities are not in the stored record; they are joined here at export time, as the
+charging process knows them. Identities rarely change, but a record exported after a change (or
+after the subscriber was deleted) carries the identities of export time (or none).
+
+By default this runs in a process of its own (see `_process`); in the charging process only
+where the store has no SQLite file to follow, or where configured so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,24 +42,40 @@ BATCH_RECORDS_MAX = 5000
 LINGER_S = 0.1
 
 
-async def with_identities(store: Store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records, each given `identities` of its subscriber as the store knows them now.
-    They are changed in place: every caller passes records of its own (decoded from the table,
-    or handed over by the outbox)."""
-    cache: dict[str, dict[str, str]] = {}
-    for n, r in enumerate(records, 1):
+# Looks up the identities of the given subscribers, as the store knows them now; a subscriber
+# that is gone has none. In-process that is the store; the exporter's own process asks the
+# charging process over its pipe (one round trip per batch).
+IdentityLookup = Callable[[list[str]], Awaitable[dict[str, dict[str, str]]]]
+
+
+async def identities_from(store: Store, subscriber_ids: list[str]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for n, sid in enumerate(subscriber_ids, 1):
         if n % 500 == 0:
             await asyncio.sleep(0)  # a batch of thousands would hold the loop for milliseconds
-        sid = str(r.get("subscriber_id", ""))
-        ids = cache.get(sid)
-        if ids is None:
-            try:
-                ids = dict((await store.get_subscriber(sid)).identities)
-            except ChargingError:  # deleted since
-                ids = {}
-            cache[sid] = ids
-        r["identities"] = ids
+        try:
+            found[sid] = dict((await store.get_subscriber(sid)).identities)
+        except ChargingError:  # deleted since
+            found[sid] = {}
+    return found
+
+
+async def join_identities(
+    lookup: IdentityLookup, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The records, each given `identities` of its subscriber. They are changed in place:
+    every caller passes records of its own (decoded from the table, or handed over by the
+    outbox)."""
+    sids = list(dict.fromkeys(str(r.get("subscriber_id", "")) for r in records))
+    found = await lookup(sids) if sids else {}
+    for r in records:
+        r["identities"] = found.get(str(r.get("subscriber_id", "")), {})
     return records
+
+
+async def with_identities(store: Store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`join_identities` from the store itself."""
+    return await join_identities(functools.partial(identities_from, store), records)
 
 
 class Exporter:
@@ -62,7 +83,7 @@ class Exporter:
 
     def __init__(
         self,
-        store: Store,
+        identities: IdentityLookup,
         source: RecordSource,
         writers: list[ChainWriter],
         *,
@@ -70,10 +91,11 @@ class Exporter:
         batch_records_max: int = BATCH_RECORDS_MAX,
         linger_s: float = LINGER_S,
         outbox: RecordOutbox | None = None,
+        durable_seq: Callable[[], int] | None = None,
     ) -> None:
         assert writers and poll_interval_s > 0 and 0 < batch_records_max <= 100_000
         assert linger_s >= 0
-        self.store = store
+        self.identities = identities
         self.source = source
         self.writers = writers
         self.poll_interval_s = poll_interval_s
@@ -89,6 +111,10 @@ class Exporter:
         # when the table was read to its end (there are no records between the two).
         self._exported_to = 0
         self.from_outbox = 0  # records taken from the outbox rather than read from the table
+        self.durable_seq = durable_seq  # the store's last committed seq, where it tells
+        # Called after every step that moved records or failed (the exporter's own process
+        # reports its state to the charging process from here).
+        self.on_step: Callable[[], None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -120,7 +146,9 @@ class Exporter:
             except Exception:
                 self.errors += 1
                 log.exception("record export failed; retrying")
-                moved = 0
+                moved = -1
+            if moved and self.on_step is not None:
+                self.on_step()
             if moved < self.batch_records_max:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -139,7 +167,7 @@ class Exporter:
         table_end = -1
         if batch is None:
             # Committed before the read starts: a short page then holds every record up to it.
-            durable = getattr(self.store, "durable_seq", -1)
+            durable = -1 if self.durable_seq is None else self.durable_seq()
             batch = await self.source.read(RecordFilter(after_seq=position), limit)
             if len(batch) < limit:
                 table_end = durable
@@ -147,7 +175,7 @@ class Exporter:
             self.from_outbox += len(batch)
         if batch:
             self.batches += 1
-            enriched = await with_identities(self.store, batch)
+            enriched = await join_identities(self.identities, batch)
             for w in self.writers:
                 await loop.run_in_executor(self._io, w.append, enriched)
         else:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quotaflow.engine import Engine, EngineEvent
-from quotaflow.records._export import Exporter
+from quotaflow.records._export import LINGER_S, Exporter, IdentityLookup, identities_from
 from quotaflow.records._keys import load_or_create_key
 from quotaflow.records._nats import NatsOptions, NatsStreamer
+from quotaflow.records._process import ExporterProcess, ProcessSpec
 from quotaflow.records._source import RecordSource
 from quotaflow.records._writer import ChainWriter, Rotation
 from quotaflow.store.base import Store
@@ -29,12 +31,16 @@ class RecordOptions:
     """Where and how records are exported. Paths default to folders of the data directory."""
 
     export: bool = True
+    # Export from a process of its own (`python -m quotaflow.records`), off the charging
+    # process's CPU and GIL; in process only where the store keeps no SQLite file to follow.
+    process: bool = True
     export_dir: Path | None = None  # default <data_dir>/records
     key_dir: Path | None = None  # default <data_dir>/keys
     formats: tuple[str, ...] = ("jsonl",)
     rotation: Rotation = field(default_factory=Rotation)
     poll_interval_s: float = 0.5
     batch_records_max: int = 5000
+    linger_s: float = LINGER_S
     nats: NatsOptions | None = None  # None: no stream
     # Charging records older than this leave the cdr table once every exporter and the stream
     # have them; 0 keeps them forever. Exported files are never deleted.
@@ -59,7 +65,7 @@ class RecordService:
         self.export_dir = opts.export_dir or self.data_dir / "records"
         self.key_dir = opts.key_dir or self.data_dir / "keys"
         self.key: Ed25519PrivateKey = load_or_create_key(self.key_dir)
-        self.exporter: Exporter | None = None
+        self.exporter: Exporter | ExporterProcess | None = None
         self.streamer: NatsStreamer | None = None
         self._sources: list[RecordSource] = []
         self._retention: asyncio.Task[None] | None = None
@@ -74,27 +80,11 @@ class RecordService:
     async def start(self) -> RecordService:
         opts = self.options
         if opts.export:
-            writers = [
-                ChainWriter(self.export_dir / fmt, fmt, self.key, opts.rotation)
-                for fmt in opts.formats
-            ]
-            # The embedded store hands records over as they commit (one consumer: the files).
-            handover = getattr(self.store, "record_outbox", None)
-            outbox = handover() if handover is not None else None
-            try:
-                self.exporter = Exporter(
-                    self.store,
-                    self.source(),
-                    writers,
-                    poll_interval_s=opts.poll_interval_s,
-                    batch_records_max=opts.batch_records_max,
-                    outbox=outbox,
-                )
-                await self.exporter.start()
-            except BaseException:
-                if outbox is not None:  # else the store would refuse the next start
-                    outbox.close()
-                raise
+            db_path = getattr(self.store, "path", None)
+            if opts.process and db_path is not None:
+                await self._start_process(db_path)
+            else:
+                await self._start_in_process()
         if opts.nats is not None:
             self.streamer = NatsStreamer(
                 self.store,
@@ -109,6 +99,50 @@ class RecordService:
             self._retention = asyncio.get_running_loop().create_task(self._retain())
         log.info("records service started", extra={"export_dir": str(self.export_dir)})
         return self
+
+    def _lookup(self) -> IdentityLookup:
+        return functools.partial(identities_from, self.store)
+
+    async def _start_process(self, db_path: Path) -> None:
+        opts = self.options
+        spec = ProcessSpec(
+            db_path=str(db_path),
+            folders={fmt: str(self.export_dir / fmt) for fmt in opts.formats},
+            key_dir=str(self.key_dir),
+            rotation=asdict(opts.rotation),
+            poll_interval_s=opts.poll_interval_s,
+            batch_records_max=opts.batch_records_max,
+            linger_s=opts.linger_s,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )
+        self.exporter = ExporterProcess(spec, self._lookup())
+        await self.exporter.start()
+
+    async def _start_in_process(self) -> None:
+        opts = self.options
+        writers = [
+            ChainWriter(self.export_dir / fmt, fmt, self.key, opts.rotation) for fmt in opts.formats
+        ]
+        # The embedded store hands records over as they commit (one consumer: the files).
+        handover = getattr(self.store, "record_outbox", None)
+        outbox = handover() if handover is not None else None
+        store = self.store
+        try:
+            self.exporter = Exporter(
+                self._lookup(),
+                self.source(),
+                writers,
+                poll_interval_s=opts.poll_interval_s,
+                batch_records_max=opts.batch_records_max,
+                linger_s=opts.linger_s,
+                outbox=outbox,
+                durable_seq=lambda: int(getattr(store, "durable_seq", -1)),
+            )
+            await self.exporter.start()
+        except BaseException:
+            if outbox is not None:  # else the store would refuse the next start
+                outbox.close()
+            raise
 
     def _on_event(self, event: EngineEvent) -> None:
         if event.kind in WAKE_EVENTS:  # never blocks: only sets flags

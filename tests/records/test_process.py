@@ -1,0 +1,139 @@
+"""The exporter in its own process: it exports what the in-process one does, its faults never
+reach charging, it is started again when it dies, and it does not outlive the charging process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from quotaflow import records
+from quotaflow.records import RecordOptions
+from quotaflow.records._process import ExporterProcess, ProcessSpec
+from tests.conftest import free_port
+from tests.core.test_crash import start as start_server
+from tests.records.harness import (
+    debits,
+    eventually,
+    provision,
+    running_engine,
+    serve_routes,
+    stored,
+)
+from tests.records.test_export import exported
+
+IDENTITIES = {"msisdn": "4670alice", "imsi": "00101alice"}
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+async def test_a_killed_exporter_process_is_started_again_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    opts = RecordOptions(poll_interval_s=0.05)
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, opts)
+        exporter = service.exporter
+        assert isinstance(exporter, ExporterProcess)
+        await debits(engine, "alice", 5, "a")
+        last = stored(engine)[-1]["seq"]
+        await eventually(lambda: exporter.position == last, what="first export")
+        pid = exporter.pid
+        assert pid is not None and pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        await debits(engine, "alice", 5, "b")  # charging goes on while it is down
+        last = stored(engine)[-1]["seq"]
+        await eventually(
+            lambda: exporter.position == last and exporter.pid != pid,
+            timeout_s=15,
+            what="a new exporter process catching up",
+        )
+        status = service.status()["export"]
+        assert status["process"]["restarts"] == 1
+        assert status["process"]["last_exit_code"] == -signal.SIGKILL
+        assert await exporter.seal() == 1
+        await service()
+        assert _gone(pid) and exporter.pid is not None and _gone(exporter.pid)
+    lines = exported(data / "records" / "jsonl")
+    assert [r["seq"] for r in lines] == list(range(lines[0]["seq"], last + 1))
+    assert len(lines) == 10 and all(r["identities"] == IDENTITIES for r in lines)
+    key = records.load_or_create_key(data / "keys").public_key()
+    report = records.verify(data / "records" / "jsonl", key)
+    assert report.ok and report.records == 10, report.problems
+
+
+async def test_an_exporter_that_cannot_start_stops_no_charge_and_catches_up_once_it_can(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    blocker = data / "records"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")  # the exporter cannot make its folder: it exits
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, RecordOptions())
+        exporter = service.exporter
+        assert isinstance(exporter, ExporterProcess)
+        async with (
+            serve_routes(records.routes(service)) as url,
+            httpx.AsyncClient(base_url=url, timeout=5) as http,
+        ):
+            await debits(engine, "alice", 3, "a")  # charged, its records wait in the table
+            await eventually(lambda: exporter.restarts >= 1, timeout_s=15, what="a failed start")
+            state = (await http.get("/v1/cdrs/export")).json()["export"]
+            assert state["process"]["running"] is False and state["process"]["last_exit_code"]
+            r = await http.post("/v1/cdrs/export/seal")
+            assert r.status_code == 503, r.text
+            assert "not running" in r.json()["error"]["message"]
+            blocker.unlink()
+            last = stored(engine)[-1]["seq"]
+            await eventually(lambda: exporter.position == last, timeout_s=20, what="catch-up")
+            sealed = await http.post("/v1/cdrs/export/seal")
+            assert sealed.status_code == 200 and sealed.json()["sealed_files"] == 1
+        await service()
+    assert [r["seq"] for r in exported(data / "records" / "jsonl")] == [
+        r["seq"] for r in stored(engine)
+    ]
+
+
+def test_the_exporter_process_exits_when_the_charging_process_is_killed(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_server(tmp_path / "data", port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            state = httpx.get(f"{base}/v1/cdrs/export", timeout=5).json()["export"]
+            pid = state["process"]["pid"] if state["process"]["running"] else None
+            time.sleep(0.05)
+        assert pid is not None, "the exporter process did not start"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), "the exporter process outlived the charging process"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_spec_the_exporter_would_refuse_is_refused_before_it_starts(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError):
+        ProcessSpec(db_path="x", folders={"jsonl": "y"}, key_dir="k", batch_records_max=0)
+    spec = ProcessSpec(db_path="x", folders={"jsonl": str(tmp_path)}, key_dir="k")
+    assert ProcessSpec.decode(spec.encode()) == spec
