@@ -239,11 +239,13 @@ def test_recovery_cuts_a_torn_line_and_finishes_a_seal(
     with open(part, "ab") as f:  # a crash mid-write of the next batch
         f.write(b'{"seq":12,"prev":"ab')
     (out / "position.json").unlink()  # and before the position was ever saved
+    w.close()  # the crashed process let its lock go
     again = ChainWriter(out, "jsonl", key, Rotation())
     again.recover()
     assert again.last_seq == 9
     again.append([record(s) for s in SEQS])  # the source re-sends from its position
     again.seal()
+    again.close()
     # A crash between the rename and the manifest: the next start signs it.
     (data,) = out.glob("cdr-*.jsonl")
     data.with_name(data.name + ".manifest.json").unlink()
@@ -363,7 +365,8 @@ def test_a_restart_with_a_manifest_pending_asks_for_no_record_twice(
     """The position is saved before a file is renamed: a restart after a seal whose append
     did not finish must not ask the source for that file's records again."""
     out = tmp_path / "out"
-    _, blocker = append_with_first_manifest_blocked(out, key)
+    first, blocker = append_with_first_manifest_blocked(out, key)
+    first.close()  # the process that held it is gone
     blocker.rmdir()
     again = ChainWriter(out, "jsonl", key, Rotation(records_max=3))
     again.recover()  # signs the sealed file
@@ -405,3 +408,19 @@ def test_a_large_append_offers_the_gil_between_lines(
     assert w.append([record(s) for s in range(1, 1001)]) == 1000
     assert yields.count(0) >= 1000 // YIELD_EVERY_LINES
     assert w.last_seq == 1000
+
+
+def test_a_folder_has_one_writer_at_a_time(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """An exporter started while the one before it still holds the folder (finishing a write
+    after its server died) is refused, and gets the folder once that one let it go."""
+    out = tmp_path / "out"
+    first = ChainWriter(out, "jsonl", key, Rotation())
+    first.recover()
+    first.append([record(s) for s in SEQS[:2]])
+    second = ChainWriter(out, "jsonl", key, Rotation())
+    with pytest.raises(RuntimeError, match="another exporter"):
+        second.recover()
+    first.close()
+    second.recover()
+    assert second.last_seq == SEQS[1]
+    second.close()

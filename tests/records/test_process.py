@@ -3,8 +3,10 @@ reach charging, it is started again when it dies, and it does not outlive the ch
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import httpx
 import pytest
 
 from quotaflow import records
-from quotaflow.records import RecordOptions
+from quotaflow.records import RecordOptions, _process
 from quotaflow.records._process import ExporterProcess, ProcessSpec
+from quotaflow.store import StoreUnavailable
 from tests.conftest import free_port
 from tests.core.test_crash import start as start_server
 from tests.records.harness import (
@@ -137,3 +140,70 @@ def test_a_spec_the_exporter_would_refuse_is_refused_before_it_starts(tmp_path: 
         ProcessSpec(db_path="x", folders={"jsonl": "y"}, key_dir="k", batch_records_max=0)
     spec = ProcessSpec(db_path="x", folders={"jsonl": str(tmp_path)}, key_dir="k")
     assert ProcessSpec.decode(spec.encode()) == spec
+
+
+@pytest.mark.parametrize("process", [True, False], ids=["own-process", "in-process"])
+async def test_a_wake_up_that_finds_nothing_does_not_leave_the_next_charge_to_the_poll(
+    tmp_path: Path, process: bool
+) -> None:
+    """A top-up wakes the exporter but writes no record: the charge after it must still be
+    exported by its own wake-up, not by the poll (longer than the test)."""
+    data = tmp_path / "data"
+    opts = RecordOptions(poll_interval_s=30.0, linger_s=0.05, process=process)
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, opts)
+        await eventually(lambda: "position" in service.status()["export"], timeout_s=15)
+        before = len(stored(engine))
+        topup = {"subscriber_id": "alice", "unit": "octets", "amount": 1000}
+        await engine.admin("topup", "t-x", topup)
+        await asyncio.sleep(0.3)  # its wake-up found nothing
+        assert len(stored(engine)) == before
+        await debits(engine, "alice", 1, "c")
+        last = stored(engine)[-1]["seq"]
+        assert service.exporter is not None
+        await eventually(lambda: service.exporter.position == last, what="a woken export")  # type: ignore[union-attr]
+        await service()
+
+
+async def test_an_exporter_that_says_something_unreadable_is_stopped_and_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    babbler = tmp_path / "babbler.sh"  # one line that is not JSON, then the real exporter
+    babbler.write_text(f'#!/bin/sh\necho "not json"\nexec {sys.executable} "$@"\n')
+    babbler.chmod(0o755)
+    monkeypatch.setattr(_process.sys, "executable", str(babbler))
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, RecordOptions())
+        exporter = service.exporter
+        assert isinstance(exporter, ExporterProcess)
+        await eventually(lambda: exporter.restarts >= 2, timeout_s=15, what="restarts")
+        await debits(engine, "alice", 2, "a")  # charging is not held up by any of it
+        assert exporter.last_exit == -signal.SIGKILL
+        started = time.monotonic()
+        await service()
+        assert time.monotonic() - started < 5  # not the kill timeout
+        assert exporter.pid is not None and _gone(exporter.pid)
+
+
+async def test_a_seal_that_fails_in_the_exporter_answers_at_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, RecordOptions())
+        exporter = service.exporter
+        assert isinstance(exporter, ExporterProcess)
+        await debits(engine, "alice", 3, "a")
+        last = stored(engine)[-1]["seq"]
+        await eventually(lambda: exporter.position == last, timeout_s=15, what="export")
+        (part,) = (data / "records" / "jsonl").glob("*.part")
+        part.unlink()
+        part.mkdir()  # the open file's name is a folder: the seal fails
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="could not seal"):
+            await exporter.seal()
+        assert time.monotonic() - started < 5
+        assert exporter.running  # the exporter itself goes on
+        await service()

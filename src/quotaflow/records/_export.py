@@ -112,8 +112,8 @@ class Exporter:
         self._exported_to = 0
         self.from_outbox = 0  # records taken from the outbox rather than read from the table
         self.durable_seq = durable_seq  # the store's last committed seq, where it tells
-        # Called after every step that moved records or failed (the exporter's own process
-        # reports its state to the charging process from here).
+        # Called after every step (the exporter's own process reports its state to the
+        # charging process from here: that report also answers the wake-up that began it).
         self.on_step: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -134,6 +134,8 @@ class Exporter:
         if self.outbox is not None:
             self.outbox.close()
         self._io.shutdown(wait=True)
+        for w in self.writers:
+            w.close()
 
     @property
     def position(self) -> int:
@@ -141,16 +143,18 @@ class Exporter:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the step, not after: a wake-up that comes while the step runs may
+            # be for a record it did not see, so it must start another step.
+            self._wake.clear()
             try:
                 moved = await self.step()
             except Exception:
                 self.errors += 1
                 log.exception("record export failed; retrying")
                 moved = -1
-            if moved and self.on_step is not None:
+            if self.on_step is not None:
                 self.on_step()
             if moved < self.batch_records_max:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_interval_s):
                         await self._wake.wait()

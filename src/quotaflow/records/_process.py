@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,8 @@ RESTART_S_MIN: Final = 0.5
 RESTART_S_MAX: Final = 30.0
 STOP_TIMEOUT_S: Final = 30.0  # for the batch under way to finish; then it is killed
 SEAL_TIMEOUT_S: Final = 60.0
+# Subscribers per identities question: answering one holds the charging loop about 0.5 ms.
+IDS_PER_ASK: Final = 1000
 
 
 @dataclass(slots=True)
@@ -81,6 +84,58 @@ def _line(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc) + b"\n"
 
 
+class _Child:
+    """One exporter process and the ends of its pipes on this side's event loop."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.reader = asyncio.StreamReader(limit=LINE_BYTES_MAX)
+        self.writer: asyncio.WriteTransport | None = None
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.popen.stdout is not None and self.popen.stdin is not None
+        reader = self.reader
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), self.popen.stdout
+        )
+        self.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.returncode is None and self.popen.poll() is None
+
+    def send(self, data: bytes) -> bool:
+        writer = self.writer
+        if writer is None or writer.is_closing() or not self.alive:
+            return False
+        writer.write(data)
+        return True
+
+    def close_input(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        elif self.popen.stdin is not None:
+            self.popen.stdin.close()
+
+    async def wait(self) -> int:
+        return await asyncio.to_thread(self.popen.wait)
+
+
+def _spawn(spec: ProcessSpec) -> subprocess.Popen[bytes]:
+    # subprocess.Popen (vfork) on a thread: uvloop's spawn forks the whole server and holds the
+    # event loop meanwhile, 0.1 s at 2 GB of memory and more with more.
+    env = dict(os.environ)
+    # The modules this process runs, wherever they came from (a source tree, PYTHONPATH).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return subprocess.Popen(
+        [sys.executable, "-m", "quotaflow.records", spec.encode()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+
+
 class ExporterProcess:
     """The charging process's side: starts the exporter process, keeps it running, answers its
     questions, and shows its state (`position`, `status()`) as the exporter last reported it."""
@@ -91,12 +146,13 @@ class ExporterProcess:
         self.restarts = 0
         self.last_exit: int | None = None
         self._status: dict[str, Any] = {}
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: _Child | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._counter = itertools.count(1)
         self._sealing: dict[int, asyncio.Future[int]] = {}
-        # A wake-up is written once per batch of the exporter, however many charges ask.
+        # A wake-up is written once per step of the exporter, however many charges ask; the
+        # status it sends after each step answers it.
         self._woken = False
         self._wake_again = False
 
@@ -106,11 +162,11 @@ class ExporterProcess:
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return None if self._child is None else self._child.popen.pid
 
     @property
     def running(self) -> bool:
-        return bool(self._status) and self._proc is not None and self._proc.returncode is None
+        return bool(self._status) and self._child is not None and self._child.alive
 
     @property
     def position(self) -> int:
@@ -149,40 +205,43 @@ class ExporterProcess:
         try:
             async with asyncio.timeout(SEAL_TIMEOUT_S):
                 return await future
+        except TimeoutError:
+            raise StoreUnavailable("the record exporter did not answer the seal in time") from None
         finally:
             self._sealing.pop(n, None)
 
     async def stop(self) -> None:
-        self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None and proc.stdin is not None:
-            proc.stdin.close()  # end of file: the exporter finishes its batch and exits
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await proc.wait()
-            except TimeoutError:
-                log.error("record exporter did not stop; killing it", extra={"pid": proc.pid})
-                proc.kill()
-                await proc.wait()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping.set()
+        child = self._child
+        if child is not None and child.alive:
+            child.close_input()  # end of file: the exporter lets its write finish and exits
+        if self._task is None:
+            return
+        # The supervisor reads what the exporter still says (a seal's answer) until it exits.
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            if child is not None and child.alive:
+                log.error("record exporter did not stop; killing it", extra={"pid": self.pid})
+                child.popen.kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.shield(self._task)
+        finally:
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
 
     # ------------------------------------------------------------------ supervision
 
     def _send(self, doc: dict[str, Any]) -> bool:
-        proc = self._proc
-        if proc is None or proc.returncode is not None or proc.stdin is None:
-            return False
-        if proc.stdin.is_closing():
-            return False
-        proc.stdin.write(_line(doc))
-        return True
+        return self._child is not None and self._child.send(_line(doc))
 
     async def _supervise(self) -> None:
         delay_s = RESTART_S_MIN
-        while not self._stopping:
+        while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 await self._run_once()
@@ -190,7 +249,7 @@ class ExporterProcess:
                 raise
             except Exception:
                 log.exception("record exporter process failed")
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             self.restarts += 1
             if time.monotonic() - started > 60:
@@ -199,28 +258,41 @@ class ExporterProcess:
                 "record exporter exited; starting it again",
                 extra={"exit_code": self.last_exit, "after_s": delay_s},
             )
-            await asyncio.sleep(delay_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await self._stopping.wait()
             delay_s = min(delay_s * 2, RESTART_S_MAX)
 
     async def _run_once(self) -> None:
         self._status = {}
         self._woken = self._wake_again = False
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "quotaflow.records",
-            self.spec.encode(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=LINE_BYTES_MAX,
-        )
-        self._proc = proc
-        assert proc.stdout is not None
+        child = _Child(await asyncio.to_thread(_spawn, self.spec))
+        self._child = child
         try:
-            while line := await proc.stdout.readline():
-                await self._on_message(orjson.loads(line))
+            await child.connect()
+            if self._stopping.is_set():  # stopped while it was being started
+                child.close_input()
+            while line := await child.reader.readline():
+                try:
+                    await self._on_message(orjson.loads(line))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    log.error(
+                        "record exporter said something unreadable; stopping it",
+                        extra={"line": line[:200]},
+                    )
+                    child.popen.kill()
+                    break
+        except (ValueError, asyncio.LimitOverrunError):  # a line over LINE_BYTES_MAX
+            log.error("record exporter sent an overlong line; stopping it")
+            child.popen.kill()
         finally:
-            self.last_exit = await proc.wait()
+            if child.alive:
+                child.close_input()
+            self.last_exit = await child.wait()
+            if child.writer is not None:
+                child.writer.close()
+            if child.popen.stdout is not None:
+                child.popen.stdout.close()
             for future in self._sealing.values():
                 if not future.done():
                     future.set_exception(
@@ -232,7 +304,7 @@ class ExporterProcess:
         if kind == "status":
             self._status = msg["status"]
             self._woken = False
-            if self._wake_again:  # charges since the wake-up this batch answered
+            if self._wake_again:  # charges since the wake-up this step answered
                 self._wake_again = False
                 self.wake()
         elif kind == "ids":
@@ -241,7 +313,12 @@ class ExporterProcess:
         elif kind == "sealed":
             future = self._sealing.get(msg["n"])
             if future is not None and not future.done():
-                future.set_result(int(msg["sealed"]))
+                if "error" in msg:
+                    future.set_exception(
+                        StoreUnavailable(f"the record exporter could not seal: {msg['error']}")
+                    )
+                else:
+                    future.set_result(int(msg["sealed"]))
 
 
 # ---------------------------------------------------------------------- the exporter process
@@ -263,10 +340,18 @@ class _Parent:
                 data = data[os.write(sys.stdout.fileno(), data) :]
 
     async def identities(self, sids: list[str]) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for at in range(0, len(sids), IDS_PER_ASK):
+            found.update(await self._ask(sids[at : at + IDS_PER_ASK]))
+        return found
+
+    async def _ask(self, sids: list[str]) -> dict[str, dict[str, str]]:
         n = next(self._counter)
         future: asyncio.Future[dict[str, dict[str, str]]] = (
             asyncio.get_running_loop().create_future()
         )
+        if self.gone.is_set():
+            raise ConnectionError("the charging process is gone")
         self._asked[n] = future
         try:
             self.send({"t": "ids", "n": n, "sids": sids})
@@ -275,32 +360,43 @@ class _Parent:
             self._asked.pop(n, None)
 
     async def listen(self, exporter: Exporter) -> None:
+        """Until the end of the pipe, or anything unreadable on it: either way this process
+        stops, and the charging process starts a new one if it still wants one."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=LINE_BYTES_MAX)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
-        )
         tasks: set[asyncio.Task[None]] = set()
-        while line := await reader.readline():
-            msg = orjson.loads(line)
-            kind = msg["t"]
-            if kind == "wake":
-                exporter.wake()
-            elif kind == "ids":
-                future = self._asked.get(msg["n"])
-                if future is not None and not future.done():
-                    future.set_result(msg["found"])
-            elif kind == "seal":
-                task = loop.create_task(self._seal(exporter, msg["n"]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        self.gone.set()
-        for future in self._asked.values():
-            if not future.done():
-                future.set_exception(ConnectionError("the charging process is gone"))
+        try:
+            reader = asyncio.StreamReader(limit=LINE_BYTES_MAX)
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+            )
+            while line := await reader.readline():
+                msg = orjson.loads(line)
+                kind = msg["t"]
+                if kind == "wake":
+                    exporter.wake()
+                elif kind == "ids":
+                    future = self._asked.get(msg["n"])
+                    if future is not None and not future.done():
+                        future.set_result(msg["found"])
+                elif kind == "seal":
+                    task = loop.create_task(self._seal(exporter, msg["n"]))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        except Exception:
+            log.exception("unreadable message from the charging process; stopping")
+        finally:
+            self.gone.set()
+            for future in self._asked.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the charging process is gone"))
 
     async def _seal(self, exporter: Exporter, n: int) -> None:
-        sealed = await exporter.seal()
+        try:
+            sealed = await exporter.seal()
+        except Exception as exc:
+            log.exception("sealing failed")
+            self.send({"t": "sealed", "n": n, "error": repr(exc)})
+            return
         self.send({"t": "status", "status": exporter.status()})
         self.send({"t": "sealed", "n": n, "sealed": sealed})
 
@@ -348,9 +444,11 @@ def main(argv: list[str]) -> int:
         return 2
     spec = ProcessSpec.decode(argv[0])
     logs.setup(spec.log_level)
-    # A Ctrl-C at the terminal reaches the whole process group: the charging process stops, and
-    # this one with it, by the end of its pipe.
+    # A Ctrl-C at the terminal, or a service manager's SIGTERM, reaches the whole process group:
+    # the charging process stops, and this one with it, at the end of its pipe (SIGKILL still
+    # kills it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(NICE)
     asyncio.run(_serve(spec))

@@ -10,6 +10,7 @@ left without its manifest gets one. Blocking I/O only: the exporter runs this on
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -38,6 +39,9 @@ from quotaflow.records._chain import (
 log = logging.getLogger("quotaflow.records")
 
 POSITION_FILE: Final = "position.json"
+# Held (flock) by the one writer of a folder while it is open: a second one, say an exporter
+# process started while the one before it still finishes a write, is refused at recovery.
+LOCK_FILE: Final = ".lock"
 
 
 @dataclass(slots=True)
@@ -127,12 +131,14 @@ class ChainWriter:
         # Files sealed on disk whose manifest could not be written yet (data path, its state,
         # the chain head and the clock at sealing); written before anything else is.
         self._unsigned: list[tuple[Path, _Open, str, int]] = []
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> None:
         """Load the position, repair what a crash left behind. Call once before appending."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock()
         pos_path = self.folder / POSITION_FILE
         if pos_path.exists():
             pos = orjson.loads(pos_path.read_bytes())
@@ -144,6 +150,23 @@ class ChainWriter:
         assert len(parts) <= 1, f"more than one open record file in {self.folder}: {parts}"
         if parts:
             self._reopen(parts[0])
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another exporter is writing to {self.folder}") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Let the folder go (the files are complete after every append)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _scan(self, path: Path) -> tuple[_Open, bool]:
         """Read a file this writer wrote: its state, and whether its last line was torn."""

@@ -163,7 +163,11 @@ def _export(args: argparse.Namespace) -> int:
     source = _ledger(args.data_dir)
     key = load_or_create_key(args.data_dir / "keys")
     writer = ChainWriter(args.out, args.format, key, Rotation(records_max=args.records_per_file))
-    writer.recover()
+    try:
+        writer.recover()
+    except RuntimeError as exc:  # the folder is a running exporter's
+        source.close()
+        return _err(str(exc))
     total = 0
     try:
         while True:
@@ -175,6 +179,7 @@ def _export(args: argparse.Namespace) -> int:
         writer.seal()
     finally:
         source.close()
+        writer.close()
     _out(orjson.dumps({"exported": total, **writer.status()}).decode())
     return 0
 
