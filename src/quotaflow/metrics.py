@@ -127,6 +127,55 @@ REGISTRY.register(_STORE)
 ProcessCollector(registry=REGISTRY)
 
 
+class _RecordsCollector:
+    """The records exporter's state: how far the files are, and whether its process runs."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, Any]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        export = None if self.source is None else self.source().get("export")
+        if not export:
+            return
+        yield GaugeMetricFamily(
+            "quotaflow_records_export_position",
+            "Every charging record up to this seq is in the export files (compare with "
+            "quotaflow_store_seq)",
+            value=int(export.get("position", 0)),
+        )
+        yield CounterMetricFamily(
+            "quotaflow_records_export_batches",
+            "Batches of records written to the export files",
+            value=int(export.get("batches", 0)),
+        )
+        yield CounterMetricFamily(
+            "quotaflow_records_export_errors",
+            "Failed export steps (each retried)",
+            value=int(export.get("errors", 0)),
+        )
+        process = export.get("process")
+        if isinstance(process, dict):
+            yield GaugeMetricFamily(
+                "quotaflow_records_exporter_up",
+                "1 while the exporter's own process runs and has reported",
+                value=1 if process.get("running") else 0,
+            )
+            yield CounterMetricFamily(
+                "quotaflow_records_exporter_restarts",
+                "Times the exporter's process exited and was started again",
+                value=int(process.get("restarts", 0)),
+            )
+
+
+_RECORDS = _RecordsCollector()
+REGISTRY.register(_RECORDS)
+
+
+def watch_records(status: Callable[[], dict[str, Any]]) -> None:
+    """Export the records service's state at /metrics (the latest server started)."""
+    _RECORDS.source = status
+
+
 def watch_store(
     stats: Callable[[], dict[str, Any]], commit_seconds: Latencies | None = None
 ) -> None:

@@ -20,7 +20,7 @@ from quotaflow.engine import Engine
 from quotaflow.groups import CounterWatch, GroupApi
 from quotaflow.http_server import serve_http
 from quotaflow.interop import InteropApi, InteropService
-from quotaflow.metrics import watch_store
+from quotaflow.metrics import watch_records, watch_store
 from quotaflow.nchf import (
     BASE_PATH,
     NchfApp,
@@ -70,6 +70,7 @@ class Server:
         # commit_seconds: a store that times its group commits (the embedded one)
         watch_store(self.store.stats, getattr(self.store, "commit_seconds", None))
         self._records = await records.start(self.engine, self.store, cfg.data_dir, cfg.records)
+        watch_records(self._records.status)
         self._notify = await notify.start(self.engine, self.store, cfg.data_dir)
         self._counters = CounterWatch(self.engine, self._notify).start()
         self._interop = InteropService(self.engine, cfg.operators).start()

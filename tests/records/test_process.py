@@ -16,8 +16,9 @@ import pytest
 from quotaflow import records
 from quotaflow.records import RecordOptions, _process
 from quotaflow.records._process import ExporterProcess, ProcessSpec
+from quotaflow.server import Server
 from quotaflow.store import StoreUnavailable
-from tests.conftest import free_port
+from tests.conftest import free_port, server_config
 from tests.core.test_crash import start as start_server
 from tests.records.harness import (
     debits,
@@ -207,3 +208,26 @@ async def test_a_seal_that_fails_in_the_exporter_answers_at_once(tmp_path: Path)
         assert time.monotonic() - started < 5
         assert exporter.running  # the exporter itself goes on
         await service()
+
+
+async def test_metrics_show_the_exporter_and_how_far_the_files_are(tmp_path: Path) -> None:
+    srv = Server(server_config(tmp_path / "data"))
+    await srv.start()
+    try:
+        await provision(srv.engine, "alice")
+        await debits(srv.engine, "alice", 3, "a")
+        last = stored(srv.engine)[-1]["seq"]
+        url = f"http://{srv.cfg.http_host}:{srv.cfg.http_port}/metrics"
+        async with httpx.AsyncClient(timeout=5) as http:
+
+            async def exported_to_last() -> bool:
+                text = (await http.get(url)).text
+                return f"quotaflow_records_export_position {float(last)}" in text
+
+            await eventually(exported_to_last, timeout_s=15, what="position on /metrics")
+            text = (await http.get(url)).text
+        assert "quotaflow_records_exporter_up 1.0" in text
+        assert "quotaflow_records_exporter_restarts_total 0.0" in text
+        assert "quotaflow_records_export_errors_total 0.0" in text
+    finally:
+        await srv.stop()
