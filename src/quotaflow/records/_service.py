@@ -105,10 +105,11 @@ class RecordService:
 
     async def _start_process(self, db_path: Path) -> None:
         opts = self.options
+        # Absolute: the exporter's working folder is not this process's concern.
         spec = ProcessSpec(
-            db_path=str(db_path),
-            folders={fmt: str(self.export_dir / fmt) for fmt in opts.formats},
-            key_dir=str(self.key_dir),
+            db_path=str(Path(db_path).resolve()),
+            folders={fmt: str((self.export_dir / fmt).resolve()) for fmt in opts.formats},
+            key_dir=str(self.key_dir.resolve()),
             rotation=asdict(opts.rotation),
             poll_interval_s=opts.poll_interval_s,
             batch_records_max=opts.batch_records_max,
