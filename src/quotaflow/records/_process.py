@@ -87,21 +87,26 @@ def _line(doc: dict[str, Any]) -> bytes:
 
 
 class _Child:
-    """One exporter process and the ends of its pipes on this side's event loop."""
+    """One exporter process and the ends of its pipes on this side's event loop. Once
+    connected, the transports own the pipes' file objects (closing one closes its fd): they are
+    never closed any other way, or a later close could hit a descriptor the number was reused
+    for (a database file, a socket)."""
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
         self.reader = asyncio.StreamReader(limit=LINE_BYTES_MAX)
         self.writer: asyncio.WriteTransport | None = None
+        self._read: asyncio.ReadTransport | None = None
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self.popen.stdout is not None and self.popen.stdin is not None
+        stdin, stdout = self.popen.stdin, self.popen.stdout
+        assert stdin is not None and stdout is not None
         reader = self.reader
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), self.popen.stdout
+        self._read, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), stdout
         )
-        self.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
+        self.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, stdin)
 
     @property
     def alive(self) -> bool:
@@ -115,10 +120,19 @@ class _Child:
         return True
 
     def close_input(self) -> None:
+        """End of file for the exporter: it stops."""
         if self.writer is not None:
             self.writer.close()
-        elif self.popen.stdin is not None:
+        elif self.popen.stdin is not None:  # not handed to a transport
             self.popen.stdin.close()
+
+    def close(self) -> None:
+        """Both pipes, each exactly once, by whoever owns it."""
+        self.close_input()
+        if self._read is not None:
+            self._read.close()
+        elif self.popen.stdout is not None:
+            self.popen.stdout.close()
 
     async def wait(self) -> int:
         return await asyncio.to_thread(self.popen.wait)
@@ -291,10 +305,7 @@ class ExporterProcess:
             if child.alive:
                 child.close_input()
             self.last_exit = await child.wait()
-            if child.writer is not None:
-                child.writer.close()
-            if child.popen.stdout is not None:
-                child.popen.stdout.close()
+            child.close()
             for future in self._sealing.values():
                 if not future.done():
                     future.set_exception(
