@@ -4,11 +4,15 @@ reach charging, it is started again when it dies, and it does not outlive the ch
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import gc
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -231,3 +235,123 @@ async def test_metrics_show_the_exporter_and_how_far_the_files_are(tmp_path: Pat
         assert "quotaflow_records_export_errors_total 0.0" in text
     finally:
         await srv.stop()
+
+
+@pytest.fixture
+def deaf_exporter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 'exporter' that never reads its input, so never sees its end (one stuck in a write)."""
+    deaf = tmp_path / "deaf.sh"
+    deaf.write_text("#!/bin/sh\nexec sleep 120\n")
+    deaf.chmod(0o755)
+    monkeypatch.setattr(_process.sys, "executable", str(deaf))
+    monkeypatch.setattr(_process, "STOP_TIMEOUT_S", 1.0)
+
+
+def _spec(tmp_path: Path) -> ProcessSpec:
+    return ProcessSpec(
+        db_path=str(tmp_path / "db"), folders={"jsonl": str(tmp_path / "out")}, key_dir="k"
+    )
+
+
+async def _no_identities(sids: list[str]) -> dict[str, dict[str, str]]:
+    return {sid: {} for sid in sids}
+
+
+@pytest.mark.usefixtures("deaf_exporter")
+@pytest.mark.parametrize("when", ["running", "spawning"])
+async def test_a_stop_kills_an_exporter_that_does_not_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """Whenever the stop comes, even while the process is being spawned (a server of a few GB
+    takes a while): the process current at the timeout is killed, and the stop returns."""
+    if when == "spawning":
+        real = _process._spawn
+
+        def slow_spawn(spec: ProcessSpec) -> Any:
+            time.sleep(0.3)
+            return real(spec)
+
+        monkeypatch.setattr(_process, "_spawn", slow_spawn)
+    exporter = ExporterProcess(_spec(tmp_path), _no_identities)
+    await exporter.start()
+    if when == "running":
+        await eventually(lambda: exporter.pid is not None, what="spawned")
+    else:
+        await asyncio.sleep(0.1)
+        assert exporter.pid is None
+    started = time.monotonic()
+    async with asyncio.timeout(15):
+        await exporter.stop()
+    assert time.monotonic() - started < 5
+    assert exporter.pid is not None and _gone(exporter.pid)
+    assert exporter.last_exit == -signal.SIGKILL
+    await exporter.stop()  # again: nothing left to do
+
+
+async def test_a_seal_asked_just_before_a_stop_gets_its_answer(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_engine(data) as engine:
+        await provision(engine, "alice")
+        service = await records.start(engine, engine.store, data, RecordOptions())
+        exporter = service.exporter
+        assert isinstance(exporter, ExporterProcess)
+        await debits(engine, "alice", 3, "a")
+        last = stored(engine)[-1]["seq"]
+        await eventually(lambda: exporter.position == last, timeout_s=15, what="export")
+        sealing = asyncio.create_task(exporter.seal())
+        await asyncio.sleep(0)  # the request is written
+        await service()
+        assert await sealing == 1
+    assert len(list((data / "records" / "jsonl").glob("*.manifest.json"))) == 1
+
+
+def test_restarts_under_uvloop_never_close_a_descriptor_reused_since(tmp_path: Path) -> None:
+    """A pipe of a killed exporter must be closed once, by its owner: closing it again later
+    (say at a garbage collection) closed whatever reused the number, here a SQLite WAL."""
+    import uvloop
+
+    async def main() -> None:
+        exporter = ExporterProcess(_spec(tmp_path), _no_identities)
+        await exporter.start()
+        try:
+            for _ in range(3):
+                await eventually(lambda: exporter.running, timeout_s=15, what="running")
+                pid = exporter.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                await eventually(lambda old=pid: exporter.pid != old, timeout_s=15, what="restart")
+            other = sqlite3.connect(tmp_path / "other.sqlite3", isolation_level=None)
+            other.execute("PRAGMA journal_mode=WAL")
+            other.execute("CREATE TABLE t (x)")
+            await eventually(lambda: exporter.running, timeout_s=15, what="running again")
+            gc.collect()
+            await asyncio.sleep(0.1)
+            for i in range(100):
+                other.execute("INSERT INTO t VALUES (?)", (i,))
+            assert other.execute("SELECT count(*) FROM t").fetchone() == (100,)
+            other.close()
+        finally:
+            await exporter.stop()
+
+    uvloop.run(main())
+
+
+async def test_an_in_process_exporter_that_fails_to_start_lets_its_folders_go(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    (data / "records" / "csv").mkdir(parents=True)
+    fd = os.open(data / "records" / "csv" / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another exporter's
+    try:
+        async with running_engine(data) as engine:
+            options = RecordOptions(process=False, formats=("jsonl", "csv"))
+            with pytest.raises(RuntimeError, match="another exporter"):
+                await records.start(engine, engine.store, data, options)
+            probe = os.open(data / "records" / "jsonl" / ".lock", os.O_RDWR)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+            finally:
+                os.close(probe)
+    finally:
+        os.close(fd)

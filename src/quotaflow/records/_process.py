@@ -161,7 +161,10 @@ class ExporterProcess:
         self.identities = identities
         self.restarts = 0
         self.last_exit: int | None = None
+        # The last state an exporter process reported; kept across a restart (its position is
+        # still what the files hold) until the new one reports.
         self._status: dict[str, Any] = {}
+        self._reported = False  # the current process has reported
         self._child: _Child | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -182,7 +185,7 @@ class ExporterProcess:
 
     @property
     def running(self) -> bool:
-        return bool(self._status) and self._child is not None and self._child.alive
+        return self._reported and self._child is not None and self._child.alive
 
     @property
     def position(self) -> int:
@@ -229,26 +232,30 @@ class ExporterProcess:
     async def stop(self) -> None:
         self._stopping.set()
         child = self._child
-        if child is not None and child.alive:
+        if child is not None and child.writer is not None and child.alive:
             child.close_input()  # end of file: the exporter lets its write finish and exits
-        if self._task is None:
+        # (A child still being started or connected is told by _run_once once it is.)
+        task = self._task
+        if task is None or task.done():
             return
-        # The supervisor reads what the exporter still says (a seal's answer) until it exits.
         try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await asyncio.shield(self._task)
-        except TimeoutError:
-            if child is not None and child.alive:
-                log.error("record exporter did not stop; killing it", extra={"pid": self.pid})
-                child.popen.kill()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await asyncio.shield(self._task)
+            # The supervisor reads what the exporter still says (a seal's answer) until it
+            # exits; asyncio.wait neither cancels the task nor swallows our own cancellation.
+            await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+            if not task.done():
+                self._kill_current("record exporter did not stop; killing it")
+                await asyncio.wait({task}, timeout=5)
         finally:
-            if not self._task.done():
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            if not task.done():
+                self._kill_current("record exporter left running at a stop; killing it")
+                task.cancel()
+
+    def _kill_current(self, why: str) -> None:
+        """Kill whichever exporter process is current (it may have been started since)."""
+        child = self._child
+        if child is not None and child.alive:
+            log.error(why, extra={"pid": child.popen.pid})
+            child.popen.kill()
 
     # ------------------------------------------------------------------ supervision
 
@@ -280,7 +287,7 @@ class ExporterProcess:
             delay_s = min(delay_s * 2, RESTART_S_MAX)
 
     async def _run_once(self) -> None:
-        self._status = {}
+        self._reported = False
         self._woken = self._wake_again = False
         child = _Child(await asyncio.to_thread(_spawn, self.spec))
         self._child = child
@@ -288,19 +295,31 @@ class ExporterProcess:
             await child.connect()
             if self._stopping.is_set():  # stopped while it was being started
                 child.close_input()
-            while line := await child.reader.readline():
+            while True:
                 try:
-                    await self._on_message(orjson.loads(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    line = await child.reader.readline()
+                except ValueError:  # a line over LINE_BYTES_MAX
+                    log.error("record exporter sent an overlong line; stopping it")
+                    child.popen.kill()
+                    break
+                if not line:
+                    break
+                try:
+                    msg = orjson.loads(line)
+                    kind, n = msg["t"], msg.get("n")
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     log.error(
                         "record exporter said something unreadable; stopping it",
                         extra={"line": line[:200]},
                     )
                     child.popen.kill()
                     break
-        except (ValueError, asyncio.LimitOverrunError):  # a line over LINE_BYTES_MAX
-            log.error("record exporter sent an overlong line; stopping it")
-            child.popen.kill()
+                try:
+                    await self._on_message(kind, n, msg)
+                except Exception:
+                    log.exception("record exporter's message could not be handled; stopping it")
+                    child.popen.kill()
+                    break
         finally:
             if child.alive:
                 child.close_input()
@@ -312,19 +331,24 @@ class ExporterProcess:
                         StoreUnavailable("the record exporter process exited while sealing")
                     )
 
-    async def _on_message(self, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
+    async def _on_message(self, kind: Any, n: Any, msg: dict[str, Any]) -> None:
         if kind == "status":
             self._status = msg["status"]
+            self._reported = True
             self._woken = False
             if self._wake_again:  # charges since the wake-up this step answered
                 self._wake_again = False
                 self.wake()
         elif kind == "ids":
-            found = await self.identities(msg["sids"])
-            self._send({"t": "ids", "n": msg["n"], "found": found})
+            try:
+                found = await self.identities(msg["sids"])
+            except Exception as exc:  # the exporter's step fails and is retried
+                log.exception("identities for the record exporter failed")
+                self._send({"t": "ids", "n": n, "error": repr(exc)})
+            else:
+                self._send({"t": "ids", "n": n, "found": found})
         elif kind == "sealed":
-            future = self._sealing.get(msg["n"])
+            future = self._sealing.get(n)
             if future is not None and not future.done():
                 if "error" in msg:
                     future.set_exception(
@@ -344,6 +368,7 @@ class _Parent:
         self._counter = itertools.count(1)
         self._asked: dict[int, asyncio.Future[dict[str, dict[str, str]]]] = {}
         self.gone = asyncio.Event()
+        self.sealing: set[asyncio.Task[None]] = set()  # answered before this process stops
 
     def send(self, doc: dict[str, Any]) -> None:
         # Blocking and whole: the lines are small, and the charging process reads them at once.
@@ -376,7 +401,6 @@ class _Parent:
         """Until the end of the pipe, or anything unreadable on it: either way this process
         stops, and the charging process starts a new one if it still wants one."""
         loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
         try:
             reader = asyncio.StreamReader(limit=LINE_BYTES_MAX)
             await loop.connect_read_pipe(
@@ -390,11 +414,14 @@ class _Parent:
                 elif kind == "ids":
                     future = self._asked.get(msg["n"])
                     if future is not None and not future.done():
-                        future.set_result(msg["found"])
+                        if "error" in msg:
+                            future.set_exception(RuntimeError(msg["error"]))
+                        else:
+                            future.set_result(msg["found"])
                 elif kind == "seal":
                     task = loop.create_task(self._seal(exporter, msg["n"]))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    self.sealing.add(task)
+                    task.add_done_callback(self.sealing.discard)
         except Exception:
             log.exception("unreadable message from the charging process; stopping")
         finally:
@@ -442,6 +469,9 @@ async def _serve(spec: ProcessSpec) -> None:
         listening.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listening
+        # A seal asked for before the end of the pipe is done and answered (the charging
+        # process still reads until this process exits).
+        await asyncio.gather(*parent.sealing, return_exceptions=True)
         await exporter.stop()
         source.close()
 

@@ -143,6 +143,8 @@ class RecordService:
         except BaseException:
             if outbox is not None:  # else the store would refuse the next start
                 outbox.close()
+            for w in writers:  # the folders it locked
+                w.close()
             raise
 
     def _on_event(self, event: EngineEvent) -> None:
