@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from quotaflow import records
-from quotaflow.records import RecordOptions, _process
+from quotaflow.engine import Engine
+from quotaflow.records import RecordOptions, RecordService, _process
 from quotaflow.records._process import ExporterProcess, ProcessSpec
 from quotaflow.server import Server
 from quotaflow.store import StoreUnavailable
@@ -44,6 +45,18 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return state in ("Z", "X")
+
+
+async def _three_exported(engine: Engine, data: Path) -> tuple[RecordService, ExporterProcess]:
+    """A records service with its exporter process, once three debits are in the files."""
+    await provision(engine, "alice")
+    service = await records.start(engine, engine.store, data, RecordOptions())
+    exporter = service.exporter
+    assert isinstance(exporter, ExporterProcess)
+    await debits(engine, "alice", 3, "a")
+    last = stored(engine)[-1]["seq"]
+    await eventually(lambda: exporter.position == last, timeout_s=15, what="export")
+    return service, exporter
 
 
 async def test_a_killed_exporter_process_is_started_again_and_loses_nothing(
@@ -196,13 +209,7 @@ async def test_an_exporter_that_says_something_unreadable_is_stopped_and_started
 async def test_a_seal_that_fails_in_the_exporter_answers_at_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
     async with running_engine(data) as engine:
-        await provision(engine, "alice")
-        service = await records.start(engine, engine.store, data, RecordOptions())
-        exporter = service.exporter
-        assert isinstance(exporter, ExporterProcess)
-        await debits(engine, "alice", 3, "a")
-        last = stored(engine)[-1]["seq"]
-        await eventually(lambda: exporter.position == last, timeout_s=15, what="export")
+        service, exporter = await _three_exported(engine, data)
         (part,) = (data / "records" / "jsonl").glob("*.part")
         part.unlink()
         part.mkdir()  # the open file's name is a folder: the seal fails
@@ -291,13 +298,7 @@ async def test_a_stop_kills_an_exporter_that_does_not_stop(
 async def test_a_seal_asked_just_before_a_stop_gets_its_answer(tmp_path: Path) -> None:
     data = tmp_path / "data"
     async with running_engine(data) as engine:
-        await provision(engine, "alice")
-        service = await records.start(engine, engine.store, data, RecordOptions())
-        exporter = service.exporter
-        assert isinstance(exporter, ExporterProcess)
-        await debits(engine, "alice", 3, "a")
-        last = stored(engine)[-1]["seq"]
-        await eventually(lambda: exporter.position == last, timeout_s=15, what="export")
+        service, exporter = await _three_exported(engine, data)
         sealing = asyncio.create_task(exporter.seal())
         await asyncio.sleep(0)  # the request is written
         await service()
