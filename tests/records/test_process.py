@@ -156,7 +156,7 @@ def test_the_exporter_process_exits_when_the_charging_process_is_killed(tmp_path
 def test_a_spec_the_exporter_would_refuse_is_refused_before_it_starts(tmp_path: Path) -> None:
     with pytest.raises(AssertionError):
         ProcessSpec(db_path="x", folders={"jsonl": "y"}, key_dir="k", batch_records_max=0)
-    spec = ProcessSpec(db_path="x", folders={"jsonl": str(tmp_path)}, key_dir="k")
+    spec = ProcessSpec(db_path="x", folders={"jsonl": str(tmp_path)}, key_dir=str(tmp_path))
     assert ProcessSpec.decode(spec.encode()) == spec
 
 
@@ -256,7 +256,9 @@ def deaf_exporter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _spec(tmp_path: Path) -> ProcessSpec:
     return ProcessSpec(
-        db_path=str(tmp_path / "db"), folders={"jsonl": str(tmp_path / "out")}, key_dir="k"
+        db_path=str(tmp_path / "db"),
+        folders={"jsonl": str(tmp_path / "out")},
+        key_dir=str(tmp_path / "keys"),
     )
 
 
