@@ -12,7 +12,7 @@ The two talk over the child's stdin and stdout, one JSON object per line:
                         {"t": "seal", "n": N} seal the open files; answered by "sealed"
                         {"t": "ids", "n": N, "found": {...}}   identities asked for
                         end of file           stop (also when the charging process died)
-  exporter -> charging: {"t": "status", "status": {...}}       after its start and each batch
+  exporter -> charging: {"t": "status", "status": {...}}       after its start and each step
                         {"t": "ids", "n": N, "sids": [...]}    identities of a batch's subscribers
                         {"t": "sealed", "n": N, "sealed": K}
 Identities are the charging process's (its subscribers are in its memory, not in a table).
@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import orjson
 
-from quotaflow.records._export import Exporter, IdentityLookup
+from quotaflow.records._export import BATCH_RECORDS_MAX, LINGER_S, Exporter, IdentityLookup
 from quotaflow.records._keys import load_or_create_key
 from quotaflow.records._source import RecordSource
 from quotaflow.records._writer import ChainWriter, Rotation
@@ -65,8 +65,8 @@ class ProcessSpec:
     key_dir: str
     rotation: dict[str, Any] = field(default_factory=lambda: asdict(Rotation()))
     poll_interval_s: float = 0.5
-    batch_records_max: int = 5000
-    linger_s: float = 0.1
+    batch_records_max: int = BATCH_RECORDS_MAX
+    linger_s: float = LINGER_S
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -110,7 +110,7 @@ class _Child:
 
     @property
     def alive(self) -> bool:
-        return self.popen.returncode is None and self.popen.poll() is None
+        return self.popen.poll() is None
 
     def send(self, data: bytes) -> bool:
         writer = self.writer
