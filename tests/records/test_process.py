@@ -9,12 +9,14 @@ import gc
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from quotaflow import records
@@ -358,3 +360,38 @@ async def test_an_in_process_exporter_that_fails_to_start_lets_its_folders_go(
                 os.close(probe)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "said", [b"not json\n", b'{"no": "kind"}\n', b'{"t": "ids"}\n'], ids=["garbage", "no-t", "no-n"]
+)
+def test_an_exporter_that_reads_something_unreadable_from_the_server_stops(
+    tmp_path: Path, said: bytes
+) -> None:
+    """The real exporter process, told something it cannot read: it stops (the server starts a
+    new one), rather than going on deaf or lingering after the server is gone."""
+    spec = _spec(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "quotaflow.records", spec.encode()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        first = orjson.loads(child.stdout.readline())
+        assert first["t"] == "status"  # started and reported
+        child.stdin.write(said)
+        child.stdin.flush()
+        assert child.wait(15) == 0
+        assert child.stderr is not None and b"unreadable message" in child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_exporter_entry_point_refuses_to_be_run_without_its_spec() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "quotaflow.records"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "started by quotaflow serve" in done.stderr
