@@ -53,6 +53,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.diameter.peer",
     "quotaflow.diameter._link",
     "quotaflow.diameter.gy_answer",
+    "quotaflow.diameter.gy_wire",
     "quotaflow.diameter.gy_mapping",
     "quotaflow.diameter.gy_retransmit",
     "quotaflow.diameter.gy_notify",

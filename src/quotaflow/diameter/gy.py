@@ -56,6 +56,7 @@ from quotaflow.diameter.gy_mapping import (
 )
 from quotaflow.diameter.gy_notify import GyNotifier, session_meta
 from quotaflow.diameter.gy_retransmit import AnswerCache
+from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
 from quotaflow.diameter.messages import make_answer, normalize_answer
 from quotaflow.diameter.peer import AllowedPeer
@@ -174,6 +175,7 @@ class GyApplication:
         self.notifier = GyNotifier(engine, config, identity, realm)
         self.events = EventCharging(engine, config)
         self._avps: AvpFactory | None = None
+        self._writer: AnswerWriter | None = None
         self._reading: tuple[TariffBook, Reading] | None = None
         self._seconds = request_seconds("gy")
         self._steps: dict[tuple[int, int], tuple[str, ...]] = {}
@@ -195,7 +197,8 @@ class GyApplication:
         retransmissions and the transport reuses the encoded AVPs."""
         normalize_answer(request, answer, self.identity, self.realm)
         frame = encode_message(answer)
-        answer.avps_wire = frame[HEADER_OCTETS:]
+        if answer.avps_wire is None:
+            answer.avps_wire = frame[HEADER_OCTETS:]
         return frame
 
     async def _answer(self, peer: PeerInfo, ccr: Ccr) -> Message:
@@ -292,7 +295,12 @@ class GyApplication:
         assert next(services, None) is None, "the engine answers each service asked"
         code = command_result(outcomes)
         answer = credit_control_answer(ccr.message, code, avps, ccr.echo)
-        add_outcomes(answer, outcomes, self.config, avps, reading.currency_code)
+        # The common answer goes straight to bytes: its `avps` then hold only the head.
+        wire = self.writer(avps).body(ccr.echo, code, outcomes, self.config)
+        if wire is not None:
+            answer.avps_wire = wire
+        else:
+            add_outcomes(answer, outcomes, self.config, avps, reading.currency_code)
         self.notifier.track(ccr.session_id, any(o.starved for o in outcomes))
         return answer, code
 
@@ -313,6 +321,12 @@ class GyApplication:
         if factory is None or factory.dictionary is not dictionary:
             factory = self._avps = AvpFactory(dictionary, self.identity, self.realm)
         return factory
+
+    def writer(self, avps: AvpFactory) -> AnswerWriter:
+        writer = self._writer
+        if writer is None or writer.avps is not avps:
+            writer = self._writer = AnswerWriter(avps)
+        return writer
 
     def _unit_of(self, rating_group: int | None) -> Unit:
         """The configured unit of a rating group, else the tariff's, else the default."""

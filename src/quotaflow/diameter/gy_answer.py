@@ -32,12 +32,12 @@ from quotaflow.diameter.messages import make_answer
 from quotaflow.engine import ServiceAnswer, ServiceResult
 from quotaflow.ledger import Unit
 
-_GRANT_AVP: Final = {
+GRANT_AVP: Final = {
     Unit.OCTETS: "CC-Total-Octets",
     Unit.SECONDS: "CC-Time",
     Unit.EVENTS: "CC-Service-Specific-Units",
 }
-_THRESHOLD_AVP: Final = {
+THRESHOLD_AVP: Final = {
     Unit.OCTETS: "Volume-Quota-Threshold",
     Unit.SECONDS: "Time-Quota-Threshold",
     Unit.EVENTS: "Unit-Quota-Threshold",
@@ -95,6 +95,13 @@ class AvpFactory:
     def __call__(self, name: str, value: AvpValue) -> Avp:
         """`value` in its decoded form: an int (or an enumeration label), str, bytes, or the
         member AVPs of a Grouped AVP."""
+        definition, flags = self.definition(name)
+        if isinstance(value, str) and definition.type is AvpType.ENUMERATED:
+            value = next(code for code, label in (definition.enum or {}).items() if label == value)
+        return Avp(definition.code, value, definition.vendor_id, flags, definition)
+
+    def definition(self, name: str) -> tuple[AvpDef, int]:
+        """The dictionary entry named `name` and the AVP flags it sets."""
         known = self._definitions.get(name)
         if known is None:
             definition = self.dictionary.avp(name)
@@ -102,10 +109,7 @@ class AvpFactory:
             if definition.vendor_id:
                 flags |= AVP_FLAG_VENDOR
             known = self._definitions[name] = (definition, flags)
-        definition, flags = known
-        if isinstance(value, str) and definition.type is AvpType.ENUMERATED:
-            value = next(code for code, label in (definition.enum or {}).items() if label == value)
-        return Avp(definition.code, value, definition.vendor_id, flags, definition)
+        return known
 
     def result_code(self, code: int) -> Avp:
         avp = self._result_codes.get(code)
@@ -262,7 +266,7 @@ def _units(
         members.append(avps.result_code(o.result_code))
     if o.final:
         members.append(avps("Final-Unit-Indication", final_unit_indication(config, avps)))
-    threshold = _THRESHOLD_AVP.get(o.ask.unit)
+    threshold = THRESHOLD_AVP.get(o.ask.unit)
     percent = config.quota_threshold_percent
     if threshold and percent and o.granted_units and not o.final and not top_level:
         value = min(o.granted_units * percent // 100, UINT32_MAX)
@@ -278,7 +282,7 @@ def granted_service_unit(o: Outcome, avps: AvpFactory, currency_code: int) -> Av
     else:
         if unit is Unit.SECONDS:
             units = min(units, UINT32_MAX)  # CC-Time is Unsigned32
-        member = avps(_GRANT_AVP[unit], units)
+        member = avps(GRANT_AVP[unit], units)
     return avps("Granted-Service-Unit", [member])
 
 

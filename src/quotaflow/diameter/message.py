@@ -167,7 +167,9 @@ class Message:
         self.avps: list[Avp] = [] if avps is None else avps
         self.dictionary = dictionary if dictionary is not None else default_dictionary()
         # The AVPs already encoded (a sealed answer, see gy_retransmit): encoding then packs only
-        # the header from the fields above. Whoever sets it no longer changes `avps`.
+        # the header from the fields above. Whoever sets it no longer changes `avps`, which may
+        # then hold only the first of them (a Gy answer written straight to bytes, gy_wire):
+        # decode the frame to read them all.
         self.avps_wire: bytes | None = None
 
     @classmethod
