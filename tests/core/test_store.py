@@ -250,3 +250,29 @@ async def test_a_store_refuses_to_start_on_a_journal_row_it_cannot_read(tmp_path
         await store.open()
     kept = sqlite3.connect(tmp_path / "ledger.sqlite3").execute("SELECT records FROM journal")
     assert kept.fetchall() == [(row,)]
+
+
+async def test_records_hooks_run_once_per_commit_that_wrote_records_after_it_is_durable(
+    tmp_path: Path,
+) -> None:
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    seen: list[int] = []
+
+    def failing() -> None:
+        raise RuntimeError("a consumer's bug")
+
+    store.on_records += [failing, lambda: seen.append(store.durable_seq)]
+    await store.execute("create_subscriber", "c", {"id": "a"})
+    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 100})
+    assert seen == []  # no charging record yet
+    for i in range(3):
+        debit = {"subscriber_id": "a", "unit": "octets", "units": 1, "record": {"n": i}}
+        store.submit("debit", f"d{i}", debit)
+    await store.flush()  # one commit: one call, which saw every record durable
+    assert seen == [store._seq]
+    # The failing hook changed nothing: the next charge is answered and reported too.
+    debit = {"subscriber_id": "a", "unit": "octets", "units": 1, "record": {"n": 3}}
+    await store.execute("debit", "d3", debit)
+    assert seen == [store._seq - 1, store._seq]
+    await store.close()

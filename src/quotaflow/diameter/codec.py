@@ -249,8 +249,12 @@ def salvage_avps(data: bytes, dictionary: Dictionary | None = None) -> list[Avp]
 # size of a fixed-size type. Kinds, not closures: compiled (mypyc), an inline read is C code,
 # while a call through a Callable is a Python call.
 _Entry = tuple[AvpDef, ValueDecoder | None, int, int]
-# Vendor-0 entries by code alone (no key tuple to build), the others by (code, vendor).
-_Tables = tuple[dict[int, _Entry], dict[tuple[int, int], _Entry]]
+# Vendor-0 entries in a list indexed by code (no key tuple to build, and no int object: a dict
+# keyed by code boxed every code above 256 into a new one, per AVP received), the others by
+# (code, vendor). Vendor-0 codes are small (the largest is 485); one past PLAIN_CODES_MAX would
+# go to the second table.
+_Tables = tuple[list[_Entry | None], dict[tuple[int, int], _Entry]]
+PLAIN_CODES_MAX: Final = 4096
 
 _GENERIC: Final = 0  # through the value decoder
 _GROUPED: Final = 1
@@ -279,7 +283,8 @@ def _tables(dictionary: Dictionary) -> _Tables:
     """The decoder's tables for a dictionary, made once."""
     tables: _Tables | None = dictionary.decoders
     if tables is None:
-        plain: dict[int, _Entry] = {}
+        size = 1 + max((c for c, v in dictionary.avps if not v and c < PLAIN_CODES_MAX), default=0)
+        plain: list[_Entry | None] = [None] * size
         vendor: dict[tuple[int, int], _Entry] = {}
         for key, d in dictionary.avps.items():
             entry: _Entry
@@ -290,7 +295,7 @@ def _tables(dictionary: Dictionary) -> _Tables:
                 if d.type is AvpType.ENUMERATED and d.enum_strict:
                     kind = _GENERIC
                 entry = (d, value_decoder(d), kind, FIXED_SIZE_OCTETS.get(d.type, 0))
-            if d.vendor_id:
+            if d.vendor_id or d.code >= size:
                 vendor[key] = entry
             else:
                 plain[d.code] = entry
@@ -358,7 +363,10 @@ class _Decoder:
                 raise DiameterError(
                     ResultCode.RESOURCES_EXCEEDED, f"more than {AVP_COUNT_MAX} AVPs"
                 )
-            entry = self.vendor.get((code, vendor_id)) if vendor_id else plain.get(code)
+            if vendor_id or code >= len(plain):
+                entry = self.vendor.get((code, vendor_id))
+            else:
+                entry = plain[code]
             if entry is None:
                 payload = data[pos + head : pos + length]
                 if flags & AVP_FLAG_MANDATORY:

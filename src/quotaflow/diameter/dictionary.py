@@ -66,6 +66,7 @@ class Rule:
     min_count: int
     max_count: int | None  # None: unbounded
     fixed_first: bool = False  # `< Session-Id >`: must come first in what we send
+    position: int = 0  # its place in the grammar's rules: where check_avps counts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +151,10 @@ def parse_grammar(abnf: str) -> Grammar:
             max_count: int | None = int(high) if high else None
         else:
             max_count = 1
-        rules.append(Rule(name, min_count, max_count, fixed_first=bracket == "<"))
+        rules.append(Rule(name, min_count, max_count, bracket == "<", len(rules)))
     leftover = "".join(_TOKEN.sub(" ", abnf).split())
     assert not leftover, f"unparsed grammar text: {leftover!r}"
+    assert len({rule.name for rule in rules}) == len(rules), f"a name twice in {abnf!r}"
     return Grammar(
         tuple(rules),
         is_open,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class RecordService:
         self.streamer: NatsStreamer | None = None
         self._sources: list[RecordSource] = []
         self._retention: asyncio.Task[None] | None = None
+        self._hooks: list[Callable[[], None]] | None = None  # the store's on_records, once in it
         self.pruned = 0
 
     def source(self) -> RecordSource:
@@ -94,7 +96,14 @@ class RecordService:
                 poll_interval_s=opts.poll_interval_s,
             )
             await self.streamer.start()
-        self.engine.subscribe(self._on_event, WAKE_EVENTS)
+        # The embedded store says when records are durable, once per commit; another store's
+        # charges are followed by the engine's events.
+        hooks: list[Callable[[], None]] | None = getattr(self.store, "on_records", None)
+        if hooks is not None:
+            hooks.append(self._wake)
+            self._hooks = hooks
+        else:
+            self.engine.subscribe(self._on_event, WAKE_EVENTS)
         if opts.retention_days > 0:
             self._retention = asyncio.get_running_loop().create_task(self._retain())
         log.info("records service started", extra={"export_dir": str(self.export_dir)})
@@ -148,11 +157,15 @@ class RecordService:
             raise
 
     def _on_event(self, event: EngineEvent) -> None:
-        if event.kind in WAKE_EVENTS:  # never blocks: only sets flags
-            if self.exporter is not None:
-                self.exporter.wake()
-            if self.streamer is not None:
-                self.streamer.wake()
+        if event.kind in WAKE_EVENTS:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Never blocks: only sets flags (or writes one line to the exporter process)."""
+        if self.exporter is not None:
+            self.exporter.wake()
+        if self.streamer is not None:
+            self.streamer.wake()
 
     async def prune(self) -> int:
         """Delete records past retention that every consumer has; returns how many."""
@@ -177,6 +190,10 @@ class RecordService:
             await asyncio.sleep(self.options.retention_check_s)
 
     async def stop(self) -> None:
+        if self._hooks is not None:
+            with contextlib.suppress(ValueError):
+                self._hooks.remove(self._wake)
+            self._hooks = None
         if self._retention is not None:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):

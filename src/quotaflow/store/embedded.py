@@ -22,6 +22,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
@@ -193,6 +194,10 @@ class EmbeddedStore:
         self.last_commit_s = 0.0
         # Observed on the event loop once each commit is reported (metrics.watch_store).
         self.commit_seconds = Latencies(COMMIT_SECONDS_BUCKETS)
+        # Called on the event loop after each commit that wrote charging records, once
+        # durable_seq covers them: the records exporter's wake-up, once per commit instead of
+        # once per charge.
+        self.on_records: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -468,7 +473,7 @@ class EmbeddedStore:
         except BaseException as exc:  # fail-stop, as in the group commit
             self._stop(exc)
             raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
-        self._committed(batch, bodies)
+        self._committed(batch, len(records), bodies)
         if barrier is not None and not barrier.done():
             barrier.set_result(None)
 
@@ -480,15 +485,22 @@ class EmbeddedStore:
             self._outbox.close()
 
     def _committed(
-        self, batch: tuple[int, int, bytes] | None, bodies: list[dict[str, Any]]
+        self, batch: tuple[int, int, bytes] | None, records: int, bodies: list[dict[str, Any]]
     ) -> None:
-        """A commit ended: its duration to the histogram, its records to the outbox."""
+        """A commit ended: its duration to the histogram, its records to the outbox and the
+        on_records hooks."""
         if batch is not None:
             self.durable_seq = batch[0]
         self.commit_seconds.observe(self.last_commit_s)
         outbox = self._outbox
         if bodies and outbox is not None and not outbox.closed:
             outbox.deliver(bodies)
+        if records:
+            for hook in self.on_records:
+                try:
+                    hook()
+                except Exception:  # a consumer's failure must not fail the commit's answers
+                    log.exception("records hook failed")
 
     def record_outbox(self, records_max: int = OUTBOX_RECORDS_MAX) -> RecordOutbox:
         """Hand every charging record committed from now on to one consumer (RecordOutbox),
@@ -518,7 +530,7 @@ class EmbeddedStore:
                     self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
                     self._barrier = None
                     return
-                self._committed(batch, bodies)
+                self._committed(batch, len(records), bodies)
                 if barrier is not None and not barrier.done():
                     barrier.set_result(None)
         finally:
