@@ -50,7 +50,7 @@ _FORMATS: Final = {
 class _Integer:
     """One integer AVP of one definition, header and value packed by one struct call."""
 
-    __slots__ = ("_code", "_pack", "_vendor_id", "_word")
+    __slots__ = ("_code", "_pack", "_vendor_id", "_word", "format", "header", "size")
 
     def __init__(self, avps: AvpFactory, name: str) -> None:
         definition, flags = avps.definition(name)
@@ -59,10 +59,15 @@ class _Integer:
         self._vendor_id = definition.vendor_id
         if definition.vendor_id:
             self._word = ((flags | AVP_FLAG_VENDOR) << 24) | (12 + size)
-            self._pack: Callable[..., bytes] = struct.Struct(">III" + letter).pack
+            self.format = "III" + letter
+            self.header = [self._code, self._word, self._vendor_id]
+            self.size = 12 + size
         else:
             self._word = ((flags & ~AVP_FLAG_VENDOR) << 24) | (8 + size)
-            self._pack = struct.Struct(">II" + letter).pack
+            self.format = "II" + letter
+            self.header = [self._code, self._word]
+            self.size = 8 + size
+        self._pack: Callable[..., bytes] = struct.Struct(">" + self.format).pack
 
     # Methods, not __call__: compiled code calls a method directly, a __call__ through Python.
     def pack(self, value: int) -> bytes:
@@ -71,19 +76,56 @@ class _Integer:
         return self._pack(self._code, self._word, value)
 
 
+class _Shape:
+    """One MSCC of integer members only (its length is then fixed), packed by one struct call:
+    the headers are in `template`, the values go in at the indexes named *_at (-1: absent)."""
+
+    def __init__(
+        self,
+        mscc: _Grouped,
+        gsu: _Grouped,
+        grant: _Integer | None,
+        rating_group: _Integer | None,
+        validity: _Integer | None,
+        result_code: _Integer,
+        threshold: _Integer | None,
+    ) -> None:
+        fmt = ">II"
+        values: list[int] = [mscc.code, 0]
+        at: list[int] = []
+
+        def member(avp: _Integer | None) -> int:
+            nonlocal fmt
+            if avp is None:
+                return -1
+            fmt += avp.format
+            values.extend(avp.header)
+            values.append(0)
+            return len(values) - 1
+
+        if grant is not None:
+            fmt += "II"
+            values += [gsu.code, gsu.flags | (8 + grant.size)]
+        at = [member(m) for m in (grant, rating_group, validity, result_code, threshold)]
+        self.grant_at, self.rating_group_at, self.validity_at, self.code_at, self.threshold_at = at
+        self.pack: Callable[..., bytes] = struct.Struct(fmt).pack
+        values[1] = mscc.flags | struct.calcsize(fmt)
+        self.template = values
+
+
 class _Grouped:
     """The header of one Grouped AVP (its members are padded already: no padding after)."""
 
-    __slots__ = ("_code", "_flags")
+    __slots__ = ("code", "flags")
 
     def __init__(self, avps: AvpFactory, name: str) -> None:
         definition, flags = avps.definition(name)
         assert definition.type is AvpType.GROUPED and not definition.vendor_id
-        self._code = definition.code
-        self._flags = (flags & ~AVP_FLAG_VENDOR) << 24
+        self.code = definition.code
+        self.flags = (flags & ~AVP_FLAG_VENDOR) << 24
 
     def wrap(self, members: bytes) -> bytes:
-        return _pack_avp_header(self._code, self._flags | (8 + len(members))) + members
+        return _pack_avp_header(self.code, self.flags | (8 + len(members))) + members
 
 
 def echoed_avp(avp: Avp) -> bytes:
@@ -126,6 +168,8 @@ class AnswerWriter:
         self._validity = _Integer(avps, "Validity-Time")
         self._result_code = _Integer(avps, "Result-Code")
         self._final: tuple[GyConfig, bytes] | None = None
+        self._shapes: dict[int, _Shape] = {}
+        self._units = {unit: i for i, unit in enumerate(Unit)}
 
     def body(
         self, echo: Echo, result_code: int, outcomes: Sequence[Outcome], config: GyConfig
@@ -158,6 +202,8 @@ class AnswerWriter:
         ask = o.ask
         if not ask.in_mscc:
             return None
+        if not ask.service_identifiers and not o.final:
+            return self._shaped(o, config)
         members: list[bytes] = []
         granted = o.granted_units
         if granted or o.zero_grant:
@@ -187,6 +233,52 @@ class AnswerWriter:
                 if value:
                     members.append(threshold.pack(value))
         return self._mscc.wrap(b"".join(members))
+
+    def _shaped(self, o: Outcome, config: GyConfig) -> bytes | None:
+        """The common MSCC (integers only), by one struct call for its shape."""
+        ask = o.ask
+        unit = ask.unit
+        granted = o.granted_units
+        has_grant = bool(granted or o.zero_grant)
+        if has_grant and unit is Unit.MONEY:
+            return None
+        if unit is Unit.SECONDS:
+            granted = min(granted, UINT32_MAX)  # CC-Time is Unsigned32
+        threshold_value = 0
+        percent = config.quota_threshold_percent
+        if percent and o.granted_units and unit is not Unit.MONEY:
+            threshold_value = min(o.granted_units * percent // 100, UINT32_MAX)
+        key = self._units[unit] << 4
+        if has_grant:
+            key |= 1
+        if ask.rating_group is not None:
+            key |= 2
+        if o.validity_s is not None:
+            key |= 4
+        if threshold_value:
+            key |= 8
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = _Shape(
+                self._mscc,
+                self._gsu,
+                self._grant[unit] if has_grant else None,
+                self._rating_group if ask.rating_group is not None else None,
+                self._validity if o.validity_s is not None else None,
+                self._result_code,
+                self._threshold[unit] if threshold_value else None,
+            )
+        values = shape.template.copy()
+        if shape.grant_at >= 0:
+            values[shape.grant_at] = granted
+        if ask.rating_group is not None:
+            values[shape.rating_group_at] = ask.rating_group
+        if o.validity_s is not None:
+            values[shape.validity_at] = min(o.validity_s, UINT32_MAX)
+        values[shape.code_at] = o.result_code
+        if threshold_value:
+            values[shape.threshold_at] = threshold_value
+        return shape.pack(*values)
 
     def _final_unit_indication(self, config: GyConfig) -> bytes:
         final = self._final
