@@ -276,3 +276,16 @@ async def test_records_hooks_run_once_per_commit_that_wrote_records_after_it_is_
     await store.execute("debit", "d3", debit)
     assert seen == [store._seq - 1, store._seq]
     await store.close()
+
+
+async def test_identities_of_answers_a_batch_with_copies_and_nothing_for_the_unknown(
+    tmp_path: Path,
+) -> None:
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    await store.execute("create_subscriber", "c", {"id": "a", "msisdn": "46700000001"})
+    found = await store.identities_of(["a", "gone"])
+    assert found == {"a": {"msisdn": "46700000001"}, "gone": {}}
+    found["a"]["msisdn"] = "changed"  # the caller's copy, not the subscriber's
+    assert (await store.get_subscriber("a")).identities == {"msisdn": "46700000001"}
+    await store.close()

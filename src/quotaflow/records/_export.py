@@ -25,9 +25,8 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Final
 
-from quotaflow.ledger import ChargingError
 from quotaflow.records._source import RecordFilter, RecordSource
 from quotaflow.records._writer import ChainWriter
 from quotaflow.store.base import Store
@@ -46,17 +45,15 @@ LINGER_S = 0.1
 # that is gone has none. In-process that is the store; the exporter's own process asks the
 # charging process over its pipe (one round trip per batch).
 IdentityLookup = Callable[[list[str]], Awaitable[dict[str, dict[str, str]]]]
+IDENTITIES_PER_CALL: Final = 500  # subscribers looked up between two yields to the loop
 
 
 async def identities_from(store: Store, subscriber_ids: list[str]) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
-    for n, sid in enumerate(subscriber_ids, 1):
-        if n % 500 == 0:
+    for at in range(0, len(subscriber_ids), IDENTITIES_PER_CALL):
+        if at:
             await asyncio.sleep(0)  # a batch of thousands would hold the loop for milliseconds
-        try:
-            found[sid] = dict((await store.get_subscriber(sid)).identities)
-        except ChargingError:  # deleted since
-            found[sid] = {}
+        found.update(await store.identities_of(subscriber_ids[at : at + IDENTITIES_PER_CALL]))
     return found
 
 

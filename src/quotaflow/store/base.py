@@ -51,6 +51,11 @@ class Store(Protocol):
         """A read-only view of one subscriber; raises UnknownSubscriber."""
         ...
 
+    async def identities_of(self, subscriber_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Each subscriber's identities (a copy; {} for one that is gone), in one call: the
+        records exporter asks for a batch's subscribers at once."""
+        ...
+
     async def list_subscribers(self, offset: int, limit: int) -> list[Subscriber]: ...
 
     async def resolve(self, kind: str, value: str) -> str:

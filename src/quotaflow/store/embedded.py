@@ -612,6 +612,14 @@ class EmbeddedStore:
     async def get_subscriber(self, subscriber_id: str) -> Subscriber:
         return self.ledger.subscriber(subscriber_id)
 
+    async def identities_of(self, subscriber_ids: list[str]) -> dict[str, dict[str, str]]:
+        subs = self.ledger.subscribers
+        found: dict[str, dict[str, str]] = {}
+        for sid in subscriber_ids:
+            sub = subs.get(sid)
+            found[sid] = {} if sub is None else dict(sub.identities)
+        return found
+
     async def list_subscribers(self, offset: int, limit: int) -> list[Subscriber]:
         subs = self.ledger.subscribers
         return [subs[k] for k in list(subs)[offset : offset + limit]]
