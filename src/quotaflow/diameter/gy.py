@@ -77,6 +77,13 @@ _STEPS: Final[dict[int, str]] = {
     CcRequestType.TERMINATION: "termination",
     CcRequestType.EVENT: "event",
 }
+# Enum members read once (see gy_answer: an attribute lookup on the enum class per use).
+_INITIAL: Final[int] = int(CcRequestType.INITIAL)
+_UPDATE: Final[int] = int(CcRequestType.UPDATE)
+_TERMINATION: Final[int] = int(CcRequestType.TERMINATION)
+_EVENT: Final[int] = int(CcRequestType.EVENT)
+_CREDIT_CONTROL: Final[int] = int(CommandCode.CREDIT_CONTROL)
+_SUCCESS: Final[int] = int(ResultCode.SUCCESS)
 DEFAULT_CURRENCY_CODE: Final = 978  # EUR, when the tariff's currency is not in ISO_4217
 ERROR_MESSAGE_CHARS_MAX: Final = 200
 # Answers a retry may get differently: not kept for retransmissions.
@@ -181,7 +188,7 @@ class GyApplication:
         self._steps: dict[tuple[int, int], tuple[str, ...]] = {}
 
     async def handle(self, peer: PeerInfo, request: Message) -> Message:
-        if request.command_code != CommandCode.CREDIT_CONTROL:
+        if request.command_code != _CREDIT_CONTROL:
             # RAR/ASR are ours to send, not to receive.
             return make_answer(request, ResultCode.COMMAND_UNSUPPORTED, self.identity, self.realm)
         ccr = Ccr.read(request)
@@ -206,13 +213,13 @@ class GyApplication:
         reading = self.reading()
         avps = self.avps(ccr.message.dictionary)
         try:
-            if ccr.request_type == CcRequestType.INITIAL:
+            if ccr.request_type == _INITIAL:
                 answer = await self._initial(peer, ccr, reading, avps)
-            elif ccr.request_type == CcRequestType.UPDATE:
+            elif ccr.request_type == _UPDATE:
                 answer = await self._update(ccr, reading, avps)
-            elif ccr.request_type == CcRequestType.TERMINATION:
+            elif ccr.request_type == _TERMINATION:
                 answer = await self._terminate(ccr, reading, avps)
-            elif ccr.request_type == CcRequestType.EVENT:
+            elif ccr.request_type == _EVENT:
                 answer = await self.events.answer(ccr.message, reading, avps, self._subscriber)
             else:
                 raise GyRequestError(
@@ -247,7 +254,7 @@ class GyApplication:
             add_outcomes(answer, refused, self.config, avps, reading.currency_code)
             return answer
         answer, code = self._session_answer(ccr, asks, charged, reading, avps)
-        if code != ResultCode.SUCCESS:
+        if code != _SUCCESS:
             # Refused: the client ends the service without a CCR-T, so release it here.
             await self.engine.session_terminate(ccr.session_id, ccr.number, [], cause="refused")
             self.notifier.forget(ccr.session_id)
@@ -275,7 +282,7 @@ class GyApplication:
             cause=_termination_cause(ccr.message),
         )
         self.notifier.forget(ccr.session_id)
-        return credit_control_answer(ccr.message, ResultCode.SUCCESS, avps, ccr.echo)
+        return credit_control_answer(ccr.message, _SUCCESS, avps, ccr.echo)
 
     def _session_answer(
         self,
