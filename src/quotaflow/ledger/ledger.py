@@ -630,10 +630,11 @@ class Ledger(GroupOps, MovingOps):
         payer: Subscriber | None = None,
         base: int = 0,
         zero_rated: bool = False,
+        priced: tuple[Price | None] | None = None,
     ) -> Result:
         """Hold a grant: unit buckets first, then money by the price (from the payer's buckets
         when a sponsor pays). `base` is what the session already paid with money. A zero-rated
-        service takes nothing from any bucket."""
+        service takes nothing from any bucket. `priced`: args' price, parsed already."""
         rid = _check_id("reservation_id", args.get("reservation_id"))
         if rid in sub.reservations:
             raise Conflict(f"reservation {rid!r} is open")
@@ -647,8 +648,11 @@ class Ledger(GroupOps, MovingOps):
         units_min = _check_amount("units_min", args.get("units_min", 1))
         validity_ms = _check_amount("validity_ms", args.get("validity_ms"))
         session_id = _optional_id("session_id", args.get("session_id"))
-        raw_price = args.get("price")
-        price = None if raw_price is None else _price(raw_price)
+        if priced is None:
+            raw_price = args.get("price")
+            price = None if raw_price is None else _price(raw_price)
+        else:
+            price = priced[0]
         legs: list[Leg] = []
         need = units_max
         account = None if payer is None else payer.id
@@ -959,6 +963,7 @@ class Ledger(GroupOps, MovingOps):
                 payer=payer,
                 base=base,
                 zero_rated=zero_rated,
+                priced=(price,),  # parsed above: the same "price" as in these arguments
             )
         except NoCredit:
             result["refused"] = "no_credit"
