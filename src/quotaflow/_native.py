@@ -59,6 +59,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.diameter.gy_notify",
     "quotaflow.diameter.gy",
     "quotaflow.nchf._wire",
+    "quotaflow.notify._gate",
     "quotaflow.nchf._mapping",
     "quotaflow.nchf._app",
     "quotaflow.records._chain",

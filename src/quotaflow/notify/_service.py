@@ -1,8 +1,9 @@
 """The notify service: engine events in, threshold crossings and credit events out.
 
-The engine calls `_on_event` synchronously from a charging path; it only appends to a bounded
-queue, so no charging answer ever waits for notification work. One task drains that queue in
-order, so one subscriber's notifications are produced in the order their causes happened;
+The engine calls the service's EventGate (`_gate.py`, compiled) synchronously from a charging
+path; it only appends to a bounded queue, so no charging answer ever waits for notification
+work. One task drains that queue in order, so one subscriber's notifications are produced in
+the order their causes happened;
 a burst of balance changes for one subscriber is evaluated once (against the latest balance).
 """
 
@@ -22,6 +23,7 @@ from quotaflow.ledger import ChargingError, Conflict, InvalidRequest, NotFound, 
 from quotaflow.notify._db import NotifyDb
 from quotaflow.notify._delivery import DeliveryOptions, Dispatcher
 from quotaflow.notify._events import Notification
+from quotaflow.notify._gate import BALANCE_EVENTS, EventGate
 from quotaflow.notify._thresholds import (
     ANNOUNCED,
     OK,
@@ -36,7 +38,6 @@ from quotaflow.store.base import Store
 
 log = logging.getLogger("quotaflow.notify")
 
-BALANCE_EVENTS = frozenset({"balance_changed", "credit_added"})
 EVENT_BATCH_MAX = 1000
 BASES_MAX = 1_000_000  # remembered percentage bases (an LRU would be kinder; a clear is simple)
 COUNTERS_MAX = 1_000_000
@@ -74,8 +75,7 @@ class NotifyService:
         # The same, by the subscriber they watch (None: every subscriber), so a balance change
         # looks only at its own and the global ones, never at all of them.
         self._watching: dict[str | None, dict[str, Threshold]] = {}
-        self.dropped_events = 0
-        self.skipped_events = 0  # nothing watched them: not queued (see _wanted)
+        self._gate: EventGate | None = None  # made at start, with the tables loaded
         # Refusals queued and not yet processed, by subscriber: until `_refused_request` has
         # put the subscriber in `_out`, its credit events must still be queued behind them.
         self._refusing: dict[str, int] = {}
@@ -104,7 +104,10 @@ class NotifyService:
         await self.dispatcher.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._process()), loop.create_task(self._scan_expiry())]
-        self.engine.subscribe(self._on_event)
+        self._gate = EventGate(
+            self._watching, self._out, self._refusing, self._choices, self._events
+        )
+        self.engine.subscribe(self._gate.on_event)
         return self
 
     async def stop(self) -> None:
@@ -122,18 +125,14 @@ class NotifyService:
     async def __call__(self) -> None:
         await self.stop()
 
-    def _on_event(self, event: EngineEvent) -> None:
-        if not self._wanted(event):
-            self.skipped_events += 1
-            return
-        try:
-            self._events.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped_events += 1
-            return
-        if event.kind == "no_credit":
-            sid = event.subscriber_id
-            self._refusing[sid] = self._refusing.get(sid, 0) + 1
+    @property
+    def skipped_events(self) -> int:
+        """Events nothing watched: not queued (see EventGate.wanted)."""
+        return 0 if self._gate is None else self._gate.skipped
+
+    @property
+    def dropped_events(self) -> int:
+        return 0 if self._gate is None else self._gate.dropped
 
     def _refused_done(self, sid: str) -> None:
         left = self._refusing.get(sid, 0) - 1
@@ -141,23 +140,6 @@ class NotifyService:
             self._refusing[sid] = left
         else:
             self._refusing.pop(sid, None)
-
-    def _wanted(self, event: EngineEvent) -> bool:
-        """Whether `_handle_batch` would do anything with it. Every charge emits a balance
-        event; with no threshold watching that subscriber (the usual case) queueing it only
-        cost the event loop (measured: ~5% of a loaded Gy server's loop)."""
-        kind, sid = event.kind, event.subscriber_id
-        if kind in BALANCE_EVENTS:
-            watching = self._watching
-            return (
-                bool(watching.get(None))
-                or bool(watching.get(sid))
-                or sid in self._out
-                or sid in self._refusing
-            )
-        if kind == "abort":
-            return sid in self._choices
-        return kind == "no_credit"
 
     async def drained(self) -> None:
         """Wait until every engine event so far was processed (tests, orderly shutdown)."""
