@@ -300,3 +300,27 @@ def test_inline_reads_give_what_the_value_decoders_give(name: str, values: list[
         assert avp.value == value
         assert decode_value(definition, payload) == value
         assert type(avp.value) is type(value)
+
+
+@given(st.text(max_size=300), st.integers(-(2**31), 2**32 - 1))
+def test_one_avp_encodes_as_a_level_of_avps_does(text: str, number: int) -> None:
+    """encode_avp packs the common kinds (text, 32-bit integers) itself: the same bytes as
+    _encode_avps, and the same refusal of a value out of range."""
+    from quotaflow.diameter.codec import _encode_avps
+
+    msg = Message.request(272, 4)
+    for name in ("Session-Id", "Origin-Host"):
+        avp = msg.build(name, text)
+        assert encode_avp(avp) == _encode_avps([avp])
+    kind = msg.build("CC-Request-Type", number)
+    if number < 2**31:
+        assert encode_avp(kind) == _encode_avps([kind])
+    else:
+        with pytest.raises(ValueError):
+            encode_avp(kind)
+    counter = msg.build("CC-Request-Number", number)
+    if number >= 0:
+        assert encode_avp(counter) == _encode_avps([counter])
+    else:
+        with pytest.raises(ValueError):
+            encode_avp(counter)

@@ -25,7 +25,7 @@ from quotaflow.diameter.gy_answer import (
 )
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_mapping import ServiceAsk
-from quotaflow.diameter.gy_wire import AnswerWriter, echoed_avp
+from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.validate import parse_message
 from quotaflow.ledger import Unit
 
@@ -172,23 +172,3 @@ def test_a_value_out_of_range_is_left_to_the_generic_path_and_its_error() -> Non
     assert WRITER.body(echo, ResultCode.SUCCESS, services, GyConfig()) is None
     with pytest.raises(ValueError, match="does not fit"):
         generic(echo, ResultCode.SUCCESS, services, GyConfig())
-
-
-@given(st.text(max_size=300), st.integers(-(2**31), 2**32 - 1))
-def test_echoed_avps_encode_as_the_codec_does(session: str, number: int) -> None:
-    from quotaflow.diameter.codec import encode_avp
-
-    avp = AVPS("Session-Id", session)
-    assert echoed_avp(avp) == encode_avp(avp)
-    kind = AVPS("CC-Request-Type", number)
-    if number >= -(2**31) and number < 2**31:
-        assert echoed_avp(kind) == encode_avp(kind)
-    else:
-        with pytest.raises(ValueError):
-            echoed_avp(kind)
-    counter = AVPS("CC-Request-Number", number)
-    if number >= 0:
-        assert echoed_avp(counter) == encode_avp(counter)
-    else:
-        with pytest.raises(ValueError):
-            echoed_avp(counter)

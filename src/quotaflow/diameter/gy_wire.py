@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from quotaflow.diameter.codec import AVP_LENGTH_MAX, encode_avp
+from quotaflow.diameter.codec import encode_avp
 from quotaflow.diameter.constants import AVP_FLAG_VENDOR
 from quotaflow.diameter.dictionary import AvpType
 from quotaflow.diameter.gy_answer import (
@@ -31,13 +31,9 @@ from quotaflow.diameter.gy_answer import (
 )
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_mapping import UINT32_MAX
-from quotaflow.diameter.message import Avp
 from quotaflow.ledger import Unit
 
 _pack_avp_header: Final = struct.Struct(">II").pack
-_pack_u32_avp: Final = struct.Struct(">III").pack
-_pack_i32_avp: Final = struct.Struct(">IIi").pack
-_PADDING: Final = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4
 _FORMATS: Final = {
     AvpType.UNSIGNED32: ("I", 4),
     AvpType.UNSIGNED64: ("Q", 8),
@@ -92,7 +88,6 @@ class _Shape:
     ) -> None:
         fmt = ">II"
         values: list[int] = [mscc.code, 0]
-        at: list[int] = []
 
         def member(avp: _Integer | None) -> int:
             nonlocal fmt
@@ -128,31 +123,6 @@ class _Grouped:
         return _pack_avp_header(self.code, self.flags | (8 + len(members))) + members
 
 
-def echoed_avp(avp: Avp) -> bytes:
-    """A request AVP a CCA echoes, encoded as codec.encode_avp would, without its dispatch for
-    the common kinds (a Session-Id, a 32-bit integer)."""
-    value = avp.value
-    definition = avp.definition
-    if avp.vendor_id or definition is None:
-        return encode_avp(avp)
-    flags = (avp.flags & ~AVP_FLAG_VENDOR) << 24
-    kind = definition.type
-    try:
-        if type(value) is int:
-            if kind is AvpType.UNSIGNED32:
-                return _pack_u32_avp(avp.code, flags | 12, value)
-            if kind is AvpType.INTEGER32 or kind is AvpType.ENUMERATED:
-                return _pack_i32_avp(avp.code, flags | 12, value)
-        elif type(value) is str and kind is AvpType.UTF8_STRING:
-            data = value.encode()
-            length = 8 + len(data)
-            if length <= AVP_LENGTH_MAX:
-                return _pack_avp_header(avp.code, flags | length) + data + _PADDING[length & 3]
-    except struct.error:
-        pass  # out of range: the codec says how
-    return encode_avp(avp)
-
-
 class AnswerWriter:
     """The AVPs of a CCA (everything after its header) as bytes, for one AvpFactory."""
 
@@ -178,7 +148,7 @@ class AnswerWriter:
         or None when an outcome needs the generic path."""
         parts: list[bytes] = []
         if echo.session is not None:
-            parts.append(echoed_avp(echo.session))
+            parts.append(encode_avp(echo.session))
         head = self._heads.get(result_code)
         if head is None:
             head = self._heads[result_code] = self._result_code.pack(result_code) + b"".join(
@@ -186,7 +156,7 @@ class AnswerWriter:
             )
         parts.append(head)
         for avp in echo.echoed:
-            parts.append(echoed_avp(avp))
+            parts.append(encode_avp(avp))
         try:
             for o in outcomes:
                 mscc = self._service(o, config)
@@ -205,16 +175,12 @@ class AnswerWriter:
         if not ask.service_identifiers and not o.final:
             return self._shaped(o, config)
         members: list[bytes] = []
-        granted = o.granted_units
-        if granted or o.zero_grant:
-            unit = ask.unit
-            if unit is Unit.MONEY:
+        if o.granted_units or o.zero_grant:
+            if ask.unit is Unit.MONEY:
                 return None
-            if unit is Unit.SECONDS:
-                granted = min(granted, UINT32_MAX)  # CC-Time is Unsigned32
-            members.append(self._gsu.wrap(self._grant[unit].pack(granted)))
+            members.append(self._gsu.wrap(self._grant[ask.unit].pack(_granted(o))))
         for avp in ask.service_identifiers:
-            members.append(echoed_avp(avp))
+            members.append(encode_avp(avp))
         if ask.rating_group is not None:
             members.append(self._rating_group.pack(ask.rating_group))
         if o.validity_s is not None:
@@ -225,29 +191,19 @@ class AnswerWriter:
         members.append(code)
         if o.final:
             members.append(self._final_unit_indication(config))
-        percent = config.quota_threshold_percent
-        if percent and o.granted_units and not o.final:
-            threshold = self._threshold.get(ask.unit)
-            if threshold is not None:
-                value = min(o.granted_units * percent // 100, UINT32_MAX)
-                if value:
-                    members.append(threshold.pack(value))
+        threshold = _threshold(o, config)
+        if threshold:
+            members.append(self._threshold[ask.unit].pack(threshold))
         return self._mscc.wrap(b"".join(members))
 
     def _shaped(self, o: Outcome, config: GyConfig) -> bytes | None:
         """The common MSCC (integers only), by one struct call for its shape."""
         ask = o.ask
         unit = ask.unit
-        granted = o.granted_units
-        has_grant = bool(granted or o.zero_grant)
+        has_grant = bool(o.granted_units or o.zero_grant)
         if has_grant and unit is Unit.MONEY:
             return None
-        if unit is Unit.SECONDS:
-            granted = min(granted, UINT32_MAX)  # CC-Time is Unsigned32
-        threshold_value = 0
-        percent = config.quota_threshold_percent
-        if percent and o.granted_units and unit is not Unit.MONEY:
-            threshold_value = min(o.granted_units * percent // 100, UINT32_MAX)
+        threshold_value = _threshold(o, config)
         key = self._units[unit] << 4
         if has_grant:
             key |= 1
@@ -270,7 +226,7 @@ class AnswerWriter:
             )
         values = shape.template.copy()
         if shape.grant_at >= 0:
-            values[shape.grant_at] = granted
+            values[shape.grant_at] = _granted(o)
         if ask.rating_group is not None:
             values[shape.rating_group_at] = ask.rating_group
         if o.validity_s is not None:
@@ -286,3 +242,18 @@ class AnswerWriter:
             avp = self.avps("Final-Unit-Indication", final_unit_indication(config, self.avps))
             final = self._final = (config, encode_avp(avp))
         return final[1]
+
+
+def _granted(o: Outcome) -> int:
+    """The units its Granted-Service-Unit says (gy_answer.granted_service_unit's rule)."""
+    if o.ask.unit is Unit.SECONDS:
+        return min(o.granted_units, UINT32_MAX)  # CC-Time is Unsigned32
+    return o.granted_units
+
+
+def _threshold(o: Outcome, config: GyConfig) -> int:
+    """The quota threshold its MSCC carries, 0 for none (gy_answer._units's rule)."""
+    percent = config.quota_threshold_percent
+    if not percent or not o.granted_units or o.final or o.ask.unit not in THRESHOLD_AVP:
+        return 0
+    return min(o.granted_units * percent // 100, UINT32_MAX)
