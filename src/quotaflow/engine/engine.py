@@ -88,6 +88,13 @@ def _running_low(result: Result) -> bool:
     return result.get("refused") == "no_credit" or (grant is not None and grant["exhausted"])
 
 
+def _may_try_again(step: _Step, args: dict[str, Any], result: Result) -> bool:
+    """Whether Engine._second_try can do anything after this charge: a member of a group
+    (its pool may have moved, credit may be reclaimed), or a subscriber running low that
+    asked for a grant (its providers may top it up)."""
+    return step.group is not None or (_running_low(result) and "reserve" in args)
+
+
 def _short(result: Result, lim: UnitGrantLimits) -> bool:
     """The grant asked for was refused, or is below the minimum while more was wanted."""
     if result.get("refused") == "no_credit":
@@ -164,13 +171,15 @@ class Engine:
         self, kind: str, subscriber_id: str, detail: dict[str, Any] | None = None
     ) -> None:
         """Tell listeners. Kinds that interfaces act on carry the subscriber's open sessions."""
-        if not self._taken(kind):
-            return
-        sessions = await self.store.sessions_of(subscriber_id) if kind in SESSION_EVENTS else {}
-        self._notify(EngineEvent(kind, subscriber_id, sessions, detail or {}))
+        if kind not in SESSION_EVENTS:
+            self._emit_now(kind, subscriber_id, detail or {})
+        elif self._taken(kind):
+            sessions = await self.store.sessions_of(subscriber_id)
+            self._notify(EngineEvent(kind, subscriber_id, sessions, detail or {}))
 
     def _emit_now(self, kind: str, subscriber_id: str, detail: dict[str, Any]) -> None:
-        """_emit for a kind that carries no sessions (not in SESSION_EVENTS)."""
+        """_emit for a kind that carries no sessions (not in SESSION_EVENTS): nothing to
+        await, so callers on the charging path need no coroutine."""
         assert kind not in SESSION_EVENTS
         if self._taken(kind):
             self._notify(EngineEvent(kind, subscriber_id, {}, detail))
@@ -340,9 +349,9 @@ class Engine:
             else:
                 self._after_charge(step, s, result)
                 second = None
-                # Checked here first: most charges need no second try, and each call of the
+                # Asked here first: most charges need no second try, and each call of the
                 # coroutine costs an object.
-                if step.group is not None or (_running_low(result) and "reserve" in args):
+                if _may_try_again(step, args, result):
                     second = await self._second_try(step, s, op_id, args, result)
                 if second is not None:
                     result, retry_s = second
@@ -371,7 +380,7 @@ class Engine:
     ) -> tuple[Result, int | None] | None:
         """When the first charge left the service short: a pool's reclaim or back-off, or the
         subscriber's providers. Returns the result to answer with and a retry validity, or
-        None to answer the first result as it is."""
+        None to answer the first result as it is. Only called when _may_try_again."""
         if step.group is not None:
             self._pool_moved(step.group.id)
             if not _short(result, self.policy.limits[s.unit]):
@@ -386,13 +395,10 @@ class Engine:
                 # tell it when to ask again; a top-up re-authorises it.
                 return result, int(backoff_s)
             return None
-        if _running_low(result) and "reserve" in args:
-            # Running low: the subscriber's providers (a parent, an employer) top it up in
-            # order and the session goes on without a refusal.
-            provided = await self._from_providers(step, s, op_id, args, result)
-            if provided is not None:
-                return {**result, **provided}, None
-        return None
+        # Running low: the subscriber's providers (a parent, an employer) top it up in order
+        # and the session goes on without a refusal.
+        provided = await self._from_providers(step, s, op_id, args, result)
+        return None if provided is None else ({**result, **provided}, None)
 
     async def _from_providers(
         self, step: _Step, s: ServiceRequest, op_id: str, args: dict[str, Any], first: Result
