@@ -56,6 +56,21 @@ def test_unknown_mandatory_avp_is_5001_with_the_avp() -> None:
     assert not error.is_protocol_error
 
 
+# Vendor-0 codes the dictionary lacks: a gap in the decoder's table by code, the first past
+# its end, and far past it (looked up in its second table).
+@pytest.mark.parametrize("code", [300, 486, 5000, 70_000])
+def test_an_unknown_base_avp_is_5001_with_the_m_bit_and_kept_raw_without(code: int) -> None:
+    msg = _ccr()
+    unknown = _raw(code, b"\x00\x00\x00\x01")
+    msg.avps.append(unknown)
+    error = _error(msg.encode())
+    assert error.result_code == ResultCode.AVP_UNSUPPORTED
+    assert error.failed_avps == [unknown]
+    msg.avps[-1] = _raw(code, b"abcd", flags=0)
+    kept = parse_message(msg.encode()).avps[-1]
+    assert (kept.code, kept.vendor_id, kept.value, kept.definition) == (code, 0, b"abcd", None)
+
+
 def test_unknown_mandatory_avp_inside_grouped_is_wrapped() -> None:
     msg = _ccr()
     mscc = msg.find("Multiple-Services-Credit-Control")
