@@ -3,9 +3,10 @@
 Starts the real `Server` (embedded store, records export on, Nchf off) in a temporary folder,
 opens SESSIONS sessions with CCR-I, then sends UPDATES CCR-U frames, WINDOW at a time, each
 through what the transport does with a frame: `parse_message` (decode and grammar check),
-`GyApplication.handle` (engine, ledger, durable commit) and `encode_message`. Prints the
-microseconds per CCR-U of the timed part, which wall-clock noise makes rough; callgrind gives
-instructions: run it at two sizes and take the difference per update, which cancels start-up.
+`GyApplication.handle_now` (engine, ledger; `handle` for what it declines), the durable commit
+and `encode_message`. Prints the microseconds per CCR-U of the timed part, which wall-clock
+noise makes rough; callgrind gives instructions: run it at two sizes and take the difference
+per update, which cancels start-up.
 
     .venv/bin/python bench/profile_gy.py [--sessions 1000] [--updates 20000] [--window 128]
     valgrind --tool=callgrind --callgrind-out-file=cg.%p .venv/bin/python \
@@ -107,7 +108,16 @@ async def _drive(
     templates = [Template(_ccr(sid, f"4670{i:08d}", 2, 0)) for i, sid in enumerate(ids)]
 
     async def one(frame: bytes) -> None:
-        encode_message(await app.handle(peer, parse_message(frame, dictionary)))
+        # As the transport does: the immediate path first, the handler for what it declines.
+        request = parse_message(frame, dictionary)
+        done = app.handle_now(peer, request)
+        if done is None:
+            encode_message(await app.handle(peer, request))
+            return
+        answer, barrier = done
+        if barrier is not None:
+            await barrier
+        encode_message(answer)
 
     async def one_engine(k: int) -> None:
         await engine.session_update(

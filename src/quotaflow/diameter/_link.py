@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from quotaflow.diameter.constants import ResultCode
 from quotaflow.diameter.errors import LinkClosedError
@@ -32,7 +32,25 @@ log = logging.getLogger("quotaflow.diameter")
 
 RequestHandler = Callable[[PeerInfo, Message], Awaitable[Message]]
 
+
+class ImmediateHandler(Protocol):
+    """A handler that can answer some requests at once, with no task or coroutine: the answer
+    is computed now and sent when its change is durable (a barrier it returns is done)."""
+
+    def handle_now(
+        self, peer: PeerInfo, request: Message
+    ) -> tuple[Message, asyncio.Future[None] | None] | None:
+        """The answer and the barrier to wait on before sending it (None: send now); None for a
+        request this path does not take (the async handler gets it)."""
+        ...
+
+    def failed(self, request: Message, exc: BaseException) -> Message:
+        """The answer to send instead when the barrier failed with `exc`."""
+        ...
+
+
 IN_FLIGHT_MAX: Final = 1_024  # application requests being handled per connection; beyond: 3004
+_UNABLE_TO_COMPLY: Final[int] = int(ResultCode.UNABLE_TO_COMPLY)  # read once (see gy_answer)
 
 
 class PeerLink(asyncio.Protocol):
@@ -46,10 +64,12 @@ class PeerLink(asyncio.Protocol):
         in_flight_max: int = IN_FLIGHT_MAX,
         on_open: Callable[[PeerLink], None] | None = None,
         on_closed: Callable[[PeerLink], None] | None = None,
+        immediate: ImmediateHandler | None = None,
     ) -> None:
         assert watchdog_interval_s > 0 and open_timeout_s > 0 and in_flight_max > 0
         self._make_connection = make_connection
         self._handler = handler
+        self._immediate = immediate
         self._watchdog_interval_s = watchdog_interval_s
         self._open_timeout_s = open_timeout_s
         self._in_flight_max = in_flight_max
@@ -68,6 +88,10 @@ class PeerLink(asyncio.Protocol):
         # are gathered here and sent in one transport.write (one syscall, not one each).
         self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
+        # Answers computed at once, each group waiting on its barrier: one callback per barrier
+        # sends them all, where a task per request would wake and finish on its own.
+        self._held: dict[asyncio.Future[None], list[tuple[Message, Message]]] = {}
+        self._held_count = 0
 
     @property
     def peer(self) -> PeerInfo | None:
@@ -192,12 +216,28 @@ class PeerLink(asyncio.Protocol):
 
     def _dispatch(self, request: Message) -> None:
         assert self.connection is not None
-        if len(self._tasks) >= self._in_flight_max:
-            busy = self.connection.answer(
-                request, ResultCode.TOO_BUSY, "too many requests in flight"
-            )
-            self.write(self.connection.send(busy))
+        connection = self.connection
+        if len(self._tasks) + self._held_count >= self._in_flight_max:
+            busy = connection.answer(request, ResultCode.TOO_BUSY, "too many requests in flight")
+            self.write(connection.send(busy))
             return
+        immediate = self._immediate
+        if immediate is not None:
+            assert connection.peer is not None
+            try:
+                done = immediate.handle_now(connection.peer, request)
+            except Exception:
+                log.exception("Diameter handler failed on %r", request)
+                failure = connection.answer(request, _UNABLE_TO_COMPLY, "internal error")
+                self.write(connection.send_answer(request, failure))
+                return
+            if done is not None:
+                answer, barrier = done
+                if barrier is None:
+                    self.write(connection.send_answer(request, answer))
+                else:
+                    self._hold(request, answer, barrier)
+                return
         task = self._loop.create_task(self._answer(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -211,6 +251,29 @@ class PeerLink(asyncio.Protocol):
             log.exception("Diameter handler failed on %r", request)
             answer = connection.answer(request, ResultCode.UNABLE_TO_COMPLY, "internal error")
         if connection.state is not PeerState.CLOSED:
+            self.write(connection.send_answer(request, answer))
+
+    def _hold(self, request: Message, answer: Message, barrier: asyncio.Future[None]) -> None:
+        held = self._held.get(barrier)
+        if held is None:
+            held = self._held[barrier] = []
+            barrier.add_done_callback(self._release)
+        held.append((request, answer))
+        self._held_count += 1
+
+    def _release(self, barrier: asyncio.Future[None]) -> None:
+        """The barrier is done: send what waited on it (or, if it failed, what the handler
+        answers instead)."""
+        held = self._held.pop(barrier, [])
+        self._held_count -= len(held)
+        connection = self.connection
+        if connection is None or connection.state is PeerState.CLOSED:
+            return
+        exc = barrier.exception() if not barrier.cancelled() else asyncio.CancelledError()
+        immediate = self._immediate
+        for request, answer in held:
+            if exc is not None and immediate is not None:
+                answer = immediate.failed(request, exc)
             self.write(connection.send_answer(request, answer))
 
     def _watchdog(self) -> None:

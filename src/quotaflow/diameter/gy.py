@@ -11,6 +11,7 @@ checked: Open5GS puts its own realm there); answer exactly to the spec (gy_answe
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -55,7 +56,7 @@ from quotaflow.diameter.gy_mapping import (
     service_asks,
 )
 from quotaflow.diameter.gy_notify import GyNotifier, session_meta
-from quotaflow.diameter.gy_retransmit import AnswerCache
+from quotaflow.diameter.gy_retransmit import AnswerCache, Kept
 from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
 from quotaflow.diameter.messages import make_answer, normalize_answer
@@ -170,6 +171,11 @@ class Ccr:
         )
 
 
+# An answer handle_now computed, until its barrier is done: its cache entry, the request, the
+# answer and its sealed frame, and when the request came (perf_counter).
+_Held = tuple[Kept, Message, Message, bytes, float]
+
+
 class GyApplication:
     """The request handler of the Diameter server: CCR in, CCA out."""
 
@@ -186,6 +192,80 @@ class GyApplication:
         self._reading: tuple[TariffBook, Reading] | None = None
         self._seconds = request_seconds("gy")
         self._steps: dict[tuple[int, int], tuple[str, ...]] = {}
+        # Answers handle_now computed, by the barrier they wait on.
+        self._held: dict[asyncio.Future[None], list[_Held]] = {}
+
+    def handle_now(
+        self, peer: PeerInfo, request: Message
+    ) -> tuple[Message, asyncio.Future[None] | None] | None:
+        """A CCR-U answered with no coroutine, when the engine can charge it at once
+        (Engine.immediate): the answer, and the barrier to await before sending it. None for
+        every other request: `handle` gets it. The same steps as handle, in the same order."""
+        if request.command_code != _CREDIT_CONTROL:
+            return None
+        ccr = Ccr.read(request)
+        if ccr.request_type != _UPDATE:
+            return None
+        key = (ccr.session_id, ccr.request_type, ccr.number)
+        now = time.monotonic()
+        answers, engine = self.answers, self.engine
+        if answers.known(key, now) or not engine.immediate(ccr.session_id):
+            return None  # a copy of a request in hand, or a step that may wait: the async path
+        started = time.perf_counter()
+        kept = answers.begin(key, now)
+        try:
+            reading = self.reading()
+            avps = self.avps(request.dictionary)
+            try:
+                asks = service_asks(request, reading, initial=False)
+                charged, barrier = engine.session_update_now(
+                    ccr.session_id, ccr.number, _engine_requests(asks)
+                )
+                answer, _ = self._session_answer(ccr, asks, charged, reading, avps)
+            except GyRequestError as exc:
+                answer = self._refusal(request, exc.result_code, str(exc), exc.failed)
+                barrier = None  # nothing was charged
+            except ChargingError as exc:
+                answer = self._refusal(request, result_code_for(exc), exc.message)
+                barrier = engine.pending_now()  # not ahead of the state it saw
+            frame = self._seal(request, answer)
+        except BaseException as exc:
+            answers.fail(kept, exc)
+            raise
+        self._count(ccr.request_type, answer)
+        if barrier is None or barrier.done():
+            self._settle(barrier, [(kept, request, answer, frame, started)])
+            return answer, barrier
+        held = self._held.get(barrier)
+        if held is None:
+            held = self._held[barrier] = []
+            barrier.add_done_callback(self._release)
+        held.append((kept, request, answer, frame, started))
+        return answer, barrier
+
+    def failed(self, request: Message, exc: BaseException) -> Message:
+        """What handle_now's request gets when its barrier failed (as `handle` answers then)."""
+        if isinstance(exc, ChargingError):
+            return self._refusal(request, result_code_for(exc), exc.message)
+        return make_answer(request, ResultCode.UNABLE_TO_COMPLY, self.identity, self.realm)
+
+    def _release(self, barrier: asyncio.Future[None]) -> None:
+        self._settle(barrier, self._held.pop(barrier, []))
+
+    def _settle(self, barrier: asyncio.Future[None] | None, held: list[_Held]) -> None:
+        """The barrier is done: the answers become first answers (copies get them); if it
+        failed, the copies get what `failed` answers, which is not kept."""
+        exc: BaseException | None = None
+        if barrier is not None:
+            exc = barrier.exception() if not barrier.cancelled() else asyncio.CancelledError()
+        answers = self.answers
+        ended = time.perf_counter()
+        for kept, request, answer, frame, started in held:
+            if exc is None:
+                answers.settle(kept, answer, frame, _keep(answer))
+            else:
+                answers.settle(kept, self.failed(request, exc), b"", False)
+            self._seconds.observe(ended - started)
 
     async def handle(self, peer: PeerInfo, request: Message) -> Message:
         if request.command_code != _CREDIT_CONTROL:
@@ -430,6 +510,7 @@ async def start_gy(engine: Engine, cfg: Config, config: GyConfig | None = None) 
         cfg.diameter_realm,
         peers,
         accept_any_loopback=not peers,
+        immediate=app,
     )
     app.notifier.attach(server)
     engine.subscribe(app.notifier.on_event, SESSION_EVENTS)

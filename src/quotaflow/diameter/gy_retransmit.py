@@ -49,7 +49,7 @@ def unseal(frame: bytes, request: Message) -> Message:
     return answer
 
 
-class _Kept:
+class Kept:
     """One key's first answer: None while it is being charged, then the sealed frame. A copy
     arriving meanwhile waits on `waiting`, made only then (copies are rare; a future per
     request is not free)."""
@@ -71,12 +71,12 @@ class AnswerCache:
         self._age_max_s = age_max_s
         self._seal = seal
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._entries: dict[AnswerKey, _Kept] = {}
+        self._entries: dict[AnswerKey, Kept] = {}
         # Oldest first (insertion order is age order), so eviction never hashes a key it keeps.
         # An entry replaced or discarded is marked gone and stays here until it reaches the
         # front; it counts against nothing. (Forgetting from the front of the dict itself would
         # rescan the slots its deletions left there: 23 us per insert at 32k entries.)
-        self._order: deque[_Kept] = deque()
+        self._order: deque[Kept] = deque()
         self.hits = 0
 
     def __len__(self) -> int:
@@ -92,8 +92,7 @@ class AnswerCache:
         """The first answer for `key` if it is known or being computed, else `compute()`'s,
         sealed. Answers for which `keep` is false (transient failures) are not kept."""
         now = time.monotonic()
-        entries = self._entries
-        kept = entries.get(key)
+        kept = self._entries.get(key)
         if kept is not None and now - kept.at <= self._age_max_s:
             self.hits += 1
             first = kept.first
@@ -103,28 +102,53 @@ class AnswerCache:
             if waiting is None:
                 waiting = kept.waiting = self._running_loop().create_future()
             return copy_answer(await asyncio.shield(waiting))
-        if kept is not None:  # expired: replaced
-            kept.gone = True
-        kept = entries[key] = _Kept(key, now)
-        self._order.append(kept)
-        self._evict(now)
+        kept = self.begin(key, now)
         try:
             answer = await compute()
             # Sealed here, so that a failure to encode fails the copies waiting too.
             frame = self._seal(request, answer)
         except BaseException as exc:
-            self._discard(kept)
-            waiting = kept.waiting
-            if waiting is not None:
-                waiting.set_exception(exc)
-                waiting.exception()  # retrieved: every copy may have gone meanwhile
+            self.fail(kept, exc)
             raise
+        self.settle(kept, answer, frame, keep(answer))
+        return answer
+
+    # The same steps for an answer computed at once but sent only once durable (Gy's
+    # handle_now): `known` first, then `begin`, and `settle` or `fail` once the barrier is done.
+
+    def known(self, key: AnswerKey, now: float) -> bool:
+        """Whether `key` has a first answer, or one being computed, within the age limit."""
+        kept = self._entries.get(key)
+        return kept is not None and now - kept.at <= self._age_max_s
+
+    def begin(self, key: AnswerKey, now: float) -> Kept:
+        """Start keeping the first answer of a key that is not `known`; copies arriving from
+        now on wait for it."""
+        entries = self._entries
+        kept = entries.get(key)
+        if kept is not None:  # expired: replaced
+            kept.gone = True
+        kept = entries[key] = Kept(key, now)
+        self._order.append(kept)
+        self._evict(now)
+        return kept
+
+    def settle(self, kept: Kept, answer: Message, frame: bytes, keep: bool) -> None:
+        """The first answer is durable: copies get it from now on (unless `keep` is false:
+        a transient failure, which a retry may get differently)."""
         kept.first = frame
         if kept.waiting is not None:
             kept.waiting.set_result(answer)
-        if not keep(answer):
+        if not keep:
             self._discard(kept)
-        return answer
+
+    def fail(self, kept: Kept, exc: BaseException) -> None:
+        """No first answer: the copies waiting get `exc`, later ones are computed again."""
+        self._discard(kept)
+        waiting = kept.waiting
+        if waiting is not None:
+            waiting.set_exception(exc)
+            waiting.exception()  # retrieved: every copy may have gone meanwhile
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -144,7 +168,7 @@ class AnswerCache:
                 oldest.gone = True
                 del entries[oldest.key]
 
-    def _discard(self, kept: _Kept) -> None:
+    def _discard(self, kept: Kept) -> None:
         if not kept.gone:
             kept.gone = True
             del self._entries[kept.key]

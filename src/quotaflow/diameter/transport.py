@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 
-from quotaflow.diameter._link import IN_FLIGHT_MAX, PeerLink, RequestHandler
+from quotaflow.diameter._link import IN_FLIGHT_MAX, ImmediateHandler, PeerLink, RequestHandler
 from quotaflow.diameter.constants import (
     DEFAULT_IDENTITY,
     DEFAULT_PORT,
@@ -54,9 +54,11 @@ class DiameterServer:
         cer_timeout_s: float = CER_TIMEOUT_S,
         in_flight_max: int = IN_FLIGHT_MAX,
         peers_max: int = PEERS_MAX,
+        immediate: ImmediateHandler | None = None,
     ) -> None:
         self.config = config
         self._handler = handler
+        self._immediate = immediate
         self._advertise_local_address = advertise_local_address
         self._watchdog_interval_s = watchdog_interval_s
         self._cer_timeout_s = cer_timeout_s
@@ -124,6 +126,7 @@ class DiameterServer:
             in_flight_max=self._in_flight_max,
             on_open=self._on_open,
             on_closed=self._on_closed,
+            immediate=self._immediate,
         )
         self._links.add(link)
         return link
@@ -166,9 +169,11 @@ async def serve_diameter(
     cer_timeout_s: float = CER_TIMEOUT_S,
     in_flight_max: int = IN_FLIGHT_MAX,
     config: PeerConfig | None = None,
+    immediate: ImmediateHandler | None = None,
 ) -> DiameterServer:
     """Start a Diameter server. `accept_any_loopback` is the dev mode of `quotaflow serve`:
-    any Origin-Host connecting from loopback is accepted."""
+    any Origin-Host connecting from loopback is accepted. `immediate` is asked first for each
+    application request (see _link.ImmediateHandler); `handler` gets those it declines."""
     if config is None:
         config = PeerConfig(
             origin_host=identity,
@@ -182,6 +187,7 @@ async def serve_diameter(
         watchdog_interval_s=watchdog_interval_s,
         cer_timeout_s=cer_timeout_s,
         in_flight_max=in_flight_max,
+        immediate=immediate,
     )
     await server.start(host, port)
     return server

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from quotaflow.engine.grants import GrantPolicy, RateTracker, UnitGrantLimits
 from quotaflow.engine.pools import PoolView, reclaimable, size_pool_grant
@@ -25,6 +25,7 @@ from quotaflow.engine.types import (
 )
 from quotaflow.ledger import (
     AMOUNT_MAX,
+    ChargingError,
     Conflict,
     InvalidAmount,
     InvalidRequest,
@@ -36,10 +37,11 @@ from quotaflow.ledger import (
     SubscriberBarred,
     Unit,
     UnknownSession,
+    UnknownSubscriber,
 )
 from quotaflow.ledger.model import UNIT_NAME, Group
 from quotaflow.rating import Rated, Rater
-from quotaflow.store.base import Result, Store
+from quotaflow.store.base import ImmediateStore, Result, Store
 
 log = logging.getLogger("quotaflow.engine")
 
@@ -76,6 +78,18 @@ class _Step:
         self.meta = meta
         self.subscriber = subscriber
         self.group = group
+
+
+def _check_services(services: list[ServiceRequest]) -> None:
+    if len(services) > SERVICES_PER_REQUEST_MAX:
+        raise LimitReached("too many services in one request", limit=SERVICES_PER_REQUEST_MAX)
+    seen: set[int | None] = set()
+    for s in services:
+        if s.rating_group in seen:
+            raise InvalidRequest(f"rating group {s.rating_group} appears twice")
+        seen.add(s.rating_group)
+        if s.used_units < 0 or (s.requested_units is not None and s.requested_units < 0):
+            raise InvalidAmount("units must not be negative")
 
 
 def _rank(order: list[int], s: ServiceRequest) -> int:
@@ -130,6 +144,11 @@ class Engine:
         rater: Rater | None = None,
     ) -> None:
         self.store = store
+        # The same store when it applies changes at once (the embedded one): session steps that
+        # need nothing else (see `immediate`) are then charged without a coroutine.
+        self._now: ImmediateStore | None = (
+            cast(ImmediateStore, store) if getattr(store, "immediate", False) is True else None
+        )
         self.policy = policy or GrantPolicy()
         self.rater = rater or Rater()
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
@@ -247,6 +266,15 @@ class Engine:
     async def session_update(
         self, session_id: str, request_number: int, services: list[ServiceRequest]
     ) -> SessionAnswer:
+        if self.immediate(session_id):
+            try:
+                answer, barrier = self.session_update_now(session_id, request_number, services)
+            except ChargingError:
+                await self.settled()  # never refuse ahead of the state the refusal saw
+                raise
+            if barrier is not None:
+                await barrier
+            return answer
         record = await self._session(session_id)
         step = _Step(session_id, record["subscriber_id"], request_number, False, record["meta"])
         return await self._step(step, services)
@@ -283,6 +311,69 @@ class Engine:
                     del self._in_group[tracker.pool[0]]
         return answer
 
+    def immediate(self, session_id: str) -> bool:
+        """Whether `session_update_now` can charge this session's next step: the store applies
+        changes at once, and its subscriber is in no group and has no providers (their credit
+        may take a reclaim or a top-up first, which is awaited)."""
+        store = self._now
+        if store is None:
+            return False
+        record = store.session_now(session_id)
+        if record is None:
+            return False
+        try:
+            sub = store.subscriber_now(record["subscriber_id"])
+        except UnknownSubscriber:  # gone while its session was open: session_update says so
+            return False
+        return sub.group is None and not sub.providers
+
+    def session_update_now(
+        self, session_id: str, request_number: int, services: list[ServiceRequest]
+    ) -> tuple[SessionAnswer, asyncio.Future[None] | None]:
+        """`session_update` with nothing awaited, for a session `immediate` accepts: the answer
+        and the barrier to await before sending it (None: already durable). Raises what
+        session_update raises; the caller then awaits `settled()` before answering."""
+        store = self._now
+        assert store is not None
+        record = store.session_now(session_id)
+        assert record is not None, "immediate() accepted it"
+        sub = store.subscriber_now(record["subscriber_id"])
+        _check_services(services)
+        step = _Step(session_id, sub.id, request_number, False, record.get("meta") or {}, sub)
+        # Outside a group services are charged in the order asked (_step's ranking is by the
+        # group's policy).
+        answers = [self._charge_now(store, step, s) for s in services]
+        return SessionAnswer(session_id, sub.id, answers), store.pending()
+
+    def pending_now(self) -> asyncio.Future[None] | None:
+        """The barrier to await before answering a refusal `session_update_now` raised."""
+        return None if self._now is None else self._now.pending()
+
+    async def settled(self) -> None:
+        barrier = self.pending_now()
+        if barrier is not None:
+            await barrier
+
+    def _charge_now(self, store: ImmediateStore, step: _Step, s: ServiceRequest) -> ServiceAnswer:
+        """`_charge_one` for a subscriber outside groups, with a store that applies at once: no
+        reclaim view, and no second try (it acts only for groups and providers)."""
+        op_id = f"{step.session_id}#{step.request_number}#{s.rating_group}"
+        result = store.first_answer(op_id)
+        idle = False
+        if result is None:
+            args = self._charge_args(step, s)
+            idle = bool(args.get("idle"))
+            try:
+                result, _ = store.submit("charge", op_id, args)
+            except Conflict:
+                # As in _charge_one: same request number, other content is a retransmission.
+                result = store.first_answer(op_id)
+                if result is None:
+                    raise
+            else:
+                self._after_charge(step, s, result)
+        return self._remember_grant(step, s, self._answer(s, result, idle=idle))
+
     async def _session(self, session_id: str) -> dict[str, Any]:
         record = await self.store.get_session(session_id)
         if record is None:
@@ -290,15 +381,7 @@ class Engine:
         return {"subscriber_id": record["subscriber_id"], "meta": record.get("meta") or {}}
 
     async def _step(self, step: _Step, services: list[ServiceRequest]) -> SessionAnswer:
-        if len(services) > SERVICES_PER_REQUEST_MAX:
-            raise LimitReached("too many services in one request", limit=SERVICES_PER_REQUEST_MAX)
-        seen: set[int | None] = set()
-        for s in services:
-            if s.rating_group in seen:
-                raise InvalidRequest(f"rating group {s.rating_group} appears twice")
-            seen.add(s.rating_group)
-            if s.used_units < 0 or (s.requested_units is not None and s.requested_units < 0):
-                raise InvalidAmount("units must not be negative")
+        _check_services(services)
         subscriber = step.subscriber
         if subscriber is None:
             subscriber = await self.store.get_subscriber(step.subscriber_id)

@@ -144,6 +144,9 @@ class RecordOutbox:
 
 
 class EmbeddedStore:
+    # An ImmediateStore (store.base): the engine charges a session step without a coroutine.
+    immediate: Final = True
+
     def __init__(
         self,
         data_dir: str | Path,
@@ -629,6 +632,15 @@ class EmbeddedStore:
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         return self.ledger.sessions.get(session_id)
+
+    def session_now(self, session_id: str) -> dict[str, Any] | None:
+        return self.ledger.sessions.get(session_id)
+
+    def subscriber_now(self, subscriber_id: str) -> Subscriber:
+        return self.ledger.subscriber(subscriber_id)
+
+    def first_answer(self, op_id: str) -> Result | None:
+        return self.ledger.first_answer(op_id)
 
     async def sessions_of(self, subscriber_id: str) -> dict[str, dict[str, Any]]:
         ids = self.ledger.sessions_by_subscriber.get(subscriber_id, ())
