@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import orjson
@@ -289,3 +290,31 @@ async def test_identities_of_answers_a_batch_with_copies_and_nothing_for_the_unk
     found["a"]["msisdn"] = "changed"  # the caller's copy, not the subscriber's
     assert (await store.get_subscriber("a")).identities == {"msisdn": "46700000001"}
     await store.close()
+
+
+async def test_after_a_failed_commit_no_first_answer_is_handed_out(tmp_path: Path) -> None:
+    """The failed commit's changes are in memory only: a repeat of one of its operations must
+    not be told it succeeded (it would be acknowledged, then lost on restart)."""
+    import sqlite3
+
+    from quotaflow.store import StoreUnavailable
+
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    try:
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 9})
+        with sqlite3.connect(store.path) as other:  # the next commit cannot write its records
+            other.execute("DROP TABLE cdr")
+        debit = {"subscriber_id": "a", "unit": "octets", "units": 5, "record": {"kind": "x"}}
+        with pytest.raises(StoreUnavailable):
+            await store.execute("debit", "d1", debit)
+        assert store.ledger.first_answer("d1") is not None  # applied in memory
+        for ask in (store.recorded("d1"), store.recorded("c")):
+            with pytest.raises(StoreUnavailable):
+                await ask
+        with pytest.raises(StoreUnavailable):
+            store.first_answer("d1")
+    finally:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()

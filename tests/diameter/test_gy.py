@@ -11,6 +11,7 @@ import pytest
 
 from quotaflow.diameter import CcRequestType, Message
 from quotaflow.diameter.constants import FLAG_RETRANSMIT
+from quotaflow.diameter.gy import GyApplication, GyService
 from quotaflow.ledger import Unit
 
 from .helpers import open5gs_like_ccr
@@ -242,6 +243,58 @@ async def test_open5gs_shaped_session(env: GyEnv) -> None:
     assert env.amount("alice") == 93 * MB and env.reserved("alice") == 0
 
 
+def _gy(env: GyEnv) -> GyApplication:
+    (service,) = [s for s in env.server._stoppers if isinstance(s, GyService)]
+    return service.app
+
+
+async def test_updates_are_answered_at_once_unless_they_may_wait(env: GyEnv) -> None:
+    """A CCR-U of a subscriber outside groups takes handle_now (no task); a group member's,
+    whose pool may need a reclaim first, and a session step that is not an update, do not."""
+    app = _gy(env)
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    assert app.answered_now == 0
+    used = {"CC-Total-Octets": MB}
+    cca = await client.request(ccr(client, sid, UPD, 1, mscc(10, requested={}, used=used)))
+    assert cca.get("Result-Code") == 2001 and app.answered_now == 1
+    assert env.amount("alice") == 99 * MB
+
+    await env.subscriber("mum", msisdn="4670001", imsi=None, octets=10 * MB)
+    r = await env.api.post("/v1/groups", json={"id": "fam", "owner": "mum"})
+    assert r.status_code == 201, r.text
+    other = client.new_session_id()
+    family = [e164("4670001")]
+    await client.request(ccr(client, other, INIT, 0, mscc(10), subscription=family))
+    cca = await client.request(ccr(client, other, UPD, 1, mscc(10, used=used)))
+    assert cca.get("Result-Code") == 2001 and app.answered_now == 1
+    assert env.amount("mum") == 9 * MB
+
+
+async def test_a_failed_commit_is_3004_for_the_update_and_its_copy(env: GyEnv) -> None:
+    """The store stops when a journal write fails: the CCR-U answered at once waits for its
+    commit, so it gets 3004 (retry elsewhere), not 2001; so does a retransmission that came
+    while it waited; nothing is kept for later copies, and the server goes on answering."""
+    import sqlite3
+
+    app = _gy(env)
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    with sqlite3.connect(env.server.store.path) as other:  # the commit's records go nowhere
+        other.execute("DROP TABLE cdr")
+    update = ccr(client, sid, UPD, 1, mscc(10, requested={}, used={"CC-Total-Octets": MB}))
+    first_future = client.send(update)
+    again_future = client.send(_retransmission(update))
+    first, again = await asyncio.wait_for(asyncio.gather(first_future, again_future), 10)
+    assert app.answered_now == 1
+    assert first.get("Result-Code") == 3004 and again.get("Result-Code") == 3004
+    assert len(app.answers) == 1  # the CCR-I's; the failed update's is not kept
+    later = await client.request(_retransmission(update))
+    assert later.get("Result-Code") == 3004
+
+
 async def test_update_of_unknown_session_is_5002(env: GyEnv) -> None:
     await env.subscriber(octets=MB)
     client = env.client
@@ -318,9 +371,13 @@ async def test_steps_and_latencies_reach_the_metrics(env: GyEnv) -> None:
     slow0 = sample("quotaflow_request_seconds_bucket", interface="gy", le="+Inf")
     await env.subscriber(octets=100 * MB)
     client, sid = env.client, env.client.new_session_id()
+    update = {"interface": "gy", "step": "update", "result": "2001"}
+    updates0 = sample("quotaflow_session_steps_total", **update)
     await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
-    await client.request(ccr(client, sid, TERM, 1, mscc(10, used={"CC-Total-Octets": MB})))
+    await client.request(ccr(client, sid, UPD, 1, mscc(10, used={"CC-Total-Octets": MB})))
+    await client.request(ccr(client, sid, TERM, 2, mscc(10, used={"CC-Total-Octets": MB})))
     assert sample("quotaflow_session_steps_total", **initial) == steps0 + 1
-    assert sample("quotaflow_request_seconds_count", interface="gy") == count0 + 2
-    assert sample("quotaflow_request_seconds_bucket", interface="gy", le="+Inf") == slow0 + 2
+    assert sample("quotaflow_session_steps_total", **update) == updates0 + 1  # at once
+    assert sample("quotaflow_request_seconds_count", interface="gy") == count0 + 3
+    assert sample("quotaflow_request_seconds_bucket", interface="gy", le="+Inf") == slow0 + 3
     assert sample("quotaflow_request_seconds_sum", interface="gy") > 0

@@ -194,6 +194,7 @@ class GyApplication:
         self._steps: dict[tuple[int, int], tuple[str, ...]] = {}
         # Answers handle_now computed, by the barrier they wait on.
         self._held: dict[asyncio.Future[None], list[_Held]] = {}
+        self.answered_now = 0  # requests handle_now took
 
     def handle_now(
         self, peer: PeerInfo, request: Message
@@ -212,6 +213,7 @@ class GyApplication:
         if answers.known(key, now) or not engine.immediate(ccr.session_id):
             return None  # a copy of a request in hand, or a step that may wait: the async path
         started = time.perf_counter()
+        self.answered_now += 1
         kept = answers.begin(key, now)
         try:
             reading = self.reading()

@@ -310,10 +310,7 @@ class EmbeddedStore:
         The barrier is None when nothing is pending. A refusal raises; its caller should still
         wait for `pending()` so it never answers ahead of the state it saw.
         """
-        if self._failed is not None:
-            raise StoreUnavailable(
-                "journal write failed; refusing changes", cause=repr(self._failed)
-            )
+        self._refuse_if_failed()
         batch = self._batch
         if len(batch) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
@@ -337,6 +334,12 @@ class EmbeddedStore:
                 # would wait a whole switch interval (5 ms) to report the commit done.
                 time.sleep(0)
         return result, self.pending()
+
+    def _refuse_if_failed(self) -> None:
+        if self._failed is not None:
+            raise StoreUnavailable(
+                "journal write failed; refusing changes", cause=repr(self._failed)
+            )
 
     def _record(self, op: str, args: dict[str, Any], result: Result, record: Any, now: int) -> None:
         body: dict[str, Any] = {"seq": self._seq, "at_ms": now, "op": op}
@@ -640,6 +643,9 @@ class EmbeddedStore:
         return self.ledger.subscriber(subscriber_id)
 
     def first_answer(self, op_id: str) -> Result | None:
+        # After a failed commit memory is ahead of disk: a first answer in memory may never
+        # have been written, so none is handed out.
+        self._refuse_if_failed()
         return self.ledger.first_answer(op_id)
 
     async def sessions_of(self, subscriber_id: str) -> dict[str, dict[str, Any]]:
@@ -647,7 +653,7 @@ class EmbeddedStore:
         return {sid: self.ledger.sessions[sid] for sid in ids}
 
     async def recorded(self, op_id: str) -> Result | None:
-        answer = self.ledger.first_answer(op_id)
+        answer = self.first_answer(op_id)
         if answer is None:
             return None
         await self.flush()  # never hand out a first answer that is not durable yet
