@@ -104,7 +104,17 @@ class _StoreCollector:
             commits.add_metric([], _buckets(self.commit_seconds), self.commit_seconds.sum_s)
             yield commits
         stats = self.source()
-        for key in ("seq", "pending_rows", "commits", "committed_rows", "subscribers", "sessions"):
+        for key in (
+            "seq",
+            "pending_rows",
+            "commits",
+            "committed_rows",
+            "subscribers",
+            "sessions",
+            "wal_frames",  # in the WAL at the last checkpoint (store/checkpointer.py)
+            "wal_checkpoints",
+            "wal_restarts",
+        ):
             if isinstance(stats.get(key), int):
                 yield GaugeMetricFamily(f"quotaflow_store_{key}", f"store {key}", value=stats[key])
         yield GaugeMetricFamily(

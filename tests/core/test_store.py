@@ -318,3 +318,38 @@ async def test_after_a_failed_commit_no_first_answer_is_handed_out(tmp_path: Pat
     finally:
         with contextlib.suppress(StoreUnavailable):
             await store.close()
+
+
+async def test_checkpoints_run_off_the_commit_path_and_rewind_the_wal(tmp_path: Path) -> None:
+    """No commit checkpoints (that would make its answers wait for the copy); the checkpointer
+    thread does, and under a steady stream of commits it still gets the WAL rewound."""
+    store = EmbeddedStore(
+        tmp_path, sweep_interval_s=3600, checkpoint_interval_s=0.005, wal_restart_frames=32
+    )
+    await store.open()
+    try:
+        assert store._db is not None
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        for i in range(400):  # one commit each, a few frames each: far past 32 frames
+            await store.execute(
+                "topup", f"t{i}", {"subscriber_id": "a", "unit": "octets", "amount": 1}
+            )
+            if i % 50 == 0:
+                await asyncio.sleep(0.02)  # a few rounds of the checkpointer meanwhile
+        stats = store.stats()
+        assert stats["wal_checkpoints"] > 0 and stats["wal_restarts"] > 0
+        # With no checkpoints the WAL holds every commit's frames: 1.8 MB here.
+        wal = tmp_path / "ledger.sqlite3-wal"
+        assert wal.stat().st_size < 1_000_000, wal.stat().st_size
+    finally:
+        await store.close()
+    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await again.open()
+    try:
+        assert (
+            again.ledger.subscriber("a").buckets
+            and sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 400
+        )
+    finally:
+        await again.close()

@@ -35,6 +35,12 @@ from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import Group, Reservation
 from quotaflow.store import gc_policy
 from quotaflow.store.base import Barrier, Clock, Result, StoreUnavailable, wall_clock_ms
+from quotaflow.store.checkpointer import (
+    CHECKPOINT_INTERVAL_S,
+    WAL_FILE_BYTES_MAX,
+    WAL_RESTART_FRAMES,
+    Checkpointer,
+)
 from quotaflow.store.journal import Batch, decode
 from quotaflow.tally import Latencies
 
@@ -159,6 +165,8 @@ class EmbeddedStore:
         tune_gc: bool = True,
         group_commit: bool = True,
         fork_snapshots: bool = True,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+        wal_restart_frames: int = WAL_RESTART_FRAMES,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock
@@ -190,6 +198,9 @@ class EmbeddedStore:
         self._snapshot_child: tuple[int, int, Path] | None = None
         self.snapshots_forked = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._wal_restart_frames = wal_restart_frames
         self._record_rows = 1  # charging records per INSERT, set by open()
         self.commits = 0
         self.committed_rows = 0
@@ -215,6 +226,9 @@ class EmbeddedStore:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # Checkpoints run on a thread of their own (store/checkpointer.py), not in a commit.
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={WAL_FILE_BYTES_MAX}")
         db.executescript(SCHEMA)
         self._db = db
         rows = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
@@ -237,6 +251,10 @@ class EmbeddedStore:
             gc_policy.engage()  # see store/gc_policy.py
             self._gc_engaged = True
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        self._checkpointer = Checkpointer(
+            self.path, self._checkpoint_interval_s, self._wal_restart_frames
+        )
+        self._checkpointer.start()
 
     def _recover(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT seq, body FROM snapshot ORDER BY seq DESC LIMIT 1").fetchone()
@@ -292,6 +310,9 @@ class EmbeddedStore:
                 finished[1].unlink(missing_ok=True)
         if self._db is not None and self._failed is None:
             await self.snapshot()
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
+            self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -726,6 +747,7 @@ class EmbeddedStore:
         return cur.rowcount
 
     def stats(self) -> dict[str, Any]:
+        cp = self._checkpointer
         return {
             "backend": "embedded",
             "path": str(self.path),
@@ -737,6 +759,9 @@ class EmbeddedStore:
             "subscribers": len(self.ledger.subscribers),
             "sessions": len(self.ledger.sessions),
             "failed": None if self._failed is None else repr(self._failed),
+            "wal_frames": 0 if cp is None else cp.wal_frames,
+            "wal_checkpoints": 0 if cp is None else cp.checkpoints,
+            "wal_restarts": 0 if cp is None else cp.restarts,
         }
 
 
