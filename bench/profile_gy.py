@@ -31,7 +31,7 @@ from pathlib import Path
 from bench_diameter import Template
 from quotaflow import _native
 from quotaflow.config import Config
-from quotaflow.diameter import CcRequestType, PeerInfo, build_ccr, encode_message
+from quotaflow.diameter import CcRequestType, Message, PeerInfo, build_ccr, encode_message
 from quotaflow.diameter.gy import GyService
 from quotaflow.diameter.validate import parse_message
 from quotaflow.engine.types import ServiceRequest
@@ -107,17 +107,26 @@ async def _drive(
     # load generator does), so making frames costs little beside what is measured.
     templates = [Template(_ccr(sid, f"4670{i:08d}", 2, 0)) for i, sid in enumerate(ids)]
 
-    async def one(frame: bytes) -> None:
-        # As the transport does: the immediate path first, the handler for what it declines.
-        request = parse_message(frame, dictionary)
-        done = app.handle_now(peer, request)
-        if done is None:
-            encode_message(await app.handle(peer, request))
-            return
-        answer, barrier = done
+    async def window_of(frames: list[bytes]) -> None:
+        # As the transport does: the immediate path first (answers held on their barrier),
+        # the handler for what it declines.
+        held: list[Message] = []
+        later = []
+        barrier = None
+        for frame in frames:
+            request = parse_message(frame, dictionary)
+            done = app.handle_now(peer, request)
+            if done is None:
+                later.append(app.handle(peer, request))
+            else:
+                held.append(done[0])
+                barrier = done[1] or barrier
         if barrier is not None:
             await barrier
-        encode_message(answer)
+        for answer in held:
+            encode_message(answer)
+        for answer in await asyncio.gather(*later):
+            encode_message(answer)
 
     async def one_engine(k: int) -> None:
         await engine.session_update(
@@ -130,8 +139,8 @@ async def _drive(
         if engine_only:
             await asyncio.gather(*(one_engine(k) for k in range(at, end)))
         else:
-            await asyncio.gather(
-                *(one(templates[k % sessions].frame(k, 1 + k // sessions)) for k in range(at, end))
+            await window_of(
+                [templates[k % sessions].frame(k, 1 + k // sessions) for k in range(at, end)]
             )
     return time.perf_counter() - started
 

@@ -353,3 +353,39 @@ async def test_checkpoints_run_off_the_commit_path_and_rewind_the_wal(tmp_path: 
         )
     finally:
         await again.close()
+
+
+async def test_a_charging_record_is_written_once_and_is_no_part_of_the_operation(
+    tmp_path: Path,
+) -> None:
+    """The record goes to the cdr table; the journal keeps the ledger's arguments only, and a
+    retry that carries another record (a later clock, another plan name) is the same
+    operation: the first answer, no second record."""
+    import sqlite3
+
+    from quotaflow.store.journal import decode
+
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    try:
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 9})
+        debit = {"subscriber_id": "a", "unit": "octets", "units": 5, "record": {"kind": "x"}}
+        first = await store.execute("debit", "d1", debit)
+        again = await store.execute("debit", "d1", {**debit, "record": {"kind": "y"}})
+        assert again == first
+        assert [r["kind"] for r in store.read_records(0, 10)] == ["x"]
+        with sqlite3.connect(store.path) as db:
+            rows = db.execute("SELECT first_seq, last_seq, records FROM journal").fetchall()
+        journaled = [args for row in rows for _, _, _, args, _, _ in decode(*row)]
+        assert {"subscriber_id": "a", "unit": "octets", "units": 5} in journaled
+        assert not any("record" in args for args in journaled)
+    finally:
+        await store.close()
+    again_store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await again_store.open()
+    try:  # replayed without it, and the record is still there, once
+        assert [r["kind"] for r in again_store.read_records(0, 10)] == ["x"]
+        assert sum(b.amount for b in again_store.ledger.subscriber("a").buckets.values()) == 4
+    finally:
+        await again_store.close()

@@ -336,6 +336,12 @@ class EmbeddedStore:
         if len(batch) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
         now = self.clock() if now_ms is None else now_ms
+        record = args.get("record")
+        if record is not None:
+            # The record is written to the cdr table in the same commit: the ledger, its
+            # journal and a repeat's fingerprint need none of it (a retry may carry another).
+            args = args.copy()
+            del args["record"]
         voids = self.ledger.lapsed_voids
         try:
             result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
@@ -347,7 +353,6 @@ class EmbeddedStore:
         if changed:
             self._seq += 1
             batch.add(op, op_id, content, now, False)
-            record = args.get("record")
             if record is not None:
                 self._record(op, args, result, record, now)
             if self._committing and not self._seq % HAND_OVER_EVERY_OPS:
