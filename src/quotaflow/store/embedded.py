@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS snapshot (
 
 Record = tuple[int, int, str, bytes]  # (seq, at_ms, subscriber id, JSON body)
 RECORDED_FIELDS: Final = ("unit", "rating_group", "used_units", "units", "amount")
+RESULT_FIELDS: Final = ("posted_units", "unpaid_units", "units", "drawn", "cost_micros", "amount")
+_ABSENT: Final = object()
 # Committed charging records held for the exporter (see RecordOutbox) before the oldest are
 # dropped and it reads them back from the cdr table instead.
 OUTBOX_RECORDS_MAX: Final = 20_000
@@ -373,12 +375,15 @@ class EmbeddedStore:
             body.update(record)
         subscriber_id = str(args.get("subscriber_id", ""))
         body["subscriber_id"] = subscriber_id
+        # One lookup per field (`in`, then `[]`, was two).
         for key in RECORDED_FIELDS:
-            if key in args:
-                body[key] = args[key]
-        for key in ("posted_units", "unpaid_units", "units", "drawn", "cost_micros", "amount"):
-            if key in result:
-                body[key] = result[key]
+            value = args.get(key, _ABSENT)
+            if value is not _ABSENT:
+                body[key] = value
+        for key in RESULT_FIELDS:
+            value = result.get(key, _ABSENT)
+            if value is not _ABSENT:
+                body[key] = value
         self._records.append((self._seq, now, subscriber_id, _dumps(body)))
         outbox = self._outbox
         if outbox is not None and not outbox.closed:
