@@ -114,6 +114,7 @@ class _StoreCollector:
             "wal_frames",  # in the WAL at the last checkpoint (store/checkpointer.py)
             "wal_checkpoints",
             "wal_restarts",
+            "wal_checkpoint_failures",
         ):
             if isinstance(stats.get(key), int):
                 yield GaugeMetricFamily(f"quotaflow_store_{key}", f"store {key}", value=stats[key])

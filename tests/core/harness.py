@@ -17,6 +17,9 @@ def crash(store: EmbeddedStore) -> None:
     store._db = None
     if store._sweeper is not None:
         store._sweeper.cancel()
+    if store._checkpointer is not None:  # a killed process's threads are gone too
+        store._checkpointer.stop()
+        store._checkpointer = None
     store._writer.shutdown()
 
 

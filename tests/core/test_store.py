@@ -389,3 +389,27 @@ async def test_a_charging_record_is_written_once_and_is_no_part_of_the_operation
         assert sum(b.amount for b in again_store.ledger.subscriber("a").buckets.values()) == 4
     finally:
         await again_store.close()
+
+
+async def test_an_id_remembered_with_its_record_in_the_arguments_is_still_a_repeat(
+    tmp_path: Path,
+) -> None:
+    """Before records left the arguments, an id's fingerprint covered its record: within the
+    idempotency window after an upgrade, a retry of such an id is a repeat, not a conflict."""
+    from quotaflow.ledger import Conflict
+
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    try:
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 9})
+        debit = {"subscriber_id": "a", "unit": "octets", "units": 5, "record": {"kind": "x"}}
+        # What the earlier release did: the ledger saw (and fingerprinted) the record too.
+        first, changed, _ = store.ledger.apply_encoded("debit", "d1", debit, store.clock())
+        assert changed
+        assert await store.execute("debit", "d1", debit) == first
+        with pytest.raises(Conflict):
+            await store.execute("debit", "d1", {**debit, "units": 4})
+        assert sum(b.amount for b in store.ledger.subscriber("a").buckets.values()) == 4
+    finally:
+        await store.close()

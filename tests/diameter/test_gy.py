@@ -278,10 +278,17 @@ async def test_a_failed_commit_is_3004_for_the_update_and_its_copy(env: GyEnv) -
     while it waited; nothing is kept for later copies, and the server goes on answering."""
     import sqlite3
 
+    from quotaflow.metrics import REGISTRY
+
+    def updates(result: str) -> float:
+        labels = {"interface": "gy", "step": "update", "result": result}
+        return REGISTRY.get_sample_value("quotaflow_session_steps_total", labels) or 0.0
+
     app = _gy(env)
     await env.subscriber(octets=100 * MB)
     client, sid = env.client, env.client.new_session_id()
     await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    ok0, busy0 = updates("2001"), updates("3004")
     with sqlite3.connect(env.server.store.path) as other:  # the commit's records go nowhere
         other.execute("DROP TABLE cdr")
     update = ccr(client, sid, UPD, 1, mscc(10, requested={}, used={"CC-Total-Octets": MB}))
@@ -293,6 +300,9 @@ async def test_a_failed_commit_is_3004_for_the_update_and_its_copy(env: GyEnv) -
     assert len(app.answers) == 1  # the CCR-I's; the failed update's is not kept
     later = await client.request(_retransmission(update))
     assert later.get("Result-Code") == 3004
+    # Counted as answered: the first and the later one (a copy served from the first is not a
+    # step of its own), none as 2001.
+    assert (updates("2001"), updates("3004")) == (ok0, busy0 + 2)
 
 
 async def test_update_of_unknown_session_is_5002(env: GyEnv) -> None:

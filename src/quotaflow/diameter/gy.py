@@ -234,7 +234,6 @@ class GyApplication:
         except BaseException as exc:
             answers.fail(kept, exc)
             raise
-        self._count(ccr.request_type, answer)
         if barrier is None or barrier.done():
             self._settle(barrier, [(kept, request, answer, frame, started)])
             return answer, barrier
@@ -265,9 +264,11 @@ class GyApplication:
         for kept, request, answer, frame, started in held:
             if exc is None:
                 answers.settle(kept, answer, frame, _keep(answer))
-            else:
-                answers.settle(kept, self.failed(request, exc), b"", False)
+            else:  # counted as what the peer gets (the link asks `failed` too)
+                answer = self.failed(request, exc)
+                answers.settle(kept, answer, b"", False)
             self._seconds.observe(ended - started)
+            self._count(_UPDATE, answer)
 
     async def handle(self, peer: PeerInfo, request: Message) -> Message:
         if request.command_code != _CREDIT_CONTROL:

@@ -30,7 +30,15 @@ from typing import Any, Final
 import orjson
 from orjson import dumps as _dumps
 
-from quotaflow.ledger import ChargingError, LimitReached, Limits, Price, Subscriber, Unit
+from quotaflow.ledger import (
+    ChargingError,
+    Conflict,
+    LimitReached,
+    Limits,
+    Price,
+    Subscriber,
+    Unit,
+)
 from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import Group, Reservation
 from quotaflow.store import gc_policy
@@ -310,11 +318,13 @@ class EmbeddedStore:
             )
             if finished is not None:
                 finished[1].unlink(missing_ok=True)
-        if self._db is not None and self._failed is None:
-            await self.snapshot()
-        if self._checkpointer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
-            self._checkpointer = None
+        try:
+            if self._db is not None and self._failed is None:
+                await self.snapshot()
+        finally:  # a failed snapshot must not leave the thread checkpointing a closed store
+            if self._checkpointer is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
+                self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -338,6 +348,7 @@ class EmbeddedStore:
         if len(batch) >= self.pending_rows_max:
             raise LimitReached("journal backlog full", limit=self.pending_rows_max)
         now = self.clock() if now_ms is None else now_ms
+        original = args
         record = args.get("record")
         if record is not None:
             # The record is written to the cdr table in the same commit: the ledger, its
@@ -346,7 +357,14 @@ class EmbeddedStore:
             del args["record"]
         voids = self.ledger.lapsed_voids
         try:
-            result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
+            try:
+                result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
+            except Conflict:
+                if args is original:
+                    raise
+                # An id first applied before records left the arguments (session 12) was
+                # fingerprinted with its record: its repeat is still a repeat.
+                result, changed, content = self.ledger.apply_encoded(op, op_id, original, now)
         except ChargingError:
             if self.ledger.lapsed_voids != voids:
                 self._seq += 1
@@ -772,6 +790,7 @@ class EmbeddedStore:
             "wal_frames": 0 if cp is None else cp.wal_frames,
             "wal_checkpoints": 0 if cp is None else cp.checkpoints,
             "wal_restarts": 0 if cp is None else cp.restarts,
+            "wal_checkpoint_failures": 0 if cp is None else cp.failures,
         }
 
 
