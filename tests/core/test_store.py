@@ -302,8 +302,7 @@ async def test_after_a_failed_commit_no_first_answer_is_handed_out(tmp_path: Pat
     store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
     await store.open()
     try:
-        await store.execute("create_subscriber", "c", {"id": "a"})
-        await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 9})
+        await _funded(store, 9)
         with sqlite3.connect(store.path) as other:  # the next commit cannot write its records
             other.execute("DROP TABLE cdr")
         debit = {"subscriber_id": "a", "unit": "octets", "units": 5, "record": {"kind": "x"}}
@@ -347,10 +346,7 @@ async def test_checkpoints_run_off_the_commit_path_and_rewind_the_wal(tmp_path: 
     again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
     await again.open()
     try:
-        assert (
-            again.ledger.subscriber("a").buckets
-            and sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 400
-        )
+        assert _octets(again) == 400
     finally:
         await again.close()
 
@@ -368,8 +364,7 @@ async def test_a_charging_record_is_written_once_and_is_no_part_of_the_operation
     store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
     await store.open()
     try:
-        await store.execute("create_subscriber", "c", {"id": "a"})
-        await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 9})
+        await _funded(store, 9)
         debit = {"subscriber_id": "a", "unit": "octets", "units": 5, "record": {"kind": "x"}}
         first = await store.execute("debit", "d1", debit)
         again = await store.execute("debit", "d1", {**debit, "record": {"kind": "y"}})
@@ -386,7 +381,7 @@ async def test_a_charging_record_is_written_once_and_is_no_part_of_the_operation
     await again_store.open()
     try:  # replayed without it, and the record is still there, once
         assert [r["kind"] for r in again_store.read_records(0, 10)] == ["x"]
-        assert sum(b.amount for b in again_store.ledger.subscriber("a").buckets.values()) == 4
+        assert _octets(again_store) == 4
     finally:
         await again_store.close()
 
@@ -401,8 +396,7 @@ async def test_an_id_remembered_with_its_record_in_the_arguments_is_still_a_repe
     store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
     await store.open()
     try:
-        await store.execute("create_subscriber", "c", {"id": "a"})
-        await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 9})
+        await _funded(store, 9)
         debit = {"subscriber_id": "a", "unit": "octets", "units": 5, "record": {"kind": "x"}}
         # What the earlier release did: the ledger saw (and fingerprinted) the record too.
         first, changed, _ = store.ledger.apply_encoded("debit", "d1", debit, store.clock())
@@ -410,6 +404,16 @@ async def test_an_id_remembered_with_its_record_in_the_arguments_is_still_a_repe
         assert await store.execute("debit", "d1", debit) == first
         with pytest.raises(Conflict):
             await store.execute("debit", "d1", {**debit, "units": 4})
-        assert sum(b.amount for b in store.ledger.subscriber("a").buckets.values()) == 4
+        assert _octets(store) == 4
     finally:
         await store.close()
+
+
+async def _funded(store: EmbeddedStore, octets: int) -> None:
+    """Subscriber "a" with `octets` in one bucket."""
+    await store.execute("create_subscriber", "c", {"id": "a"})
+    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": octets})
+
+
+def _octets(store: EmbeddedStore) -> int:
+    return sum(b.amount for b in store.ledger.subscriber("a").buckets.values())
