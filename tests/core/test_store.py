@@ -417,3 +417,32 @@ async def _funded(store: EmbeddedStore, octets: int) -> None:
 
 def _octets(store: EmbeddedStore) -> int:
     return sum(b.amount for b in store.ledger.subscriber("a").buckets.values())
+
+
+def test_the_checkpointer_never_creates_a_database_and_counts_its_failures(tmp_path: Path) -> None:
+    """A database that went missing is a counted failure, not a new empty file; a path with
+    characters that mean something in a URI is still the same file."""
+    import sqlite3
+    import time
+
+    from quotaflow.store.checkpointer import Checkpointer
+
+    odd = tmp_path / "a b#1?.sqlite3"
+    with contextlib.closing(sqlite3.connect(odd, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (a)")
+        db.execute("INSERT INTO t VALUES (1)")
+        missing = tmp_path / "gone.sqlite3"
+        checkpointers = [Checkpointer(odd, 0.005), Checkpointer(missing, 0.005)]
+        for c in checkpointers:
+            c.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (
+            checkpointers[0].checkpoints and checkpointers[1].failures
+        ):
+            time.sleep(0.01)
+        for c in checkpointers:
+            c.stop()
+    assert checkpointers[0].checkpoints > 0 and checkpointers[0].failures == 0
+    assert checkpointers[1].failures > 0 and checkpointers[1].checkpoints == 0
+    assert not missing.exists()

@@ -75,7 +75,9 @@ class Checkpointer:
         while not self._stop.wait(self.interval_s):
             try:
                 if db is None:
-                    db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    # mode=rw: a database that went missing is an error here, not a new file.
+                    uri = f"{self.path.resolve().as_uri()}?mode=rw"
+                    db = sqlite3.connect(uri, uri=True, isolation_level=None)
                     db.execute("PRAGMA busy_timeout=0")
                 self.run_once(db)
             except Exception as exc:  # counted; the WAL only grows until a round succeeds
