@@ -92,6 +92,11 @@ def _check_services(services: list[ServiceRequest]) -> None:
             raise InvalidAmount("units must not be negative")
 
 
+def _op_id(step: _Step, s: ServiceRequest) -> str:
+    """A session step's charge id, the same on every path: a retransmission finds it."""
+    return f"{step.session_id}#{step.request_number}#{s.rating_group}"
+
+
 def _rank(order: list[int], s: ServiceRequest) -> int:
     return order.index(s.rating_group) if s.rating_group in order else len(order)
 
@@ -350,14 +355,15 @@ class Engine:
         return None if self._now is None else self._now.pending()
 
     async def settled(self) -> None:
-        barrier = self.pending_now()
-        if barrier is not None:
-            await barrier
+        """Wait until everything applied so far is durable (nothing to wait for without an
+        immediate store: its `execute` waited already)."""
+        if self._now is not None:
+            await self._now.flush()
 
     def _charge_now(self, store: ImmediateStore, step: _Step, s: ServiceRequest) -> ServiceAnswer:
         """`_charge_one` for a subscriber outside groups, with a store that applies at once: no
         reclaim view, and no second try (it acts only for groups and providers)."""
-        op_id = f"{step.session_id}#{step.request_number}#{s.rating_group}"
+        op_id = _op_id(step, s)
         result = store.first_answer(op_id)
         idle = False
         if result is None:
@@ -412,7 +418,7 @@ class Engine:
         )
 
     async def _charge_one(self, step: _Step, s: ServiceRequest) -> ServiceAnswer:
-        op_id = f"{step.session_id}#{step.request_number}#{s.rating_group}"
+        op_id = _op_id(step, s)
         result = await self.store.recorded(op_id)
         idle = False
         if result is None:

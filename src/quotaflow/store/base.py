@@ -133,6 +133,10 @@ class ImmediateStore(Store, Protocol):
         """The barrier of everything applied so far, or None when all of it is durable."""
         ...
 
+    async def flush(self) -> None:
+        """Return once everything applied so far is durable."""
+        ...
+
     def session_now(self, session_id: str) -> dict[str, Any] | None: ...
 
     def subscriber_now(self, subscriber_id: str) -> Subscriber:

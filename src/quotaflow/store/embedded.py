@@ -665,7 +665,7 @@ class EmbeddedStore:
         return [orjson.loads(body) for (body,) in rows]
 
     async def get_subscriber(self, subscriber_id: str) -> Subscriber:
-        return self.ledger.subscriber(subscriber_id)
+        return self.subscriber_now(subscriber_id)
 
     async def identities_of(self, subscriber_ids: list[str]) -> dict[str, dict[str, str]]:
         subs = self.ledger.subscribers
@@ -683,7 +683,7 @@ class EmbeddedStore:
         return self.ledger.resolve(kind, value)
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
-        return self.ledger.sessions.get(session_id)
+        return self.session_now(session_id)
 
     def session_now(self, session_id: str) -> dict[str, Any] | None:
         return self.ledger.sessions.get(session_id)
