@@ -173,15 +173,15 @@ def test_charging_records_are_inserted_in_order_in_statements_of_bounded_size() 
 
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.executescript(SCHEMA)
-    records = [(seq, 1_000 + seq, f"s{seq % 3}", b'{"seq":%d}' % seq) for seq in range(1, 8)]
+    records = [(seq, 1_000 + seq, f"s{seq % 3}", f'{{"seq":{seq}}}') for seq in range(1, 8)]
     statements: list[str] = []
     db.set_trace_callback(statements.append)
     _insert_records(db, records, 4)
-    _insert_records(db, [(8, 1_008, "s2", b"{}")], 4)
+    _insert_records(db, [(8, 1_008, "s2", "{}")], 4)
     db.set_trace_callback(None)
     # 4 rows, then 3 padded to 4 (the same statement, prepared once), then 1
-    assert len(statements) == 3 and statements[1].count("(NULL, NULL, NULL, NULL)") == 1
-    records.append((8, 1_008, "s2", b"{}"))
+    assert len(statements) == 3 and statements[1].count("(0, 0, 0, 0)") == 1
+    records.append((8, 1_008, "s2", "{}"))
     assert db.execute(
         "SELECT seq, at_ms, subscriber_id, body FROM cdr ORDER BY seq"
     ).fetchall() == [(seq, at, sid, body) for seq, at, sid, body in records]
@@ -406,6 +406,56 @@ async def test_an_id_remembered_with_its_record_in_the_arguments_is_still_a_repe
             await store.execute("debit", "d1", {**debit, "units": 4})
         assert _octets(store) == 4
     finally:
+        await store.close()
+
+
+async def test_a_session_steps_record_is_an_array_that_reads_as_the_object_it_was(
+    tmp_path: Path,
+) -> None:
+    """The engine's record of a session step is stored as an array (store/cdr.py), about half
+    the bytes; every reader gets the dict the object form gives, keys in the same order, and
+    the records API's filters on session_id and kind still find it. An id remembered with the
+    object form in its arguments (before records left them) is still a repeat."""
+    import sqlite3
+
+    from quotaflow.records._source import RecordFilter, RecordSource
+    from quotaflow.store.cdr import SessionRecord, session_fields
+
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    source = RecordSource(store)
+    try:
+        await _funded(store, 10_000)
+        step: SessionRecord = ("gy", "s-1", 3, 1_000, 40, 60, False, None, "basic")
+        charge = {
+            "subscriber_id": "a",
+            "session_id": "s-1",
+            "unit": "octets",
+            "rating_group": 10,
+            "used_units": 100,
+            "reservation_id": "s-1#10",
+            "price": None,
+        }
+        await store.execute("charge", "c1", {**charge, "record": step})
+        await store.execute("charge", "c2", {**charge, "record": session_fields(step)})
+        with sqlite3.connect(store.path) as db:
+            (array, _), (obj, _) = db.execute("SELECT body, seq FROM cdr ORDER BY seq")
+        assert array.startswith("[") and obj.startswith("{") and len(array) < len(obj) / 1.8
+        as_array, as_object = store.read_records(0, 10)
+        assert list(as_array) == list(as_object)  # the same keys, in the same order
+        assert {**as_array, "seq": 0, "at_ms": 0} == {**as_object, "seq": 0, "at_ms": 0}
+        assert as_array["kind"] == "session" and as_array["posted_units"] == 100
+        for flt in (RecordFilter(session_id="s-1"), RecordFilter(kind="session")):
+            assert await source.read(flt, 10) == [as_array, as_object]
+        for flt in (RecordFilter(session_id="s-2"), RecordFilter(kind="refund")):
+            assert await source.read(flt, 10) == []
+        # An id first applied with the object form in its arguments, retried with the array.
+        old = {**charge, "record": session_fields(step)}
+        first, changed, _ = store.ledger.apply_encoded("charge", "c3", old, store.clock())
+        assert changed
+        assert await store.execute("charge", "c3", {**charge, "record": step}) == first
+    finally:
+        source.close()
         await store.close()
 
 

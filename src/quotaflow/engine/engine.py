@@ -42,6 +42,7 @@ from quotaflow.ledger import (
 from quotaflow.ledger.model import UNIT_NAME, Group
 from quotaflow.rating import Rated, Rater
 from quotaflow.store.base import ImmediateStore, Result, Store
+from quotaflow.store.cdr import SessionRecord
 
 log = logging.getLogger("quotaflow.engine")
 
@@ -713,18 +714,18 @@ class Engine:
         self._priced(args, rated)
         if s.used_units or step.closing:
             # Written with the debit, in the same commit (see store: charging records).
-            args["record"] = {
-                "kind": "session",
-                "interface": step.meta.get("interface", "unknown"),
-                "session_id": step.session_id,
-                "request_number": step.request_number,
-                "interval_start_ms": interval_start_ms,
-                "input_octets": s.used_input_octets,
-                "output_octets": s.used_output_octets,
-                "final": step.closing,
-                "cause": step.meta.get("cause"),
-                "plan": rated.plan,
-            }
+            record: SessionRecord = (
+                step.meta.get("interface", "unknown"),
+                step.session_id,
+                step.request_number,
+                interval_start_ms,
+                s.used_input_octets,
+                s.used_output_octets,
+                step.closing,
+                step.meta.get("cause"),
+                rated.plan,
+            )
+            args["record"] = record
         if s.want_grant and not step.closing:
             validity_s = self.policy.validity_s
             pool_available = 0

@@ -15,9 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from quotaflow.store.base import Store
+from quotaflow.store.cdr import SESSION_ID_INDEX, record_of
+
+# A field the SQL filters on, in a body of either form (store/cdr.py): an object's key, or its
+# place in a session step's array (whose kind is "session").
+_BODY = "CAST(body AS TEXT)"
+_IN_BODY = {
+    "session_id": f"coalesce(json_extract({_BODY}, '$.session_id'),"
+    f" json_extract({_BODY}, '$[{SESSION_ID_INDEX}]'))",
+    "kind": f"coalesce(json_extract({_BODY}, '$.kind'),"
+    f" iif(json_type({_BODY}) = 'array', 'session', NULL))",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +117,7 @@ class RecordSource:
         for name in ("session_id", "kind"):
             value = getattr(flt, name)
             if value is not None:
-                sql.append(f"AND json_extract(CAST(body AS TEXT), '$.{name}') = ?")
+                sql.append(f"AND {_IN_BODY[name]} = ?")
                 params.append(value)
         sql.append("ORDER BY seq LIMIT ?")
         params.append(limit)
@@ -118,7 +127,7 @@ class RecordSource:
             if "no such table" in str(exc):  # the store has not created it yet
                 return []
             raise
-        return [orjson.loads(body) for (body,) in rows]
+        return [record_of(body) for (body,) in rows]
 
     def _last_seq_sync(self) -> int:
         try:

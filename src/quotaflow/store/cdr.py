@@ -1,0 +1,88 @@
+"""The body of a charging record in the cdr table, and what its readers make of it.
+
+A body is JSON. Most records are an object: the caller's `record` fields, then what the
+operation posted. The record of a session step (one per CCR-U that reports usage, the bulk of
+the table) is an array instead: SESSION_TAG, then its values in a fixed order. It carries no
+keys to encode, to write to the WAL and to copy again at checkpoint: 192 bytes against 437, and
+orjson takes less than half the time. `record_of` turns either into the same dict, in the key
+order an object body had, so exporters and the API see no difference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+SESSION_TAG: Final = 1
+# What the engine hands the store for a session step (args["record"]), in the order of
+# SESSION_RECORD_KEYS. The interface and the cause come from the session's meta, as given.
+SessionRecord = tuple[Any, str, int, int, int | None, int | None, bool, Any, str | None]
+SESSION_RECORD_KEYS: Final = (
+    "interface",
+    "session_id",
+    "request_number",
+    "interval_start_ms",
+    "input_octets",
+    "output_octets",
+    "final",
+    "cause",
+    "plan",
+)
+# The array body: SESSION_TAG, then these values (the store's part first, then the engine's).
+SESSION_BODY_KEYS: Final = (
+    "seq",
+    "at_ms",
+    "op",
+    "subscriber_id",
+    "unit",
+    "rating_group",
+    "used_units",
+    "posted_units",
+    "unpaid_units",
+    "drawn",
+    "cost_micros",
+    *SESSION_RECORD_KEYS,
+)
+# Where the SQL filters of the records API find these in an array body.
+SESSION_ID_INDEX: Final = 1 + SESSION_BODY_KEYS.index("session_id")
+# The dict order of an object body: seq, at_ms, op, the record's fields, then the rest.
+_ORDER: Final = (
+    "seq",
+    "at_ms",
+    "op",
+    "kind",
+    *SESSION_RECORD_KEYS,
+    "subscriber_id",
+    "unit",
+    "rating_group",
+    "used_units",
+    "posted_units",
+    "unpaid_units",
+    "drawn",
+    "cost_micros",
+)
+
+
+def session_fields(record: SessionRecord) -> dict[str, Any]:
+    """A session record as the object the engine passed before records became arrays."""
+    return {"kind": "session", **dict(zip(SESSION_RECORD_KEYS, record, strict=True))}
+
+
+def expand(doc: list[Any]) -> dict[str, Any]:
+    """An array body (decoded) as the record's dict; ValueError for an unknown shape."""
+    if len(doc) != 1 + len(SESSION_BODY_KEYS) or doc[0] != SESSION_TAG:
+        raise ValueError(f"not a session record body: {doc[:3]!r}")
+    found = dict(zip(SESSION_BODY_KEYS, doc[1:], strict=True))
+    found["kind"] = "session"
+    return {key: found[key] for key in _ORDER}
+
+
+def record_of(body: bytes | str) -> dict[str, Any]:
+    """A charging record from the body stored in the cdr table, whichever form it has."""
+    doc = orjson.loads(body)
+    if type(doc) is list:
+        return expand(doc)
+    if type(doc) is not dict:
+        raise ValueError(f"a charging record body is an object or an array, not {doc!r}")
+    return doc
