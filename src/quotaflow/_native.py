@@ -36,6 +36,7 @@ COMPILED: tuple[str, ...] = (
     "quotaflow.ledger.transfers",
     "quotaflow.store.clock",
     "quotaflow.store.journal",
+    "quotaflow.store.immediate",
     "quotaflow.store.embedded",
     "quotaflow.engine.engine",
     "quotaflow.engine.grants",

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from quotaflow.engine.grants import GrantPolicy, RateTracker, UnitGrantLimits
 from quotaflow.engine.pools import PoolView, reclaimable, size_pool_grant
@@ -41,8 +41,9 @@ from quotaflow.ledger import (
 )
 from quotaflow.ledger.model import UNIT_NAME, Group
 from quotaflow.rating import Rated, Rater
-from quotaflow.store.base import ImmediateStore, Result, Store
+from quotaflow.store.base import Result, Store
 from quotaflow.store.cdr import SessionRecord
+from quotaflow.store.immediate import ImmediateStore
 
 log = logging.getLogger("quotaflow.engine")
 
@@ -152,9 +153,7 @@ class Engine:
         self.store = store
         # The same store when it applies changes at once (the embedded one): session steps that
         # need nothing else (see `immediate`) are then charged without a coroutine.
-        self._now: ImmediateStore | None = (
-            cast(ImmediateStore, store) if getattr(store, "immediate", False) is True else None
-        )
+        self._now = store if isinstance(store, ImmediateStore) else None
         self.policy = policy or GrantPolicy()
         self.rater = rater or Rater()
         self._rates: dict[tuple[str, int | None], RateTracker] = {}
@@ -234,9 +233,15 @@ class Engine:
     # ------------------------------------------------------------------ sessions
 
     def _rate(
-        self, sub: Subscriber, rating_group: int | None, unit: Unit, zone: str | None = None
+        self,
+        sub: Subscriber,
+        rating_group: int | None,
+        unit: Unit,
+        zone: str | None = None,
+        now_ms: int | None = None,
     ) -> Rated:
-        return self.rater.rate(sub.plan, rating_group, unit, self.store.clock(), zone)
+        now = self.store.clock() if now_ms is None else now_ms
+        return self.rater.rate(sub.plan, rating_group, unit, now, zone)
 
     @staticmethod
     def _priced(args: dict[str, Any], rated: Rated) -> dict[str, Any]:
@@ -368,10 +373,12 @@ class Engine:
         result = store.first_answer(op_id)
         idle = False
         if result is None:
-            args = self._charge_args(step, s)
+            # One clock reading for the rating, the grant's tracker and the ledger.
+            now_ms = self.store.clock()
+            args = self._charge_args(step, s, now_ms=now_ms)
             idle = bool(args.get("idle"))
             try:
-                result, _ = store.submit("charge", op_id, args)
+                result, _ = store.submit("charge", op_id, args, now_ms)
             except Conflict:
                 # As in _charge_one: same request number, other content is a retransmission.
                 result = store.first_answer(op_id)
@@ -682,10 +689,15 @@ class Engine:
         return active
 
     def _charge_args(
-        self, step: _Step, s: ServiceRequest, view: PoolView | None = None
+        self,
+        step: _Step,
+        s: ServiceRequest,
+        view: PoolView | None = None,
+        now_ms: int | None = None,
     ) -> dict[str, Any]:
         key = (step.session_id, s.rating_group)
-        now_ms = self.store.clock()
+        if now_ms is None:
+            now_ms = self.store.clock()
         tracker = self._rates.get(key)
         if tracker is None:
             tracker = self._rates[key] = RateTracker(now_ms)
@@ -710,7 +722,7 @@ class Engine:
             "reservation_id": f"{step.session_id}#{s.rating_group}",
         }
         assert step.subscriber is not None
-        rated = self._rate(step.subscriber, s.rating_group, s.unit, step.meta.get("zone"))
+        rated = self._rate(step.subscriber, s.rating_group, s.unit, step.meta.get("zone"), now_ms)
         self._priced(args, rated)
         if s.used_units or step.closing:
             # Written with the debit, in the same commit (see store: charging records).

@@ -113,37 +113,3 @@ class Store(Protocol):
         ...
 
     def stats(self) -> dict[str, Any]: ...
-
-
-class ImmediateStore(Store, Protocol):
-    """A store whose state is in this process (the embedded one): a change applies at once and
-    only its durability is awaited, so a request can be charged with no coroutine and answered
-    when the barrier `submit` returns is done. It says so with `immediate = True`."""
-
-    immediate: bool
-
-    def submit(
-        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
-    ) -> tuple[Result, asyncio.Future[None] | None]:
-        """Apply now; the result and the barrier to await before answering (None: nothing
-        pending). A refusal raises; its caller still waits for `pending()` before answering."""
-        ...
-
-    def pending(self) -> asyncio.Future[None] | None:
-        """The barrier of everything applied so far, or None when all of it is durable."""
-        ...
-
-    async def flush(self) -> None:
-        """Return once everything applied so far is durable."""
-        ...
-
-    def session_now(self, session_id: str) -> dict[str, Any] | None: ...
-
-    def subscriber_now(self, subscriber_id: str) -> Subscriber:
-        """As get_subscriber; raises UnknownSubscriber."""
-        ...
-
-    def first_answer(self, op_id: str) -> Result | None:
-        """The first result of an operation id, durable or not: answer it only after
-        `pending()`."""
-        ...

@@ -50,6 +50,7 @@ from quotaflow.store.checkpointer import (
     WAL_RESTART_FRAMES,
     Checkpointer,
 )
+from quotaflow.store.immediate import ImmediateStore
 from quotaflow.store.journal import Batch, decode
 from quotaflow.tally import Latencies
 
@@ -164,9 +165,8 @@ class RecordOutbox:
         return taken
 
 
-class EmbeddedStore:
-    # An ImmediateStore (store.base): the engine charges a session step without a coroutine.
-    immediate: Final = True
+class EmbeddedStore(ImmediateStore):
+    # An ImmediateStore: the engine charges a session step without a coroutine.
 
     def __init__(
         self,
