@@ -232,21 +232,32 @@ async def test_policy_counter_changes_reach_a_webhook(
 async def test_policy_counters_are_not_checked_for_nobody(
     api: httpx.AsyncClient, server: Server
 ) -> None:
-    """Without a subscription for policy_counter events, a charge does not wake the watcher."""
+    """Without a subscription for policy_counter events, the watcher does not listen to the
+    engine, and a charge does not wake it; it listens from the first such subscription on,
+    and stops when the last one goes."""
     watch = server._counters
     await family(api)
-    before = watch.skipped
+    heard = watch.heard
     await server.engine.session_start("d1", "dad", 0, [ServiceRequest(10, requested_units=MB)])
-    assert watch.skipped > before and not watch._pending
+    assert not watch.listening and not watch._pending and watch.heard == heard
     received: list[dict[str, Any]] = []
     async with webhook(received) as url:
         r = await api.post(
             "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["low_balance"]}
         )
         assert r.status_code == 201, r.text  # another event type: still nobody for counters
-        skipped = watch.skipped
         await server.engine.session_start("d2", "dad", 0, [ServiceRequest(10, requested_units=MB)])
-        assert watch.skipped > skipped
+        assert not watch.listening and not watch._pending and watch.heard == heard
+        r = await api.post(
+            "/v1/subscriptions", json={"url": f"{url}/hook", "events": ["policy_counter"]}
+        )
+        assert r.status_code == 201, r.text
+        assert watch.listening
+        await server.engine.session_start("d3", "dad", 0, [ServiceRequest(10, requested_units=MB)])
+        assert watch.heard > heard
+        r = await api.delete(f"/v1/subscriptions/{r.json()['id']}")
+        assert r.status_code in (200, 204), r.text
+        assert not watch.listening
 
 
 async def test_a_pool_threshold_fires_when_members_drain_it(

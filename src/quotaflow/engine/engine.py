@@ -31,6 +31,7 @@ from quotaflow.ledger import (
     InvalidRequest,
     LimitReached,
     NoCredit,
+    Price,
     Reservation,
     Status,
     Subscriber,
@@ -94,6 +95,11 @@ def _check_services(services: list[ServiceRequest]) -> None:
             raise InvalidAmount("units must not be negative")
 
 
+def _reservation_id(tracker: RateTracker, session_id: str, rating_group: int | None) -> str:
+    tracker.reservation_id = f"{session_id}#{rating_group}"
+    return tracker.reservation_id
+
+
 def _op_id(step: _Step, s: ServiceRequest) -> str:
     """A session step's charge id, the same on every path: a retransmission finds it."""
     return f"{step.session_id}#{step.request_number}#{s.rating_group}"
@@ -126,6 +132,7 @@ def _short(result: Result, lim: UnitGrantLimits) -> bool:
 
 Listener = Callable[[EngineEvent], None]
 SERVICES_PER_REQUEST_MAX: Final = 64
+PRICE_DOCS_MAX: Final = 4_096  # distinct Price objects whose JSON is kept (_price_doc)
 RECLAIM_MIN_AGE_S: Final = 7  # measured with bench/sim_pools.py (docs/SHARED-POOLS.md)
 # Events interfaces act on (re-authorise, abort); they carry the open sessions.
 SESSION_EVENTS: Final = frozenset({"credit_added", "barred", "abort", "reauthorize"})
@@ -172,6 +179,7 @@ class Engine:
         # (group, unit) -> summed rate of the group's sessions holding a grant, kept as they
         # report, so sizing a grant never adds up a fleet's sessions.
         self._group_rate: dict[tuple[str, Unit], float] = {}
+        self._price_docs: dict[int, tuple[Price, dict[str, int]]] = {}  # see _price_doc
 
     # ------------------------------------------------------------------ events
 
@@ -243,15 +251,29 @@ class Engine:
         now = self.store.clock() if now_ms is None else now_ms
         return self.rater.rate(sub.plan, rating_group, unit, now, zone)
 
-    @staticmethod
-    def _priced(args: dict[str, Any], rated: Rated) -> dict[str, Any]:
+    def _priced(self, args: dict[str, Any], rated: Rated) -> dict[str, Any]:
         """Add what the ledger needs of a rating to an operation's arguments."""
-        args["price"] = None if rated.price is None else rated.price.to_json()
+        args["price"] = None if rated.price is None else self._price_doc(rated.price)
         if rated.zero_rated:
             args["zero_rated"] = True
         if rated.sponsor is not None and rated.sponsor != args["subscriber_id"]:
             args["payer"] = rated.sponsor
         return args
+
+    def _price_doc(self, price: Price) -> dict[str, int]:
+        """`price.to_json()`, made once per Price object (a tariff's live as long as it does).
+        By identity: hashing a Price by value would run its dataclass's generated __hash__. An entry
+        holds its Price, so no other object can have that id meanwhile. Nothing changes the
+        dict once it is in an operation's arguments."""
+        docs = self._price_docs
+        found = docs.get(id(price))
+        if found is not None and found[0] is price:
+            return found[1]
+        if len(docs) >= PRICE_DOCS_MAX:  # tariffs replaced many times over: start again
+            docs.clear()
+        doc = price.to_json()
+        docs[id(price)] = (price, doc)
+        return doc
 
     async def session_start(
         self,
@@ -719,7 +741,8 @@ class Engine:
             "unit": UNIT_NAME[s.unit],
             "rating_group": s.rating_group,
             "used_units": s.used_units,
-            "reservation_id": f"{step.session_id}#{s.rating_group}",
+            "reservation_id": tracker.reservation_id
+            or _reservation_id(tracker, step.session_id, s.rating_group),
         }
         assert step.subscriber is not None
         rated = self._rate(step.subscriber, s.rating_group, s.unit, step.meta.get("zone"), now_ms)

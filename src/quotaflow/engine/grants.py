@@ -65,6 +65,9 @@ class RateTracker:
     # sessions holding a grant (its rate while it holds one, else 0).
     pool: tuple[str, Unit] | None = None
     contribution: float = 0.0
+    # The session's reservation for this rating group, named once ("" until then): a
+    # formatted string per step was 1,000 instructions.
+    reservation_id: str = ""
 
     def __init__(
         self,
@@ -79,6 +82,7 @@ class RateTracker:
         self.granted = granted
         self.pool = pool
         self.contribution = contribution
+        self.reservation_id = ""
 
     def observe(self, used_units: int, now_ms: int, weight: float) -> None:
         elapsed_ms = now_ms - self.last_ms

@@ -27,30 +27,42 @@ class CounterWatch:
         self.notify = notify
         self._last: dict[str, str] = {}  # counter id -> status last told
         self._pending: set[str] = set()
-        self.skipped = 0  # events not checked: no subscription takes policy_counter events
+        self.listening = False  # to the engine's events: while policy_counter is subscribed to
+        self.heard = 0  # engine events taken
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> CounterWatch:
-        self.engine.subscribe(self._on_event, WATCH_EVENTS)
+        self.notify.dispatcher.on_change.append(self._follow)
+        self._follow()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
     async def __call__(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.notify.dispatcher.on_change.remove(self._follow)
+        if self.listening:
+            self.engine.unsubscribe(self._on_event)
+            self.listening = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _follow(self) -> None:
+        """Statuses go out only as policy_counter webhooks: without a subscription for them,
+        the engine's events are not asked for at all (each charge made one, about 1,800
+        instructions to drop). A subscription made later hears the next change after it."""
+        wanted = self.notify.dispatcher.takes("policy_counter")
+        if wanted and not self.listening:
+            self.engine.subscribe(self._on_event, WATCH_EVENTS)
+        elif not wanted and self.listening:
+            self.engine.unsubscribe(self._on_event)
+        self.listening = wanted
+
     def _on_event(self, event: EngineEvent) -> None:
-        if event.kind not in WATCH_EVENTS:
-            return
-        # Statuses go out only as policy_counter webhooks: without a subscription for them, a
-        # check after every charge (a task wake-up and a read) is work for nobody. A
-        # subscription made later hears the next change after it.
-        if not self.notify.dispatcher.takes("policy_counter"):
-            self.skipped += 1
-        elif len(self._pending) < PENDING_MAX:
+        self.heard += 1
+        if event.kind in WATCH_EVENTS and len(self._pending) < PENDING_MAX:
             self._pending.add(event.subscriber_id)
             self._wake.set()
 

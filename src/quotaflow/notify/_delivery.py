@@ -23,6 +23,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -162,6 +163,8 @@ class Dispatcher:
         self.options = options or DeliveryOptions()
         self.subscriptions: dict[str, Subscription] = {}
         self._takes: dict[str, bool] = {}  # event type -> some subscription takes it
+        # Called after the subscriptions changed (what `takes` answers may have changed).
+        self.on_change: list[Callable[[], None]] = []
         self.stats = _Stats()
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._queued = 0
@@ -173,7 +176,7 @@ class Dispatcher:
         for doc in (await self.db.all("subscriptions")).values():
             sub = Subscription.from_json(doc)
             self.subscriptions[sub.id] = sub
-        self._takes.clear()
+        self._changed()
         self._client = httpx.AsyncClient(
             timeout=self.options.timeout_s,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
@@ -206,14 +209,22 @@ class Dispatcher:
             raise InvalidRequest("too many subscriptions", limit=self.options.subscriptions_max)
         await self.db.put("subscriptions", sub.id, sub.to_json(with_secret=True))
         self.subscriptions[sub.id] = sub
-        self._takes.clear()
+        self._changed()
         return sub
 
     async def remove(self, sub_id: str) -> bool:
         found = self.subscriptions.pop(sub_id, None) is not None
-        self._takes.clear()
+        self._changed()
         await self.db.delete("subscriptions", sub_id)
         return found
+
+    def _changed(self) -> None:
+        self._takes.clear()
+        for hook in self.on_change:
+            try:
+                hook()
+            except Exception:  # a listener's failure must not fail a subscription's change
+                log.exception("subscriptions hook failed")
 
     def takes(self, event_type: str) -> bool:
         """Whether any subscription takes this type of event (asked per charge: remembered

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from quotaflow.ledger import Price, Unit
 from quotaflow.rating.tariff import DEFAULT_TARIFF, TariffBook, TariffError, load_text
+
+_FREE: Final = Price(0, 1)  # a zero-rated service's price: one object (Engine keeps its JSON by it)
 
 
 # Made for every request: an explicit __init__, which mypyc compiles, and not frozen.
@@ -58,7 +61,7 @@ class Rater:
         if service is None:
             return Rated(None, plan=plan.id)
         if service.zero_rated:
-            return Rated(Price(0, 1), zero_rated=True, sponsor=service.sponsor, plan=plan.id)
+            return Rated(_FREE, zero_rated=True, sponsor=service.sponsor, plan=plan.id)
         price = service.price
         if zone is not None and zone in service.zones:
             price = service.zones[zone]
