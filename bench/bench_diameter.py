@@ -147,7 +147,15 @@ async def _serve_quotaflow(
             "topup", f"t{i}", {"subscriber_id": f"s{i}", "unit": "octets", "amount": 10**15}
         )
     await store.flush()
+    commits, rows = store.commits, store.committed_rows
     await _ready_until_stopped(ready, stop, cpu, cpu_export, await _exporter_pid(server))
+    # How the closed loop batches: near the whole window per commit means the loop idles
+    # through each commit's fsync (PERFORMANCE.md, session 13).
+    commits, rows = store.commits - commits, store.committed_rows - rows
+    print(
+        f"server: {commits:,} commits, {rows / max(1, commits):.0f} operations per commit",
+        file=sys.stderr,
+    )
     await server.stop()
 
 

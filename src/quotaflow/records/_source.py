@@ -25,7 +25,7 @@ _IN_BODY = {
     "session_id": f"coalesce(json_extract({_BODY}, '$.session_id'),"
     f" json_extract({_BODY}, '$[{SESSION_ID_INDEX}]'))",
     "kind": f"coalesce(json_extract({_BODY}, '$.kind'),"
-    f" iif(json_type({_BODY}) = 'array', 'session', NULL))",
+    f" CASE WHEN json_type({_BODY}) = 'array' THEN 'session' END)",
 }
 
 
