@@ -29,11 +29,8 @@ SESSION_RECORD_KEYS: Final = (
     "cause",
     "plan",
 )
-# The array body: SESSION_TAG, then these values (the store's part first, then the engine's).
-SESSION_BODY_KEYS: Final = (
-    "seq",
-    "at_ms",
-    "op",
+# What the store adds to a charge's record: from its arguments, then from the ledger's result.
+_CHARGED_KEYS: Final = (
     "subscriber_id",
     "unit",
     "rating_group",
@@ -42,26 +39,13 @@ SESSION_BODY_KEYS: Final = (
     "unpaid_units",
     "drawn",
     "cost_micros",
-    *SESSION_RECORD_KEYS,
 )
+# The array body: SESSION_TAG, then these values (the store's part first, then the engine's).
+SESSION_BODY_KEYS: Final = ("seq", "at_ms", "op", *_CHARGED_KEYS, *SESSION_RECORD_KEYS)
 # Where the SQL filters of the records API find these in an array body.
 SESSION_ID_INDEX: Final = 1 + SESSION_BODY_KEYS.index("session_id")
 # The dict order of an object body: seq, at_ms, op, the record's fields, then the rest.
-_ORDER: Final = (
-    "seq",
-    "at_ms",
-    "op",
-    "kind",
-    *SESSION_RECORD_KEYS,
-    "subscriber_id",
-    "unit",
-    "rating_group",
-    "used_units",
-    "posted_units",
-    "unpaid_units",
-    "drawn",
-    "cost_micros",
-)
+_ORDER: Final = ("seq", "at_ms", "op", "kind", *SESSION_RECORD_KEYS, *_CHARGED_KEYS)
 
 
 def session_fields(record: SessionRecord) -> dict[str, Any]:
