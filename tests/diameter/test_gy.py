@@ -12,6 +12,7 @@ import pytest
 from quotaflow.diameter import CcRequestType, Message
 from quotaflow.diameter.constants import FLAG_RETRANSMIT
 from quotaflow.diameter.gy import GyApplication, GyService
+from quotaflow.diameter.gy_retransmit import AnswerCache
 from quotaflow.ledger import Unit
 
 from .helpers import open5gs_like_ccr
@@ -148,6 +149,35 @@ async def test_no_credit_at_start_is_refused_and_released(env: GyEnv) -> None:
     assert cca.get("Result-Code") == 4012
     assert [m["Result-Code"] for m in msccs(cca)] == [4012]
     assert sid not in env.server.store.ledger.sessions
+
+
+async def test_a_termination_after_a_refused_start_is_for_an_unknown_session(
+    env: GyEnv,
+) -> None:
+    """The refused CCR-I released the session: a CCR-T that follows anyway (with usage) gets
+    5002, as an update does, and charges nothing; a copy of the CCR-T that really ended a
+    session, once the retransmission cache no longer has it, still gets 2001 from its first
+    charge (and charges nothing again)."""
+    await env.subscriber()
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    assert cca.get("Result-Code") == 4012
+    used = mscc(10, used={"CC-Total-Octets": MB})
+    cca = await client.request(ccr(client, sid, TERM, 1, used))
+    assert cca.get("Result-Code") == 5002
+    assert env.server.store.read_records(0, 100) == []
+    await env.topup("alice", Unit.OCTETS, 100 * MB)
+    sid = client.new_session_id()
+    await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    termination = ccr(client, sid, TERM, 1, used)
+    assert (await client.request(termination)).get("Result-Code") == 2001
+    assert env.amount("alice") == 99 * MB
+    app = _gy(env)
+    app.answers = AnswerCache(8, 60.0, app._seal)  # it forgets the first answer
+    again = await client.request(_retransmission(termination))
+    assert again.get("Result-Code") == 2001 and env.amount("alice") == 99 * MB
+    later = await client.request(ccr(client, sid, TERM, 2, used))
+    assert later.get("Result-Code") == 5002 and env.amount("alice") == 99 * MB
 
 
 async def test_unknown_user_and_identity_kinds(env: GyEnv) -> None:

@@ -321,13 +321,20 @@ class Engine:
     ) -> SessionAnswer:
         """Post the final usage and release everything the session still holds."""
         closed = await self.store.recorded(f"{session_id}#close")
-        if closed is not None:  # a retransmitted termination
+        if closed is not None:  # ended already: a copy of the termination that ended it?
             record: dict[str, Any] = {"subscriber_id": closed["subscriber_id"], "meta": {}}
         else:
             record = await self._session(session_id)
         final = [replace(s, requested_units=None, want_grant=False) for s in services]
         meta = {**record["meta"], "cause": cause}
         step = _Step(session_id, record["subscriber_id"], request_number, True, meta)
+        if closed is not None:
+            # A copy charged nothing new: each of its charge ids is known, and gets its first
+            # answer. Any other termination of an ended session (a CCR-T after a refused CCR-I,
+            # say) is for an unknown session, as an update is: its usage is not charged.
+            for s in final:
+                if await self.store.recorded(_op_id(step, s)) is None:
+                    raise UnknownSession(f"session {session_id!r} has ended")
         answer = await self._step(step, final)
         if closed is None:
             await self.store.execute(
