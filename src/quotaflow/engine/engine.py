@@ -95,11 +95,6 @@ def _check_services(services: list[ServiceRequest]) -> None:
             raise InvalidAmount("units must not be negative")
 
 
-def _reservation_id(tracker: RateTracker, session_id: str, rating_group: int | None) -> str:
-    tracker.reservation_id = f"{session_id}#{rating_group}"
-    return tracker.reservation_id
-
-
 def _op_id(step: _Step, s: ServiceRequest) -> str:
     """A session step's charge id, the same on every path: a retransmission finds it."""
     return f"{step.session_id}#{step.request_number}#{s.rating_group}"
@@ -729,7 +724,8 @@ class Engine:
             now_ms = self.store.clock()
         tracker = self._rates.get(key)
         if tracker is None:
-            tracker = self._rates[key] = RateTracker(now_ms)
+            reservation_id = f"{step.session_id}#{s.rating_group}"
+            tracker = self._rates[key] = RateTracker(now_ms, reservation_id=reservation_id)
             self._session_rgs.setdefault(step.session_id, []).append(s.rating_group)
             if step.group is not None:
                 tracker.pool = (step.group.id, s.unit)
@@ -748,8 +744,7 @@ class Engine:
             "unit": UNIT_NAME[s.unit],
             "rating_group": s.rating_group,
             "used_units": s.used_units,
-            "reservation_id": tracker.reservation_id
-            or _reservation_id(tracker, step.session_id, s.rating_group),
+            "reservation_id": tracker.reservation_id,
         }
         assert step.subscriber is not None
         rated = self._rate(step.subscriber, s.rating_group, s.unit, step.meta.get("zone"), now_ms)

@@ -65,7 +65,7 @@ class RateTracker:
     # sessions holding a grant (its rate while it holds one, else 0).
     pool: tuple[str, Unit] | None = None
     contribution: float = 0.0
-    # The session's reservation for this rating group, named once ("" until then): a
+    # The session's reservation for this rating group, named once when the tracker is made: a
     # formatted string per step was 1,000 instructions.
     reservation_id: str = ""
 
@@ -76,13 +76,14 @@ class RateTracker:
         granted: int = 0,
         pool: tuple[str, Unit] | None = None,
         contribution: float = 0.0,
+        reservation_id: str = "",
     ) -> None:
         self.last_ms = last_ms
         self.rate_per_s = rate_per_s
         self.granted = granted
         self.pool = pool
         self.contribution = contribution
-        self.reservation_id = ""
+        self.reservation_id = reservation_id
 
     def observe(self, used_units: int, now_ms: int, weight: float) -> None:
         elapsed_ms = now_ms - self.last_ms
