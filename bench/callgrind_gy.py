@@ -24,14 +24,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ENTRY_POINTS = {
-    "handle_now": "CPyDef_gy___GyApplication___handle_now ",
-    "parse_message": "CPyDef_validate___parse_message ",
-    "_write": "CPyDef_embedded___EmbeddedStore____write ",
-    "_release": "CPyDef_gy___GyApplication____release ",
-    "commit loop": "CPyDef_embedded____commit_loop_EmbeddedStore_gen_____mypyc_generator_helper__ ",
-    "encode_message": "CPyDef_codec___encode_message ",
+    "handle_now": "CPyDef_gy___GyApplication___handle_now",
+    "parse_message": "CPyDef_validate___parse_message",
+    "_write": "CPyDef_embedded___EmbeddedStore____write",
+    "_release": "CPyDef_gy___GyApplication____release",
+    "commit loop": "CPyDef_embedded____commit_loop_EmbeddedStore_gen_____mypyc_generator_helper__",
+    "encode_message": "CPyDef_codec___encode_message",
 }
-CHECKPOINT = "sqlite3WalCheckpoint "
+CHECKPOINT = "sqlite3WalCheckpoint"
 _LINE = re.compile(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)")
 
 
@@ -53,12 +53,15 @@ def _profile(updates: int, out: Path) -> None:
 
 
 def _inclusive(path: Path) -> tuple[int, dict[str, int]]:
-    """The run's total, and the inclusive count of each function (first line naming it)."""
+    """The run's total, and the inclusive count of each function (its largest entry)."""
+    # From "/": callgrind_annotate names a file by the path it resolves from the working
+    # directory, and in the project's folder it splits one function into several entries.
     text = subprocess.run(
         ["callgrind_annotate", "--inclusive=yes", "--tree=none", "--threshold=100", str(path)],
         check=True,
         capture_output=True,
         text=True,
+        cwd="/",
     ).stdout
     total = 0
     found: dict[str, int] = {}
@@ -69,11 +72,12 @@ def _inclusive(path: Path) -> tuple[int, dict[str, int]]:
         count, name = int(m.group(1).replace(",", "")), m.group(2)
         if "PROGRAM TOTALS" in name:
             total = count
+        where, _, function = name.split(" ")[0].rpartition(":")
         for wanted in (*ENTRY_POINTS.values(), CHECKPOINT):
-            # The function's own file (not a header inlined into it), not a recursive entry.
-            ours = "__native_" in name or wanted == CHECKPOINT
-            if wanted in name and ours and "'" not in name.split(" ")[0]:
-                found.setdefault(wanted, count)
+            # The function's own file (not a header inlined into it); a recursive entry ends
+            # in "'2" and so is another name.
+            if function == wanted and ("__native_" in where or wanted == CHECKPOINT):
+                found[wanted] = max(found.get(wanted, 0), count)
     return total, found
 
 
