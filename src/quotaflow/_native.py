@@ -71,7 +71,7 @@ COMPILED: tuple[str, ...] = (
 )
 # Written in C, built beside them, and used with them (their Python stand-ins are in the
 # modules that load them).
-C_MODULES: tuple[str, ...] = ("quotaflow.ledger._idtable",)
+C_MODULES: tuple[str, ...] = ("quotaflow.ledger._idtable", "quotaflow.store._walsync")
 ROOT = Path(__file__).resolve().parent
 MANIFEST = ROOT / "_native.json"
 

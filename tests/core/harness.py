@@ -13,14 +13,18 @@ def crash(store: EmbeddedStore) -> None:
     """Stop as a killed process would: no closing snapshot, so the next open replays the
     journal. Call it once everything the test relies on was acknowledged (flushed)."""
     assert store._db is not None
+    store._writer.shutdown()  # a snapshot being stored finishes first: it uses a connection
+    store._close_syncer()
     store._db.close()
     store._db = None
+    if store._aux is not None:
+        store._aux.close()
+        store._aux = None
     if store._sweeper is not None:
         store._sweeper.cancel()
     if store._checkpointer is not None:  # a killed process's threads are gone too
         store._checkpointer.stop()
         store._checkpointer = None
-    store._writer.shutdown()
 
 
 @asynccontextmanager

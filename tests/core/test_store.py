@@ -60,33 +60,6 @@ async def test_a_waiter_cancelled_during_the_write_gets_cancelled_after_it(tmp_p
     await store.close()
 
 
-async def test_submits_offer_the_gil_while_a_commit_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Compiled code never offers the GIL by itself; while the writer thread commits, a run of
-    submits hands it over now and then, so the writer can report the commit without waiting a
-    whole switch interval."""
-    import time
-
-    store = EmbeddedStore(tmp_path, tune_gc=False)
-    await store.open()
-    store.submit("create_subscriber", "c", {"id": "a"})
-    store.submit("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 10**9})
-    await store.flush()
-    offered: list[float] = []
-    real_sleep = time.sleep
-    monkeypatch.setattr(time, "sleep", lambda s: (offered.append(s), real_sleep(s)))
-    store.submit("debit", "d0", {"subscriber_id": "a", "unit": "octets", "units": 1})
-    await asyncio.sleep(0)  # the commit of d0 starts: it is being written from here on
-    assert store._committing
-    for i in range(1, 1025):
-        store.submit("debit", f"d{i}", {"subscriber_id": "a", "unit": "octets", "units": 1})
-    idle = len(offered)
-    await store.flush()
-    await store.close()
-    assert idle >= 1024 // 128 - 1  # once per 128 changes while the commit was in flight
-
-
 async def test_recovery_replays_journal_rows_of_the_old_format_and_of_the_new(
     tmp_path: Path,
 ) -> None:

@@ -1,10 +1,12 @@
 """The embedded store: the ledger in memory, every change journaled to SQLite by group commit.
 
 An operation is applied to memory at once and its journal row joins the open batch; its caller
-waits on the batch's barrier, which is released only after the batch's transaction committed
-(WAL, synchronous=FULL). While one batch is being written on the writer thread, the next one
-fills up, so a busy server commits thousands of operations per fsync. On start the latest
-snapshot is loaded and the journal after it replayed through the same ledger code.
+waits on the batch's barrier, which is released only once the batch's transaction is committed
+and the WAL holding it synced. The event loop writes each batch itself (a transaction of a few
+page writes, no fsync) and a thread outside Python syncs the WAL (store/walsync.py, which says
+why that is as durable as synchronous=FULL); while one batch is being synced, the next one fills
+up, so the loop charges while the disk writes. On start the latest snapshot is loaded and the
+journal after it replayed through the same ledger code.
 
 Snapshots taken while serving are serialised by a forked child (as Redis does), so the event
 loop never stops for them: the child writes the state it inherited to a file and exits; the
@@ -52,19 +54,20 @@ from quotaflow.store.checkpointer import (
 )
 from quotaflow.store.immediate import ImmediateStore
 from quotaflow.store.journal import Batch, decode
+from quotaflow.store.walsync import Syncer, wal_syncer
 from quotaflow.tally import Latencies
 
 log = logging.getLogger("quotaflow.store")
 
 PRUNE_SLICE_ROWS: Final = 10_000  # charging records deleted per transaction by retention
 SNAPSHOT_CHILD_TIMEOUT_S: Final = 3_600  # a child that has not finished by then is killed
-HAND_OVER_EVERY_OPS: Final = 128  # while a commit is being written, offer the GIL this often
+# A batch that finds the write lock taken (the checkpointer's RESTART, a snapshot being stored)
+# is tried again this much later; the loop never waits for the lock.
+BUSY_RETRY_S: Final = 0.001
 # Charging records are inserted by one multi-row statement per commit, of up to
-# RECORD_ROWS_PER_STATEMENT rows (fewer where the SQLite build allows fewer parameters). The
-# writer thread needs the GIL back after each statement it runs, and while the event loop is busy
-# in compiled code it may wait a millisecond or more for it: a statement per record made a commit
-# of 500 records take 11-14 ms instead of 1.2. A statement's row count is rounded up to a power
-# of two and the rest padded with rows of zeros that its WHERE drops (seq > 0; not NULL, which
+# RECORD_ROWS_PER_STATEMENT rows (fewer where the SQLite build allows fewer parameters): a
+# statement per record cost a call and a step each. A statement's row count is rounded up to a
+# power of two and the rest padded with rows of zeros that its WHERE drops (seq > 0; not NULL, which
 # the sqlite3 module would take to its adapters), so there are only a dozen statements, each
 # prepared once and kept in the connection's cache.
 RECORD_ROWS_PER_STATEMENT: Final = 1024
@@ -165,6 +168,26 @@ class RecordOutbox:
         return taken
 
 
+class _Commit:
+    """A batch taken from the open one: written by the loop, then held until its WAL sync."""
+
+    def __init__(
+        self,
+        batch: tuple[int, int, bytes] | None,
+        count: int,
+        records: list[Record],
+        bodies: list[dict[str, Any]],
+        barrier: asyncio.Future[None] | None,
+    ) -> None:
+        self.batch = batch  # (last seq, first seq, encoded operations), None when empty
+        self.count = count
+        self.records = records
+        self.bodies = bodies
+        self.barrier = barrier
+        self.sync_number = 0  # the syncer's number for the sync that must cover it
+        self.started = 0.0
+
+
 class EmbeddedStore(ImmediateStore):
     # An ImmediateStore: the engine charges a session step without a coroutine.
 
@@ -197,9 +220,19 @@ class EmbeddedStore(ImmediateStore):
         self.fork_snapshots = fork_snapshots
         self._gc_engaged = False
         self.ledger = Ledger(self.limits)
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the loop's: group commits (no fsync)
+        self._aux: sqlite3.Connection | None = None  # the writer thread's: snapshots, pruning
         self._reader: sqlite3.Connection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-journal")
+        self._syncer: Syncer | None = None
+        self._syncer_loop: asyncio.AbstractEventLoop | None = None  # watching its pipe
+        self._inflight: _Commit | None = None  # written, waiting for its sync
+        self._unwritten: _Commit | None = None  # taken, the write lock was busy: next to write
+        # A snapshot (its seq and body, or the forked child's file) to store once durable_seq
+        # reaches it, and the writer thread's storing of one under way.
+        self._snapshot_due: tuple[int, bytes | Path] | None = None
+        self._snapshot_task: asyncio.Future[None] | None = None
+        self.busy_retries = 0
         self._seq = 0
         self._batch = Batch(1)  # what was applied since the last commit
         self._records: list[Record] = []
@@ -238,12 +271,8 @@ class EmbeddedStore(ImmediateStore):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.data_dir.glob(".snapshot-*.tmp"):  # a forked snapshot cut short
             stale.unlink(missing_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        # Checkpoints run on a thread of their own (store/checkpointer.py), not in a commit.
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        db.execute(f"PRAGMA journal_size_limit={WAL_FILE_BYTES_MAX}")
         db.executescript(SCHEMA)
         self._db = db
         rows = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
@@ -265,11 +294,28 @@ class EmbeddedStore(ImmediateStore):
         if self.tune_gc and not self._gc_engaged:
             gc_policy.engage()  # see store/gc_policy.py
             self._gc_engaged = True
+        self._aux = self._connect()
+        if self.group_commit:
+            # The loop's commits append to the WAL and return; the syncer makes them durable
+            # (store/walsync.py). It holds the WAL open, which the schema above created.
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("PRAGMA busy_timeout=0")  # busy: tried again later, not waited for
+            self._syncer = wal_syncer(f"{self.path}-wal")
+            self._syncer_loop = asyncio.get_running_loop()
+            self._syncer_loop.add_reader(self._syncer.fileno(), self._on_synced)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
         self._checkpointer = Checkpointer(
             self.path, self._checkpoint_interval_s, self._wal_restart_frames
         )
         self._checkpointer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA synchronous=FULL")
+        # Checkpoints run on a thread of their own (store/checkpointer.py), not in a commit.
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={WAL_FILE_BYTES_MAX}")
+        return db
 
     def _recover(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT seq, body FROM snapshot ORDER BY seq DESC LIMIT 1").fetchone()
@@ -317,26 +363,48 @@ class EmbeddedStore(ImmediateStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.flush()
+        loop = asyncio.get_running_loop()
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):  # logged by _snapshot_stored
+                await self._snapshot_task
         if self._snapshot_child is not None:  # let it finish; the snapshot below supersedes it
-            finished = await asyncio.get_running_loop().run_in_executor(
-                None, self._finished_snapshot, True
-            )
+            finished = await loop.run_in_executor(None, self._finished_snapshot, True)
             if finished is not None:
                 finished[1].unlink(missing_ok=True)
+        due, self._snapshot_due = self._snapshot_due, None
+        if due is not None and isinstance(due[1], Path):
+            due[1].unlink(missing_ok=True)
         try:
             if self._db is not None and self._failed is None:
                 await self.snapshot()
         finally:  # a failed snapshot must not leave the thread checkpointing a closed store
             if self._checkpointer is not None:
-                await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
+                await loop.run_in_executor(None, self._checkpointer.stop)
                 self._checkpointer = None
+            self._close_syncer()
         if self._db is not None:
+            # The last connection to close checkpoints and deletes the WAL: with its frames
+            # synced first, whichever it is.
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.close()
             self._db = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        for other in (self._aux, self._reader):
+            if other is not None:
+                other.close()
+        self._aux = self._reader = None
         self._writer.shutdown(wait=True)
+
+    def _close_syncer(self) -> None:
+        # Called from outside the loop too (a test's crash()): the loop is the one from open().
+        if self._syncer is not None:
+            # Any: uvloop's remove_reader returns None where asyncio's returns a bool, and
+            # compiled code would check for the bool.
+            loop: Any = self._syncer_loop
+            if not loop.is_closed():
+                # Before the pipe closes: a new file may take its number.
+                loop.remove_reader(self._syncer.fileno())
+            self._syncer.close()
+            self._syncer = self._syncer_loop = None
 
     # ------------------------------------------------------------------ writes
 
@@ -382,10 +450,6 @@ class EmbeddedStore(ImmediateStore):
             batch.add(op, op_id, content, now, False)
             if record is not None:
                 self._record(op, args, result, record, now)
-            if self._committing and not self._seq % HAND_OVER_EVERY_OPS:
-                # Compiled code never offers the GIL: the writer thread, back from SQLite,
-                # would wait a whole switch interval (5 ms) to report the commit done.
-                time.sleep(0)
         return result, self.pending()
 
     def _refuse_if_failed(self) -> None:
@@ -455,7 +519,7 @@ class EmbeddedStore(ImmediateStore):
             self._barrier = Barrier(loop=asyncio.get_running_loop())
             if not self._committing:
                 self._committing = True
-                asyncio.get_running_loop().call_soon(self._start_commit)
+                asyncio.get_running_loop().call_soon(self._commit_next)
         return self._barrier
 
     async def execute(
@@ -477,23 +541,8 @@ class EmbeddedStore(ImmediateStore):
         if barrier is not None:
             await barrier
 
-    def _start_commit(self) -> None:
-        asyncio.get_running_loop().create_task(self._commit_loop())
-
-    def _take(
-        self,
-    ) -> tuple[
-        tuple[int, int, bytes] | None,
-        int,
-        tuple[int, bytes | Path] | None,
-        list[Record],
-        list[dict[str, Any]],
-        asyncio.Future[None] | None,
-    ]:
+    def _take(self) -> _Commit:
         """Everything applied since the last commit, ready for `_write`; starts a new batch."""
-        # A forked snapshot that finished is stored with this batch: everything up to its
-        # sequence number was in earlier batches, all committed by now.
-        snapshot: tuple[int, bytes | Path] | None = self._finished_snapshot()
         taken, records, bodies, barrier = self._batch, self._records, self._bodies, self._barrier
         self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
         self._barrier = None
@@ -501,11 +550,10 @@ class EmbeddedStore(ImmediateStore):
         self._since_snapshot += count
         if self._since_snapshot >= self.snapshot_every_ops and self._snapshot_child is None:
             self._since_snapshot = 0
-            if not self._fork_snapshot() and snapshot is None:
-                snapshot = (self._seq, orjson.dumps(self.ledger.snapshot(raw=True)))
-        # Encoded here, so the writer thread needs the GIL only briefly.
+            if not self._fork_snapshot() and self._snapshot_due is None:
+                self._snapshot_due = (self._seq, orjson.dumps(self.ledger.snapshot(raw=True)))
         batch = (taken.last_seq, taken.first_seq, taken.encode()) if count else None
-        return batch, count, snapshot, records, bodies, barrier
+        return _Commit(batch, count, records, bodies, barrier)
 
     def _fork_snapshot(self) -> bool:
         """Start a child that writes the state as it is now to a file. False if it cannot."""
@@ -558,17 +606,14 @@ class EmbeddedStore(ImmediateStore):
         return seq, path
 
     def _write_now(self) -> None:
-        batch, count, snapshot, records, bodies, barrier = self._take()
+        """Without group commit: this change alone, synced (synchronous=FULL) before it returns."""
+        commit = self._take()
         try:
-            # On the writer thread, as every other use of the connection (snapshots, pruning):
-            # written from here, it raced them inside one SQLite transaction.
-            self._writer.submit(self._write, batch, count, snapshot, records).result()
+            self._write(commit.batch, commit.records)
         except BaseException as exc:  # fail-stop, as in the group commit
             self._stop(exc)
             raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
-        self._committed(batch, len(records), bodies)
-        if barrier is not None and not barrier.done():
-            barrier.set_result(None)
+        self._durable(commit)
 
     def _stop(self, exc: BaseException) -> None:
         """A journal write failed: refuse every change from now on. The write may have
@@ -580,11 +625,9 @@ class EmbeddedStore(ImmediateStore):
     def _committed(
         self, batch: tuple[int, int, bytes] | None, records: int, bodies: list[dict[str, Any]]
     ) -> None:
-        """A commit ended: its duration to the histogram, its records to the outbox and the
-        on_records hooks."""
+        """A commit is durable: its records to the outbox and the on_records hooks."""
         if batch is not None:
             self.durable_seq = batch[0]
-        self.commit_seconds.observe(self.last_commit_s)
         outbox = self._outbox
         if bodies and outbox is not None and not outbox.closed:
             outbox.deliver(bodies)
@@ -604,46 +647,95 @@ class EmbeddedStore(ImmediateStore):
         self._outbox = RecordOutbox(self._seq, records_max)
         return self._outbox
 
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while len(self._batch) or self._barrier is not None:
-                batch, count, snapshot, records, bodies, barrier = self._take()
-                try:
-                    await loop.run_in_executor(
-                        self._writer, self._write, batch, count, snapshot, records
-                    )
-                except BaseException as exc:  # fail-stop: memory is now ahead of disk
-                    self._stop(exc)
-                    log.critical("journal write failed; store refuses changes", exc_info=exc)
-                    failure = StoreUnavailable("journal write failed", cause=repr(exc))
-                    for b in (barrier, self._barrier):
-                        if b is not None and not b.done():
-                            b.set_exception(failure)
-                    self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
-                    self._barrier = None
-                    return
-                self._committed(batch, len(records), bodies)
-                if barrier is not None and not barrier.done():
-                    barrier.set_result(None)
-        finally:
+    def _commit_next(self) -> None:
+        """Write the open batch (on the loop: its pages go to the WAL, no fsync) and ask the
+        syncer to make it durable; its barrier is released by `_on_synced`. One commit waits
+        for its sync at a time: the next is written when that one is durable."""
+        if self._inflight is not None:
+            return  # _on_synced calls again
+        if self._failed is not None:
             self._committing = False
+            return
+        commit = self._unwritten
+        if commit is not None:
+            self._unwritten = None
+        elif len(self._batch) or self._barrier is not None:
+            commit = self._take()
+        else:
+            self._committing = False
+            return
+        if commit.batch is None and not commit.records:
+            # Nothing new: everything before this barrier is durable already.
+            self._durable(commit, written=False)
+            self._commit_next()
+            return
+        commit.started = time.perf_counter()
+        try:
+            self._write(commit.batch, commit.records)
+            assert self._syncer is not None, "store is closed"
+            commit.sync_number = self._syncer.request()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                self._fail(commit, exc)
+                return
+            # The checkpointer's RESTART or a snapshot holds the write lock: this batch is
+            # written first when tried again, whatever is applied meanwhile.
+            self._unwritten = commit
+            self.busy_retries += 1
+            asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._commit_next)
+            return
+        except BaseException as exc:  # fail-stop: memory is now ahead of disk
+            self._fail(commit, exc)
+            return
+        self._inflight = commit
 
-    def _write(
-        self,
-        batch: tuple[int, int, bytes] | None,
-        count: int,
-        snapshot: tuple[int, bytes | Path] | None,
-        records: list[Record] | None = None,
-    ) -> None:
+    def _on_synced(self) -> None:
+        """The syncer finished a sync (its pipe is readable): release what it covers."""
+        syncer = self._syncer
+        if syncer is None:
+            return
+        commit = self._inflight
+        try:
+            synced = syncer.synced()
+        except OSError as exc:  # what the failed sync covered may never reach the disk
+            self._inflight = None
+            if commit is not None:
+                self._fail(commit, exc)
+            return
+        if commit is None or synced < commit.sync_number:
+            return
+        self._inflight = None
+        self._durable(commit)
+        self._commit_next()
+
+    def _durable(self, commit: _Commit, written: bool = True) -> None:
+        if written:
+            self.commits += 1
+            self.committed_rows += commit.count
+            self.last_commit_s = time.perf_counter() - commit.started
+            self.commit_seconds.observe(self.last_commit_s)
+        self._committed(commit.batch, len(commit.records), commit.bodies)
+        barrier = commit.barrier
+        if barrier is not None and not barrier.done():
+            barrier.set_result(None)
+        self._store_snapshot_when_due()
+
+    def _fail(self, commit: _Commit, exc: BaseException) -> None:
+        self._stop(exc)
+        log.critical("journal write failed; store refuses changes", exc_info=exc)
+        failure = StoreUnavailable("journal write failed", cause=repr(exc))
+        for b in (commit.barrier, self._barrier):
+            if b is not None and not b.done():
+                b.set_exception(failure)
+        self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
+        self._barrier = None
+        self._committing = False
+
+    def _write(self, batch: tuple[int, int, bytes] | None, records: list[Record]) -> None:
+        """One transaction of journal rows and charging records, on the caller's thread."""
         db = self._db
         assert db is not None, "store is closed"
-        started = time.perf_counter()
-        written = None
-        if snapshot is not None and isinstance(snapshot[1], Path):
-            written = snapshot[1]
-            snapshot = (snapshot[0], written.read_bytes())
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")  # busy here, before anything is written, or not at all
         try:
             if batch is not None:
                 db.execute(
@@ -651,30 +743,67 @@ class EmbeddedStore(ImmediateStore):
                 )
             if records:
                 _insert_records(db, records, self._record_rows)
-            if snapshot is not None:
-                seq, body = snapshot
-                db.execute(
-                    "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
-                    (seq, wall_clock_ms(), body),
-                )
-                db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
-                db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _store_snapshot_when_due(self) -> None:
+        """Hand a snapshot to the writer thread once every operation it holds is durable: a
+        forked child's file, or one taken inline. One at a time."""
+        if self._snapshot_task is not None:
+            return
+        due = self._snapshot_due
+        if due is None:
+            due = self._finished_snapshot()
+            if due is None:
+                return
+        if due[0] > self.durable_seq:
+            self._snapshot_due = due
+            return
+        self._snapshot_due = None
+        task = asyncio.get_running_loop().run_in_executor(
+            self._writer, self._write_snapshot, due[0], due[1]
+        )
+        self._snapshot_task = task
+        task.add_done_callback(self._snapshot_stored)
+
+    def _snapshot_stored(self, task: asyncio.Future[None]) -> None:
+        self._snapshot_task = None
+        if not task.cancelled() and task.exception() is not None:
+            # The journal still holds everything: the next snapshot is due as usual.
+            log.error("snapshot not stored", exc_info=task.exception())
+
+    def _write_snapshot(self, seq: int, body: bytes | Path) -> None:
+        """Store a snapshot and drop the journal it covers (writer thread, own connection)."""
+        db = self._aux
+        assert db is not None, "store is closed"
+        written = body if isinstance(body, Path) else None
+        if written is not None:
+            body = written.read_bytes()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
+                (seq, wall_clock_ms(), body),
+            )
+            db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
+            db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         if written is not None:
             written.unlink(missing_ok=True)
-        self.commits += 1
-        self.committed_rows += count
-        self.last_commit_s = time.perf_counter() - started
 
     async def snapshot(self) -> None:
         """Write a snapshot of everything applied so far and drop the journal it covers."""
         await self.flush()
         body = orjson.dumps(self.ledger.snapshot(raw=True))
         await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._write, None, 0, (self._seq, body)
+            self._writer, self._write_snapshot, self._seq, body
         )
         self._since_snapshot = 0
 
@@ -803,7 +932,7 @@ class EmbeddedStore(ImmediateStore):
                 return pruned
 
     def _prune_slice(self, up_to_seq: int, before_ms: int) -> int:
-        db = self._db
+        db = self._aux
         assert db is not None, "store is closed"
         cur = db.execute(
             "DELETE FROM cdr WHERE seq IN (SELECT seq FROM cdr WHERE seq <= ? AND at_ms < ?"
@@ -829,6 +958,8 @@ class EmbeddedStore(ImmediateStore):
             "wal_checkpoints": 0 if cp is None else cp.checkpoints,
             "wal_restarts": 0 if cp is None else cp.restarts,
             "wal_checkpoint_failures": 0 if cp is None else cp.failures,
+            "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
+            "commit_busy_retries": self.busy_retries,
         }
 
 

@@ -1,0 +1,155 @@
+"""The WAL's fsync, apart from the commit that wrote it.
+
+The store's writer connection runs with `synchronous=OFF`: its COMMIT appends the frames to
+the WAL and returns without an fsync. The store then asks this syncer for an fdatasync of the
+WAL file and holds the commit's answers until one that started after the commit has finished.
+That is the durability `synchronous=FULL` gives (an fsync of the WAL after each commit's
+frames), with the sync moved off the event loop, so that the loop charges the next batch while
+the disk writes this one (docs/PERFORMANCE.md).
+
+Why it is safe where SQLite itself is not told to sync: a WAL frame counts on recovery only
+with a salt matching the WAL header and a checksum chained from the first frame, so a crash
+before the sync leaves a prefix of whole commits, exactly as `synchronous=NORMAL` does; no
+answer went out for the ones that may be missing. The checkpointer's connection keeps
+`synchronous=FULL`: it syncs the WAL before copying frames into the database file and that file
+before it lets the WAL rewind, so nothing unsynced is ever the only copy. While the WAL is new
+its name is synced too (its directory), as SQLite does for a journal it creates.
+
+The sync thread is written in C (`_walsync.c`: it never needs the GIL, so its news reaches the
+loop as soon as the disk is done); `PyWalSync` is the same in Python, for an interpreted
+install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from quotaflow import _native
+
+
+class Syncer(Protocol):
+    def request(self) -> int: ...
+    def synced(self) -> int: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    @property
+    def syncs(self) -> int: ...
+    @property
+    def reopens(self) -> int: ...
+
+
+class PyWalSync:
+    """`_walsync.WalSync` in Python: request() numbers a sync, synced() says how far the
+    finished ones reach (raising the first failure's OSError, for good), fileno() becomes
+    readable after each."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = os.fsdecode(path)
+        self._fd = -1
+        self._dev_ino = (0, 0)
+        self._open()
+        self._notify_r, self._notify_w = os.pipe()
+        for fd in (self._notify_r, self._notify_w):
+            os.set_blocking(fd, False)
+        self._cv = threading.Condition()
+        self._requested = 0
+        self._synced = 0
+        self._error: OSError | None = None
+        self._stop = False
+        self.syncs = 0
+        self.reopens = 0
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="quotaflow-walsync", daemon=True
+        )
+        self._thread.start()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._dev_ino = fd, (st.st_dev, st.st_ino)
+        sync_directory(self.path)
+
+    def _sync_once(self) -> None:
+        st = os.stat(self.path)
+        if (st.st_dev, st.st_ino) != self._dev_ino:
+            self._open()
+            self.reopens += 1
+        os.fdatasync(self._fd)
+
+    def _run(self) -> None:
+        cv = self._cv
+        while True:
+            with cv:
+                while not self._stop and (self._error or self._requested == self._synced):
+                    cv.wait()
+                if self._stop:
+                    return
+                target = self._requested
+            try:
+                self._sync_once()
+            except OSError as exc:
+                with cv:
+                    self._error = exc
+            else:
+                with cv:
+                    self._synced = target
+                    self.syncs += 1
+            with contextlib.suppress(BlockingIOError):  # a wake-up is waiting to be read
+                os.write(self._notify_w, b"s")
+
+    def request(self) -> int:
+        if self._thread is None:
+            raise ValueError("WalSync is closed")
+        with self._cv:
+            self._requested += 1
+            self._cv.notify()
+            return self._requested
+
+    def synced(self) -> int:
+        try:
+            while os.read(self._notify_r, 64):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._cv:
+            if self._error is not None:
+                raise OSError(self._error.errno, self._error.strerror, self.path)
+            return self._synced
+
+    def fileno(self) -> int:
+        return self._notify_r
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join()
+        self._thread = None
+        for fd in (self._fd, self._notify_r, self._notify_w):
+            os.close(fd)
+
+
+def sync_directory(path: str | Path) -> None:
+    """fsync the directory holding `path`, so that the file's name is durable too."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def wal_syncer(path: str | Path) -> Syncer:
+    """The C syncer where it is built and the compiled modules are in use, else PyWalSync."""
+    if _native.MODE == "compiled":
+        from quotaflow.store._walsync import WalSync
+
+        return WalSync(os.fspath(path))
+    return PyWalSync(path)
