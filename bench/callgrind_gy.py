@@ -3,10 +3,11 @@
 Runs `bench/profile_gy.py` under `valgrind --tool=callgrind` at two sizes and prints, per
 CCR-U, the difference of the inclusive counts of the request path's entry points (which cancels
 start-up and shutdown): `handle_now` (mapping, engine, ledger, store, answer), `parse_message`,
-the writer thread's `_write`, `_release` (answers settled after the commit), the commit loop and
-`encode_message`. The program's total is printed too, with the checkpointer's share: its thread
-runs on a timer, so how much of it lands in a run depends on valgrind's speed (0 to 13k per
-CCR-U seen), which is why the path, not the total, is the figure to compare.
+the group commit (`_take`, `_write`, the syncer's `request` and `synced`, `_durable`), `_release`
+(answers settled after the commit) and `encode_message`. The program's total is printed too,
+with the checkpointer's share: its thread runs on a timer, so how much of it lands in a run
+depends on valgrind's speed (0 to 13k per CCR-U seen), which is why the path, not the total, is
+the figure to compare.
 
     .venv/bin/python bench/callgrind_gy.py [--small 2000] [--large 6000] [--keep DIR]
 
@@ -26,9 +27,12 @@ HERE = Path(__file__).resolve().parent
 ENTRY_POINTS = {
     "handle_now": "CPyDef_gy___GyApplication___handle_now",
     "parse_message": "CPyDef_validate___parse_message",
+    "_take": "CPyDef_embedded___EmbeddedStore____take",
     "_write": "CPyDef_embedded___EmbeddedStore____write",
+    "sync request": "WalSync_request",
+    "synced": "WalSync_synced",
+    "_durable": "CPyDef_embedded___EmbeddedStore____durable",
     "_release": "CPyDef_gy___GyApplication____release",
-    "commit loop": "CPyDef_embedded____commit_loop_EmbeddedStore_gen_____mypyc_generator_helper__",
     "encode_message": "CPyDef_codec___encode_message",
 }
 CHECKPOINT = "sqlite3WalCheckpoint"

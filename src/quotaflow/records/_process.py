@@ -8,7 +8,9 @@ store, so a crash of it loses nothing: the charging process starts it again and 
 its files' position.
 
 The two talk over the child's stdin and stdout, one JSON object per line:
-  charging -> exporter: {"t": "wake"}        records were committed: look now
+  charging -> exporter: {"t": "wake", "durable": N}  records up to seq N are durable: look now
+                        (sent once the pipe is open, then after commits; without "durable":
+                        no bound; before the first, the exporter reads nothing)
                         {"t": "seal", "n": N} seal the open files; answered by "sealed"
                         {"t": "ids", "n": N, "found": {...}}   identities asked for
                         end of file           stop (also when the charging process died)
@@ -30,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -156,9 +159,16 @@ class ExporterProcess:
     """The charging process's side: starts the exporter process, keeps it running, answers its
     questions, and shows its state (`position`, `status()`) as the exporter last reported it."""
 
-    def __init__(self, spec: ProcessSpec, identities: IdentityLookup) -> None:
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        identities: IdentityLookup,
+        durable_seq: Callable[[], int | None] | None = None,
+    ) -> None:
         self.spec = spec
         self.identities = identities
+        # The store's last durable seq: the exporter reads no record past it (RecordSource).
+        self.durable_seq = durable_seq
         self.restarts = 0
         self.last_exit: int | None = None
         # The last state an exporter process reported; kept across a restart (its position is
@@ -211,7 +221,8 @@ class ExporterProcess:
         if self._woken:
             self._wake_again = True
             return
-        if self._send({"t": "wake"}):
+        durable = None if self.durable_seq is None else self.durable_seq()
+        if self._send({"t": "wake"} if durable is None else {"t": "wake", "durable": durable}):
             self._woken = True
 
     async def seal(self) -> int:
@@ -295,6 +306,8 @@ class ExporterProcess:
             await child.connect()
             if self._stopping.is_set():  # stopped while it was being started
                 child.close_input()
+            else:
+                self.wake()  # its first bound: until then it reads nothing
             while True:
                 try:
                     line = await child.reader.readline()
@@ -369,6 +382,8 @@ class _Parent:
         self._asked: dict[int, asyncio.Future[dict[str, dict[str, str]]]] = {}
         self.gone = asyncio.Event()
         self.sealing: set[asyncio.Task[None]] = set()  # answered before this process stops
+        # The last durable seq the charging process sent: no record past it is read.
+        self.durable: int | None = 0
 
     def send(self, doc: dict[str, Any]) -> None:
         # Blocking and whole: the lines are small, and the charging process reads them at once.
@@ -410,6 +425,7 @@ class _Parent:
                 msg = orjson.loads(line)
                 kind = msg["t"]
                 if kind == "wake":
+                    self.durable = msg.get("durable")
                     exporter.wake()
                 elif kind == "ids":
                     future = self._asked.get(msg["n"])
@@ -446,7 +462,7 @@ async def _serve(spec: ProcessSpec) -> None:
     rotation = Rotation(**spec.rotation)
     writers = [ChainWriter(folder, fmt, key, rotation) for fmt, folder in spec.folders.items()]
     parent = _Parent()
-    source = RecordSource(db_path=spec.db_path)
+    source = RecordSource(db_path=spec.db_path, durable_seq=lambda: parent.durable)
     exporter = Exporter(
         parent.identities,
         source,

@@ -125,7 +125,10 @@ class RecordService:
             linger_s=opts.linger_s,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )
-        self.exporter = ExporterProcess(spec, self._lookup())
+        store = self.store
+        self.exporter = ExporterProcess(
+            spec, self._lookup(), lambda: getattr(store, "durable_seq", None)
+        )
         await self.exporter.start()
 
     async def _start_in_process(self) -> None:

@@ -9,7 +9,9 @@ by side). A store without a SQLite file falls back to `store.read_records` on th
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +54,27 @@ class RecordFilter:
 
 
 class RecordSource:
-    """Pages of records, oldest first, read on a private thread."""
+    """Pages of records, oldest first, read on a private thread.
 
-    def __init__(self, store: Store | None = None, *, db_path: str | Path | None = None) -> None:
+    Only durable records are read: the embedded store commits a batch before its WAL sync
+    (store/walsync.py), and a record read in between could be exported, then lost with its
+    charge in a power cut. So reads stop at `durable_seq()`: the store's own figure, or, in the
+    exporter's process, the one the charging process last sent. None: no bound (a file no
+    server has open, or a store that says nothing)."""
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        db_path: str | Path | None = None,
+        durable_seq: Callable[[], int | None] | None = None,
+    ) -> None:
         path = db_path or getattr(store, "path", None)
         self._path = Path(path) if path is not None else None
         self._store = store
+        if durable_seq is None:
+            durable_seq = functools.partial(getattr, store, "durable_seq", None)
+        self.durable_seq = durable_seq
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="quotaflow-records-read")
 
@@ -105,6 +122,10 @@ class RecordSource:
         """The query itself; public for the command line, which has no event loop to spare."""
         sql = ["SELECT body FROM cdr WHERE seq > ?"]
         params: list[Any] = [flt.after_seq]
+        bound = self.durable_seq()
+        if bound is not None:
+            sql.append("AND seq <= ?")
+            params.append(bound)
         if flt.subscriber_id is not None:
             sql.append("AND subscriber_id = ?")
             params.append(flt.subscriber_id)
@@ -130,8 +151,15 @@ class RecordSource:
         return [record_of(body) for (body,) in rows]
 
     def _last_seq_sync(self) -> int:
+        bound = self.durable_seq()
         try:
-            row = self._conn().execute("SELECT max(seq) FROM cdr").fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT max(seq) FROM cdr WHERE seq <= ?", (2**62 if bound is None else bound,)
+                )
+                .fetchone()
+            )
         except sqlite3.OperationalError:
             return 0
         return int(row[0] or 0)

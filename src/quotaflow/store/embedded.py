@@ -822,12 +822,13 @@ class EmbeddedStore(ImmediateStore):
     # ------------------------------------------------------------------ reads
 
     def read_records(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
-        """Charging records with seq > after_seq, oldest first (for exporters and the API)."""
-        # Its own connection: the writer's would show rows of a transaction not yet committed.
+        """Durable charging records with seq > after_seq, oldest first (for exporters and the
+        API). A committed batch's rows are visible before its WAL sync: they are left out."""
         if self._reader is None:
             self._reader = sqlite3.connect(self.path, check_same_thread=False)
         rows = self._reader.execute(
-            "SELECT body FROM cdr WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            "SELECT body FROM cdr WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, self.durable_seq, limit),
         ).fetchall()
         return [record_of(body) for (body,) in rows]
 

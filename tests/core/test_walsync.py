@@ -1,0 +1,227 @@
+"""The WAL's sync apart from its commit (store/walsync.py): the syncer itself, and the store's
+answers, which wait for a sync that covers their commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from quotaflow import _native
+from quotaflow.records._source import RecordFilter, RecordSource
+from quotaflow.store import EmbeddedStore, StoreUnavailable
+from quotaflow.store import embedded as embedded_module
+from quotaflow.store.walsync import PyWalSync, Syncer
+from tests.core.harness import recovered
+
+
+def _implementations() -> list[Callable[[str], Syncer]]:
+    found: list[Callable[[str], Syncer]] = [PyWalSync]
+    if _native.MODE == "compiled":
+        from quotaflow.store._walsync import WalSync
+
+        found.append(WalSync)
+    return found
+
+
+def _wait_synced(syncer: Syncer, number: int) -> int:
+    deadline = time.monotonic() + 5
+    while True:
+        synced = syncer.synced()
+        if synced >= number or time.monotonic() > deadline:
+            return synced
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("make", _implementations(), ids=lambda m: m.__name__)
+def test_a_syncer_numbers_its_syncs_and_follows_a_replaced_file(
+    tmp_path: Path, make: Callable[[str], Syncer]
+) -> None:
+    path = tmp_path / "db-wal"
+    path.write_bytes(b"frames")
+    syncer = make(str(path))
+    try:
+        assert syncer.synced() == 0
+        first = syncer.request()
+        assert _wait_synced(syncer, first) == first
+        assert syncer.syncs >= 1 and syncer.reopens == 0
+        # The path names another file: that one is synced, not the old inode.
+        (tmp_path / "new").write_bytes(b"other")
+        os.replace(tmp_path / "new", path)
+        second = syncer.request()
+        assert second == first + 1
+        assert _wait_synced(syncer, second) == second
+        assert syncer.reopens == 1
+        # Gone: nothing can be vouched for, now or later.
+        path.unlink()
+        syncer.request()
+        with pytest.raises(OSError) as failed:
+            for _ in range(5000):
+                syncer.synced()
+                time.sleep(0.001)
+        assert failed.value.errno == errno.ENOENT
+        path.write_bytes(b"back")
+        syncer.request()
+        time.sleep(0.02)
+        with pytest.raises(OSError):  # sticky: a failed sync may have lost pages
+            syncer.synced()
+    finally:
+        syncer.close()
+    with pytest.raises(ValueError):
+        syncer.request()
+
+
+@pytest.mark.parametrize("make", _implementations(), ids=lambda m: m.__name__)
+def test_a_syncer_wakes_its_reader_after_each_sync(
+    tmp_path: Path, make: Callable[[str], Syncer]
+) -> None:
+    path = tmp_path / "db-wal"
+    path.write_bytes(b"frames")
+    syncer = make(str(path))
+    try:
+        import select
+
+        number = syncer.request()
+        readable, _, _ = select.select([syncer.fileno()], [], [], 5)
+        assert readable
+        assert _wait_synced(syncer, number) == number
+        readable, _, _ = select.select([syncer.fileno()], [], [], 0)
+        assert not readable  # synced() drained the wake-up
+    finally:
+        syncer.close()
+
+
+class GatedSync(PyWalSync):
+    """A real syncer whose fdatasync waits for the test to open the gate (a slow disk)."""
+
+    made: list[GatedSync] = []
+
+    def __init__(self, path: str) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail: OSError | None = None
+        super().__init__(path)
+        GatedSync.made.append(self)
+
+    def _sync_once(self) -> None:
+        self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        super()._sync_once()
+
+
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[GatedSync]]:
+    GatedSync.made = []
+    monkeypatch.setattr(embedded_module, "wal_syncer", GatedSync)
+    yield GatedSync.made
+
+
+async def _settle(seconds: float = 0.05) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def test_an_answer_waits_for_the_sync_of_its_commit_and_the_loop_charges_meanwhile(
+    tmp_path: Path, gated: list[GatedSync]
+) -> None:
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    try:
+        assert len(gated) == 1, "the store must sync through wal_syncer"
+        sync = gated[0]
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        durable = store.durable_seq
+        sync.gate.clear()
+        topup = {"subscriber_id": "a", "unit": "octets", "amount": 10, "record": {"kind": "t"}}
+        first = asyncio.create_task(store.execute("topup", "t1", topup))
+        await _settle()
+        # Written and committed (another connection sees the row), but not synced: no answer,
+        # and the records readers do not see it either.
+        assert not first.done()
+        with sqlite3.connect(store.path) as other:
+            assert other.execute("SELECT count(*) FROM cdr").fetchone() == (1,)
+        assert store.read_records(0, 10) == []
+        assert store.durable_seq == durable
+        source = RecordSource(store)
+        unbounded = RecordSource(db_path=store.path, durable_seq=lambda: None)  # the CLI's
+        try:
+            assert await source.read(RecordFilter(), 10) == []
+            assert await source.last_seq() == 0
+            assert [r["seq"] for r in await unbounded.read(RecordFilter(), 10)] == [2]
+        finally:
+            source.close()
+            unbounded.close()
+        # The loop goes on applying: the next change joins the next batch.
+        second = asyncio.create_task(store.execute("topup", "t2", {**topup, "amount": 5}))
+        await _settle()
+        assert not second.done() and store.ledger.first_answer("t2") is not None
+        sync.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert [r["seq"] for r in store.read_records(0, 10)] == [2, 3]
+        assert store.durable_seq == 3
+        assert store.stats()["wal_syncs"] >= 3
+    finally:
+        sync.gate.set()
+        await store.close()
+
+
+async def test_a_failed_sync_refuses_its_answers_and_every_change_after(
+    tmp_path: Path, gated: list[GatedSync]
+) -> None:
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    try:
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        gated[0].fail = OSError(errno.EIO, "Input/output error")
+        one = {"subscriber_id": "a", "unit": "octets", "amount": 1}
+        with pytest.raises(StoreUnavailable):
+            await store.execute("topup", "t1", one)
+        with pytest.raises(StoreUnavailable):
+            store.first_answer("t1")  # applied in memory, never durable
+        with pytest.raises(StoreUnavailable):
+            await store.execute("topup", "t2", one)
+        assert store.stats()["failed"] is not None
+    finally:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()
+    # Nothing acknowledged was lost, and the refused change is not there after a restart
+    # either (here the disk did keep the frames: the sync failed, the write did not).
+    again = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await again.open()
+    try:
+        assert "a" in again.ledger.subscribers
+    finally:
+        await again.close()
+
+
+async def test_a_commit_that_finds_the_write_lock_taken_is_tried_again(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    await store.open()
+    try:
+        await store.execute("create_subscriber", "c", {"id": "a"})
+        holder = sqlite3.connect(store.path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # as the checkpointer's RESTART does, briefly
+        started = time.perf_counter()
+        topup = asyncio.create_task(
+            store.execute("topup", "t1", {"subscriber_id": "a", "unit": "octets", "amount": 7})
+        )
+        await _settle()
+        assert not topup.done()
+        assert time.perf_counter() - started < 1  # the loop itself never waited for the lock
+        assert store.stats()["commit_busy_retries"] >= 5
+        holder.execute("COMMIT")
+        holder.close()
+        await asyncio.wait_for(topup, 5)
+        async with recovered(store) as again:
+            assert sum(b.amount for b in again.ledger.subscriber("a").buckets.values()) == 7
+    finally:
+        if store._db is not None:
+            await store.close()
