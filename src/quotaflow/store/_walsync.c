@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -46,22 +47,39 @@ typedef struct {
     char *path;
 } WalSync;
 
+/* open(2), and fsync or fdatasync, retried on EINTR (a failure would be sticky). */
+static int open_retrying(const char *path) {
+    int fd;
+    do {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static int sync_retrying(int fd, int data_only) {
+    while ((data_only ? fdatasync(fd) : fsync(fd)) != 0) {
+        if (errno != EINTR)
+            return errno;
+    }
+    return 0;
+}
+
 static int sync_dir_of(const char *path) {
     char *copy = strdup(path);
     if (copy == NULL)
         return ENOMEM;
-    int dfd = open(dirname(copy), O_RDONLY | O_CLOEXEC);
+    int dfd = open_retrying(dirname(copy));
     free(copy);
     if (dfd < 0)
         return errno;
-    int rc = fsync(dfd) == 0 ? 0 : errno;
+    int rc = sync_retrying(dfd, 0);
     close(dfd);
     return rc;
 }
 
 /* Opens `path` as the file to sync; 0 or an errno. */
 static int open_target(WalSync *w) {
-    int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    int fd = open_retrying(w->path);
     if (fd < 0)
         return errno;
     struct stat st;
@@ -80,21 +98,21 @@ static int open_target(WalSync *w) {
 
 static int sync_once(WalSync *w) {
     struct stat st;
-    if (stat(w->path, &st) != 0)
+    int rc;
+    do {
+        rc = stat(w->path, &st);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0)
         return errno; /* the WAL is gone while the store is open: nothing to vouch for */
     if (st.st_dev != w->dev || st.st_ino != w->ino) {
-        int rc = open_target(w);
+        rc = open_target(w);
         if (rc != 0)
             return rc;
         pthread_mutex_lock(&w->mu);
         w->reopens++;
         pthread_mutex_unlock(&w->mu);
     }
-    while (fdatasync(w->fd) != 0) {
-        if (errno != EINTR)
-            return errno;
-    }
-    return 0;
+    return sync_retrying(w->fd, 1);
 }
 
 static void *run(void *arg) {
@@ -178,18 +196,20 @@ static PyObject *WalSync_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     int pipe_fds[2];
-    if (pipe(pipe_fds) != 0) {
+    if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(w);
         return NULL;
     }
     w->notify_r = pipe_fds[0];
     w->notify_w = pipe_fds[1];
-    for (int i = 0; i < 2; i++) {
-        fcntl(pipe_fds[i], F_SETFD, FD_CLOEXEC);
-        fcntl(pipe_fds[i], F_SETFL, fcntl(pipe_fds[i], F_GETFL) | O_NONBLOCK);
-    }
+    /* The thread takes no signal: Python's handlers belong on the main thread, and a signal
+     * here would only interrupt a sync. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     rc = pthread_create(&w->thread, NULL, run, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);

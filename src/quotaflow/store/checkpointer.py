@@ -79,6 +79,9 @@ class Checkpointer:
                     uri = f"{self.path.resolve().as_uri()}?mode=rw"
                     db = sqlite3.connect(uri, uri=True, isolation_level=None)
                     db.execute("PRAGMA busy_timeout=0")
+                    # Syncs the WAL before copying frames and the database file before the WAL
+                    # may rewind: the loop's commits are synced by the store's syncer alone.
+                    db.execute("PRAGMA synchronous=FULL")
                 self.run_once(db)
             except Exception as exc:  # counted; the WAL only grows until a round succeeds
                 self.failures += 1

@@ -282,6 +282,9 @@ class EmbeddedStore(ImmediateStore):
         started = time.perf_counter()
         with gc_policy.paused():
             replayed = self._recover(db)
+        # What was replayed counts as durable from here on, but a process killed between a
+        # commit and its sync left frames that may be in the page cache alone.
+        _sync_file(f"{self.path}-wal")
         log.info(
             "ledger recovered",
             extra={
@@ -298,7 +301,9 @@ class EmbeddedStore(ImmediateStore):
         if self.group_commit:
             # The loop's commits append to the WAL and return; the syncer makes them durable
             # (store/walsync.py). It holds the WAL open, which the schema above created.
-            db.execute("PRAGMA synchronous=OFF")
+            # NORMAL, not OFF: no fsync at COMMIT either, but the WAL's new header is synced
+            # before frames are written over an old generation's (see walsync.py).
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=0")  # busy: tried again later, not waited for
             self._syncer = wal_syncer(f"{self.path}-wal")
             self._syncer_loop = asyncio.get_running_loop()
@@ -362,37 +367,40 @@ class EmbeddedStore(ImmediateStore):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await self.flush()
         loop = asyncio.get_running_loop()
-        if self._snapshot_task is not None:
-            with contextlib.suppress(Exception):  # logged by _snapshot_stored
-                await self._snapshot_task
-        if self._snapshot_child is not None:  # let it finish; the snapshot below supersedes it
-            finished = await loop.run_in_executor(None, self._finished_snapshot, True)
-            if finished is not None:
-                finished[1].unlink(missing_ok=True)
-        due, self._snapshot_due = self._snapshot_due, None
-        if due is not None and isinstance(due[1], Path):
-            due[1].unlink(missing_ok=True)
         try:
+            await self.flush()
+            if self._snapshot_task is not None:
+                with contextlib.suppress(Exception):  # logged by _snapshot_stored
+                    await self._snapshot_task
             if self._db is not None and self._failed is None:
                 await self.snapshot()
-        finally:  # a failed snapshot must not leave the thread checkpointing a closed store
+        finally:
+            # Whatever failed above, the threads stop and the files close; a forked snapshot
+            # is superseded by the one just stored (or by the journal).
+            if self._snapshot_child is not None:
+                finished = await loop.run_in_executor(None, self._finished_snapshot, True)
+                if finished is not None:
+                    finished[1].unlink(missing_ok=True)
+            due, self._snapshot_due = self._snapshot_due, None
+            if due is not None and isinstance(due[1], Path):
+                due[1].unlink(missing_ok=True)
             if self._checkpointer is not None:
                 await loop.run_in_executor(None, self._checkpointer.stop)
                 self._checkpointer = None
             self._close_syncer()
-        if self._db is not None:
-            # The last connection to close checkpoints and deletes the WAL: with its frames
-            # synced first, whichever it is.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.close()
-            self._db = None
-        for other in (self._aux, self._reader):
-            if other is not None:
-                other.close()
-        self._aux = self._reader = None
-        self._writer.shutdown(wait=True)
+            # Before the connections close: a snapshot being stored uses one.
+            await loop.run_in_executor(None, self._writer.shutdown)
+            if self._db is not None:
+                # The last connection to close checkpoints and deletes the WAL: with its
+                # frames synced first, whichever it is.
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.close()
+                self._db = None
+            for other in (self._aux, self._reader):
+                if other is not None:
+                    other.close()
+            self._aux = self._reader = None
 
     def _close_syncer(self) -> None:
         # Called from outside the loop too (a test's crash()): the loop is the one from open().
@@ -609,7 +617,9 @@ class EmbeddedStore(ImmediateStore):
         """Without group commit: this change alone, synced (synchronous=FULL) before it returns."""
         commit = self._take()
         try:
-            self._write(commit.batch, commit.records)
+            # On the writer thread (synchronous=FULL there), in turn with snapshots and pruning
+            # on theirs: neither waits for the other's write lock.
+            self._writer.submit(self._write, commit.batch, commit.records).result()
         except BaseException as exc:  # fail-stop, as in the group commit
             self._stop(exc)
             raise StoreUnavailable("journal write failed", cause=repr(exc)) from exc
@@ -675,7 +685,7 @@ class EmbeddedStore(ImmediateStore):
             assert self._syncer is not None, "store is closed"
             commit.sync_number = self._syncer.request()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # extended codes too
                 self._fail(commit, exc)
                 return
             # The checkpointer's RESTART or a snapshot holds the write lock: this batch is
@@ -780,30 +790,36 @@ class EmbeddedStore(ImmediateStore):
         db = self._aux
         assert db is not None, "store is closed"
         written = body if isinstance(body, Path) else None
-        if written is not None:
-            body = written.read_bytes()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
-                (seq, wall_clock_ms(), body),
-            )
-            db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
-            db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        if written is not None:
-            written.unlink(missing_ok=True)
+            if written is not None:
+                body = written.read_bytes()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
+                    (seq, wall_clock_ms(), body),
+                )
+                db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
+                db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:  # stored or not, the child's file is done with
+            if written is not None:
+                written.unlink(missing_ok=True)
 
     async def snapshot(self) -> None:
-        """Write a snapshot of everything applied so far and drop the journal it covers."""
-        await self.flush()
+        """Write a snapshot of everything applied so far and drop the journal it covers.
+
+        Stored only once all it holds is durable: a charge in it whose commit (and charging
+        record) were then lost to a power cut would be a debit without its record."""
+        seq = self._seq
         body = orjson.dumps(self.ledger.snapshot(raw=True))
+        await self.flush()  # everything applied by now, up to seq and beyond
         await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._write_snapshot, self._seq, body
+            self._writer, self._write_snapshot, seq, body
         )
         self._since_snapshot = 0
 
@@ -962,6 +978,17 @@ class EmbeddedStore(ImmediateStore):
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
         }
+
+
+def _sync_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _insert_records(db: sqlite3.Connection, records: list[Record], rows_max: int) -> None:

@@ -1,19 +1,28 @@
 """The WAL's fsync, apart from the commit that wrote it.
 
-The store's writer connection runs with `synchronous=OFF`: its COMMIT appends the frames to
-the WAL and returns without an fsync. The store then asks this syncer for an fdatasync of the
-WAL file and holds the commit's answers until one that started after the commit has finished.
-That is the durability `synchronous=FULL` gives (an fsync of the WAL after each commit's
-frames), with the sync moved off the event loop, so that the loop charges the next batch while
-the disk writes this one (docs/PERFORMANCE.md).
+The store's writer connection runs with `synchronous=NORMAL`: in WAL mode its COMMIT appends
+the frames to the WAL and returns without an fsync. The store then asks this syncer for an
+fdatasync of the WAL file and holds the commit's answers until one that started after the commit
+has finished. That is the durability `synchronous=FULL` gives (an fsync of the WAL after each
+commit's frames), with the sync moved off the event loop, so that the loop charges the next
+batch while the disk writes this one (docs/PERFORMANCE.md).
 
-Why it is safe where SQLite itself is not told to sync: a WAL frame counts on recovery only
-with a salt matching the WAL header and a checksum chained from the first frame, so a crash
-before the sync leaves a prefix of whole commits, exactly as `synchronous=NORMAL` does; no
-answer went out for the ones that may be missing. The checkpointer's connection keeps
-`synchronous=FULL`: it syncs the WAL before copying frames into the database file and that file
-before it lets the WAL rewind, so nothing unsynced is ever the only copy. While the WAL is new
-its name is synced too (its directory), as SQLite does for a journal it creates.
+Why a crash between the write and the sync loses nothing that was answered:
+- A WAL frame counts on recovery only with a salt matching the WAL header and a checksum chained
+  from the first frame: what recovery finds is a prefix of whole commits, and every answered
+  one is in the synced part.
+- When the WAL rewinds (every frame was copied into the database file), SQLite writes a new
+  header and then frames over the old generation's. NORMAL syncs that header before the frames
+  (OFF would not: a later frame could reach the disk first and recovery would take the old
+  header and its stale frames as valid).
+- The checkpointer's connection runs at FULL: it syncs the WAL before copying frames into the
+  database file, and that file before the WAL may rewind, so nothing unsynced is ever the only
+  copy.
+- While the WAL is new its name is synced too (its directory), as SQLite does for a journal it
+  creates; and at start the store syncs the WAL it recovered from, whose last frames a killed
+  process may have left in the page cache alone.
+- Other connections see a commit before its sync (under FULL they saw it after): readers of
+  charging records stop at the store's `durable_seq` (records/_source.py).
 
 The sync thread is written in C (`_walsync.c`: it never needs the GIL, so its news reaches the
 loop as soon as the disk is done); `PyWalSync` is the same in Python, for an interpreted
