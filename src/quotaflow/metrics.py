@@ -98,8 +98,8 @@ class _StoreCollector:
         if self.commit_seconds is not None:
             commits = HistogramMetricFamily(
                 "quotaflow_store_commit_seconds",
-                "Time a group commit took to write, BEGIN to COMMIT on the journal thread "
-                "(with its waits for the GIL between statements)",
+                "Time a group commit took to be durable: from its transaction's start on the "
+                "event loop to the end of the WAL sync that covers it",
             )
             commits.add_metric([], _buckets(self.commit_seconds), self.commit_seconds.sum_s)
             yield commits
@@ -115,6 +115,8 @@ class _StoreCollector:
             "wal_checkpoints",
             "wal_restarts",
             "wal_checkpoint_failures",
+            "wal_syncs",  # fdatasync calls of the WAL by the store's syncer (store/walsync.py)
+            "commit_busy_retries",  # batches that found the write lock taken, tried again
         ):
             if isinstance(stats.get(key), int):
                 yield GaugeMetricFamily(f"quotaflow_store_{key}", f"store {key}", value=stats[key])

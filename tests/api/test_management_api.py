@@ -181,6 +181,9 @@ async def test_metrics_and_openapi(api: httpx.AsyncClient) -> None:
     # the subscriber's creation was a group commit, timed
     commits = [line for line in metrics.splitlines() if "store_commit_seconds_count" in line]
     assert len(commits) == 1 and float(commits[0].split()[-1]) >= 1
+    # and made durable by the store's WAL syncer
+    syncs = [line for line in metrics.splitlines() if line.startswith("quotaflow_store_wal_syncs ")]
+    assert len(syncs) == 1 and float(syncs[0].split()[-1]) >= 1
     native = quotaflow.NATIVE_MODE.split(" ", 1)[0]  # "compiled" or "interpreted"
     assert (
         f'quotaflow_build_info{{native="{native}",version="{quotaflow.__version__}"}} 1.0'
