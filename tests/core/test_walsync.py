@@ -89,6 +89,10 @@ def test_a_syncer_wakes_its_reader_after_each_sync(
     try:
         import select
 
+        if make is not PyWalSync:  # the C thread names itself, for top -H and perf
+            tasks = Path("/proc/self/task")
+            names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+            assert "quotaflow-wal" in names
         number = syncer.request()
         readable, _, _ = select.select([syncer.fileno()], [], [], 5)
         assert readable

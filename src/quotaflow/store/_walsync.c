@@ -117,6 +117,9 @@ static int sync_once(WalSync *w) {
 
 static void *run(void *arg) {
     WalSync *w = (WalSync *)arg;
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "quotaflow-wal"); /* in top -H, perf, /proc */
+#endif
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->stop && (w->error != 0 || w->requested == w->synced))

@@ -72,7 +72,7 @@ class PyWalSync:
         self.syncs = 0
         self.reopens = 0
         self._thread: threading.Thread | None = threading.Thread(
-            target=self._run, name="quotaflow-walsync", daemon=True
+            target=self._run, name="quotaflow-wal", daemon=True
         )
         self._thread.start()
 
