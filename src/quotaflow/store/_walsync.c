@@ -117,9 +117,6 @@ static int sync_once(WalSync *w) {
 
 static void *run(void *arg) {
     WalSync *w = (WalSync *)arg;
-#ifdef __linux__
-    pthread_setname_np(pthread_self(), "quotaflow-wal"); /* in top -H, perf, /proc */
-#endif
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->stop && (w->error != 0 || w->requested == w->synced))
@@ -220,6 +217,9 @@ static PyObject *WalSync_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     w->running = 1;
+#ifdef __linux__
+    pthread_setname_np(w->thread, "quotaflow-wal"); /* in top -H, perf, /proc */
+#endif
     return (PyObject *)w;
 }
 
