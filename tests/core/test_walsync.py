@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -41,66 +42,60 @@ def _wait_synced(syncer: Syncer, number: int) -> int:
         time.sleep(0.001)
 
 
-@pytest.mark.parametrize("make", _implementations(), ids=lambda m: m.__name__)
-def test_a_syncer_numbers_its_syncs_and_follows_a_replaced_file(
-    tmp_path: Path, make: Callable[[str], Syncer]
-) -> None:
+@pytest.fixture(params=_implementations(), ids=lambda m: m.__name__)
+def syncer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Syncer]:
+    """Each implementation, syncing a file `db-wal` in tmp_path; closed afterwards."""
     path = tmp_path / "db-wal"
     path.write_bytes(b"frames")
-    syncer = make(str(path))
-    try:
-        assert syncer.synced() == 0
-        first = syncer.request()
-        assert _wait_synced(syncer, first) == first
-        assert syncer.syncs >= 1 and syncer.reopens == 0
-        # The path names another file: that one is synced, not the old inode.
-        (tmp_path / "new").write_bytes(b"other")
-        os.replace(tmp_path / "new", path)
-        second = syncer.request()
-        assert second == first + 1
-        assert _wait_synced(syncer, second) == second
-        assert syncer.reopens == 1
-        # Gone: nothing can be vouched for, now or later.
-        path.unlink()
-        syncer.request()
-        with pytest.raises(OSError) as failed:
-            for _ in range(5000):
-                syncer.synced()
-                time.sleep(0.001)
-        assert failed.value.errno == errno.ENOENT
-        path.write_bytes(b"back")
-        syncer.request()
-        time.sleep(0.02)
-        with pytest.raises(OSError):  # sticky: a failed sync may have lost pages
+    made: Syncer = request.param(str(path))
+    yield made
+    made.close()
+
+
+def test_a_syncer_numbers_its_syncs_and_follows_a_replaced_file(
+    tmp_path: Path, syncer: Syncer
+) -> None:
+    path = tmp_path / "db-wal"
+    assert syncer.synced() == 0
+    first = syncer.request()
+    assert _wait_synced(syncer, first) == first
+    assert syncer.syncs >= 1 and syncer.reopens == 0
+    # The path names another file: that one is synced, not the old inode.
+    (tmp_path / "new").write_bytes(b"other")
+    os.replace(tmp_path / "new", path)
+    second = syncer.request()
+    assert second == first + 1
+    assert _wait_synced(syncer, second) == second
+    assert syncer.reopens == 1
+    # Gone: nothing can be vouched for, now or later.
+    path.unlink()
+    syncer.request()
+    with pytest.raises(OSError) as failed:
+        for _ in range(5000):
             syncer.synced()
-    finally:
-        syncer.close()
+            time.sleep(0.001)
+    assert failed.value.errno == errno.ENOENT
+    path.write_bytes(b"back")
+    syncer.request()
+    time.sleep(0.02)
+    with pytest.raises(OSError):  # sticky: a failed sync may have lost pages
+        syncer.synced()
+    syncer.close()
     with pytest.raises(ValueError):
         syncer.request()
 
 
-@pytest.mark.parametrize("make", _implementations(), ids=lambda m: m.__name__)
-def test_a_syncer_wakes_its_reader_after_each_sync(
-    tmp_path: Path, make: Callable[[str], Syncer]
-) -> None:
-    path = tmp_path / "db-wal"
-    path.write_bytes(b"frames")
-    syncer = make(str(path))
-    try:
-        import select
-
-        if make is not PyWalSync:  # the C thread names itself, for top -H and perf
-            tasks = Path("/proc/self/task")
-            names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
-            assert "quotaflow-wal" in names
-        number = syncer.request()
-        readable, _, _ = select.select([syncer.fileno()], [], [], 5)
-        assert readable
-        assert _wait_synced(syncer, number) == number
-        readable, _, _ = select.select([syncer.fileno()], [], [], 0)
-        assert not readable  # synced() drained the wake-up
-    finally:
-        syncer.close()
+def test_a_syncer_wakes_its_reader_after_each_sync(syncer: Syncer) -> None:
+    if not isinstance(syncer, PyWalSync):  # the C thread is named, for top -H and perf
+        tasks = Path("/proc/self/task")
+        names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+        assert "quotaflow-wal" in names
+    number = syncer.request()
+    readable, _, _ = select.select([syncer.fileno()], [], [], 5)
+    assert readable
+    assert _wait_synced(syncer, number) == number
+    readable, _, _ = select.select([syncer.fileno()], [], [], 0)
+    assert not readable  # synced() drained the wake-up
 
 
 class GatedSync(PyWalSync):

@@ -35,20 +35,12 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, TypeAlias
 
 from quotaflow import _native
 
-
-class Syncer(Protocol):
-    def request(self) -> int: ...
-    def synced(self) -> int: ...
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-    @property
-    def syncs(self) -> int: ...
-    @property
-    def reopens(self) -> int: ...
+if TYPE_CHECKING:
+    from quotaflow.store._walsync import WalSync
 
 
 class PyWalSync:
@@ -153,6 +145,9 @@ def sync_directory(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+Syncer: TypeAlias = "WalSync | PyWalSync"
 
 
 def wal_syncer(path: str | Path) -> Syncer:
