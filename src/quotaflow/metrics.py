@@ -116,7 +116,7 @@ class _StoreCollector:
             "wal_restarts",
             "wal_checkpoint_failures",
             "wal_syncs",  # fdatasync calls of the WAL by the store's syncer (store/walsync.py)
-            "commit_busy_retries",  # batches that found the write lock taken, tried again
+            "commit_busy_retries",  # write attempts that found the write lock taken
         ):
             if isinstance(stats.get(key), int):
                 yield GaugeMetricFamily(f"quotaflow_store_{key}", f"store {key}", value=stats[key])

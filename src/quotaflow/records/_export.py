@@ -108,7 +108,7 @@ class Exporter:
         # when the table was read to its end (there are no records between the two).
         self._exported_to = 0
         self.from_outbox = 0  # records taken from the outbox rather than read from the table
-        self.durable_seq = durable_seq  # the store's last committed seq, where it tells
+        self.durable_seq = durable_seq  # the store's last synced seq, where it tells
         # Called after every step (the exporter's own process reports its state to the
         # charging process from here: that report also answers the wake-up that began it).
         self.on_step: Callable[[], None] | None = None

@@ -19,6 +19,7 @@ from typing import Any
 
 from quotaflow.store.base import Store
 from quotaflow.store.cdr import SESSION_ID_INDEX, record_of
+from quotaflow.store.walsync import sync_file
 
 # A field the SQL filters on, in a body of either form (store/cdr.py): an object's key, or its
 # place in a session step's array (whose kind is "session").
@@ -56,11 +57,12 @@ class RecordFilter:
 class RecordSource:
     """Pages of records, oldest first, read on a private thread.
 
-    Only durable records are read: the embedded store commits a batch before its WAL sync
-    (store/walsync.py), and a record read in between could be exported, then lost with its
+    Only durable records are handed out: the embedded store commits a batch before its WAL
+    sync (store/walsync.py), and a record read in between could be exported, then lost with its
     charge in a power cut. So reads stop at `durable_seq()`: the store's own figure, or, in the
-    exporter's process, the one the charging process last sent. None: no bound (a file no
-    server has open, or a store that says nothing)."""
+    exporter's process, the one the charging process last sent. Where there is none (the
+    command line, which may read while a server runs) the WAL is synced after the query, before
+    its rows are returned: every frame the query saw is then on disk."""
 
     def __init__(
         self,
@@ -148,18 +150,20 @@ class RecordSource:
             if "no such table" in str(exc):  # the store has not created it yet
                 return []
             raise
+        if bound is None and rows:
+            assert self._path is not None
+            sync_file(f"{self._path}-wal")
         return [record_of(body) for (body,) in rows]
 
     def _last_seq_sync(self) -> int:
         bound = self.durable_seq()
+        limit = 2**62 if bound is None else bound
         try:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT max(seq) FROM cdr WHERE seq <= ?", (2**62 if bound is None else bound,)
-                )
-                .fetchone()
-            )
+            row = self._conn().execute("SELECT max(seq) FROM cdr WHERE seq <= ?", (limit,))
+            last = int(row.fetchone()[0] or 0)
         except sqlite3.OperationalError:
             return 0
-        return int(row[0] or 0)
+        if bound is None:
+            assert self._path is not None
+            sync_file(f"{self._path}-wal")  # as read_sync: only what is on disk counts
+        return last

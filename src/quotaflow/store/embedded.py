@@ -54,7 +54,7 @@ from quotaflow.store.checkpointer import (
 )
 from quotaflow.store.immediate import ImmediateStore
 from quotaflow.store.journal import Batch, decode
-from quotaflow.store.walsync import Syncer, wal_syncer
+from quotaflow.store.walsync import Syncer, sync_file, wal_syncer
 from quotaflow.tally import Latencies
 
 log = logging.getLogger("quotaflow.store")
@@ -62,8 +62,12 @@ log = logging.getLogger("quotaflow.store")
 PRUNE_SLICE_ROWS: Final = 10_000  # charging records deleted per transaction by retention
 SNAPSHOT_CHILD_TIMEOUT_S: Final = 3_600  # a child that has not finished by then is killed
 # A batch that finds the write lock taken (the checkpointer's RESTART, a snapshot being stored)
-# is tried again this much later; the loop never waits for the lock.
+# is tried again this much later; the loop never waits for the lock. A lock held longer than
+# BUSY_WARN_S is logged; one held past BUSY_FAIL_S (another process keeping a transaction open)
+# stops the store, as SQLite's busy timeout did before.
 BUSY_RETRY_S: Final = 0.001
+BUSY_WARN_S: Final = 1.0
+BUSY_FAIL_S: Final = 5.0
 # Charging records are inserted by one multi-row statement per commit, of up to
 # RECORD_ROWS_PER_STATEMENT rows (fewer where the SQLite build allows fewer parameters): a
 # statement per record cost a call and a step each. A statement's row count is rounded up to a
@@ -186,6 +190,8 @@ class _Commit:
         self.barrier = barrier
         self.sync_number = 0  # the syncer's number for the sync that must cover it
         self.started = 0.0
+        self.busy_since = 0.0  # when it first found the write lock taken (0: it has not)
+        self.busy_warned = False
 
 
 class EmbeddedStore(ImmediateStore):
@@ -213,8 +219,9 @@ class EmbeddedStore(ImmediateStore):
         self.pending_rows_max = pending_rows_max
         self.sweep_interval_s = sweep_interval_s
         self.tune_gc = tune_gc
-        # False: each change is written (and fsynced) before execute returns, on the event
-        # loop; slow, but the order of everything is fixed (the pool simulator needs that).
+        # False: each change is written (and fsynced) before execute returns, on the writer
+        # thread while the loop waits; slow, but the order of everything is fixed (the pool
+        # simulator needs that).
         self.group_commit = group_commit
         # False: snapshots are serialised on the event loop (bench_snapshot.py's comparison).
         self.fork_snapshots = fork_snapshots
@@ -252,7 +259,7 @@ class EmbeddedStore(ImmediateStore):
         self._record_rows = 1  # charging records per INSERT, set by open()
         self.commits = 0
         self.committed_rows = 0
-        self.durable_seq = 0  # the last operation committed (every one before it is too)
+        self.durable_seq = 0  # the last operation committed and synced (and all before it)
         self.last_commit_s = 0.0
         # Observed on the event loop once each commit is reported (metrics.watch_store).
         self.commit_seconds = Latencies(COMMIT_SECONDS_BUCKETS)
@@ -284,7 +291,7 @@ class EmbeddedStore(ImmediateStore):
             replayed = self._recover(db)
         # What was replayed counts as durable from here on, but a process killed between a
         # commit and its sync left frames that may be in the page cache alone.
-        _sync_file(f"{self.path}-wal")
+        sync_file(f"{self.path}-wal")
         log.info(
             "ledger recovered",
             extra={
@@ -616,6 +623,7 @@ class EmbeddedStore(ImmediateStore):
     def _write_now(self) -> None:
         """Without group commit: this change alone, synced (synchronous=FULL) before it returns."""
         commit = self._take()
+        commit.started = time.perf_counter()
         try:
             # On the writer thread (synchronous=FULL there), in turn with snapshots and pruning
             # on theirs: neither waits for the other's write lock.
@@ -670,7 +678,11 @@ class EmbeddedStore(ImmediateStore):
         if commit is not None:
             self._unwritten = None
         elif len(self._batch) or self._barrier is not None:
-            commit = self._take()
+            try:
+                commit = self._take()
+            except BaseException as exc:  # the batch is lost to the journal: fail-stop
+                self._fail(None, exc)
+                return
         else:
             self._committing = False
             return
@@ -679,7 +691,9 @@ class EmbeddedStore(ImmediateStore):
             self._durable(commit, written=False)
             self._commit_next()
             return
-        commit.started = time.perf_counter()
+        now = time.perf_counter()
+        if not commit.busy_since:
+            commit.started = now
         try:
             self._write(commit.batch, commit.records)
             assert self._syncer is not None, "store is closed"
@@ -688,16 +702,29 @@ class EmbeddedStore(ImmediateStore):
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # extended codes too
                 self._fail(commit, exc)
                 return
-            # The checkpointer's RESTART or a snapshot holds the write lock: this batch is
-            # written first when tried again, whatever is applied meanwhile.
-            self._unwritten = commit
-            self.busy_retries += 1
-            asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._commit_next)
+            self._busy(commit, now, exc)
             return
         except BaseException as exc:  # fail-stop: memory is now ahead of disk
             self._fail(commit, exc)
             return
         self._inflight = commit
+
+    def _busy(self, commit: _Commit, now: float, exc: sqlite3.OperationalError) -> None:
+        """The write lock is taken (the checkpointer's RESTART, a snapshot or a prune being
+        stored, or another process): this batch is written first when tried again, whatever
+        is applied meanwhile."""
+        self.busy_retries += 1
+        if not commit.busy_since:
+            commit.busy_since = now
+        waited = now - commit.busy_since
+        if waited >= BUSY_FAIL_S:
+            self._fail(commit, exc)
+            return
+        if waited >= BUSY_WARN_S and not commit.busy_warned:
+            commit.busy_warned = True
+            log.error("the journal's write lock has been taken for %.1f s; changes wait", waited)
+        self._unwritten = commit
+        asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._commit_next)
 
     def _on_synced(self) -> None:
         """The syncer finished a sync (its pipe is readable): release what it covers."""
@@ -730,11 +757,11 @@ class EmbeddedStore(ImmediateStore):
             barrier.set_result(None)
         self._store_snapshot_when_due()
 
-    def _fail(self, commit: _Commit, exc: BaseException) -> None:
+    def _fail(self, commit: _Commit | None, exc: BaseException) -> None:
         self._stop(exc)
         log.critical("journal write failed; store refuses changes", exc_info=exc)
         failure = StoreUnavailable("journal write failed", cause=repr(exc))
-        for b in (commit.barrier, self._barrier):
+        for b in (None if commit is None else commit.barrier, self._barrier):
             if b is not None and not b.done():
                 b.set_exception(failure)
         self._batch, self._records, self._bodies = Batch(self._seq + 1), [], []
@@ -764,18 +791,22 @@ class EmbeddedStore(ImmediateStore):
         forked child's file, or one taken inline. One at a time."""
         if self._snapshot_task is not None:
             return
-        due = self._snapshot_due
-        if due is None:
-            due = self._finished_snapshot()
+        try:
+            due = self._snapshot_due
             if due is None:
+                due = self._finished_snapshot()
+                if due is None:
+                    return
+            if due[0] > self.durable_seq:
+                self._snapshot_due = due
                 return
-        if due[0] > self.durable_seq:
-            self._snapshot_due = due
+            self._snapshot_due = None
+            task = asyncio.get_running_loop().run_in_executor(
+                self._writer, self._write_snapshot, due[0], due[1]
+            )
+        except Exception:  # the journal keeps everything; the answers must still go out
+            log.exception("snapshot not handed to the writer")
             return
-        self._snapshot_due = None
-        task = asyncio.get_running_loop().run_in_executor(
-            self._writer, self._write_snapshot, due[0], due[1]
-        )
         self._snapshot_task = task
         task.add_done_callback(self._snapshot_stored)
 
@@ -978,17 +1009,6 @@ class EmbeddedStore(ImmediateStore):
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
         }
-
-
-def _sync_file(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 def _insert_records(db: sqlite3.Connection, records: list[Record], rows_max: int) -> None:

@@ -138,6 +138,18 @@ class PyWalSync:
             os.close(fd)
 
 
+def sync_file(path: str | Path) -> None:
+    """fdatasync the file at `path`, if there is one (a WAL that is not there holds nothing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def sync_directory(path: str | Path) -> None:
     """fsync the directory holding `path`, so that the file's name is durable too."""
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
