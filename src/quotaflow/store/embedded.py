@@ -9,9 +9,9 @@ up, so the loop charges while the disk writes. On start the latest snapshot is l
 journal after it replayed through the same ledger code.
 
 Snapshots taken while serving are serialised by a forked child (as Redis does), so the event
-loop never stops for them: the child writes the state it inherited to a file and exits; the
-next group commit after it finished stores the file and drops the journal it covers. By then
-every record up to the snapshot's sequence number is durable, charging records included.
+loop never stops for them: the child writes the state it inherited to a file and exits; once
+the commit holding the snapshot's last operation is durable (charging records included), the
+journal thread stores the file and drops the journal it covers, on a connection of its own.
 """
 
 from __future__ import annotations
@@ -970,7 +970,8 @@ class EmbeddedStore(ImmediateStore):
         return None if found is None else dict(found)
 
     async def prune_records(self, up_to_seq: int, before_ms: int) -> int:
-        # On the writer thread, between group commits, in slices: a commit never waits long.
+        # On the writer thread's own connection, in slices: a group commit that finds the write
+        # lock taken is retried (BUSY_RETRY_S) and waits for one slice at most.
         loop = asyncio.get_running_loop()
         pruned = 0
         while True:
