@@ -151,8 +151,7 @@ class RecordSource:
                 return []
             raise
         if bound is None and rows:
-            assert self._path is not None
-            sync_file(f"{self._path}-wal")
+            self._sync_what_was_read()
         return [record_of(body) for (body,) in rows]
 
     def _last_seq_sync(self) -> int:
@@ -164,6 +163,12 @@ class RecordSource:
         except sqlite3.OperationalError:
             return 0
         if bound is None:
-            assert self._path is not None
-            sync_file(f"{self._path}-wal")  # as read_sync: only what is on disk counts
+            self._sync_what_was_read()
         return last
+
+    def _sync_what_was_read(self) -> None:
+        """With no durable figure to stop at: sync the WAL, so that every frame a query just
+        read is on disk before its rows are handed out (a running server commits before it
+        syncs)."""
+        assert self._path is not None
+        sync_file(f"{self._path}-wal")

@@ -24,7 +24,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
@@ -640,22 +640,6 @@ class EmbeddedStore(ImmediateStore):
         if self._outbox is not None:
             self._outbox.close()
 
-    def _committed(
-        self, batch: tuple[int, int, bytes] | None, records: int, bodies: list[dict[str, Any]]
-    ) -> None:
-        """A commit is durable: its records to the outbox and the on_records hooks."""
-        if batch is not None:
-            self.durable_seq = batch[0]
-        outbox = self._outbox
-        if bodies and outbox is not None and not outbox.closed:
-            outbox.deliver(bodies)
-        if records:
-            for hook in self.on_records:
-                try:
-                    hook()
-                except Exception:  # a consumer's failure must not fail the commit's answers
-                    log.exception("records hook failed")
-
     def record_outbox(self, records_max: int = OUTBOX_RECORDS_MAX) -> RecordOutbox:
         """Hand every charging record committed from now on to one consumer (RecordOutbox),
         until it closes the outbox."""
@@ -746,12 +730,24 @@ class EmbeddedStore(ImmediateStore):
         self._commit_next()
 
     def _durable(self, commit: _Commit, written: bool = True) -> None:
+        """A commit is durable: its figures, its records to the outbox and the on_records
+        hooks, its answers released, and a snapshot waiting for it handed over."""
         if written:
             self.commits += 1
             self.committed_rows += commit.count
             self.last_commit_s = time.perf_counter() - commit.started
             self.commit_seconds.observe(self.last_commit_s)
-        self._committed(commit.batch, len(commit.records), commit.bodies)
+        if commit.batch is not None:
+            self.durable_seq = commit.batch[0]
+        outbox = self._outbox
+        if commit.bodies and outbox is not None and not outbox.closed:
+            outbox.deliver(commit.bodies)
+        if commit.records:
+            for hook in self.on_records:
+                try:
+                    hook()
+                except Exception:  # a consumer's failure must not fail the commit's answers
+                    log.exception("records hook failed")
         barrier = commit.barrier
         if barrier is not None and not barrier.done():
             barrier.set_result(None)
@@ -772,19 +768,13 @@ class EmbeddedStore(ImmediateStore):
         """One transaction of journal rows and charging records, on the caller's thread."""
         db = self._db
         assert db is not None, "store is closed"
-        db.execute("BEGIN IMMEDIATE")  # busy here, before anything is written, or not at all
-        try:
+        with _transaction(db):
             if batch is not None:
                 db.execute(
                     "INSERT INTO journal (last_seq, first_seq, records) VALUES (?, ?, ?)", batch
                 )
             if records:
                 _insert_records(db, records, self._record_rows)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _store_snapshot_when_due(self) -> None:
         """Hand a snapshot to the writer thread once every operation it holds is durable: a
@@ -824,19 +814,13 @@ class EmbeddedStore(ImmediateStore):
         try:
             if written is not None:
                 body = written.read_bytes()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 db.execute(
                     "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
                     (seq, wall_clock_ms(), body),
                 )
                 db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
                 db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
         finally:  # stored or not, the child's file is done with
             if written is not None:
                 written.unlink(missing_ok=True)
@@ -1010,6 +994,21 @@ class EmbeddedStore(ImmediateStore):
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
         }
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: BEGIN IMMEDIATE (a lock that is taken raises here, before anything
+    is written), COMMIT at the end, ROLLBACK on any error, COMMIT's own included (the
+    connection's context manager would leave that one open, holding the write lock)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _insert_records(db: sqlite3.Connection, records: list[Record], rows_max: int) -> None:
