@@ -17,6 +17,8 @@ from quotaflow.diameter.errors import GyRequestError
 from quotaflow.diameter.gy_answer import AvpFactory, Outcome, command_result, money_value
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_mapping import (
+    UNITS_KEPT_MAX,
+    Reading,
     ServiceAsk,
     choose_unit,
     money_micros,
@@ -50,6 +52,30 @@ def test_units_named_by_a_request() -> None:
     rsu = build_avp(DICT, "Used-Service-Unit", {"CC-Total-Octets": 100, "CC-Input-Octets": 5})
     assert unit_amounts(rsu, 978) == {Unit.OCTETS: 100}  # the total wins
     assert unit_amounts(build_avp(DICT, "Requested-Service-Unit", {}), 978) == {}
+
+
+def test_a_reading_asks_the_unit_of_a_rating_group_once_and_remembers_a_bounded_number() -> None:
+    asked: list[int | None] = []
+
+    def unit_of(rating_group: int | None) -> Unit:
+        asked.append(rating_group)
+        return Unit.SECONDS if rating_group == 7 else Unit.OCTETS
+
+    reading = Reading(GyConfig(free_rating_groups=frozenset({3})), unit_of, 978)
+    assert reading.free_rating_groups == frozenset({3}) and reading.rated_rating_groups is None
+    assert [reading.unit(7), reading.unit(7), reading.unit(None), reading.unit(None)] == [
+        Unit.SECONDS,
+        Unit.SECONDS,
+        Unit.OCTETS,
+        Unit.OCTETS,
+    ]
+    assert asked == [7, None]
+    for rating_group in range(100, 100 + UNITS_KEPT_MAX):  # the network names them: bounded
+        reading.unit(rating_group)
+    asked.clear()
+    assert reading.unit(7) is Unit.SECONDS and reading.unit(99_999) is Unit.OCTETS
+    assert reading.unit(99_999) is Unit.OCTETS
+    assert asked == [99_999, 99_999]  # past the bound it asks each time; kept ones it does not
 
 
 def test_choose_unit() -> None:

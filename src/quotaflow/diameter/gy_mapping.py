@@ -30,6 +30,7 @@ from quotaflow.ledger import (
 )
 
 UINT32_MAX: Final = 2**32 - 1
+UNITS_KEPT_MAX: Final = 4_096  # rating groups whose unit a Reading remembers
 # |Exponent| of a CC-Money Unit-Value; beyond it the value is refused
 MONEY_EXPONENT_MAX: Final = 18
 MICROS_EXPONENT: Final = -6  # money is held in micro-units of the currency
@@ -138,14 +139,31 @@ class ServiceAsk:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class Reading:
     """What reading a CCR needs besides the settings: the unit a rating group is charged in
-    when the request names none, and the currency."""
+    when the request names none, and the currency. Made again when the tariff changes."""
 
-    config: GyConfig
-    unit_of: Callable[[int | None], Unit]
-    currency_code: int
+    def __init__(
+        self, config: GyConfig, unit_of: Callable[[int | None], Unit], currency_code: int
+    ) -> None:
+        self.config = config
+        self.unit_of = unit_of
+        self.currency_code = currency_code
+        # Read for every service of every request: here compiled code reads fields, where
+        # GyConfig, an interpreted dataclass, is read by attribute name.
+        self.free_rating_groups = config.free_rating_groups
+        self.rated_rating_groups = config.rated_rating_groups
+        self._units: dict[int | None, Unit] = {}
+
+    def unit(self, rating_group: int | None) -> Unit:
+        """unit_of, remembered per rating group (its answer depends on the settings and the
+        tariff only); at most UNITS_KEPT_MAX groups, since the network names them."""
+        unit = self._units.get(rating_group)
+        if unit is None:
+            unit = self.unit_of(rating_group)
+            if len(self._units) < UNITS_KEPT_MAX:
+                self._units[rating_group] = unit
+        return unit
 
 
 def service_asks(request: Message, reading: Reading, *, initial: bool) -> list[ServiceAsk]:
@@ -158,7 +176,6 @@ def service_asks(request: Message, reading: Reading, *, initial: bool) -> list[S
 
 
 def _ask(avps: list[Avp], reading: Reading, *, initial: bool, in_mscc: bool) -> ServiceAsk:
-    config = reading.config
     rating_group: int | None = None
     rsu: Avp | None = None
     usus: list[Avp] = []
@@ -176,9 +193,10 @@ def _ask(avps: list[Avp], reading: Reading, *, initial: bool, in_mscc: bool) -> 
         elif in_mscc and code == _SERVICE_IDENTIFIER:
             identifiers.append(avp)
     refusal: int | None = None
-    if rating_group in config.free_rating_groups:
+    rated = reading.rated_rating_groups
+    if rating_group in reading.free_rating_groups:
         refusal = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
-    elif config.rated_rating_groups is not None and rating_group not in config.rated_rating_groups:
+    elif rated is not None and rating_group not in rated:
         refusal = ResultCode.RATING_FAILED
     used_in: int | None = None
     used_out: int | None = None
@@ -199,7 +217,7 @@ def _ask(avps: list[Avp], reading: Reading, *, initial: bool, in_mscc: bool) -> 
     except ForeignCurrency:
         requested, used, refusal = None, {}, ResultCode.RATING_FAILED
         used_in = used_out = None
-    unit = choose_unit(requested, used, reading.unit_of(rating_group))
+    unit = choose_unit(requested, used, reading.unit(rating_group))
     octets = unit is Unit.OCTETS
     return ServiceAsk(
         rating_group,

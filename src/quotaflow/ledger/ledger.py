@@ -636,12 +636,7 @@ class Ledger(GroupOps, MovingOps):
         when a sponsor pays). `base` is what the session already paid with money. A zero-rated
         service takes nothing from any bucket. `priced`: args' price, parsed already."""
         rid = _check_id("reservation_id", args.get("reservation_id"))
-        if rid in sub.reservations:
-            raise Conflict(f"reservation {rid!r} is open")
-        if len(sub.reservations) >= self.limits.reservations_per_subscriber_max:
-            raise LimitReached(
-                "too many open reservations", limit=self.limits.reservations_per_subscriber_max
-            )
+        self._check_room(sub, rid)
         unit = _unit(args.get("unit"))
         rating_group = _rating_group(args.get("rating_group"))
         units_max = _check_amount("units_max", args.get("units_max"))
@@ -653,14 +648,59 @@ class Ledger(GroupOps, MovingOps):
             price = None if raw_price is None else _price(raw_price)
         else:
             price = priced[0]
+        skip_pool = args.get("skip_pool", False)
+        if type(skip_pool) is not bool:
+            raise InvalidRequest("skip_pool must be true or false")
+        return self._hold(
+            sub,
+            rid,
+            unit,
+            rating_group,
+            units_max,
+            units_min,
+            validity_ms,
+            session_id,
+            price,
+            skip_pool,
+            now_ms,
+            payer,
+            base,
+            zero_rated,
+        )
+
+    def _check_room(self, sub: Subscriber, rid: str) -> None:
+        """A new reservation id, and room for one more."""
+        if rid in sub.reservations:
+            raise Conflict(f"reservation {rid!r} is open")
+        if len(sub.reservations) >= self.limits.reservations_per_subscriber_max:
+            raise LimitReached(
+                "too many open reservations", limit=self.limits.reservations_per_subscriber_max
+            )
+
+    def _hold(
+        self,
+        sub: Subscriber,
+        rid: str,
+        unit: Unit,
+        rating_group: int | None,
+        units_max: int,
+        units_min: int,
+        validity_ms: int,
+        session_id: str | None,
+        price: Price | None,
+        skip_pool: bool,
+        now_ms: int,
+        payer: Subscriber | None,
+        base: int,
+        zero_rated: bool,
+    ) -> Result:
+        """`_reserve_on` with its arguments checked (a charge checked them already: it holds
+        its next grant without a dictionary of them built and read again)."""
         legs: list[Leg] = []
         need = units_max
         account = None if payer is None else payer.id
         acct = payer or sub
         # A member draws on its own buckets first, then on its group's pool within its room.
-        skip_pool = args.get("skip_pool", False)
-        if type(skip_pool) is not bool:
-            raise InvalidRequest("skip_pool must be true or false")
         pool, member, room = (
             (None, None, 0) if payer or skip_pool else self._pool_for(sub, unit, now_ms)
         )
@@ -797,6 +837,22 @@ class Ledger(GroupOps, MovingOps):
         return units
 
     def _commit_on(self, sub: Subscriber, rid: str, used: int) -> Result:
+        res, posted, money_units, cost_micros, drawn = self._post(sub, rid, used)
+        return {
+            "reservation_id": rid,
+            "posted_units": posted,
+            "money_units": money_units,
+            "cost_micros": cost_micros,
+            "drawn": drawn,
+            "unit": UNIT_NAME[res.unit],
+            "rating_group": res.rating_group,
+        }
+
+    def _post(
+        self, sub: Subscriber, rid: str, used: int
+    ) -> tuple[Reservation, int, int, int, dict[str, int]]:
+        """Post `used` against the reservation and close it: the reservation, the units
+        posted, the money units among them, their cost, and what each bucket gave."""
         res = sub.reservations.get(rid)
         if res is None:
             raise NotFound(f"no open reservation {rid!r} (released or lapsed)")
@@ -834,15 +890,7 @@ class Ledger(GroupOps, MovingOps):
         self._settle_pool(res, pool_posted)
         del sub.reservations[rid]
         self._untrack(sub.id, res)
-        return {
-            "reservation_id": rid,
-            "posted_units": posted,
-            "money_units": money_units,
-            "cost_micros": cost_micros,
-            "drawn": drawn,
-            "unit": UNIT_NAME[res.unit],
-            "rating_group": res.rating_group,
-        }
+        return res, posted, money_units, cost_micros, drawn
 
     @staticmethod
     def _draw(
@@ -882,6 +930,9 @@ class Ledger(GroupOps, MovingOps):
         used = _check_amount("used_units", args.get("used_units", 0), zero_ok=True)
         rid = args.get("reservation_id")
         reserve = args.get("reserve")
+        units_max = units_min = validity_ms = 0
+        skip_pool = False
+        hold_session: str | None = None
         if reserve:
             # Validate the whole request before anything moves: a refusal after the usage was
             # posted would leave memory ahead of the journal.
@@ -889,10 +940,13 @@ class Ledger(GroupOps, MovingOps):
             if not isinstance(reserve, dict):
                 raise InvalidRequest("reserve must be an object")
             units_max = _check_amount("units_max", reserve.get("units_max"))
-            _check_amount("units_min", reserve.get("units_min", 1))
-            _check_amount("validity_ms", reserve.get("validity_ms"))
-            if type(reserve.get("skip_pool", False)) is not bool:
+            units_min = _check_amount("units_min", reserve.get("units_min", 1))
+            validity_ms = _check_amount("validity_ms", reserve.get("validity_ms"))
+            skip = reserve.get("skip_pool", False)
+            if type(skip) is not bool:
                 raise InvalidRequest("skip_pool must be true or false")
+            skip_pool = skip
+            hold_session = _optional_id("session_id", reserve.get("session_id"))
         if (
             reserve
             and rid not in sub.reservations
@@ -907,14 +961,18 @@ class Ledger(GroupOps, MovingOps):
         key = str(rating_group)
         paid = None if session is None else session.get("money_units")
         base = 0 if paid is None else paid.get(key, 0)
-        result: Result = {"posted_units": 0, "unpaid_units": 0, "drawn": {}, "cost_micros": 0}
+        posted = cost_micros = 0
+        drawn: dict[str, int] = {}
         if rid is not None and rid in sub.reservations:
-            committed = self._commit_on(sub, rid, used)
-            result["posted_units"] = committed["posted_units"]
-            result["drawn"] = committed["drawn"]
-            result["cost_micros"] = committed["cost_micros"]
-            base += committed["money_units"]
-        extra = used - result["posted_units"]
+            _, posted, paid, cost_micros, drawn = self._post(sub, rid, used)
+            base += paid
+        result: Result = {
+            "posted_units": posted,
+            "unpaid_units": 0,
+            "drawn": drawn,
+            "cost_micros": cost_micros,
+        }
+        extra = used - posted
         if extra:
             # Used beyond the grant, or after it lapsed: take what the balance still pays.
             debit = self._debit_on(
@@ -949,21 +1007,23 @@ class Ledger(GroupOps, MovingOps):
             result["refused"] = "barred"
             return result
         try:
-            result["grant"] = self._reserve_on(
+            assert type(rid) is str  # checked with the reservation above
+            self._check_room(sub, rid)
+            result["grant"] = self._hold(
                 sub,
-                {
-                    **reserve,
-                    "units_max": units_max,
-                    "reservation_id": rid,
-                    "unit": UNIT_NAME[unit],
-                    "rating_group": rating_group,
-                    "price": args.get("price"),
-                },
+                rid,
+                unit,
+                rating_group,
+                units_max,
+                units_min,
+                validity_ms,
+                hold_session,
+                price,
+                skip_pool,
                 now_ms,
-                payer=payer,
-                base=base,
-                zero_rated=zero_rated,
-                priced=(price,),  # parsed above: the same "price" as in these arguments
+                payer,
+                base,
+                zero_rated,
             )
         except NoCredit:
             result["refused"] = "no_credit"

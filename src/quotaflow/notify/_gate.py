@@ -34,12 +34,11 @@ class EventGate:
         self.refusing = refusing  # refusals queued, not processed yet, by subscriber
         self.choices = choices
         self.events = events
-        self.skipped = 0  # nothing watched them: not queued
+        self.skipped = 0  # events nothing watched (built or not): not queued
         self.dropped = 0  # the queue was full
 
     def on_event(self, event: EngineEvent) -> None:
-        if not self.wanted(event):
-            self.skipped += 1
+        if not self.wants(event.kind, event.subscriber_id):
             return
         try:
             self.events.put_nowait(event)
@@ -50,19 +49,24 @@ class EventGate:
             sid = event.subscriber_id
             self.refusing[sid] = self.refusing.get(sid, 0) + 1
 
-    def wanted(self, event: EngineEvent) -> bool:
-        """Whether the service's batch handler would do anything with it. A subscriber still
-        in `refusing` has refusals queued that may yet put it in `out`: its credit events
-        must queue behind them."""
-        kind, sid = event.kind, event.subscriber_id
+    def wants(self, kind: str, sid: str) -> bool:
+        """Whether the service's batch handler would do anything with such an event; a no is
+        counted in `skipped`. The engine asks before it builds a charge's event (and then
+        hands it only to takers that said yes), so each event is counted once. A subscriber
+        still in `refusing` has refusals queued that may yet put it in `out`: its credit
+        events must queue behind them."""
         if kind in BALANCE_EVENTS:
             watching = self.watching
-            return (
+            wanted = (
                 bool(watching.get(None))
                 or bool(watching.get(sid))
                 or sid in self.out
                 or sid in self.refusing
             )
-        if kind == "abort":
-            return sid in self.choices
-        return kind == "no_credit"
+        elif kind == "abort":
+            wanted = sid in self.choices
+        else:
+            wanted = kind == "no_credit"
+        if not wanted:
+            self.skipped += 1
+        return wanted

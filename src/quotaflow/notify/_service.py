@@ -107,7 +107,7 @@ class NotifyService:
         self._gate = EventGate(
             self._watching, self._out, self._refusing, self._choices, self._events
         )
-        self.engine.subscribe(self._gate.on_event)
+        self.engine.subscribe(self._gate.on_event, wants=self._gate.wants)
         return self
 
     async def stop(self) -> None:

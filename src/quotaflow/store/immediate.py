@@ -12,11 +12,13 @@ import asyncio
 from typing import Any
 
 from quotaflow.ledger import Subscriber
-from quotaflow.store.base import Result
+from quotaflow.store.base import Clock, Result
 
 
 class ImmediateStore:
     """The base of such a store; each method is the subclass's (the embedded store's)."""
+
+    clock: Clock  # milliseconds since the epoch; a native attribute, read without a lookup
 
     def submit(
         self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
