@@ -31,9 +31,11 @@ from quotaflow.diameter.gy_answer import (
 )
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_mapping import UINT32_MAX
+from quotaflow.diameter.message import Avp
 from quotaflow.ledger import Unit
 
 _pack_avp_header: Final = struct.Struct(">II").pack
+ECHOES_KEPT_MAX: Final = 1_024
 _FORMATS: Final = {
     AvpType.UNSIGNED32: ("I", 4),
     AvpType.UNSIGNED64: ("Q", 8),
@@ -140,6 +142,9 @@ class AnswerWriter:
         self._final: tuple[GyConfig, bytes] | None = None
         self._shapes: dict[int, _Shape] = {}
         self._units = {unit: i for i, unit in enumerate(Unit)}
+        # Echoed integer AVPs as encoded, by (code, flags, value): Auth-Application-Id and
+        # CC-Request-Type repeat, and so do the request numbers sessions share.
+        self._echoes: dict[tuple[int, int, int], bytes] = {}
 
     def body(
         self, echo: Echo, result_code: int, outcomes: Sequence[Outcome], config: GyConfig
@@ -156,7 +161,7 @@ class AnswerWriter:
             )
         parts.append(head)
         for avp in echo.echoed:
-            parts.append(encode_avp(avp))
+            parts.append(self._echo(avp))
         try:
             for o in outcomes:
                 mscc = self._service(o, config)
@@ -166,6 +171,20 @@ class AnswerWriter:
         except struct.error:
             return None  # a value out of range: the generic path says which
         return b"".join(parts)
+
+    def _echo(self, avp: Avp) -> bytes:
+        """An echoed request AVP: an integer one encoded once (about 1,200 instructions each
+        time), up to ECHOES_KEPT_MAX of them; the rest as they come."""
+        value = avp.value
+        if type(value) is not int or avp.vendor_id:
+            return encode_avp(avp)
+        key = (avp.code, avp.flags, value)
+        found = self._echoes.get(key)
+        if found is None:
+            found = encode_avp(avp)
+            if len(self._echoes) < ECHOES_KEPT_MAX:
+                self._echoes[key] = found
+        return found
 
     def _service(self, o: Outcome, config: GyConfig) -> bytes | None:
         """One MSCC, members in the order of gy_answer._mscc."""

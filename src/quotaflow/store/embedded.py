@@ -504,7 +504,7 @@ class EmbeddedStore(ImmediateStore):
         """A session step's record (the engine's `SessionRecord`, charged by "charge"), as an
         array body (store/cdr.py): the same fields `_record` would write, without their keys."""
         subscriber_id: str = args["subscriber_id"]
-        values = (
+        values = [
             SESSION_TAG,
             self._seq,
             now,
@@ -517,12 +517,12 @@ class EmbeddedStore(ImmediateStore):
             result["unpaid_units"],
             result["drawn"],
             result["cost_micros"],
-            *record,
-        )
+        ]
+        values.extend(record)  # a list, extended: a tuple with *record was built via a list
         self._records.append((self._seq, now, subscriber_id, _dumps(values).decode()))
         outbox = self._outbox
         if outbox is not None and not outbox.closed:
-            self._bodies.append(expand(list(values)))
+            self._bodies.append(expand(values))
 
     def pending(self) -> asyncio.Future[None] | None:
         """The barrier of everything applied so far, or None when all of it is durable."""
