@@ -110,7 +110,7 @@ async def _drive(
     async def window_of(frames: list[bytes]) -> None:
         # As the transport does: the immediate path first (answers held on their barrier),
         # the handler for what it declines.
-        held: list[Message] = []
+        held: list[tuple[Message, bytes | None]] = []
         later = []
         barrier = None
         for frame in frames:
@@ -119,12 +119,13 @@ async def _drive(
             if done is None:
                 later.append(app.handle(peer, request))
             else:
-                held.append(done[0])
-                barrier = done[1] or barrier
+                held.append((done[0], done[1]))
+                barrier = done[2] or barrier
         if barrier is not None:
             await barrier
-        for answer in held:
-            encode_message(answer)
+        for answer, encoded in held:
+            if encoded is None:  # the transport sends the frame handle_now encoded
+                encode_message(answer)
         for answer in await asyncio.gather(*later):
             encode_message(answer)
 

@@ -170,6 +170,24 @@ def test_ccr_is_delivered_and_answer_normalised() -> None:
     assert cca.get("Origin-Host") == "ocs.quotaflow.local"
 
 
+def test_an_answer_encoded_already_goes_out_as_it_is_and_not_after_close() -> None:
+    """The Gy path encodes each answer once (kept for retransmissions); the connection sends
+    those bytes, after anything it queued itself, and refuses once closed."""
+    conn = _open_server()
+    ccr = open5gs_like_ccr()
+    ccr.hop_by_hop, ccr.end_to_end = 5, 6
+    [event] = conn.receive_data(ccr.encode() + build_dwr(CLIENT_HOST, CLIENT_REALM, 7).encode())
+    answer = make_answer(event.request, 2001, "ocs.quotaflow.local", "quotaflow.local")
+    frame = answer.encode()
+    out = conn.send_encoded(frame)
+    dwa, cca = _answers(out)
+    assert dwa.name == "DWA" and out.endswith(frame)
+    assert (cca.hop_by_hop, cca.end_to_end, cca.get("Result-Code")) == (5, 6, 2001)
+    conn.connection_lost()
+    with pytest.raises(PeerError):
+        conn.send_encoded(frame)
+
+
 def test_partial_frames_one_byte_at_a_time() -> None:
     conn = _open_server()
     data = open5gs_like_ccr().encode() + build_dwr(CLIENT_HOST, CLIENT_REALM, 7).encode()

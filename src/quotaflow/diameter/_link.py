@@ -39,9 +39,10 @@ class ImmediateHandler(Protocol):
 
     def handle_now(
         self, peer: PeerInfo, request: Message
-    ) -> tuple[Message, asyncio.Future[None] | None] | None:
-        """The answer and the barrier to wait on before sending it (None: send now); None for a
-        request this path does not take (the async handler gets it)."""
+    ) -> tuple[Message, bytes | None, asyncio.Future[None] | None] | None:
+        """The answer, the answer as encoded for this request (None: encode it when sent), and
+        the barrier to wait on before sending it (None: send now); None for a request this
+        path does not take (the async handler gets it)."""
         ...
 
     def failed(self, request: Message, exc: BaseException) -> Message:
@@ -90,7 +91,7 @@ class PeerLink(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         # Answers computed at once, each group waiting on its barrier: one callback per barrier
         # sends them all, where a task per request would wake and finish on its own.
-        self._held: dict[asyncio.Future[None], list[tuple[Message, Message]]] = {}
+        self._held: dict[asyncio.Future[None], list[tuple[Message, Message, bytes | None]]] = {}
         self._held_count = 0
 
     @property
@@ -232,11 +233,13 @@ class PeerLink(asyncio.Protocol):
                 self.write(connection.send_answer(request, failure))
                 return
             if done is not None:
-                answer, barrier = done
-                if barrier is None:
-                    self.write(connection.send_answer(request, answer))
+                answer, frame, barrier = done
+                if barrier is not None:
+                    self._hold(request, answer, frame, barrier)
+                elif frame is not None:
+                    self.write(connection.send_encoded(frame))
                 else:
-                    self._hold(request, answer, barrier)
+                    self.write(connection.send_answer(request, answer))
                 return
         task = self._loop.create_task(self._answer(request))
         self._tasks.add(task)
@@ -253,12 +256,18 @@ class PeerLink(asyncio.Protocol):
         if connection.state is not PeerState.CLOSED:
             self.write(connection.send_answer(request, answer))
 
-    def _hold(self, request: Message, answer: Message, barrier: asyncio.Future[None]) -> None:
+    def _hold(
+        self,
+        request: Message,
+        answer: Message,
+        frame: bytes | None,
+        barrier: asyncio.Future[None],
+    ) -> None:
         held = self._held.get(barrier)
         if held is None:
             held = self._held[barrier] = []
             barrier.add_done_callback(self._release)
-        held.append((request, answer))
+        held.append((request, answer, frame))
         self._held_count += 1
 
     def _release(self, barrier: asyncio.Future[None]) -> None:
@@ -271,10 +280,13 @@ class PeerLink(asyncio.Protocol):
             return
         exc = barrier.exception() if not barrier.cancelled() else asyncio.CancelledError()
         immediate = self._immediate
-        for request, answer in held:
+        for request, answer, frame in held:
             if exc is not None and immediate is not None:
-                answer = immediate.failed(request, exc)
-            self.write(connection.send_answer(request, answer))
+                self.write(connection.send_answer(request, immediate.failed(request, exc)))
+            elif frame is not None:
+                self.write(connection.send_encoded(frame))
+            else:
+                self.write(connection.send_answer(request, answer))
 
     def _watchdog(self) -> None:
         assert self.connection is not None

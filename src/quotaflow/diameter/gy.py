@@ -198,10 +198,11 @@ class GyApplication:
 
     def handle_now(
         self, peer: PeerInfo, request: Message
-    ) -> tuple[Message, asyncio.Future[None] | None] | None:
+    ) -> tuple[Message, bytes | None, asyncio.Future[None] | None] | None:
         """A CCR-U answered with no coroutine, when the engine can charge it at once
-        (Engine.immediate): the answer, and the barrier to await before sending it. None for
-        every other request: `handle` gets it. The same steps as handle, in the same order."""
+        (Engine.immediate): the answer, its frame (encoded once, also kept for copies), and
+        the barrier to await before sending it. None for every other request: `handle` gets
+        it. The same steps as handle, in the same order."""
         if request.command_code != _CREDIT_CONTROL:
             return None
         ccr = Ccr.read(request)
@@ -236,13 +237,13 @@ class GyApplication:
             raise
         if barrier is None or barrier.done():
             self._settle(barrier, [(kept, request, answer, frame, started)])
-            return answer, barrier
+            return answer, frame, barrier
         held = self._held.get(barrier)
         if held is None:
             held = self._held[barrier] = []
             barrier.add_done_callback(self._release)
         held.append((kept, request, answer, frame, started))
-        return answer, barrier
+        return answer, frame, barrier
 
     def failed(self, request: Message, exc: BaseException) -> Message:
         """What handle_now's request gets when its barrier failed (as `handle` answers then)."""

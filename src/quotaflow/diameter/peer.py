@@ -170,6 +170,14 @@ class PeerConnection:
         self._queue(message)
         return self.data_to_send()
 
+    def send_encoded(self, frame: bytes) -> bytes:
+        """Send an answer already encoded for its request (ids and flags its own): the bytes
+        go out as they are, where send_answer would encode the answer again."""
+        if self.state is PeerState.CLOSED:
+            raise PeerError("connection is closed")
+        self._outbound.append(frame)
+        return self.data_to_send()
+
     def send_answer(self, request: Message, answer: Message) -> bytes:
         """Send an application's answer, first fixing ids, flags and the leading AVPs."""
         normalize_answer(request, answer, self.config.origin_host, self.config.origin_realm)
