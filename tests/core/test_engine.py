@@ -130,6 +130,36 @@ async def test_listeners_hear_only_the_kinds_they_take(engine: Engine) -> None:
     assert len(every) == heard and len(sessions) == 1
 
 
+async def test_a_charge_event_reaches_only_the_listeners_that_want_it(engine: Engine) -> None:
+    """A charge asks each taker's `wants` before it builds its event: nobody wants it, no event
+    is built; the takers that want it get it, the others do not (a listener without `wants`
+    takes every one). Other events are not asked about: every taker hears them."""
+    asked: list[tuple[str, str]] = []
+    watched: set[str] = set()
+
+    def wants(kind: str, subscriber_id: str) -> bool:
+        asked.append((kind, subscriber_id))
+        return subscriber_id in watched
+
+    picky: list[EngineEvent] = []
+    every: list[EngineEvent] = []
+    engine.subscribe(picky.append, frozenset({"balance_changed"}), wants=wants)
+    await engine.session_start("s", "a", 0, [ServiceRequest(10)])
+    await engine.session_update("s", 1, [ServiceRequest(10, used_units=MB)])
+    assert picky == [] and asked[-1] == ("balance_changed", "a")
+    watched.add("a")
+    await engine.session_update("s", 2, [ServiceRequest(10, used_units=MB)])
+    assert [(e.kind, e.subscriber_id, e.detail["session_id"]) for e in picky] == [
+        ("balance_changed", "a", "s")
+    ]
+    engine.subscribe(every.append, frozenset({"balance_changed"}))
+    watched.clear()
+    await engine.session_update("s", 3, [ServiceRequest(10, used_units=MB)])
+    assert len(picky) == 1 and [e.kind for e in every] == ["balance_changed"]
+    await engine.admin("topup", "t3", {"subscriber_id": "a", "unit": "octets", "amount": MB})
+    assert len(picky) == 2 and len(every) == 2  # not a charge: not asked, heard by both
+
+
 async def test_barred_unknown_and_events(engine: Engine) -> None:
     events: list[EngineEvent] = []
     engine.subscribe(events.append)
