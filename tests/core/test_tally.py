@@ -19,3 +19,7 @@ def test_tally_counts_by_key() -> None:
     tally.add(("gy", "update", "2001"), 2)
     tally.add(("gy", "update", "4012"))
     assert tally.counts == {("gy", "update", "2001"): 3, ("gy", "update", "4012"): 1}
+    held = tally.cell(("gy", "update", "2001"))  # what a hot caller keeps and adds to
+    held[0] += 1
+    assert tally.cell(("gy", "update", "2001")) is held
+    assert tally.counts[("gy", "update", "2001")] == 4

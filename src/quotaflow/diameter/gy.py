@@ -191,7 +191,8 @@ class GyApplication:
         self._writer: AnswerWriter | None = None
         self._reading: tuple[TariffBook, Reading] | None = None
         self._seconds = request_seconds("gy")
-        self._steps: dict[tuple[int, int], tuple[str, ...]] = {}
+        # The session-steps count of each (request type, result code), by one integer.
+        self._steps: dict[int, list[int]] = {}
         # Answers handle_now computed, by the barrier they wait on.
         self._held: dict[asyncio.Future[None], list[_Held]] = {}
         self.answered_now = 0  # requests handle_now took
@@ -452,11 +453,12 @@ class GyApplication:
 
     def _count(self, request_type: int, answer: Message) -> None:
         code = result_code_of(answer)
-        key = self._steps.get((request_type, code))
-        if key is None:
+        at = (request_type << 32) | (code & 0xFFFFFFFF)
+        cell = self._steps.get(at)
+        if cell is None:
             step = _STEPS.get(request_type, "other")
-            key = self._steps[request_type, code] = ("gy", step, str(code))
-        SESSION_STEPS.add(key)
+            cell = self._steps[at] = SESSION_STEPS.cell(("gy", step, str(code)))
+        cell[0] += 1
 
 
 def _engine_requests(asks: list[ServiceAsk]) -> list[ServiceRequest]:
