@@ -109,6 +109,8 @@ def _called_from(path: Path, callee: str, caller: str) -> int:
                 if m is not None and f":{caller} " in above.replace("< ", "", 1) + " ":
                     found = max(found, int(m.group(1).replace(",", "")))
         block.append(line)
+    # Nothing found means the output's shape or the names changed: fail, not count twice.
+    assert found > 0, f"no call of {callee} from {caller} in {path}"
     return found
 
 

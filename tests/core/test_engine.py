@@ -160,6 +160,31 @@ async def test_a_charge_event_reaches_only_the_listeners_that_want_it(engine: En
     assert len(picky) == 2 and len(every) == 2  # not a charge: not asked, heard by both
 
 
+async def test_a_charge_asks_for_its_events_in_turn(engine: Engine) -> None:
+    """A charge that posts usage and is refused offers no_credit, then balance_changed; a
+    taker may want the second because it took the first (as the notify gate does with a
+    subscriber it has refusals queued for)."""
+    refused: set[str] = set()
+    heard: list[str] = []
+
+    def wants(kind: str, subscriber_id: str) -> bool:
+        return kind == "no_credit" or subscriber_id in refused
+
+    def listener(event: EngineEvent) -> None:
+        heard.append(event.kind)
+        if event.kind == "no_credit":
+            refused.add(event.subscriber_id)
+
+    await engine.admin("create_subscriber", "c2", {"id": "b", "msisdn": "4671"})
+    await engine.admin("topup", "t2", {"subscriber_id": "b", "unit": "octets", "amount": MB})
+    engine.subscribe(listener, wants=wants)
+    await engine.session_start("sb", "b", 0, [ServiceRequest(10)])
+    assert heard == []  # granted: balance_changed, not wanted yet
+    done = await engine.session_update("sb", 1, [ServiceRequest(10, used_units=MB)])
+    assert done.services[0].granted_units == 0
+    assert heard == ["no_credit", "balance_changed"]
+
+
 async def test_barred_unknown_and_events(engine: Engine) -> None:
     events: list[EngineEvent] = []
     engine.subscribe(events.append)

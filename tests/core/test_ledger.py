@@ -506,6 +506,28 @@ def test_skip_pool_must_be_a_boolean(value: object) -> None:
     assert ledger.snapshot() == before
 
 
+def test_a_charge_checks_its_grant_s_session_id_where_it_always_did() -> None:
+    """Replay applies journals written by earlier versions: a barred subscriber's charge with a
+    bad `reserve.session_id` posted its usage and succeeded (no grant, nothing checked), and
+    must still; with a grant to make, the same charge is refused before anything moves."""
+    charge = {
+        "subscriber_id": "a",
+        "unit": "octets",
+        "rating_group": 10,
+        "used_units": 0,
+        "reservation_id": "r1",
+        "reserve": {"units_max": 10, "validity_ms": 10_000, "session_id": 7},
+    }
+    ledger = make(1000)
+    before = ledger.snapshot()
+    with pytest.raises(InvalidRequest, match="session_id"):
+        ledger.apply("charge", "ch", charge, T0)
+    assert ledger.snapshot() == before
+    ledger.apply("update_subscriber", "bar", {"id": "a", "status": "barred"}, T0)
+    result, _ = ledger.apply("charge", "ch2", charge, T0)
+    assert result["refused"] == "barred" and result["grant"] is None
+
+
 def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
     """Past a few thousand forgotten ids the table cuts them off the front of its id list; the
     order, the clock values and the snapshot rows stay right across such cuts, and pruning

@@ -129,7 +129,6 @@ Listener = Callable[[EngineEvent], None]
 # Asked (kind, subscriber id) on a charge's path before its event is built: False means the
 # listener would do nothing with that event.
 Wants = Callable[[str, str], bool]
-_Offer = tuple[str, str, tuple[Listener, ...]]  # kind, subscriber id, the takers that want it
 SERVICES_PER_REQUEST_MAX: Final = 64
 PRICE_DOCS_MAX: Final = 4_096  # distinct Price objects whose JSON is kept (_price_doc)
 RECLAIM_MIN_AGE_S: Final = 7  # measured with bench/sim_pools.py (docs/SHARED-POOLS.md)
@@ -206,15 +205,38 @@ class Engine:
             self._takers[kind] = found
         return found
 
-    def _want(self, out: list[_Offer], kind: str, subscriber_id: str) -> None:
-        """Add to `out` this kind for this subscriber and the takers that want it, if any."""
+    def _offer(
+        self,
+        kind: str,
+        subscriber_id: str,
+        detail: dict[str, Any] | None,
+        step: _Step,
+        s: ServiceRequest,
+    ) -> dict[str, Any] | None:
+        """Hand a charge's event of this kind for this subscriber to the takers that want it,
+        building it (and its detail, once for all of the charge's events) only if one does.
+        Returns the detail, built or not."""
         offered = self._offered.get(kind)
         if offered is None:
             offered = tuple((e[0], e[2]) for e in self._listeners if e[1] is None or kind in e[1])
             self._offered[kind] = offered
-        wanting = tuple(fn for fn, wants in offered if wants is None or wants(kind, subscriber_id))
+        wanting: list[Listener] = []
+        for listener, wants in offered:
+            try:
+                if wants is None or wants(kind, subscriber_id):
+                    wanting.append(listener)
+            except Exception:  # as a listener's failure: never the charging answer's
+                log.exception("event listener's wants failed", extra={"kind": kind})
+                wanting.append(listener)
         if wanting:
-            out.append((kind, subscriber_id, wanting))
+            if detail is None:
+                detail = {
+                    "session_id": step.session_id,
+                    "rating_group": s.rating_group,
+                    "unit": UNIT_NAME[s.unit],
+                }
+            self._notify(EngineEvent(kind, subscriber_id, {}, detail), tuple(wanting))
+        return detail
 
     async def _emit(
         self, kind: str, subscriber_id: str, detail: dict[str, Any] | None = None
@@ -686,22 +708,15 @@ class Engine:
         sessions, so nothing is awaited (two coroutine objects per charge saved). Each event
         is built only if a listener wants it (the usual charge: nobody watches its subscriber,
         and building it cost about 3,000 instructions)."""
-        wanted: list[_Offer] = []
+        # Asked and handed over in turn: a taker's answer may follow from the event before
+        # (the notify gate wants a refused subscriber's balance event once its refusal came).
+        detail: dict[str, Any] | None = None
         if result.get("refused") == "no_credit":
-            self._want(wanted, "no_credit", step.subscriber_id)
+            detail = self._offer("no_credit", step.subscriber_id, detail, step, s)
         if result["posted_units"] or result.get("grant"):
-            self._want(wanted, "balance_changed", step.subscriber_id)
+            detail = self._offer("balance_changed", step.subscriber_id, detail, step, s)
             if step.group is not None:  # the shared pool may have moved too
-                self._want(wanted, "balance_changed", step.group.id)
-        if not wanted:
-            return
-        detail = {
-            "session_id": step.session_id,
-            "rating_group": s.rating_group,
-            "unit": UNIT_NAME[s.unit],
-        }
-        for kind, subscriber_id, listeners in wanted:
-            self._notify(EngineEvent(kind, subscriber_id, {}, detail), listeners)
+                self._offer("balance_changed", step.group.id, detail, step, s)
 
     async def _pool_view(self, step: _Step, s: ServiceRequest) -> PoolView:
         """The pool as the reclaim policy sizes a grant: the others' summed rate, what open

@@ -60,6 +60,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     Py_ssize_t entries_max;
+    size_t presized_max; /* the most slots the first growth jumps to (see slots_for) */
     Py_ssize_t count;
     Slot *slots;
     size_t mask; /* slots - 1, a power of two less one */
@@ -119,10 +120,12 @@ static void place(Slot *slots, size_t mask, uint64_t hash, Rec *rec) {
     slots[i].rec = rec;
 }
 
-/* The index is sized at creation for entries_max (at most 5/8 full), up to presized_max slots
- * (SLOTS_PRESIZED_MAX by default, 512 MiB); past that it doubles as it fills. Doubling while charging rehashes every id at
- * once: a pause of 54 ms at 1.3 million ids, during which no answer goes out. calloc maps the
- * index untouched, so a page costs memory only once an id lands on it. */
+/* The index starts at SLOTS_MIN and, the first time it fills, goes at once to the size
+ * entries_max needs (at most 5/8 full), up to presized_max slots (SLOTS_PRESIZED_MAX by
+ * default, 512 MiB); past that it doubles. Doubling all the way rehashed every id each time:
+ * a pause of 54 ms at 1.3 million ids, during which no answer goes out; the one jump rehashes
+ * 640. A table that keeps few ids (a test's, a ledger replaced at restore) stays small, and
+ * calloc maps the large index untouched: a page costs memory once an id lands on it. */
 static size_t slots_for(Py_ssize_t entries_max, size_t presized_max) {
     size_t n = SLOTS_MIN;
     while (n * 5 < ((size_t)entries_max + 1) * 8 && n * 2 <= presized_max)
@@ -132,6 +135,9 @@ static size_t slots_for(Py_ssize_t entries_max, size_t presized_max) {
 
 static int grow(IdTable *t) {
     size_t old_n = t->mask + 1, n = old_n * 2;
+    size_t sized = slots_for(t->entries_max, t->presized_max);
+    if (sized > n)
+        n = sized;
     Slot *slots = PyMem_RawCalloc(n, sizeof(Slot));
     if (slots == NULL) {
         PyErr_NoMemory();
@@ -279,9 +285,9 @@ static PyObject *IdTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (t == NULL)
         return NULL;
     t->entries_max = entries_max;
-    size_t n = slots_for(entries_max, (size_t)presized_max);
-    t->slots = PyMem_RawCalloc(n, sizeof(Slot));
-    t->mask = n - 1;
+    t->presized_max = (size_t)presized_max;
+    t->slots = PyMem_RawCalloc(SLOTS_MIN, sizeof(Slot));
+    t->mask = SLOTS_MIN - 1;
     t->ops = PyList_New(0);
     t->op_index = PyDict_New();
     if (t->slots == NULL || t->ops == NULL || t->op_index == NULL) {

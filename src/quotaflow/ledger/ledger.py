@@ -636,7 +636,7 @@ class Ledger(GroupOps, MovingOps):
         when a sponsor pays). `base` is what the session already paid with money. A zero-rated
         service takes nothing from any bucket. `priced`: args' price, parsed already."""
         rid = _check_id("reservation_id", args.get("reservation_id"))
-        self._check_room(sub, rid)
+        self._check_new_reservation(sub, rid)
         unit = _unit(args.get("unit"))
         rating_group = _rating_group(args.get("rating_group"))
         units_max = _check_amount("units_max", args.get("units_max"))
@@ -668,7 +668,7 @@ class Ledger(GroupOps, MovingOps):
             zero_rated,
         )
 
-    def _check_room(self, sub: Subscriber, rid: str) -> None:
+    def _check_new_reservation(self, sub: Subscriber, rid: str) -> None:
         """A new reservation id, and room for one more."""
         if rid in sub.reservations:
             raise Conflict(f"reservation {rid!r} is open")
@@ -932,7 +932,6 @@ class Ledger(GroupOps, MovingOps):
         reserve = args.get("reserve")
         units_max = units_min = validity_ms = 0
         skip_pool = False
-        hold_session: str | None = None
         if reserve:
             # Validate the whole request before anything moves: a refusal after the usage was
             # posted would leave memory ahead of the journal.
@@ -946,7 +945,6 @@ class Ledger(GroupOps, MovingOps):
             if type(skip) is not bool:
                 raise InvalidRequest("skip_pool must be true or false")
             skip_pool = skip
-            hold_session = _optional_id("session_id", reserve.get("session_id"))
         if (
             reserve
             and rid not in sub.reservations
@@ -964,8 +962,8 @@ class Ledger(GroupOps, MovingOps):
         posted = cost_micros = 0
         drawn: dict[str, int] = {}
         if rid is not None and rid in sub.reservations:
-            _, posted, paid, cost_micros, drawn = self._post(sub, rid, used)
-            base += paid
+            _, posted, money_posted, cost_micros, drawn = self._post(sub, rid, used)
+            base += money_posted
         result: Result = {
             "posted_units": posted,
             "unpaid_units": 0,
@@ -1008,7 +1006,10 @@ class Ledger(GroupOps, MovingOps):
             return result
         try:
             assert type(rid) is str  # checked with the reservation above
-            self._check_room(sub, rid)
+            self._check_new_reservation(sub, rid)
+            # Checked here, as _reserve_on checks it: a journal written before may hold a
+            # charge that succeeded without a grant (a barred subscriber) with a bad one.
+            hold_session = _optional_id("session_id", reserve.get("session_id"))
             result["grant"] = self._hold(
                 sub,
                 rid,
