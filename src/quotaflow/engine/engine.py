@@ -169,8 +169,7 @@ class Engine:
         # Each listener with the event kinds it acts on (None: every kind), and, per kind, who
         # takes it: an event nobody takes is never built (a charge emits one, always).
         self._listeners: list[tuple[Listener, frozenset[str] | None, Wants | None]] = []
-        self._takers: dict[str, tuple[Listener, ...]] = {}
-        self._offered: dict[str, tuple[tuple[Listener, Wants | None], ...]] = {}  # with tests
+        self._takers: dict[str, tuple[tuple[Listener, Wants | None], ...]] = {}  # with `wants`
         self.reclaims = 0  # reclaim rounds started (the simulator reports it)
         self._pool_events: dict[str, asyncio.Event] = {}
         self.pool_waiters = 0  # answers held while a pool's credit is being reclaimed
@@ -191,17 +190,16 @@ class Engine:
         given, is asked first on a charge's path, where an event nobody wants is not built."""
         self._listeners.append((listener, kinds, wants))
         self._takers.clear()
-        self._offered.clear()
 
     def unsubscribe(self, listener: Listener) -> None:
         self._listeners = [entry for entry in self._listeners if entry[0] != listener]
         self._takers.clear()
-        self._offered.clear()
 
-    def _taken(self, kind: str) -> tuple[Listener, ...]:
+    def _taken(self, kind: str) -> tuple[tuple[Listener, Wants | None], ...]:
+        """The listeners of this kind, each with its `wants`."""
         found = self._takers.get(kind)
         if found is None:
-            found = tuple(e[0] for e in self._listeners if e[1] is None or kind in e[1])
+            found = tuple((e[0], e[2]) for e in self._listeners if e[1] is None or kind in e[1])
             self._takers[kind] = found
         return found
 
@@ -216,12 +214,8 @@ class Engine:
         """Hand a charge's event of this kind for this subscriber to the takers that want it,
         building it (and its detail, once for all of the charge's events) only if one does.
         Returns the detail, built or not."""
-        offered = self._offered.get(kind)
-        if offered is None:
-            offered = tuple((e[0], e[2]) for e in self._listeners if e[1] is None or kind in e[1])
-            self._offered[kind] = offered
         wanting: list[Listener] = []
-        for listener, wants in offered:
+        for listener, wants in self._taken(kind):
             try:
                 if wants is None or wants(kind, subscriber_id):
                     wanting.append(listener)
@@ -248,7 +242,10 @@ class Engine:
         self._notify(EngineEvent(kind, subscriber_id, sessions, detail or {}))
 
     def _notify(self, event: EngineEvent, listeners: tuple[Listener, ...] | None = None) -> None:
-        for listener in self._taken(event.kind) if listeners is None else listeners:
+        """Call `listeners` (None: every listener of the event's kind) with the event."""
+        if listeners is None:
+            listeners = tuple(fn for fn, _ in self._taken(event.kind))
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:  # a listener's failure must never fail the charging answer

@@ -619,22 +619,8 @@ class Ledger(GroupOps, MovingOps):
         return sub
 
     def _reserve(self, args: Args, now_ms: int) -> Result:
+        """The reserve operation: its arguments checked, then `_hold`."""
         sub = self._active_subscriber(args, now_ms)
-        return self._reserve_on(sub, args, now_ms)
-
-    def _reserve_on(
-        self,
-        sub: Subscriber,
-        args: Args,
-        now_ms: int,
-        payer: Subscriber | None = None,
-        base: int = 0,
-        zero_rated: bool = False,
-        priced: tuple[Price | None] | None = None,
-    ) -> Result:
-        """Hold a grant: unit buckets first, then money by the price (from the payer's buckets
-        when a sponsor pays). `base` is what the session already paid with money. A zero-rated
-        service takes nothing from any bucket. `priced`: args' price, parsed already."""
         rid = _check_id("reservation_id", args.get("reservation_id"))
         self._check_new_reservation(sub, rid)
         unit = _unit(args.get("unit"))
@@ -643,11 +629,8 @@ class Ledger(GroupOps, MovingOps):
         units_min = _check_amount("units_min", args.get("units_min", 1))
         validity_ms = _check_amount("validity_ms", args.get("validity_ms"))
         session_id = _optional_id("session_id", args.get("session_id"))
-        if priced is None:
-            raw_price = args.get("price")
-            price = None if raw_price is None else _price(raw_price)
-        else:
-            price = priced[0]
+        raw_price = args.get("price")
+        price = None if raw_price is None else _price(raw_price)
         skip_pool = args.get("skip_pool", False)
         if type(skip_pool) is not bool:
             raise InvalidRequest("skip_pool must be true or false")
@@ -663,9 +646,9 @@ class Ledger(GroupOps, MovingOps):
             price,
             skip_pool,
             now_ms,
-            payer,
-            base,
-            zero_rated,
+            payer=None,
+            base=0,
+            zero_rated=False,
         )
 
     def _check_new_reservation(self, sub: Subscriber, rid: str) -> None:
@@ -694,8 +677,10 @@ class Ledger(GroupOps, MovingOps):
         base: int,
         zero_rated: bool,
     ) -> Result:
-        """`_reserve_on` with its arguments checked (a charge checked them already: it holds
-        its next grant without a dictionary of them built and read again)."""
+        """Hold a grant, its arguments checked (by the reserve operation, or by a charge for
+        its next grant): unit buckets first, then money by the price (from the payer's buckets
+        when a sponsor pays). `base` is what the session already paid with money. A zero-rated
+        service takes nothing from any bucket."""
         legs: list[Leg] = []
         need = units_max
         account = None if payer is None else payer.id
@@ -1007,8 +992,9 @@ class Ledger(GroupOps, MovingOps):
         try:
             assert type(rid) is str  # checked with the reservation above
             self._check_new_reservation(sub, rid)
-            # Checked here, as _reserve_on checks it: a journal written before may hold a
-            # charge that succeeded without a grant (a barred subscriber) with a bad one.
+            # Checked only here, where the reserve operation checks it too: a journal written
+            # before may hold a charge that succeeded without a grant (a barred subscriber)
+            # with a bad one.
             hold_session = _optional_id("session_id", reserve.get("session_id"))
             result["grant"] = self._hold(
                 sub,
