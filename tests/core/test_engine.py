@@ -185,6 +185,24 @@ async def test_a_charge_asks_for_its_events_in_turn(engine: Engine) -> None:
     assert heard == ["no_credit", "balance_changed"]
 
 
+async def test_a_wants_that_fails_neither_fails_the_charge_nor_loses_the_event(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A taker's `wants` that raises is logged and taken as a yes, as a listener's failure
+    is logged: the charge is answered, and the taker still gets its event."""
+    heard: list[EngineEvent] = []
+
+    def wants(kind: str, subscriber_id: str) -> bool:
+        raise RuntimeError("broken")
+
+    engine.subscribe(heard.append, frozenset({"balance_changed"}), wants=wants)
+    await engine.session_start("s", "a", 0, [ServiceRequest(10)])
+    done = await engine.session_update("s", 1, [ServiceRequest(10, used_units=MB)])
+    assert done.services[0].result is ServiceResult.GRANTED
+    assert [e.kind for e in heard] == ["balance_changed", "balance_changed"]
+    assert "wants failed" in caplog.text
+
+
 async def test_barred_unknown_and_events(engine: Engine) -> None:
     events: list[EngineEvent] = []
     engine.subscribe(events.append)
