@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from quotaflow.engine import Engine, GrantPolicy, ServiceRequest, ServiceResult
+from quotaflow.engine.engine import _Step
 from quotaflow.ledger import Unit
 from quotaflow.rating import Rater, load_text
 from quotaflow.server import Server
@@ -140,3 +142,37 @@ async def test_tariff_api(tmp_path: Path) -> None:
             assert (await api.get("/v1/tariffs")).json()["plans"] == ["cheap"]
     finally:
         await again.stop()
+
+
+def _keys_sorted(value: object) -> bool:
+    if isinstance(value, dict):
+        return list(value) == sorted(value) and all(_keys_sorted(v) for v in value.values())
+    return True
+
+
+@pytest.mark.parametrize("closing", [False, True])
+@pytest.mark.parametrize(
+    "service",
+    [
+        ServiceRequest(10, used_units=700_000),  # priced octets
+        ServiceRequest(20, used_units=5),  # zero-rated
+        ServiceRequest(100, Unit.SECONDS, used_units=30),  # a 30/6 tariff with a connect fee
+        ServiceRequest(200, Unit.EVENTS, used_units=1),  # sponsored: a payer
+        ServiceRequest(10),  # nothing used: no record
+        ServiceRequest(10, used_units=1, want_grant=False),  # no reserve
+    ],
+)
+async def test_a_charge_s_arguments_come_with_their_keys_sorted(
+    engine: Engine, service: ServiceRequest, closing: bool
+) -> None:
+    # The immediate path hands them to the ledger to encode as they are (sorted_keys): the
+    # journal's bytes and a repeat's fingerprint must be what sorting them would give.
+    alice = await engine.store.get_subscriber("alice")
+    step = _Step("s-1", "alice", 3, closing, {"interface": "gy"}, alice)
+    args = engine._charge_args(step, service, None, MONDAY_NOON)
+    assert _keys_sorted(args), list(args)
+    assert ("payer" in args) == (service.rating_group == 200)
+    assert ("zero_rated" in args) == (service.rating_group == 20)
+    assert ("reserve" in args) == (service.want_grant and not closing)
+    args.pop("record", None)  # the store takes it out before the ledger encodes
+    assert orjson.dumps(args) == orjson.dumps(args, option=orjson.OPT_SORT_KEYS)

@@ -299,7 +299,7 @@ class Engine:
             return found[1]
         if len(docs) >= PRICE_DOCS_MAX:  # tariffs replaced many times over: start again
             docs.clear()
-        doc = price.to_json()
+        doc = dict(sorted(price.to_json().items()))  # sorted: see _charge_args
         docs[id(price)] = (price, doc)
         return doc
 
@@ -435,7 +435,7 @@ class Engine:
             args = self._charge_args(step, s, now_ms=now_ms)
             idle = bool(args.get("idle"))
             try:
-                result, _ = store.submit("charge", op_id, args, now_ms)
+                result, _ = store.submit("charge", op_id, args, now_ms, True)
             except Conflict:
                 # As in _charge_one: same request number, other content is a retransmission.
                 result = store.first_answer(op_id)
@@ -769,20 +769,12 @@ class Engine:
             # anything yet keeps the size it asked for.
             if s.used_units or step.group is not None:
                 tracker.observe(s.used_units, now_ms, self.policy.rate_weight)
-        args: dict[str, Any] = {
-            "subscriber_id": step.subscriber_id,
-            "session_id": step.session_id,
-            "unit": UNIT_NAME[s.unit],
-            "rating_group": s.rating_group,
-            "used_units": s.used_units,
-            "reservation_id": tracker.reservation_id,
-        }
         assert step.subscriber is not None
         rated = self._rate(step.subscriber, s.rating_group, s.unit, step.meta.get("zone"), now_ms)
-        self._priced(args, rated)
+        record: SessionRecord | None = None
         if s.used_units or step.closing:
             # Written with the debit, in the same commit (see store: charging records).
-            record: SessionRecord = (
+            record = (
                 step.meta.get("interface", "unknown"),
                 step.session_id,
                 step.request_number,
@@ -793,7 +785,8 @@ class Engine:
                 step.meta.get("cause"),
                 rated.plan,
             )
-            args["record"] = record
+        idle = False
+        reserve: dict[str, Any] | None = None
         if s.want_grant and not step.closing:
             validity_s = self.policy.validity_s
             pool_available = 0
@@ -814,20 +807,42 @@ class Engine:
                     used=s.used_units,
                 )
                 units, validity_s = pool_grant.units, pool_grant.validity_s
-                if units == 0:  # idle: nothing held; the network asks again on traffic
-                    args["idle"] = True
-                    return args
+                # Idle: nothing held; the network asks again on traffic.
+                idle = units == 0
             else:
                 units = self.policy.size(s.unit, tracker.rate_per_s, s.requested_units)
-            lim = self.policy.limits[s.unit]
-            args["reserve"] = {
-                "units_max": units,
-                "units_min": min(lim.min_units, units),
-                "validity_ms": (validity_s + self.policy.grace_s) * 1000,
-                "session_id": step.session_id,
-            }
-            if view is not None and view.spent(pool_available, s.used_units, lim.min_units):
-                args["reserve"]["skip_pool"] = True  # its own buckets only
+            if not idle:
+                lim = self.policy.limits[s.unit]
+                reserve = {
+                    "session_id": step.session_id,
+                    "units_max": units,
+                    "units_min": min(lim.min_units, units),
+                    "validity_ms": (validity_s + self.policy.grace_s) * 1000,
+                }
+                if view is not None and view.spent(pool_available, s.used_units, lim.min_units):
+                    # Its own buckets only; keys stay in sorted order (see below).
+                    reserve = {"session_id": step.session_id, "skip_pool": True, **reserve}
+        # Keys in sorted order, nested ones too (`_price_doc`): the ledger encodes them as
+        # they are, where it would sort them (`Ledger.apply_encoded(sorted_keys=True)`); the
+        # journal's bytes and a repeat's fingerprint are the same as sorting gives.
+        args: dict[str, Any] = {}
+        if idle:
+            args["idle"] = True
+        if rated.sponsor is not None and rated.sponsor != step.subscriber_id:
+            args["payer"] = rated.sponsor
+        args["price"] = None if rated.price is None else self._price_doc(rated.price)
+        args["rating_group"] = s.rating_group
+        if record is not None:
+            args["record"] = record
+        args["reservation_id"] = tracker.reservation_id
+        if reserve is not None:
+            args["reserve"] = reserve
+        args["session_id"] = step.session_id
+        args["subscriber_id"] = step.subscriber_id
+        args["unit"] = UNIT_NAME[s.unit]
+        args["used_units"] = s.used_units
+        if rated.zero_rated:
+            args["zero_rated"] = True
         return args
 
     def _answer(

@@ -180,9 +180,13 @@ class Ledger(GroupOps, MovingOps):
         return result, changed
 
     def apply_encoded(
-        self, op: str, op_id: str | None, args: Args, now_ms: int
+        self, op: str, op_id: str | None, args: Args, now_ms: int, sorted_keys: bool = False
     ) -> tuple[Result, bool, bytes]:
-        """As `apply`, also returning the canonical JSON of `args` (what the journal keeps)."""
+        """As `apply`, also returning the canonical JSON of `args` (what the journal keeps).
+
+        `sorted_keys`: the caller built `args` with every key, nested ones too, in sorted
+        order, so that encoding them as they are gives the canonical bytes without sorting
+        (the engine's charges: about 1,900 instructions less each)."""
         known = self._ops.get(op)
         if known is None:
             raise InvalidRequest(f"unknown ledger operation {op!r}")
@@ -191,7 +195,7 @@ class Ledger(GroupOps, MovingOps):
         if type(op_id) is str:
             table.prefetch(op_id)  # its slot loads while the arguments are encoded
         try:
-            content = _dumps(args, None, _SORT_KEYS)
+            content = _dumps(args) if sorted_keys else _dumps(args, None, _SORT_KEYS)
         except TypeError as exc:  # e.g. an integer beyond 64 bits
             raise InvalidAmount(f"arguments cannot be recorded: {exc}") from None
         if op_id is None:

@@ -424,9 +424,15 @@ class EmbeddedStore(ImmediateStore):
     # ------------------------------------------------------------------ writes
 
     def submit(
-        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
+        self,
+        op: str,
+        op_id: str | None,
+        args: dict[str, Any],
+        now_ms: int | None = None,
+        sorted_keys: bool = False,
     ) -> tuple[Result, asyncio.Future[None] | None]:
         """Apply now; returns the result and the barrier to await before answering.
+        `sorted_keys` as in `Ledger.apply_encoded`.
 
         The barrier is None when nothing is pending. A refusal raises; its caller should still
         wait for `pending()` so it never answers ahead of the state it saw.
@@ -446,7 +452,9 @@ class EmbeddedStore(ImmediateStore):
         voids = self.ledger.lapsed_voids
         try:
             try:
-                result, changed, content = self.ledger.apply_encoded(op, op_id, args, now)
+                result, changed, content = self.ledger.apply_encoded(
+                    op, op_id, args, now, sorted_keys
+                )
             except Conflict:
                 if args is original:
                     raise

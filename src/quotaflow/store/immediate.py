@@ -21,10 +21,16 @@ class ImmediateStore:
     clock: Clock  # milliseconds since the epoch; a native attribute, read without a lookup
 
     def submit(
-        self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int | None = None
+        self,
+        op: str,
+        op_id: str | None,
+        args: dict[str, Any],
+        now_ms: int | None = None,
+        sorted_keys: bool = False,
     ) -> tuple[Result, asyncio.Future[None] | None]:
         """Apply now; the result and the barrier to await before answering (None: nothing
-        pending). A refusal raises; its caller still waits for `pending()` before answering."""
+        pending). A refusal raises; its caller still waits for `pending()` before answering.
+        `sorted_keys`: every key of `args` is in sorted order (Ledger.apply_encoded)."""
         raise NotImplementedError
 
     def pending(self) -> asyncio.Future[None] | None:
