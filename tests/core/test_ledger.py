@@ -550,3 +550,19 @@ def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
     assert table.prune(10**12) == len(left) and len(table) == 0 and table.to_json() == []
     table.add("again", "topup", bytes(16), "{}", 5)
     assert [row[0] for row in table.to_json()] == ["again"] and table.prune(6) == 1
+
+
+def test_a_price_doc_carries_its_price_and_encodes_as_its_fields() -> None:
+    from quotaflow.ledger._base import _price
+    from quotaflow.ledger.model import Price, PriceDoc
+
+    price = Price(2_000, 60, first_units=30, next_units=6, connect_micros=50_000)
+    doc = PriceDoc(price)
+    assert _price(doc) is price  # the engine's: not read field by field again
+    assert list(doc) == sorted(doc)
+    assert orjson.loads(orjson.dumps(doc)) == price.to_json()
+    # The same fields as a plain dict (the API's, a replayed journal's) are read and checked.
+    plain = _price(dict(doc))
+    assert plain is not None and plain is not price and plain.to_json() == price.to_json()
+    with pytest.raises(InvalidAmount):
+        _price({**doc, "per_units": 0})

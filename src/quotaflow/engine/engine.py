@@ -40,7 +40,7 @@ from quotaflow.ledger import (
     UnknownSession,
     UnknownSubscriber,
 )
-from quotaflow.ledger.model import UNIT_NAME, Group
+from quotaflow.ledger.model import UNIT_NAME, Group, PriceDoc
 from quotaflow.rating import Rated, Rater
 from quotaflow.store.base import Result, Store
 from quotaflow.store.cdr import SessionRecord
@@ -179,7 +179,7 @@ class Engine:
         # (group, unit) -> summed rate of the group's sessions holding a grant, kept as they
         # report, so sizing a grant never adds up a fleet's sessions.
         self._group_rate: dict[tuple[str, Unit], float] = {}
-        self._price_docs: dict[int, tuple[Price, dict[str, int]]] = {}  # see _price_doc
+        self._price_docs: dict[int, tuple[Price, PriceDoc]] = {}  # see _price_doc
 
     # ------------------------------------------------------------------ events
 
@@ -288,18 +288,19 @@ class Engine:
             args["payer"] = rated.sponsor
         return args
 
-    def _price_doc(self, price: Price) -> dict[str, int]:
-        """`price.to_json()`, made once per Price object (a tariff's live as long as it does).
-        By identity: hashing a Price by value would run its dataclass's generated __hash__. An entry
-        holds its Price, so no other object can have that id meanwhile. Nothing changes the
-        dict once it is in an operation's arguments."""
+    def _price_doc(self, price: Price) -> PriceDoc:
+        """`price.to_json()` with the Price itself (PriceDoc: the ledger takes that, not the
+        fields), made once per Price object (a tariff's live as long as it does). By identity:
+        hashing a Price by value would run its dataclass's generated __hash__. An entry holds
+        its Price, so no other object can have that id meanwhile. Nothing changes the dict once
+        it is in an operation's arguments."""
         docs = self._price_docs
         found = docs.get(id(price))
         if found is not None and found[0] is price:
             return found[1]
         if len(docs) >= PRICE_DOCS_MAX:  # tariffs replaced many times over: start again
             docs.clear()
-        doc = dict(sorted(price.to_json().items()))  # sorted: see _charge_args
+        doc = PriceDoc(price)  # its keys sorted: see _charge_args
         docs[id(price)] = (price, doc)
         return doc
 

@@ -12,7 +12,16 @@ from quotaflow.ledger.errors import (
     InvalidAmount,
     InvalidRequest,
 )
-from quotaflow.ledger.model import Bucket, Group, Origin, Price, Status, Subscriber, Unit
+from quotaflow.ledger.model import (
+    Bucket,
+    Group,
+    Origin,
+    Price,
+    PriceDoc,
+    Status,
+    Subscriber,
+    Unit,
+)
 from quotaflow.ledger.transfers import Offer, Transfer, TransferLimits, Voucher
 
 Result = dict[str, Any]
@@ -141,15 +150,18 @@ def _origin(value: Any) -> Origin:
 def _price(value: Any) -> Price | None:
     if value is None:
         return None
+    if type(value) is PriceDoc:  # the engine's: made from a Price, never changed
+        price: Price = value.price
+        return price
     if not isinstance(value, dict):
         raise InvalidRequest("price must be an object", field="price")
-    price = _check_amount("price.price_micros", value.get("price_micros"), zero_ok=True)
+    micros = _check_amount("price.price_micros", value.get("price_micros"), zero_ok=True)
     per = _check_amount("price.per_units", value.get("per_units"))
     # Without a billing pattern, every started block of `per_units` is charged whole.
     first = _check_amount("price.first_units", value.get("first_units", per))
     step = _check_amount("price.next_units", value.get("next_units", per))
     connect = _check_amount("price.connect_micros", value.get("connect_micros", 0), zero_ok=True)
-    return Price(price, per, first, step, connect)
+    return Price(micros, per, first, step, connect)
 
 
 class Limits:

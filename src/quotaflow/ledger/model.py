@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 
 class Unit(StrEnum):
     """What a bucket holds. Money is in micro-units of the operator's one currency."""
@@ -109,6 +111,20 @@ class Price:
             "next_units": self.next_units,
             "connect_micros": self.connect_micros,
         }
+
+
+@mypyc_attr(native_class=False)
+class PriceDoc(dict[str, int]):
+    """A price as an operation's arguments carry it (`Price.to_json()`, its keys sorted), with
+    the Price it was made from, which the ledger takes instead of reading the fields again.
+    The engine makes one per tariff price and never changes it; a price that arrives as a
+    plain dict (the API, a journal's replay) is read and checked field by field."""
+
+    __slots__ = ("price",)
+
+    def __init__(self, price: Price) -> None:
+        super().__init__(sorted(price.to_json().items()))
+        self.price = price
 
 
 @dataclass(slots=True)
