@@ -553,11 +553,12 @@ def test_the_id_table_forgets_in_order_across_its_compactions() -> None:
 
 
 def test_a_price_doc_carries_its_price_and_encodes_as_its_fields() -> None:
+    from quotaflow.ledger import AMOUNT_MAX, price_doc
     from quotaflow.ledger._base import _price
-    from quotaflow.ledger.model import Price, PriceDoc
+    from quotaflow.ledger.model import Price
 
     price = Price(2_000, 60, first_units=30, next_units=6, connect_micros=50_000)
-    doc = PriceDoc(price)
+    doc = price_doc(price)
     assert _price(doc) is price  # the engine's: not read field by field again
     assert list(doc) == sorted(doc)
     assert orjson.loads(orjson.dumps(doc)) == price.to_json()
@@ -566,3 +567,9 @@ def test_a_price_doc_carries_its_price_and_encodes_as_its_fields() -> None:
     assert plain is not None and plain is not price and plain.to_json() == price.to_json()
     with pytest.raises(InvalidAmount):
         _price({**doc, "per_units": 0})
+    # Checked once, when made, as a plain dict is at each charge: a tariff's number past
+    # AMOUNT_MAX is refused before anything is charged (a journaled charge must replay).
+    with pytest.raises(InvalidAmount):
+        price_doc(Price(2_000, AMOUNT_MAX + 1))
+    with pytest.raises(InvalidAmount):
+        price_doc(Price(AMOUNT_MAX + 1, 60))

@@ -212,6 +212,23 @@ async def test_answer_table_is_bounded_and_keeps_no_failures() -> None:
     assert again.get("Result-Code") == 7
 
 
+async def test_an_answer_still_being_charged_is_not_forgotten_for_room() -> None:
+    """Past entries_max the oldest settled answers go, never one still being charged: a copy
+    must find it (and wait), or it would be answered from the first ledger result alone."""
+    cache = AnswerCache(entries_max=2, age_max_s=60, seal=_seal)
+    first = [cache.begin(("s", 2, n), 0.0) for n in (1, 2, 3)]
+    assert len(cache) == 3 and all(cache.known(("s", 2, n), 0.0) for n in (1, 2, 3))
+    answer = Message(272, 4)
+    answer.add("Result-Code", 2001)
+    for kept in first:
+        cache.settle(kept, answer, _seal(Message(272, 4, flags=FLAG_REQUEST), answer), True)
+    cache.begin(("s", 2, 4), 0.0)  # now the settled ones make room, oldest first
+    assert len(cache) == 2
+    assert [cache.known(("s", 2, n), 0.0) for n in (1, 2, 3, 4)] == [False, False, True, True]
+    late = cache.begin(("s", 2, 5), 100.0)  # past the age limit everything goes
+    assert len(cache) == 1 and not late.gone
+
+
 async def test_a_kept_answer_is_its_first_frame_with_the_ids_of_the_retransmission() -> None:
     """The table keeps the sealed frame, not the AVP tree; a hit decodes it again and the
     transport sends the same AVP bytes behind the retransmission's own ids."""

@@ -11,7 +11,7 @@ import pytest
 
 from quotaflow.engine import Engine, GrantPolicy, ServiceRequest, ServiceResult
 from quotaflow.engine.engine import _Step
-from quotaflow.ledger import Unit
+from quotaflow.ledger import InvalidAmount, Unit
 from quotaflow.rating import Rater, load_text
 from quotaflow.server import Server
 from quotaflow.store import EmbeddedStore
@@ -176,3 +176,25 @@ async def test_a_charge_s_arguments_come_with_their_keys_sorted(
     assert ("reserve" in args) == (service.want_grant and not closing)
     args.pop("record", None)  # the store takes it out before the ledger encodes
     assert orjson.dumps(args) == orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+
+
+async def test_a_tariff_number_past_the_ledger_s_range_refuses_the_charge_and_the_store_reopens(
+    tmp_path: Path,
+) -> None:
+    # The tariff loader checks lower bounds only; the ledger's range (AMOUNT_MAX) is checked
+    # when the engine makes its price document, so the charge is refused and nothing is
+    # journaled that replay would refuse.
+    huge = TARIFF.replace("unit_size = 1000000", f"unit_size = {2**62 + 1}", 1)
+    store = EmbeddedStore(tmp_path, clock=lambda: MONDAY_NOON, sweep_interval_s=3600)
+    await store.open()
+    eng = Engine(store, GrantPolicy(validity_s=600), Rater(load_text(huge)))
+    await eng.admin("create_subscriber", "c", {"id": "alice", "plan": "basic"})
+    await eng.admin("topup", "m", {"subscriber_id": "alice", "unit": "money", "amount": 10**6})
+    await eng.session_start("s", "alice", 0, [ServiceRequest(100, Unit.SECONDS)])
+    with pytest.raises(InvalidAmount):
+        await eng.session_update("s", 1, [ServiceRequest(10, used_units=1_000)])
+    assert store.ledger.first_answer("s#1#10") is None
+    await store.close()
+    again = EmbeddedStore(tmp_path, clock=lambda: MONDAY_NOON, sweep_interval_s=3600)
+    await again.open()  # replays what was journaled
+    await again.close()

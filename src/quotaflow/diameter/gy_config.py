@@ -43,14 +43,13 @@ class GyConfig:
     # None takes the tariff's currency (see gy_mapping.ISO_4217). CC-Money in another currency
     # is answered 5031.
     currency_code: int | None = None
-    # First answers kept for retransmissions (T flag): this many, for this long. Older
-    # retransmissions are still never charged twice (the engine is idempotent per request)
-    # and get the same answer, rebuilt from the first result once it is durable. 4,096 covers
-    # four connections' worth of requests in flight (IN_FLIGHT_MAX) and a few seconds at a
-    # private network's rate; at tens of thousands of CCR/s no size covers a Tx timeout, and
-    # 32,768 (13 MB of answers cycled through the processor's caches) cost the Gy server about
-    # 3% of its rate (bench_diameter at 4 x 32, four alternating rounds: 47.2k against 48.7k
-    # CCR/s; 2,048 gave 49.2k).
+    # First answers kept for retransmissions (T flag): this many settled ones, for this long;
+    # one still being charged is kept until it is settled (gy_retransmit._evict). Past that
+    # a copy is still charged once and answered from the first ledger result, once durable
+    # (without what a second try, a reclaim or a provider, added). 4,096: at tens of
+    # thousands of CCR/s no size covers a Tx timeout, and 32,768 (13 MB of answers cycled
+    # through the processor's caches) cost the Gy server about 3% of its rate (bench_diameter
+    # at 4 x 32, four alternating rounds: 47.2k against 48.7k CCR/s; 2,048 gave 49.2k).
     answers_kept_max: int = 4_096
     answers_kept_s: float = 60.0
     # RAR / ASR: how long to wait for the RAA / ASA, and how many may be in flight (more are

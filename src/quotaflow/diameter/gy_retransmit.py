@@ -157,11 +157,20 @@ class AnswerCache:
         return loop
 
     def _evict(self, now: float) -> None:
+        """Forget the oldest answers past the age limit, and past the size limit those that
+        are settled. One still being charged stays until it is (or ages out): a copy must wait
+        for it, and past the cache it would be answered from the first ledger result alone,
+        without what a second try (a reclaim, a provider) or an idle pool's grant added. So
+        the table may hold more than entries_max while that many requests are in flight."""
         order, entries = self._order, self._entries
         horizon = now - self._age_max_s
         while order:
             oldest = order[0]
-            if not oldest.gone and len(entries) <= self._entries_max and oldest.at >= horizon:
+            if (
+                not oldest.gone
+                and oldest.at >= horizon
+                and (len(entries) <= self._entries_max or oldest.first is None)
+            ):
                 return
             order.popleft()
             if not oldest.gone:

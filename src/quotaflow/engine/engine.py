@@ -39,6 +39,7 @@ from quotaflow.ledger import (
     Unit,
     UnknownSession,
     UnknownSubscriber,
+    price_doc,
 )
 from quotaflow.ledger.model import UNIT_NAME, Group, PriceDoc
 from quotaflow.rating import Rated, Rater
@@ -300,7 +301,7 @@ class Engine:
             return found[1]
         if len(docs) >= PRICE_DOCS_MAX:  # tariffs replaced many times over: start again
             docs.clear()
-        doc = PriceDoc(price)  # its keys sorted: see _charge_args
+        doc = price_doc(price)  # checked once; its keys sorted: see _charge_args
         docs[id(price)] = (price, doc)
         return doc
 

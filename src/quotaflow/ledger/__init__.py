@@ -1,6 +1,6 @@
 """The ledger: subscribers, buckets and two-phase reservations; the only place balances change."""
 
-from quotaflow.ledger._base import AMOUNT_MAX, Limits
+from quotaflow.ledger._base import AMOUNT_MAX, Limits, price_doc
 from quotaflow.ledger.errors import (
     ChargingError,
     Conflict,
@@ -47,4 +47,5 @@ __all__ = [
     "Unit",
     "UnknownSession",
     "UnknownSubscriber",
+    "price_doc",
 ]

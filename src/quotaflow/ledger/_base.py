@@ -150,7 +150,7 @@ def _origin(value: Any) -> Origin:
 def _price(value: Any) -> Price | None:
     if value is None:
         return None
-    if type(value) is PriceDoc:  # the engine's: made from a Price, never changed
+    if type(value) is PriceDoc:  # made by price_doc, which checked it as below
         price: Price = value.price
         return price
     if not isinstance(value, dict):
@@ -162,6 +162,15 @@ def _price(value: Any) -> Price | None:
     step = _check_amount("price.next_units", value.get("next_units", per))
     connect = _check_amount("price.connect_micros", value.get("connect_micros", 0), zero_ok=True)
     return Price(micros, per, first, step, connect)
+
+
+def price_doc(price: Price) -> PriceDoc:
+    """The price as an operation's arguments carry it, checked once as `_price` checks a
+    plain dict (a tariff's numbers past AMOUNT_MAX are refused here, as they always were
+    at the charge: a journaled charge must replay). Raises InvalidAmount or InvalidRequest."""
+    doc = PriceDoc(price)
+    _price(dict(doc))
+    return doc
 
 
 class Limits:

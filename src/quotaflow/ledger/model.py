@@ -117,8 +117,9 @@ class Price:
 class PriceDoc(dict[str, int]):
     """A price as an operation's arguments carry it (`Price.to_json()`, its keys sorted), with
     the Price it was made from, which the ledger takes instead of reading the fields again.
-    The engine makes one per tariff price and never changes it; a price that arrives as a
-    plain dict (the API, a journal's replay) is read and checked field by field."""
+    Made by `_base.price_doc`, which checks it once; the engine makes one per tariff price and
+    never changes it (nor the Price, which reservations then share). A price that arrives as
+    a plain dict (the API, a journal's replay) is read and checked field by field."""
 
     __slots__ = ("price",)
 
