@@ -101,6 +101,13 @@ def _op_id(step: _Step, s: ServiceRequest) -> str:
     return f"{step.session_id}#{step.request_number}#{s.rating_group}"
 
 
+def _payer(rated: Rated, subscriber_id: str) -> str | None:
+    """Who pays for a rated service instead of the subscriber: its sponsor, unless that is the
+    subscriber itself."""
+    sponsor = rated.sponsor
+    return None if sponsor is None or sponsor == subscriber_id else sponsor
+
+
 def _rank(order: list[int], s: ServiceRequest) -> int:
     return order.index(s.rating_group) if s.rating_group in order else len(order)
 
@@ -281,12 +288,14 @@ class Engine:
         return self.rater.rate(sub.plan, rating_group, unit, now, zone)
 
     def _priced(self, args: dict[str, Any], rated: Rated) -> dict[str, Any]:
-        """Add what the ledger needs of a rating to an operation's arguments."""
+        """Add what the ledger needs of a rating to an operation's arguments (a charge's
+        `_charge_args` adds the same, in its keys' order)."""
         args["price"] = None if rated.price is None else self._price_doc(rated.price)
         if rated.zero_rated:
             args["zero_rated"] = True
-        if rated.sponsor is not None and rated.sponsor != args["subscriber_id"]:
-            args["payer"] = rated.sponsor
+        payer = _payer(rated, args["subscriber_id"])
+        if payer is not None:
+            args["payer"] = payer
         return args
 
     def _price_doc(self, price: Price) -> PriceDoc:
@@ -830,8 +839,9 @@ class Engine:
         args: dict[str, Any] = {}
         if idle:
             args["idle"] = True
-        if rated.sponsor is not None and rated.sponsor != step.subscriber_id:
-            args["payer"] = rated.sponsor
+        payer = _payer(rated, step.subscriber_id)
+        if payer is not None:
+            args["payer"] = payer
         args["price"] = None if rated.price is None else self._price_doc(rated.price)
         args["rating_group"] = s.rating_group
         if record is not None:
