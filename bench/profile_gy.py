@@ -110,7 +110,7 @@ async def _drive(
     async def window_of(frames: list[bytes]) -> None:
         # As the transport does: the immediate path first (answers held on their barrier),
         # the handler for what it declines.
-        held: list[tuple[Message, bytes | None]] = []
+        held: list[tuple[Message, bytes | None, Message]] = []
         later = []
         barrier = None
         for frame in frames:
@@ -119,11 +119,11 @@ async def _drive(
             if done is None:
                 later.append(app.handle(peer, request))
             else:
-                held.append((done[0], done[1]))
+                held.append((done[0], done[1], done[3]))
                 barrier = done[2] or barrier
         if barrier is not None:
             await barrier
-        for answer, encoded in held:
+        for answer, encoded, _request in held:
             if encoded is None:  # the transport sends the frame handle_now encoded
                 encode_message(answer)
         for answer in await asyncio.gather(*later):

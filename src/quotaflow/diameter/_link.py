@@ -39,10 +39,12 @@ class ImmediateHandler(Protocol):
 
     def handle_now(
         self, peer: PeerInfo, request: Message
-    ) -> tuple[Message, bytes | None, asyncio.Future[None] | None] | None:
-        """The answer, the answer as encoded for this request (None: encode it when sent), and
-        the barrier to wait on before sending it (None: send now); None for a request this
-        path does not take (the async handler gets it)."""
+    ) -> tuple[Message, bytes | None, asyncio.Future[None] | None, Message] | None:
+        """The answer, the answer as encoded for this request (None: encode it when sent), the
+        barrier to wait on before sending it (None: send now), and what of the request to hold
+        until then for `failed` (messages.answer_basis: the whole request would keep all its
+        AVPs alive until the barrier is done); None for a request this path does not take (the
+        async handler gets it)."""
         ...
 
     def failed(self, request: Message, exc: BaseException) -> Message:
@@ -233,9 +235,9 @@ class PeerLink(asyncio.Protocol):
                 self.write(connection.send_answer(request, failure))
                 return
             if done is not None:
-                answer, frame, barrier = done
+                answer, frame, barrier, held = done
                 if barrier is not None:
-                    self._hold(request, answer, frame, barrier)
+                    self._hold(held, answer, frame, barrier)
                 elif frame is not None:
                     self.write(connection.send_encoded(frame))
                 else:

@@ -59,7 +59,7 @@ from quotaflow.diameter.gy_notify import GyNotifier, session_meta
 from quotaflow.diameter.gy_retransmit import AnswerCache, Kept
 from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
-from quotaflow.diameter.messages import make_answer, normalize_answer
+from quotaflow.diameter.messages import answer_basis, make_answer, normalize_answer
 from quotaflow.diameter.peer import AllowedPeer
 from quotaflow.diameter.transport import DiameterServer, serve_diameter
 from quotaflow.engine import SESSION_EVENTS, Engine, ServiceRequest, SessionAnswer
@@ -171,8 +171,9 @@ class Ccr:
         )
 
 
-# An answer handle_now computed, until its barrier is done: its cache entry, the request, the
-# answer and its sealed frame, and when the request came (perf_counter).
+# An answer handle_now computed, until its barrier is done: its cache entry, the request's
+# answer basis (messages.answer_basis), the answer and its sealed frame, and when the request
+# came (perf_counter).
 _Held = tuple[Kept, Message, Message, bytes, float]
 
 
@@ -199,11 +200,12 @@ class GyApplication:
 
     def handle_now(
         self, peer: PeerInfo, request: Message
-    ) -> tuple[Message, bytes | None, asyncio.Future[None] | None] | None:
+    ) -> tuple[Message, bytes | None, asyncio.Future[None] | None, Message] | None:
         """A CCR-U answered with no coroutine, when the engine can charge it at once
-        (Engine.immediate): the answer, its frame (encoded once, also kept for copies), and
-        the barrier to await before sending it. None for every other request: `handle` gets
-        it. The same steps as handle, in the same order."""
+        (Engine.immediate): the answer, its frame (encoded once, also kept for copies), the
+        barrier to await before sending it, and what to hold of the request until then (for
+        `failed`). None for every other request: `handle` gets it. The same steps as handle,
+        in the same order."""
         if request.command_code != _CREDIT_CONTROL:
             return None
         ccr = Ccr.read(request)
@@ -238,13 +240,14 @@ class GyApplication:
             raise
         if barrier is None or barrier.done():
             self._settle(barrier, [(kept, request, answer, frame, started)])
-            return answer, frame, barrier
+            return answer, frame, barrier, request
         held = self._held.get(barrier)
         if held is None:
             held = self._held[barrier] = []
             barrier.add_done_callback(self._release)
-        held.append((kept, request, answer, frame, started))
-        return answer, frame, barrier
+        basis = answer_basis(request)  # all `failed` needs of the request (see answer_basis)
+        held.append((kept, basis, answer, frame, started))
+        return answer, frame, barrier, basis
 
     def failed(self, request: Message, exc: BaseException) -> Message:
         """What handle_now's request gets when its barrier failed (as `handle` answers then)."""

@@ -18,7 +18,7 @@ from quotaflow.diameter.constants import (
     CommandCode,
     is_protocol_error,
 )
-from quotaflow.diameter.dictionary import VENDOR_3GPP
+from quotaflow.diameter.dictionary import VENDOR_3GPP, AvpDef, CommandDef, Dictionary
 from quotaflow.diameter.message import Avp, BuildValue, IPAddress, Message
 
 # Avoid Session-Id collisions across restarts: RFC 6733 8.8 suggests a high part from boot time.
@@ -79,6 +79,60 @@ def make_answer(
     if failed_avps:
         answer.add("Failed-AVP", list(failed_avps))
     return answer
+
+
+# Per command (looked up by identity, with the dictionary it came from): the definitions of
+# the AVPs its answers copy from the request. A server has a few commands in one dictionary;
+# past _ECHOED_MAX (dictionaries made and dropped, as tests do) it starts again.
+_ECHOED: dict[int, tuple[Dictionary, CommandDef | None, tuple[AvpDef, ...]]] = {}
+_ECHOED_MAX: Final = 256
+
+
+def answer_basis(request: Message) -> Message:
+    """The part of `request` that make_answer and normalize_answer read: its header and the
+    top-level AVPs an answer copies (Session-Id, and those the answer's grammar requires, such
+    as a CCA's CC-Request-Type and CC-Request-Number). An answer waiting for its change to be
+    durable holds this, not the request: the rest of the request (its grouped AVPs, most of
+    its objects) is then freed at once, while it is still in the processor's caches, where a
+    few milliseconds later, after a hundred more requests, freeing it missed them."""
+    echoed = _echoed(request)
+    kept: list[Avp] = []
+    for avp in request.avps:
+        definition = avp.definition
+        if definition is not None:
+            for wanted in echoed:
+                if definition is wanted:
+                    kept.append(avp)
+                    break
+    return Message(
+        request.command_code,
+        request.application_id,
+        flags=request.flags,
+        hop_by_hop=request.hop_by_hop,
+        end_to_end=request.end_to_end,
+        avps=kept,
+        dictionary=request.dictionary,
+    )
+
+
+def _echoed(request: Message) -> tuple[AvpDef, ...]:
+    dictionary = request.dictionary
+    command = request.command
+    found = _ECHOED.get(id(command))
+    if found is None or found[0] is not dictionary or found[1] is not command:
+        names = ["Session-Id"]
+        if command is not None:
+            names.extend(
+                rule.name
+                for rule in command.answer.rules
+                if rule.min_count and rule.name not in _ANSWER_HEAD
+            )
+        # A name the dictionary lacks (a table bug, see unresolved_names) matches no AVP.
+        defs = tuple(d for d in (dictionary.by_name.get(n) for n in names) if d is not None)
+        if len(_ECHOED) >= _ECHOED_MAX:
+            _ECHOED.clear()
+        found = _ECHOED[id(command)] = (dictionary, command, defs)
+    return found[2]
 
 
 def normalize_answer(
