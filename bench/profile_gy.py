@@ -123,7 +123,7 @@ async def _drive(
                 barrier = done[2] or barrier
         if barrier is not None:
             await barrier
-        for answer, encoded, _request in held:
+        for answer, encoded, _basis in held:  # the basis: held as the link holds it
             if encoded is None:  # the transport sends the frame handle_now encoded
                 encode_message(answer)
         for answer in await asyncio.gather(*later):

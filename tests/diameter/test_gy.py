@@ -327,6 +327,8 @@ async def test_a_failed_commit_is_3004_for_the_update_and_its_copy(env: GyEnv) -
     first, again = await asyncio.wait_for(asyncio.gather(first_future, again_future), 10)
     assert app.answered_now == 1
     assert first.get("Result-Code") == 3004 and again.get("Result-Code") == 3004
+    # Answered from what was held of the request (its answer basis): its session and ids.
+    assert first.session_id == sid and first.end_to_end == update.end_to_end
     assert len(app.answers) == 1  # the CCR-I's; the failed update's is not kept
     later = await client.request(_retransmission(update))
     assert later.get("Result-Code") == 3004

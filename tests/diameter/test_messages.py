@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from quotaflow.diameter import CcRequestType, Message, decode_message, encode_message, make_answer
+from quotaflow.diameter import (
+    AvpType,
+    CcRequestType,
+    Message,
+    decode_message,
+    encode_message,
+    make_answer,
+)
+from quotaflow.diameter.dictionary import AvpSpec, CommandSpec, Dictionary
 from quotaflow.diameter.messages import answer_basis, normalize_answer
 
 from .helpers import open5gs_like_ccr
@@ -13,8 +21,10 @@ OCS_HOST, OCS_REALM = "ocs.quotaflow.local", "quotaflow.local"
 
 
 def _received(request: Message) -> Message:
-    """The request as the server sees it: decoded from the wire, definitions attached."""
+    """The request as the server sees it: decoded from the wire, definitions attached. It came
+    through a relay (Proxy-Info): should make_answer come to copy that, so must the basis."""
     request.hop_by_hop, request.end_to_end = 0x1234, 0x5678
+    request.add("Proxy-Info", {"Proxy-Host": "relay.test", "Proxy-State": b"\x01\x02"})
     return decode_message(encode_message(request))
 
 
@@ -68,3 +78,38 @@ def test_the_basis_of_a_command_the_dictionary_lacks_keeps_its_session_id() -> N
     assert encode_message(make_answer(basis, 3001, OCS_HOST, OCS_REALM)) == encode_message(
         make_answer(request, 3001, OCS_HOST, OCS_REALM)
     )
+
+
+def test_an_avp_the_answer_requires_counts_once_the_dictionary_defines_it() -> None:
+    """The basis's list of what an answer copies is kept per command; an AVP the answer's
+    grammar names but the dictionary defines only later (add_avps) is kept from then on."""
+    dictionary = Dictionary()
+    dictionary.add_avps(
+        [
+            AvpSpec(263, "Session-Id", AvpType.UTF8_STRING),
+            AvpSpec(264, "Origin-Host", AvpType.DIAMETER_IDENTITY),
+            AvpSpec(268, "Result-Code", AvpType.UNSIGNED32),
+            AvpSpec(296, "Origin-Realm", AvpType.DIAMETER_IDENTITY),
+        ]
+    )
+    dictionary.add_commands(
+        [
+            CommandSpec(
+                9000, "Probe", 5, "PRQ", "PRA", "< Session-Id > { Ticket }", "{ Ticket }", False
+            )
+        ]
+    )
+
+    def probe() -> Message:
+        request = Message(9000, 5, flags=0x80, dictionary=dictionary)
+        request.add("Session-Id", "pgw;1;2")
+        if "Ticket" in dictionary.by_name:
+            request.add("Ticket", 7)
+        return decode_message(encode_message(request), dictionary)
+
+    assert [avp.name for avp in answer_basis(probe()).avps] == ["Session-Id"]
+    dictionary.add_avps([AvpSpec(9001, "Ticket", AvpType.UNSIGNED32)])
+    request = probe()
+    basis = answer_basis(request)
+    assert [avp.name for avp in basis.avps] == ["Session-Id", "Ticket"]
+    assert make_answer(basis, 2001, OCS_HOST, OCS_REALM).get("Ticket") == 7

@@ -81,10 +81,11 @@ def make_answer(
     return answer
 
 
-# Per command (looked up by identity, with the dictionary it came from): the definitions of
+# Per command (looked up by identity, with the dictionary it came from and how many AVPs that
+# defined then: add_avps only adds, and a name defined later must count): the definitions of
 # the AVPs its answers copy from the request. A server has a few commands in one dictionary;
 # past _ECHOED_MAX (dictionaries made and dropped, as tests do) it starts again.
-_ECHOED: dict[int, tuple[Dictionary, CommandDef | None, tuple[AvpDef, ...]]] = {}
+_ECHOED: dict[int, tuple[Dictionary, CommandDef | None, int, tuple[AvpDef, ...]]] = {}
 _ECHOED_MAX: Final = 256
 
 
@@ -94,7 +95,10 @@ def answer_basis(request: Message) -> Message:
     as a CCA's CC-Request-Type and CC-Request-Number). An answer waiting for its change to be
     durable holds this, not the request: the rest of the request (its grouped AVPs, most of
     its objects) is then freed at once, while it is still in the processor's caches, where a
-    few milliseconds later, after a hundred more requests, freeing it missed them."""
+    few milliseconds later, after a hundred more requests, freeing it missed them.
+
+    It keeps what make_answer copies and no more: an AVP make_answer comes to copy must be
+    kept here too (tests/diameter/test_messages.py compares the two answers' bytes)."""
     echoed = _echoed(request)
     kept: list[Avp] = []
     for avp in request.avps:
@@ -119,7 +123,13 @@ def _echoed(request: Message) -> tuple[AvpDef, ...]:
     dictionary = request.dictionary
     command = request.command
     found = _ECHOED.get(id(command))
-    if found is None or found[0] is not dictionary or found[1] is not command:
+    defined = len(dictionary.by_name)
+    if (
+        found is None
+        or found[0] is not dictionary
+        or found[1] is not command
+        or found[2] != defined
+    ):
         names = ["Session-Id"]
         if command is not None:
             names.extend(
@@ -131,8 +141,8 @@ def _echoed(request: Message) -> tuple[AvpDef, ...]:
         defs = tuple(d for d in (dictionary.by_name.get(n) for n in names) if d is not None)
         if len(_ECHOED) >= _ECHOED_MAX:
             _ECHOED.clear()
-        found = _ECHOED[id(command)] = (dictionary, command, defs)
-    return found[2]
+        found = _ECHOED[id(command)] = (dictionary, command, defined, defs)
+    return found[3]
 
 
 def normalize_answer(
