@@ -18,7 +18,7 @@ from quotaflow.diameter.constants import (
     CommandCode,
     is_protocol_error,
 )
-from quotaflow.diameter.dictionary import VENDOR_3GPP, AvpDef, CommandDef, Dictionary
+from quotaflow.diameter.dictionary import VENDOR_3GPP, AvpDef, CommandDef, Rule
 from quotaflow.diameter.message import Avp, BuildValue, IPAddress, Message
 
 # Avoid Session-Id collisions across restarts: RFC 6733 8.8 suggests a high part from boot time.
@@ -69,24 +69,14 @@ def make_answer(
     answer.add("Result-Code", result_code)
     answer.add("Origin-Host", origin_host)
     answer.add("Origin-Realm", origin_realm)
-    command = request.command
-    if echo_required and command is not None and not answer.is_error:
-        for rule in command.answer.rules:
-            if rule.min_count and rule.name not in _ANSWER_HEAD:
-                answer.avps.extend(request.find_all(rule.name)[: rule.max_count])
+    if echo_required and not answer.is_error:
+        for rule in _echoes(request)[1]:
+            answer.avps.extend(request.find_all(rule.name)[: rule.max_count])
     if error_message:
         answer.add("Error-Message", error_message)
     if failed_avps:
         answer.add("Failed-AVP", list(failed_avps))
     return answer
-
-
-# Per command (looked up by identity, with the dictionary it came from and how many AVPs that
-# defined then: add_avps only adds, and a name defined later must count): the definitions of
-# the AVPs its answers copy from the request. A server has a few commands in one dictionary;
-# past _ECHOED_MAX (dictionaries made and dropped, as tests do) it starts again.
-_ECHOED: dict[int, tuple[Dictionary, CommandDef | None, int, tuple[AvpDef, ...]]] = {}
-_ECHOED_MAX: Final = 256
 
 
 def answer_basis(request: Message) -> Message:
@@ -97,9 +87,9 @@ def answer_basis(request: Message) -> Message:
     its objects) is then freed at once, while it is still in the processor's caches, where a
     few milliseconds later, after a hundred more requests, freeing it missed them.
 
-    It keeps what make_answer copies and no more: an AVP make_answer comes to copy must be
-    kept here too (tests/diameter/test_messages.py compares the two answers' bytes)."""
-    echoed = _echoed(request)
+    It keeps what make_answer copies and no more: both read it from `_echoes`
+    (tests/diameter/test_messages.py compares the two answers' bytes)."""
+    echoed = _echoes(request)[2]
     kept: list[Avp] = []
     for avp in request.avps:
         definition = avp.definition
@@ -119,30 +109,23 @@ def answer_basis(request: Message) -> Message:
     )
 
 
-def _echoed(request: Message) -> tuple[AvpDef, ...]:
+def _echoes(request: Message) -> tuple[CommandDef | None, tuple[Rule, ...], tuple[AvpDef, ...]]:
+    """What an answer to `request` copies from it: the command, the rules of its answer whose
+    AVPs make_answer copies (required ones, past the answer's own head), and the definitions
+    answer_basis keeps (Session-Id's and theirs). The dictionary keeps them per command and
+    forgets them when it changes."""
     dictionary = request.dictionary
     command = request.command
-    found = _ECHOED.get(id(command))
-    defined = len(dictionary.by_name)
-    if (
-        found is None
-        or found[0] is not dictionary
-        or found[1] is not command
-        or found[2] != defined
-    ):
-        names = ["Session-Id"]
+    found = dictionary.echoes.get(id(command))
+    if found is None or found[0] is not command:
+        rules: tuple[Rule, ...] = ()
         if command is not None:
-            names.extend(
-                rule.name
-                for rule in command.answer.rules
-                if rule.min_count and rule.name not in _ANSWER_HEAD
-            )
+            rules = tuple(r for r in command.answer.required if r.name not in _ANSWER_HEAD)
+        names = ("Session-Id", *(rule.name for rule in rules))
         # A name the dictionary lacks (a table bug, see unresolved_names) matches no AVP.
         defs = tuple(d for d in (dictionary.by_name.get(n) for n in names) if d is not None)
-        if len(_ECHOED) >= _ECHOED_MAX:
-            _ECHOED.clear()
-        found = _ECHOED[id(command)] = (dictionary, command, defined, defs)
-    return found[3]
+        found = dictionary.echoes[id(command)] = (command, rules, defs)
+    return found
 
 
 def normalize_answer(
