@@ -256,6 +256,59 @@ async def test_retransmission_is_answered_identically_and_charged_once(env: GyEn
     assert env.amount("alice") == 94 * MB and env.reserved("alice") == 0
 
 
+def _via(request: Message, *states: bytes) -> Message:
+    """`request` as proxies send it on: one Proxy-Info each (RFC 6733 6.7.4)."""
+    for state in states:
+        request.add("Proxy-Info", {"Proxy-Host": "proxy.test", "Proxy-State": state})
+    return request
+
+
+def _proxy_states(answer: Message) -> list[object]:
+    return [info.get("Proxy-State") for info in answer.find_all("Proxy-Info")]
+
+
+async def test_every_answer_carries_its_request_s_proxy_info_in_order(env: GyEnv) -> None:
+    """RFC 6733 6.2: each proxy on the way back finds its own state. CCR-I (the async path),
+    CCR-U (answered at once), a refusal, CCR-T, and retransmissions of an update: a copy
+    answered from the first answer carries the copy's Proxy-Info, not the first's."""
+    app = _gy(env)
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(
+        _via(ccr(client, sid, INIT, 0, mscc(10, requested={})), b"i1", b"i2")
+    )
+    assert cca.get("Result-Code") == 2001 and _proxy_states(cca) == [b"i1", b"i2"]
+
+    used = {"CC-Total-Octets": MB}
+    update = ccr(client, sid, UPD, 1, mscc(10, requested={}, used=used))
+    first = await client.request(_via(update, b"u1", b"u2"))
+    assert first.get("Result-Code") == 2001 and app.answered_now == 1
+    assert _proxy_states(first) == [b"u1", b"u2"]
+
+    def rest(answer: Message) -> list[object]:
+        return [avp for avp in answer.avps if avp.name != "Proxy-Info"]
+
+    other_path = _retransmission(update)
+    other_path.avps = [avp for avp in other_path.avps if avp.name != "Proxy-Info"]
+    again = await client.request(_via(other_path, b"r1"))
+    assert _proxy_states(again) == [b"r1"] and rest(again) == rest(first)
+    direct = _retransmission(update)
+    direct.avps = [avp for avp in direct.avps if avp.name != "Proxy-Info"]
+    again = await client.request(direct)
+    assert _proxy_states(again) == [] and rest(again) == rest(first)
+    assert env.amount("alice") == 99 * MB  # charged once
+
+    stranger = client.new_session_id()
+    unknown = [e164("4699999")]
+    cca = await client.request(
+        _via(ccr(client, stranger, INIT, 0, mscc(10), subscription=unknown), b"x")
+    )
+    assert cca.get("Result-Code") == 5030 and _proxy_states(cca) == [b"x"]
+
+    cca = await client.request(_via(ccr(client, sid, TERM, 2, mscc(10, used=used)), b"t"))
+    assert cca.get("Result-Code") == 2001 and _proxy_states(cca) == [b"t"]
+
+
 async def test_open5gs_shaped_session(env: GyEnv) -> None:
     """M bits everywhere, no Rating-Group, Destination-Realm of the client's own realm,
     Requested-Action in session requests, Service-Information with PS-Information."""

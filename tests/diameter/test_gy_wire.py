@@ -72,7 +72,8 @@ def request(echo: Echo) -> Message:
 @st.composite
 def echoes(draw: st.DrawFn) -> Echo:
     """A request's Session-Id and echoed AVPs, with the flags a peer may have set on them
-    (echoed as received) and any value of their types (the writer packs them in one call)."""
+    (echoed as received) and any value of their types (the writer packs them in one call),
+    and any Proxy-Info."""
     session = AVPS("Session-Id", draw(st.text(min_size=1, max_size=80)))
     kind = AVPS("CC-Request-Type", draw(st.integers(1, 4) | st.integers(-(2**31), 2**31 - 1)))
     number = AVPS("CC-Request-Number", draw(U32))
@@ -81,6 +82,10 @@ def echoes(draw: st.DrawFn) -> Echo:
         echoed.insert(0, AVPS("Auth-Application-Id", draw(st.just(4) | U32)))
     for avp in echoed:
         avp.flags = draw(st.sampled_from([avp.flags, 0, 0x20, 0x60]))
+    for state in draw(st.lists(st.binary(max_size=20), max_size=2)):  # came through proxies
+        echoed.append(
+            AVPS("Proxy-Info", [AVPS("Proxy-Host", "p.test"), AVPS("Proxy-State", state)])
+        )
     return Echo(session, echoed)
 
 

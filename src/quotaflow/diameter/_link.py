@@ -42,7 +42,7 @@ class ImmediateHandler(Protocol):
     ) -> tuple[Message, bytes | None, asyncio.Future[None] | None, Message] | None:
         """The answer, the answer as encoded for this request (None: encode it when sent), the
         barrier to wait on before sending it (None: send now), and what of the request to hold
-        until then for `failed` (messages.answer_basis: the whole request would keep all its
+        until then for `failed` (gy.Ccr.basis: the whole request would keep all its
         AVPs alive until the barrier is done); None for a request this path does not take (the
         async handler gets it)."""
         ...

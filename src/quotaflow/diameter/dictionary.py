@@ -202,7 +202,7 @@ class Dictionary:
     decoders: Any = field(default=None, repr=False, compare=False)
     # What an answer copies from its request, per command (by identity; messages._echoes),
     # made on first use; reset on change.
-    echoes: dict[int, tuple[CommandDef | None, tuple[Rule, ...], tuple[AvpDef, ...]]] = field(
+    echoes: dict[int, tuple[CommandDef | None, tuple[Rule, ...]]] = field(
         default_factory=dict, repr=False, compare=False
     )
 

@@ -25,6 +25,7 @@ from quotaflow.diameter.constants import (
     AVP_CC_REQUEST_TYPE,
     AVP_ORIGIN_HOST,
     AVP_ORIGIN_REALM,
+    AVP_PROXY_INFO,
     AVP_SESSION_ID,
     HEADER_OCTETS,
     CcRequestType,
@@ -59,7 +60,7 @@ from quotaflow.diameter.gy_notify import GyNotifier, session_meta
 from quotaflow.diameter.gy_retransmit import AnswerCache, Kept
 from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
-from quotaflow.diameter.messages import answer_basis, make_answer, normalize_answer
+from quotaflow.diameter.messages import make_answer, normalize_answer
 from quotaflow.diameter.peer import AllowedPeer
 from quotaflow.diameter.transport import DiameterServer, serve_diameter
 from quotaflow.engine import SESSION_EVENTS, Engine, ServiceRequest, SessionAnswer
@@ -133,6 +134,7 @@ class Ccr:
         auth: Avp | None = None
         kind: Avp | None = None
         number: Avp | None = None
+        proxies: list[Avp] | None = None  # Proxy-Info, rare: no list unless there is one
         host = realm = None
         for avp in message.avps:
             if avp.vendor_id:
@@ -153,13 +155,21 @@ class Ccr:
             elif code == AVP_CC_REQUEST_TYPE:
                 if kind is None:
                     kind = avp
-            elif code == AVP_AUTH_APPLICATION_ID and auth is None:
-                auth = avp
+            elif code == AVP_AUTH_APPLICATION_ID:
+                if auth is None:
+                    auth = avp
+            elif code == AVP_PROXY_INFO:
+                if proxies is None:
+                    proxies = [avp]
+                else:
+                    proxies.append(avp)
         # The grammar was checked on receipt: these are present, with these types.
         assert session is not None and isinstance(session.value, str)
         assert kind is not None and isinstance(kind.value, int)
         assert number is not None and isinstance(number.value, int)
         echoed = [kind, number] if auth is None else [auth, kind, number]  # ECHOED's order
+        if proxies is not None:
+            echoed += proxies
         return Ccr(
             message,
             session.value,
@@ -170,9 +180,28 @@ class Ccr:
             Echo(session, echoed),
         )
 
+    def basis(self) -> Message:
+        """All of the request that `failed` and the transport read once its answer waits for
+        its commit (make_answer, normalize_answer): the header, Session-Id, the AVPs a CCA
+        echoes and Proxy-Info. The rest of the request, its grouped AVPs above all, is then
+        freed at once, while still in the processor's caches, where freeing it a hundred
+        requests later, after the commit, missed them. tests/diameter/test_messages.py builds
+        answers from both and compares their bytes."""
+        request, echo = self.message, self.echo
+        avps = list(echo.echoed) if echo.session is None else [echo.session, *echo.echoed]
+        return Message(
+            request.command_code,
+            request.application_id,
+            flags=request.flags,
+            hop_by_hop=request.hop_by_hop,
+            end_to_end=request.end_to_end,
+            avps=avps,
+            dictionary=request.dictionary,
+        )
+
 
 # An answer handle_now computed, until its barrier is done: its cache entry, the request's
-# answer basis (messages.answer_basis), the answer and its sealed frame, and when the request
+# answer basis (Ccr.basis), the answer and its sealed frame, and when the request
 # came (perf_counter).
 _Held = tuple[Kept, Message, Message, bytes, float]
 
@@ -245,7 +274,7 @@ class GyApplication:
         if held is None:
             held = self._held[barrier] = []
             barrier.add_done_callback(self._release)
-        basis = answer_basis(request)  # all `failed` needs of the request (see answer_basis)
+        basis = ccr.basis()  # all `failed` needs of the request
         held.append((kept, basis, answer, frame, started))
         return answer, frame, barrier, basis
 

@@ -2,8 +2,9 @@
 
 Every answer starts Session-Id, Result-Code, Origin-Host, Origin-Realm, then the request's
 Auth-Application-Id, CC-Request-Type and CC-Request-Number: what freeDiameter insists on before
-it relays a CCA. AVPs are made with their dictionary definitions looked up once (this runs for
-every request) and are never changed once made, so answers may share them.
+it relays a CCA. The request's Proxy-Info AVPs follow, in their order, for the proxies on the
+way back (RFC 6733 6.2). AVPs are made with their dictionary definitions looked up once (this
+runs for every request) and are never changed once made, so answers may share them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from quotaflow.diameter.constants import (
     AVP_CC_REQUEST_TYPE,
     AVP_FLAG_MANDATORY,
     AVP_FLAG_VENDOR,
+    AVP_PROXY_INFO,
     AVP_RESULT_CODE,
     AVP_SESSION_ID,
     FLAG_PROXIABLE,
@@ -63,7 +65,8 @@ ECHOED: Final = (AVP_AUTH_APPLICATION_ID, AVP_CC_REQUEST_TYPE, AVP_CC_REQUEST_NU
 # __init__: mypyc compiles it, a dataclass-generated one runs interpreted.
 @dataclass(slots=True, init=False)
 class Echo:
-    """What a CCA copies from its request: the Session-Id, then the ECHOED AVPs present."""
+    """What a CCA copies from its request: the Session-Id, then the ECHOED AVPs present and
+    its Proxy-Info AVPs, in their order (RFC 6733 6.2)."""
 
     session: Avp | None
     echoed: list[Avp]
@@ -76,6 +79,7 @@ class Echo:
 def echo_of(request: Message) -> Echo:
     session: Avp | None = None
     echoed: dict[int, Avp] = {}
+    proxies: list[Avp] = []
     for avp in request.avps:
         if avp.vendor_id:
             continue
@@ -83,7 +87,9 @@ def echo_of(request: Message) -> Echo:
             session = avp
         elif avp.code in ECHOED and avp.code not in echoed:
             echoed[avp.code] = avp
-    return Echo(session, [echoed[code] for code in ECHOED if code in echoed])
+        elif avp.code == AVP_PROXY_INFO:
+            proxies.append(avp)
+    return Echo(session, [*(echoed[code] for code in ECHOED if code in echoed), *proxies])
 
 
 def result_code_of(answer: Message) -> int:

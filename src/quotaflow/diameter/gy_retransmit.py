@@ -3,8 +3,9 @@
 A retransmission (T flag after a failover, or a client retry) has the same Session-Id,
 CC-Request-Type and CC-Request-Number. While the first is still being charged the copy waits
 for it, so it is never answered before the first answer is durable; afterwards it gets a copy
-of that answer. The table is bounded in entries and age; past it, the engine's idempotency
-still charges a request only once and rebuilds the same answer from the first result.
+of that answer, with the copy's own Proxy-Info (messages.with_proxy_info). The table is
+bounded in entries and age; past it, the engine's idempotency still charges a request only
+once and rebuilds the same answer from the first result.
 
 A first answer is kept sealed: put in shape for the wire and its AVPs encoded, once (the
 transport then sends those bytes behind a header of its own). The table holds bytes, not a
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from quotaflow.diameter.codec import decode_message
 from quotaflow.diameter.constants import FLAG_ERROR, HEADER_OCTETS
 from quotaflow.diameter.message import Message
+from quotaflow.diameter.messages import with_proxy_info
 
 AnswerKey = tuple[str, int, int]  # Session-Id, CC-Request-Type, CC-Request-Number
 # Puts an answer in shape for the request it answers and encodes it (setting its avps_wire).
@@ -97,11 +99,11 @@ class AnswerCache:
             self.hits += 1
             first = kept.first
             if first is not None:
-                return unseal(first, request)
+                return with_proxy_info(unseal(first, request), request)
             waiting = kept.waiting
             if waiting is None:
                 waiting = kept.waiting = self._running_loop().create_future()
-            return copy_answer(await asyncio.shield(waiting))
+            return with_proxy_info(copy_answer(await asyncio.shield(waiting)), request)
         kept = self.begin(key, now)
         try:
             answer = await compute()

@@ -12,13 +12,14 @@ from quotaflow.diameter.constants import (
     APPLICATION_CREDIT_CONTROL,
     AVP_ORIGIN_HOST,
     AVP_ORIGIN_REALM,
+    AVP_PROXY_INFO,
     AVP_SESSION_ID,
     FLAG_ERROR,
     FLAG_PROXIABLE,
     CommandCode,
     is_protocol_error,
 )
-from quotaflow.diameter.dictionary import VENDOR_3GPP, AvpDef, CommandDef, Rule
+from quotaflow.diameter.dictionary import VENDOR_3GPP, CommandDef, Rule
 from quotaflow.diameter.message import Avp, BuildValue, IPAddress, Message
 
 # Avoid Session-Id collisions across restarts: RFC 6733 8.8 suggests a high part from boot time.
@@ -50,7 +51,7 @@ def make_answer(
 
     `echo_required` copies from the request the AVPs the answer grammar requires (e.g. CCA's
     Auth-Application-Id, CC-Request-Type, CC-Request-Number) so error answers still pass
-    strict peers such as freeDiameter.
+    strict peers such as freeDiameter. The request's Proxy-Info AVPs follow, in their order.
     """
     flags = request.flags & FLAG_PROXIABLE
     if is_protocol_error(result_code):
@@ -72,6 +73,8 @@ def make_answer(
     if echo_required and not answer.is_error:
         for rule in _echoes(request)[1]:
             answer.avps.extend(request.find_all(rule.name)[: rule.max_count])
+    # Error answers too (RFC 6733 6.2, 7.2): each proxy on the way back finds its state here.
+    answer.avps.extend(proxy_infos(request))
     if error_message:
         answer.add("Error-Message", error_message)
     if failed_avps:
@@ -79,41 +82,10 @@ def make_answer(
     return answer
 
 
-def answer_basis(request: Message) -> Message:
-    """The part of `request` that make_answer and normalize_answer read: its header and the
-    top-level AVPs an answer copies (Session-Id, and those the answer's grammar requires, such
-    as a CCA's CC-Request-Type and CC-Request-Number). An answer waiting for its change to be
-    durable holds this, not the request: the rest of the request (its grouped AVPs, most of
-    its objects) is then freed at once, while it is still in the processor's caches, where a
-    few milliseconds later, after a hundred more requests, freeing it missed them.
-
-    It keeps what make_answer copies and no more: both read it from `_echoes`
-    (tests/diameter/test_messages.py compares the two answers' bytes)."""
-    echoed = _echoes(request)[2]
-    kept: list[Avp] = []
-    for avp in request.avps:
-        definition = avp.definition
-        if definition is not None:
-            for wanted in echoed:
-                if definition is wanted:
-                    kept.append(avp)
-                    break
-    return Message(
-        request.command_code,
-        request.application_id,
-        flags=request.flags,
-        hop_by_hop=request.hop_by_hop,
-        end_to_end=request.end_to_end,
-        avps=kept,
-        dictionary=request.dictionary,
-    )
-
-
-def _echoes(request: Message) -> tuple[CommandDef | None, tuple[Rule, ...], tuple[AvpDef, ...]]:
-    """What an answer to `request` copies from it: the command, the rules of its answer whose
-    AVPs make_answer copies (required ones, past the answer's own head), and the definitions
-    answer_basis keeps (Session-Id's and theirs). The dictionary keeps them per command and
-    forgets them when it changes."""
+def _echoes(request: Message) -> tuple[CommandDef | None, tuple[Rule, ...]]:
+    """What an answer to `request` copies from it: the command, and the rules of its answer
+    whose AVPs make_answer copies (required ones, past the answer's own head). The dictionary
+    keeps them per command and forgets them when it changes."""
     dictionary = request.dictionary
     command = request.command
     found = dictionary.echoes.get(id(command))
@@ -121,18 +93,40 @@ def _echoes(request: Message) -> tuple[CommandDef | None, tuple[Rule, ...], tupl
         rules: tuple[Rule, ...] = ()
         if command is not None:
             rules = tuple(r for r in command.answer.required if r.name not in _ANSWER_HEAD)
-        names = ("Session-Id", *(rule.name for rule in rules))
-        # A name the dictionary lacks (a table bug, see unresolved_names) matches no AVP.
-        defs = tuple(d for d in (dictionary.by_name.get(n) for n in names) if d is not None)
-        found = dictionary.echoes[id(command)] = (command, rules, defs)
+        found = dictionary.echoes[id(command)] = (command, rules)
     return found
+
+
+def proxy_infos(message: Message) -> list[Avp]:
+    """The message's top-level Proxy-Info AVPs, in their order."""
+    return [avp for avp in message.avps if avp.code == AVP_PROXY_INFO and not avp.vendor_id]
+
+
+def with_proxy_info(answer: Message, request: Message) -> Message:
+    """`answer` carrying `request`'s Proxy-Info in place of its own, for an answer made for
+    another request: a retransmission's copy of the first answer. The copy may come through
+    other proxies, or with other state in them, and each proxy finds its own state in the
+    answer (RFC 6733 6.2). Unsealed when they differ, so that the transport encodes it again."""
+    theirs = proxy_infos(request)
+    if proxy_infos(answer) == theirs:
+        return answer
+    avps: list[Avp] = []
+    for avp in answer.avps:
+        if avp.code == AVP_PROXY_INFO and not avp.vendor_id:
+            avps += theirs  # where the first answer had its own
+            theirs = []
+        else:
+            avps.append(avp)
+    answer.avps = avps + theirs
+    answer.avps_wire = None
+    return answer
 
 
 def normalize_answer(
     request: Message, answer: Message, origin_host: str, origin_realm: str
 ) -> None:
     """Make an application's answer safe to send: ids echoed, R cleared, P copied, Session-Id
-    first, Origin-Host/Origin-Realm present."""
+    first, Origin-Host/Origin-Realm present, the request's Proxy-Info carried back."""
     answer.hop_by_hop = request.hop_by_hop
     answer.end_to_end = request.end_to_end
     answer.command_code = request.command_code
@@ -142,7 +136,7 @@ def normalize_answer(
     # One pass by code (this runs for every answer); answers built by make_answer or the Gy
     # application are already in shape and are left as they are.
     sessions = 0
-    has_host = has_realm = False
+    has_host = has_realm = has_proxy_info = False
     for avp in answer.avps:
         if not avp.vendor_id:
             code = avp.code
@@ -152,6 +146,8 @@ def normalize_answer(
                 has_host = True
             elif code == AVP_ORIGIN_REALM:
                 has_realm = True
+            elif code == AVP_PROXY_INFO:
+                has_proxy_info = True
     first = answer.avps[0] if answer.avps else None
     if sessions > 1 or (
         sessions == 1 and (first is None or first.code != AVP_SESSION_ID or first.vendor_id)
@@ -169,6 +165,8 @@ def normalize_answer(
         answer.add("Origin-Host", origin_host)
     if not has_realm:
         answer.add("Origin-Realm", origin_realm)
+    if not has_proxy_info:
+        answer.avps.extend(proxy_infos(request))
 
 
 def build_capabilities(
