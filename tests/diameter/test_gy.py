@@ -292,11 +292,49 @@ async def test_every_answer_carries_its_request_s_proxy_info_in_order(env: GyEnv
     other_path.avps = [avp for avp in other_path.avps if avp.name != "Proxy-Info"]
     again = await client.request(_via(other_path, b"r1"))
     assert _proxy_states(again) == [b"r1"] and rest(again) == rest(first)
+    names, first_names = [a.name for a in again.avps], [a.name for a in first.avps]
+    assert names.index("Proxy-Info") == first_names.index("Proxy-Info")  # in the first's place
+    assert names[-1] == first_names[-1] == "Multiple-Services-Credit-Control"
     direct = _retransmission(update)
     direct.avps = [avp for avp in direct.avps if avp.name != "Proxy-Info"]
     again = await client.request(direct)
     assert _proxy_states(again) == [] and rest(again) == rest(first)
     assert env.amount("alice") == 99 * MB  # charged once
+
+    # A copy that comes while the first is still being charged waits for it, and gets all of
+    # it (the MSCC too: a sealed answer's `avps` may be only its head) with its own states.
+    update = ccr(client, sid, UPD, 2, mscc(10, requested={}, used=used))
+    copy = _retransmission(update)
+    first_future = client.send(_via(update, b"w1"))
+    again_future = client.send(_via(copy, b"w2", b"w3"))
+    first, again = await asyncio.wait_for(asyncio.gather(first_future, again_future), 10)
+    assert _proxy_states(first) == [b"w1"] and _proxy_states(again) == [b"w2", b"w3"]
+    assert msccs(again) == msccs(first) and msccs(first)[0][GSU_OCTETS] > 0
+    assert rest(again) == rest(first)
+    assert env.amount("alice") == 98 * MB
+    await env.subscriber("bob", msisdn="4670002", imsi=None, octets=50 * MB)
+    other = client.new_session_id()
+    initial = ccr(client, other, INIT, 0, mscc(10, requested={}), subscription=[e164("4670002")])
+    copy = _retransmission(initial)
+    first_future = client.send(_via(initial, b"a"))
+    again_future = client.send(copy)
+    first, again = await asyncio.wait_for(asyncio.gather(first_future, again_future), 10)
+    assert _proxy_states(first) == [b"a"] and _proxy_states(again) == []
+    assert msccs(again) == msccs(first) and msccs(first)[0][GSU_OCTETS] > 0
+
+    # An event's answer has them where a session's has: after the echoed AVPs.
+    event = ccr(
+        client,
+        client.new_session_id(),
+        CcRequestType.EVENT,
+        0,
+        ("Requested-Action", "CHECK_BALANCE"),
+        mscc(10, requested={"CC-Total-Octets": MB}),
+    )
+    cca = await client.request(_via(event, b"e"))
+    names = [avp.name for avp in cca.avps]
+    assert cca.get("Result-Code") == 2001 and _proxy_states(cca) == [b"e"]
+    assert names[names.index("CC-Request-Number") + 1] == "Proxy-Info"
 
     stranger = client.new_session_id()
     unknown = [e164("4699999")]
@@ -305,7 +343,7 @@ async def test_every_answer_carries_its_request_s_proxy_info_in_order(env: GyEnv
     )
     assert cca.get("Result-Code") == 5030 and _proxy_states(cca) == [b"x"]
 
-    cca = await client.request(_via(ccr(client, sid, TERM, 2, mscc(10, used=used)), b"t"))
+    cca = await client.request(_via(ccr(client, sid, TERM, 3, mscc(10, used=used)), b"t"))
     assert cca.get("Result-Code") == 2001 and _proxy_states(cca) == [b"t"]
 
 
@@ -375,13 +413,15 @@ async def test_a_failed_commit_is_3004_for_the_update_and_its_copy(env: GyEnv) -
     with sqlite3.connect(env.server.store.path) as other:  # the commit's records go nowhere
         other.execute("DROP TABLE cdr")
     update = ccr(client, sid, UPD, 1, mscc(10, requested={}, used={"CC-Total-Octets": MB}))
-    first_future = client.send(update)
+    first_future = client.send(_via(update, b"p"))
     again_future = client.send(_retransmission(update))
     first, again = await asyncio.wait_for(asyncio.gather(first_future, again_future), 10)
     assert app.answered_now == 1
     assert first.get("Result-Code") == 3004 and again.get("Result-Code") == 3004
-    # Answered from what was held of the request (its answer basis): its session and ids.
+    # Answered from what was held of the request (its answer basis): its session, ids and
+    # Proxy-Info.
     assert first.session_id == sid and first.end_to_end == update.end_to_end
+    assert _proxy_states(first) == [b"p"] == _proxy_states(again)
     assert len(app.answers) == 1  # the CCR-I's; the failed update's is not kept
     later = await client.request(_retransmission(update))
     assert later.get("Result-Code") == 3004

@@ -14,7 +14,8 @@ from quotaflow.diameter import (
 )
 from quotaflow.diameter.dictionary import AvpSpec, CommandSpec, Dictionary
 from quotaflow.diameter.gy import Ccr
-from quotaflow.diameter.messages import normalize_answer, with_proxy_info
+from quotaflow.diameter.gy_answer import ECHOED
+from quotaflow.diameter.messages import _echoes, normalize_answer, with_proxy_info
 
 from .helpers import open5gs_like_ccr
 
@@ -82,6 +83,15 @@ def test_an_answer_built_from_the_basis_is_the_one_built_from_the_request(code: 
     assert from_basis.get("CC-Request-Number") == (None if code == 3004 else 7)
 
 
+def test_what_a_cca_copies_is_what_ccr_basis_keeps() -> None:
+    """Ccr.basis keeps the AVPs Gy echoes (ECHOED), not the dictionary's list: they must be
+    the ones the CCA's grammar makes make_answer copy."""
+    request = _received(open5gs_like_ccr(CcRequestType.UPDATE, 7))
+    names = [rule.name for rule in _echoes(request)[1]]
+    assert names == ["Auth-Application-Id", "CC-Request-Type", "CC-Request-Number"]
+    assert [request.dictionary.by_name[n].code for n in names] == list(ECHOED)
+
+
 def test_normalizing_against_the_basis_is_normalizing_against_the_request() -> None:
     request = _received(open5gs_like_ccr(CcRequestType.UPDATE, 3, used_octets=1_000))
     answers = []
@@ -107,7 +117,7 @@ def test_a_copy_s_answer_carries_the_copy_s_proxy_info() -> None:
     with other state, it gets its own Proxy-Info, the rest unchanged; with the same, the
     sealed answer is left as it is."""
     first = _received(open5gs_like_ccr(CcRequestType.UPDATE, 3), b"a", b"b")
-    sealed = make_answer(first, 2001, OCS_HOST, OCS_REALM)
+    sealed = make_answer(first, 5030, OCS_HOST, OCS_REALM, error_message="who")  # not last
     frame = encode_message(sealed)
     sealed.avps_wire = frame[20:]
 
@@ -119,8 +129,9 @@ def test_a_copy_s_answer_carries_the_copy_s_proxy_info() -> None:
     assert answer.avps_wire is None and _proxy_states(answer) == [b"c"]
     rest = [avp for avp in answer.avps if avp.name != "Proxy-Info"]
     assert rest == [avp for avp in decode_message(frame).avps if avp.name != "Proxy-Info"]
-    # Where the first answer had its own.
+    # Where the first answer had its own (before Error-Message).
     names = [avp.name for avp in answer.avps]
+    assert names[-1] == "Error-Message"
     assert names.index("Proxy-Info") == [a.name for a in decode_message(frame).avps].index(
         "Proxy-Info"
     )

@@ -44,11 +44,12 @@ def copy_answer(answer: Message) -> Message:
 
 
 def unseal(frame: bytes, request: Message) -> Message:
-    """A kept answer as a Message again (AVPs decoded, the encoded ones reused to send)."""
+    """A kept answer as a Message again, for `request` (a copy of the one it answered): its
+    AVPs decoded, the encoded ones reused to send unless the copy's Proxy-Info differs."""
     answer = decode_message(frame, request.dictionary)
     answer.flags &= FLAG_ERROR
     answer.avps_wire = frame[HEADER_OCTETS:]
-    return answer
+    return with_proxy_info(answer, request)
 
 
 class Kept:
@@ -99,11 +100,15 @@ class AnswerCache:
             self.hits += 1
             first = kept.first
             if first is not None:
-                return with_proxy_info(unseal(first, request), request)
+                return unseal(first, request)
             waiting = kept.waiting
             if waiting is None:
                 waiting = kept.waiting = self._running_loop().create_future()
-            return with_proxy_info(copy_answer(await asyncio.shield(waiting)), request)
+            answer = await asyncio.shield(waiting)
+            frame = kept.first  # set before the copies wake
+            if frame:  # sealed: all of the answer (its `avps` may be only its head)
+                return unseal(frame, request)
+            return with_proxy_info(copy_answer(answer), request)  # never sealed: all its AVPs
         kept = self.begin(key, now)
         try:
             answer = await compute()

@@ -106,7 +106,9 @@ def with_proxy_info(answer: Message, request: Message) -> Message:
     """`answer` carrying `request`'s Proxy-Info in place of its own, for an answer made for
     another request: a retransmission's copy of the first answer. The copy may come through
     other proxies, or with other state in them, and each proxy finds its own state in the
-    answer (RFC 6733 6.2). Unsealed when they differ, so that the transport encodes it again."""
+    answer (RFC 6733 6.2). Unsealed when they differ, so that the transport encodes it again:
+    `answer.avps` must then hold all of its AVPs (decoded from its frame, or never sealed),
+    not only the head a sealed answer may keep (Message.avps_wire)."""
     theirs = proxy_infos(request)
     if proxy_infos(answer) == theirs:
         return answer
