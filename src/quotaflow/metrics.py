@@ -27,13 +27,6 @@ _REQUEST_SECONDS: dict[str, Latencies] = {}
 ENGINE_ERRORS = Counter(
     "quotaflow_engine_errors", "Refused requests by reason", ["code"], registry=REGISTRY
 )
-SESSIONS_RELEASED = Counter(
-    "quotaflow_sessions_released",
-    "Sessions the server ended by itself, by interface and reason (client_restarted: a Gy "
-    "client came back with a higher Origin-State-Id)",
-    ["interface", "reason"],
-    registry=REGISTRY,
-)
 
 
 def request_seconds(interface: str) -> Latencies:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import time
 from collections.abc import Mapping, Sequence
 
 from quotaflow.diameter._link import PeerLink, RequestHandler
@@ -21,9 +20,6 @@ from quotaflow.diameter.messages import build_ccr, make_answer, new_session_id
 from quotaflow.diameter.peer import PeerConfig, PeerConnection, PeerState, Role
 
 CONNECT_TIMEOUT_S = 5.0
-# This process's Origin-State-Id: the same on every connection it makes, so that a server does
-# not take a second connection (or a reconnection) for a restart that lost every session.
-PROCESS_STATE_ID = int(time.time()) & 0xFFFFFFFF
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -46,19 +42,15 @@ class DiameterClient:
         request_handler: RequestHandler | None = None,
         watchdog_interval_s: float = 30.0,
         timeout_s: float = CONNECT_TIMEOUT_S,
-        origin_state_id: int | None = None,
     ) -> DiameterClient:
         """Connect and exchange capabilities; LinkClosedError if the server refuses us.
 
         `request_handler` answers server-initiated requests (RAR, ASR); by default 2001.
-        `origin_state_id` is what the CER and DWRs say: by default PROCESS_STATE_ID, which a
-        server that sees it grow takes for a restart.
         """
         config = PeerConfig(
             origin_host=origin_host,
             origin_realm=origin_realm,
             auth_application_ids=application_ids,
-            origin_state_id=PROCESS_STATE_ID if origin_state_id is None else origin_state_id,
         )
 
         def make_connection(local: IPAddress | None, remote: IPAddress | None) -> PeerConnection:
@@ -68,7 +60,6 @@ class DiameterClient:
                 origin_realm=origin_realm,
                 host_ip_addresses=addresses,
                 auth_application_ids=application_ids,
-                origin_state_id=config.origin_state_id,
             )
             return PeerConnection(own, Role.CLIENT, remote_address=remote)
 

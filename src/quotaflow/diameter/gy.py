@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from quotaflow.diameter.codec import encode_message
 from quotaflow.diameter.constants import (
@@ -56,7 +56,7 @@ from quotaflow.diameter.gy_mapping import (
     result_code_for,
     service_asks,
 )
-from quotaflow.diameter.gy_notify import INTERFACE, GyNotifier, session_meta
+from quotaflow.diameter.gy_notify import GyNotifier, session_meta
 from quotaflow.diameter.gy_retransmit import AnswerCache, Kept
 from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
@@ -64,14 +64,8 @@ from quotaflow.diameter.messages import make_answer, normalize_answer
 from quotaflow.diameter.peer import AllowedPeer
 from quotaflow.diameter.transport import DiameterServer, serve_diameter
 from quotaflow.engine import SESSION_EVENTS, Engine, ServiceRequest, SessionAnswer
-from quotaflow.ledger import (
-    ChargingError,
-    SubscriberBarred,
-    Unit,
-    UnknownSession,
-    UnknownSubscriber,
-)
-from quotaflow.metrics import SESSION_STEPS, SESSIONS_RELEASED, request_seconds
+from quotaflow.ledger import ChargingError, SubscriberBarred, Unit, UnknownSubscriber
+from quotaflow.metrics import SESSION_STEPS, request_seconds
 from quotaflow.rating import TariffBook
 
 if TYPE_CHECKING:
@@ -94,11 +88,6 @@ _CREDIT_CONTROL: Final[int] = int(CommandCode.CREDIT_CONTROL)
 _SUCCESS: Final[int] = int(ResultCode.SUCCESS)
 DEFAULT_CURRENCY_CODE: Final = 978  # EUR, when the tariff's currency is not in ISO_4217
 ERROR_MESSAGE_CHARS_MAX: Final = 200
-# Clients whose Origin-State-Id is followed (to release a restarted client's sessions); past
-# this many Origin-Hosts, new ones are not followed.
-CLIENTS_FOLLOWED_MAX: Final = 10_000
-RELEASES_AT_ONCE: Final = 64  # a restarted client's sessions released concurrently
-_RELEASED_ON_RESTART: Final = SESSIONS_RELEASED.labels(INTERFACE, "client_restarted")
 # Answers a retry may get differently: not kept for retransmissions.
 _TRANSIENT: Final = frozenset({ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY})
 # Ccr.read builds the echoed AVPs in this order.
@@ -237,10 +226,6 @@ class GyApplication:
         # Answers handle_now computed, by the barrier they wait on.
         self._held: dict[asyncio.Future[None], list[_Held]] = {}
         self.answered_now = 0  # requests handle_now took
-        # The highest Origin-State-Id seen in each client's CCR-Is, by Origin-Host.
-        self._client_states: dict[str, int] = {}
-        self._releasing: set[asyncio.Task[None]] = set()
-        self.released_on_restart = 0  # sessions released because their client restarted
 
     def handle_now(
         self, peer: PeerInfo, request: Message
@@ -374,10 +359,7 @@ class GyApplication:
     ) -> Message:
         asks = service_asks(ccr.message, reading, initial=True)
         subscriber_id = await self._subscriber(ccr.message)
-        state = _origin_state_id(ccr, peer)
-        meta = session_meta(ccr.origin_host, ccr.origin_realm, peer.origin_host, state)
-        if state is not None:
-            self._client_state(ccr.origin_host, state)
+        meta = session_meta(ccr.origin_host, ccr.origin_realm, peer.origin_host)
         try:
             charged = await self.engine.session_start(
                 ccr.session_id, subscriber_id, ccr.number, _engine_requests(asks), meta
@@ -394,57 +376,6 @@ class GyApplication:
             await self.engine.session_terminate(ccr.session_id, ccr.number, [], cause="refused")
             self.notifier.forget(ccr.session_id)
         return answer
-
-    def _client_state(self, origin_host: str, state: int) -> None:
-        """A client's Origin-State-Id, from a CCR-I. A higher one than its sessions recorded
-        means it restarted and lost them (RFC 6733 8.16), so they are ended now and what they
-        hold goes back to the balance, rather than when their grants lapse. The first one
-        seen since this server started checks as well: the client may have restarted while
-        the server was down."""
-        known = self._client_states.get(origin_host)
-        if known is not None and state <= known:
-            return
-        if known is None and len(self._client_states) >= CLIENTS_FOLLOWED_MAX:
-            return
-        self._client_states[origin_host] = state
-        task = asyncio.get_running_loop().create_task(self._release_lost(origin_host, state))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
-
-    async def _release_lost(self, origin_host: str, state: int) -> None:
-        """End the sessions `origin_host` opened before its Origin-State-Id was `state`."""
-        try:
-            found = await self.engine.sessions_with(
-                {"interface": INTERFACE, "origin_host": origin_host}
-            )
-            lost = [sid for sid, record in found.items() if _opened_before(record, state)]
-            for start in range(0, len(lost), RELEASES_AT_ONCE):
-                batch = lost[start : start + RELEASES_AT_ONCE]
-                await asyncio.gather(*(self._end_lost(sid) for sid in batch))
-        except Exception:  # the sessions' grants still lapse in time
-            log.exception("releasing a restarted client's sessions failed")
-            return
-        if lost:
-            log.info(
-                "client restarted: its sessions released",
-                extra={"origin_host": origin_host, "origin_state_id": state, "sessions": len(lost)},
-            )
-
-    async def _end_lost(self, session_id: str) -> None:
-        try:
-            await self.engine.session_terminate(session_id, 0, [], cause="client_restarted")
-        except (UnknownSession, UnknownSubscriber):  # ended meanwhile, or its subscriber gone
-            return
-        self.notifier.forget(session_id)
-        self.released_on_restart += 1
-        _RELEASED_ON_RESTART.inc()
-
-    async def aclose(self) -> None:
-        """Stop releasing (a restarted client's sessions not yet ended lapse in time)."""
-        tasks = list(self._releasing)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _update(self, ccr: Ccr, reading: Reading, avps: AvpFactory) -> Message:
         asks = service_asks(ccr.message, reading, initial=False)
@@ -579,20 +510,6 @@ def _keep(answer: Message) -> bool:
     return result_code_of(answer) not in _TRANSIENT
 
 
-def _origin_state_id(ccr: Ccr, peer: PeerInfo) -> int | None:
-    """The client's Origin-State-Id: its CCR's, else its CER's when the client is the peer
-    itself (through a relay, the relay's CER says nothing of the client)."""
-    value = ccr.message.get("Origin-State-Id")
-    if isinstance(value, int):
-        return value
-    return peer.origin_state_id if peer.origin_host == ccr.origin_host else None
-
-
-def _opened_before(record: dict[str, Any], state: int) -> bool:
-    opened = (record.get("meta") or {}).get("origin_state_id")
-    return type(opened) is int and opened < state
-
-
 # ---------------------------------------------------------------------- start and stop
 
 
@@ -605,7 +522,6 @@ class GyService:
         self.server = server
 
     async def __call__(self) -> None:
-        await self.app.aclose()
         await self.app.notifier.aclose()
         await self.server.close()
 

@@ -30,22 +30,16 @@ INTERFACE = "gy"
 AUTHORIZE_ONLY = 0  # Re-Auth-Request-Type
 
 
-def session_meta(
-    origin_host: str, origin_realm: str, peer: str, origin_state_id: int | None = None
-) -> dict[str, str | int]:
+def session_meta(origin_host: str, origin_realm: str, peer: str) -> dict[str, str]:
     """What a Gy session records at its start so a RAR/ASR can find its way back: the client
     (Destination-Host/Realm of the request) and the peer connection it came through (the
-    client itself, or a relay such as freeDiameter); and the client's Origin-State-Id, if
-    known, so that its sessions are released when it restarts (GyApplication)."""
-    meta: dict[str, str | int] = {
+    client itself, or a relay such as freeDiameter)."""
+    return {
         "interface": INTERFACE,
         "origin_host": origin_host,
         "origin_realm": origin_realm,
         "peer": peer,
     }
-    if origin_state_id is not None:
-        meta["origin_state_id"] = origin_state_id
-    return meta
 
 
 class GyNotifier:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -264,11 +264,6 @@ class Engine:
         everything = await self.store.sessions_of(subscriber_id)
         chosen = {sid: everything[sid] for sid in session_ids if sid in everything}
         self._notify(EngineEvent("abort", subscriber_id, chosen, {}))
-
-    async def sessions_with(self, meta: Mapping[str, object]) -> dict[str, dict[str, Any]]:
-        """The open sessions whose meta holds all these items (their interface's own, such
-        as the client a Gy session came from)."""
-        return await self.store.sessions_with(meta)
 
     # ------------------------------------------------------------------ identities
 

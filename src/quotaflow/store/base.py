@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from quotaflow.ledger import ChargingError, Subscriber
@@ -65,10 +65,6 @@ class Store(Protocol):
     async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
 
     async def sessions_of(self, subscriber_id: str) -> dict[str, dict[str, Any]]: ...
-
-    async def sessions_with(self, meta: Mapping[str, object]) -> dict[str, dict[str, Any]]:
-        """The open sessions whose `meta` holds all these items (a scan of every one)."""
-        ...
 
     async def recorded(self, op_id: str) -> Result | None:
         """The first answer to an operation id still within the idempotency window."""

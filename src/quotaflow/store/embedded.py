@@ -24,7 +24,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
@@ -60,7 +60,6 @@ from quotaflow.tally import Latencies
 log = logging.getLogger("quotaflow.store")
 
 PRUNE_SLICE_ROWS: Final = 10_000  # charging records deleted per transaction by retention
-SCAN_SLICE: Final = 10_000  # open sessions read between two turns of the loop (sessions_with)
 SNAPSHOT_CHILD_TIMEOUT_S: Final = 3_600  # a child that has not finished by then is killed
 # A batch that finds the write lock taken (the checkpointer's RESTART, a snapshot being stored)
 # is tried again this much later; the loop never waits for the lock. A lock held longer than
@@ -908,25 +907,6 @@ class EmbeddedStore(ImmediateStore):
     async def sessions_of(self, subscriber_id: str) -> dict[str, dict[str, Any]]:
         ids = self.ledger.sessions_by_subscriber.get(subscriber_id, ())
         return {sid: self.ledger.sessions[sid] for sid in ids}
-
-    async def sessions_with(self, meta: Mapping[str, object]) -> dict[str, dict[str, Any]]:
-        # In slices, letting the loop answer between them: a million open sessions are a
-        # second's scan. One that ends meanwhile is left out.
-        sessions = self.ledger.sessions
-        ids = list(sessions)
-        wanted = list(meta.items())
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), SCAN_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            for sid in ids[start : start + SCAN_SLICE]:
-                record = sessions.get(sid)
-                if record is None:
-                    continue
-                have = record.get("meta") or {}
-                if all(have.get(key) == value for key, value in wanted):
-                    found[sid] = record
-        return found
 
     async def recorded(self, op_id: str) -> Result | None:
         answer = self.first_answer(op_id)
