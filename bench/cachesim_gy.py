@@ -86,7 +86,7 @@ def main() -> int:
         small, large = (_counts(out) for out in outs)
     per = args.large - args.small
     diff = {
-        key: [(b - a) / per for a, b in zip(small.get(key, [0] * 9), counts, strict=True)]
+        key: [(b - a) / per for a, b in zip(small.get(key, [0] * len(EVENTS)), counts, strict=True)]
         for key, counts in large.items()
     }
     total = [sum(d[i] for d in diff.values()) for i in range(len(EVENTS))]

@@ -15,7 +15,7 @@ from quotaflow.diameter import (
 from quotaflow.diameter.dictionary import AvpSpec, CommandSpec, Dictionary
 from quotaflow.diameter.gy import Ccr
 from quotaflow.diameter.gy_answer import ECHOED
-from quotaflow.diameter.messages import _echoes, normalize_answer, with_proxy_info
+from quotaflow.diameter.messages import _echoed_rules, normalize_answer, with_proxy_info
 
 from .helpers import open5gs_like_ccr
 
@@ -87,7 +87,7 @@ def test_what_a_cca_copies_is_what_ccr_basis_keeps() -> None:
     """Ccr.basis keeps the AVPs Gy echoes (ECHOED), not the dictionary's list: they must be
     the ones the CCA's grammar makes make_answer copy."""
     request = _received(open5gs_like_ccr(CcRequestType.UPDATE, 7))
-    names = [rule.name for rule in _echoes(request)[1]]
+    names = [rule.name for rule in _echoed_rules(request.command)]
     assert names == ["Auth-Application-Id", "CC-Request-Type", "CC-Request-Number"]
     assert [request.dictionary.by_name[n].code for n in names] == list(ECHOED)
 
@@ -158,8 +158,8 @@ def test_a_command_the_dictionary_lacks_is_answered_with_its_session_id_and_prox
 
 
 def test_an_avp_the_answer_requires_is_copied_once_the_dictionary_defines_it() -> None:
-    """What an answer copies is kept per command; an AVP the answer's grammar names but the
-    dictionary defines only later (add_avps) is copied from then on."""
+    """An AVP the answer's grammar names but the dictionary defines only later (add_avps) is
+    copied from then on."""
     dictionary = Dictionary()
     dictionary.add_avps(
         [

@@ -200,15 +200,9 @@ class Dictionary:
     error_answer: Grammar = field(default_factory=lambda: parse_grammar(ERROR_ANSWER_ABNF))
     # The codec's per-AVP decoders, made from `avps` on first use (codec.py); reset on change.
     decoders: Any = field(default=None, repr=False, compare=False)
-    # What an answer copies from its request, per command (by identity; messages._echoes),
-    # made on first use; reset on change.
-    echoes: dict[int, tuple[CommandDef | None, tuple[Rule, ...]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
 
     def add_avps(self, specs: Iterable[AvpSpec]) -> None:
         self.decoders = None
-        self.echoes.clear()
         for spec in specs:
             enum_strict = spec.vendor_id == VENDOR_NONE
             grammar = parse_grammar(spec.abnf) if spec.abnf is not None else None
@@ -231,7 +225,6 @@ class Dictionary:
             self.by_name[spec.name] = definition
 
     def add_commands(self, specs: Iterable[CommandSpec]) -> None:
-        self.echoes.clear()
         for spec in specs:
             command = CommandDef(
                 code=spec.code,

@@ -71,7 +71,7 @@ def make_answer(
     answer.add("Origin-Host", origin_host)
     answer.add("Origin-Realm", origin_realm)
     if echo_required and not answer.is_error:
-        for rule in _echoes(request)[1]:
+        for rule in _echoed_rules(request.command):
             answer.avps.extend(request.find_all(rule.name)[: rule.max_count])
     # Error answers too (RFC 6733 6.2, 7.2): each proxy on the way back finds its state here.
     answer.avps.extend(proxy_infos(request))
@@ -82,19 +82,12 @@ def make_answer(
     return answer
 
 
-def _echoes(request: Message) -> tuple[CommandDef | None, tuple[Rule, ...]]:
-    """What an answer to `request` copies from it: the command, and the rules of its answer
-    whose AVPs make_answer copies (required ones, past the answer's own head). The dictionary
-    keeps them per command and forgets them when it changes."""
-    dictionary = request.dictionary
-    command = request.command
-    found = dictionary.echoes.get(id(command))
-    if found is None or found[0] is not command:
-        rules: tuple[Rule, ...] = ()
-        if command is not None:
-            rules = tuple(r for r in command.answer.required if r.name not in _ANSWER_HEAD)
-        found = dictionary.echoes[id(command)] = (command, rules)
-    return found
+def _echoed_rules(command: CommandDef | None) -> list[Rule]:
+    """The rules of `command`'s answer whose AVPs make_answer copies from the request: the
+    required ones past the answer's own head (none for a command the dictionary lacks)."""
+    if command is None:
+        return []
+    return [rule for rule in command.answer.required if rule.name not in _ANSWER_HEAD]
 
 
 def proxy_infos(message: Message) -> list[Avp]:
