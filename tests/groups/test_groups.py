@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from quotaflow.engine import EngineEvent, ServiceRequest, ServiceResult
-from quotaflow.ledger import Unit
+from quotaflow.ledger import Unit, UnknownSession
 from quotaflow.server import Server
 from tests.records.harness import eventually, serve_asgi
 
@@ -406,3 +406,41 @@ async def test_soft_mode_overspends_by_at_most_its_limit(
     balance = (await api.get("/v1/groups/fam/balance")).json()
     assert "overdraft-octets" not in {b["id"] for b in balance["buckets"]}
     server.store.ledger.check_invariants()
+
+
+async def test_a_grant_for_a_session_closed_meanwhile_is_refused(
+    api: httpx.AsyncClient, server: Server
+) -> None:
+    """A member's update asks for two rating groups, charged one after the other (a group's
+    session waits for each commit); a termination that lands between them closes the session.
+    The second grant must not be held for it: the pool would lose that credit until it lapsed."""
+    await family(api)
+    engine = server.engine
+    ledger = server.store.ledger  # type: ignore[attr-defined]
+    raced = 0
+    for round_ in range(5):
+        sid = f"k{round_}"
+        asks = [ServiceRequest(10, requested_units=MB), ServiceRequest(20, requested_units=MB)]
+        await engine.session_start(sid, "kid", 0, asks)
+        update = asyncio.ensure_future(
+            engine.session_update(
+                sid,
+                1,
+                [
+                    ServiceRequest(10, used_units=MB, requested_units=MB),
+                    ServiceRequest(20, used_units=MB, requested_units=MB),
+                ],
+            )
+        )
+        # Until the first rating group's charge is applied (its commit still under way).
+        while not update.done() and server.store.first_answer(f"{sid}#1#10") is None:
+            await asyncio.sleep(0)
+        assert not update.done()
+        ended = await engine.session_terminate(sid, 1, [])
+        assert ended.session_id == sid
+        try:
+            await update
+        except UnknownSession:  # it ended under it: its usage is posted all the same
+            raced += 1
+        assert not ledger.subscribers["kid"].reservations, round_
+    assert raced == 5  # each termination landed between the two rating groups

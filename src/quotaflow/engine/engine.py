@@ -25,6 +25,7 @@ from quotaflow.engine.types import (
 )
 from quotaflow.ledger import (
     AMOUNT_MAX,
+    SESSION_CLOSED,
     ChargingError,
     Conflict,
     InvalidAmount,
@@ -879,11 +880,12 @@ class Engine:
             status = ServiceResult.REPORTED
             granted = 0
         elif grant is None:
-            status = (
-                ServiceResult.BARRED
-                if result.get("refused") == "barred"
-                else ServiceResult.NO_CREDIT
-            )
+            refused = result.get("refused")
+            if refused == SESSION_CLOSED:
+                # Ended while this step was charged (its usage is posted): the step is for an
+                # unknown session, as one that comes after the termination is.
+                raise UnknownSession("the session ended while this step was charged")
+            status = ServiceResult.BARRED if refused == "barred" else ServiceResult.NO_CREDIT
             granted = 0
         else:
             granted = grant["units"]
