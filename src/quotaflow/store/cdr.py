@@ -10,6 +10,7 @@ order an object body had, so exporters and the API see no difference.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Final
 
 import orjson
@@ -46,6 +47,9 @@ SESSION_BODY_KEYS: Final = ("seq", "at_ms", "op", *_CHARGED_KEYS, *SESSION_RECOR
 SESSION_ID_INDEX: Final = 1 + SESSION_BODY_KEYS.index("session_id")
 # The dict order of an object body: seq, at_ms, op, the record's fields, then the rest.
 _ORDER: Final = ("seq", "at_ms", "op", "kind", *SESSION_RECORD_KEYS, *_CHARGED_KEYS)
+assert _ORDER[:4] == ("seq", "at_ms", "op", "kind") and set(_ORDER) - {"kind"} == set(
+    SESSION_BODY_KEYS
+)
 
 
 def session_fields(record: SessionRecord) -> dict[str, Any]:
@@ -53,13 +57,23 @@ def session_fields(record: SessionRecord) -> dict[str, Any]:
     return {"kind": "session", **dict(zip(SESSION_RECORD_KEYS, record, strict=True))}
 
 
+# _ORDER after its first four keys, and where each sits in an array body: `expand` builds the
+# dict in its final order at once (the exporter expands every session record; building it in
+# body order and then reordering cost 2.3 us a record with the decoding, this 1.5).
+_AFTER_KIND: Final = _ORDER[4:]
+_PICK_AFTER_KIND: Final = operator.itemgetter(
+    *(1 + SESSION_BODY_KEYS.index(key) for key in _AFTER_KIND)
+)
+_BODY_LEN: Final = 1 + len(SESSION_BODY_KEYS)
+
+
 def expand(doc: list[Any]) -> dict[str, Any]:
     """An array body (decoded) as the record's dict; ValueError for an unknown shape."""
-    if len(doc) != 1 + len(SESSION_BODY_KEYS) or doc[0] != SESSION_TAG:
+    if len(doc) != _BODY_LEN or doc[0] != SESSION_TAG:
         raise ValueError(f"not a session record body: {doc[:3]!r}")
-    found = dict(zip(SESSION_BODY_KEYS, doc[1:], strict=True))
-    found["kind"] = "session"
-    return {key: found[key] for key in _ORDER}
+    found = {"seq": doc[1], "at_ms": doc[2], "op": doc[3], "kind": "session"}
+    found.update(zip(_AFTER_KIND, _PICK_AFTER_KIND(doc), strict=True))
+    return found
 
 
 def record_of(body: bytes | str) -> dict[str, Any]:
