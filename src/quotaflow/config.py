@@ -231,6 +231,8 @@ def _load_gy(gy: dict[str, Any]) -> GyConfig:
         for key in ("free_rating_groups", "rated_rating_groups"):
             if key in gy:
                 settings[key] = frozenset(int(rg) for rg in gy[key])
+        if "release_on_peer_restart" in gy:
+            settings["release_on_peer_restart"] = gy["release_on_peer_restart"]
         if "rating_group_units" in gy:
             settings["rating_group_units"] = {
                 int(rg): Unit(u) for rg, u in gy["rating_group_units"].items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import Mapping, Sequence
 
 from quotaflow.diameter._link import PeerLink, RequestHandler
@@ -21,6 +22,9 @@ from quotaflow.diameter.peer import PeerConfig, PeerConnection, PeerState, Role
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
+# The Origin-State-Id of this process's connections (RFC 6733 8.16): one value while it runs,
+# so a reconnection is not taken for a restart that lost the sessions (diameter/gy_restart.py).
+PROCESS_STATE_ID = int(time.time()) & 0xFFFFFFFF or 1
 
 
 class DiameterClient:
@@ -42,15 +46,18 @@ class DiameterClient:
         request_handler: RequestHandler | None = None,
         watchdog_interval_s: float = 30.0,
         timeout_s: float = CONNECT_TIMEOUT_S,
+        origin_state_id: int = PROCESS_STATE_ID,
     ) -> DiameterClient:
         """Connect and exchange capabilities; LinkClosedError if the server refuses us.
 
         `request_handler` answers server-initiated requests (RAR, ASR); by default 2001.
+        `origin_state_id` goes in the CER (a new value tells the server this client restarted).
         """
         config = PeerConfig(
             origin_host=origin_host,
             origin_realm=origin_realm,
             auth_application_ids=application_ids,
+            origin_state_id=origin_state_id,
         )
 
         def make_connection(local: IPAddress | None, remote: IPAddress | None) -> PeerConnection:
@@ -60,6 +67,7 @@ class DiameterClient:
                 origin_realm=origin_realm,
                 host_ip_addresses=addresses,
                 auth_application_ids=application_ids,
+                origin_state_id=origin_state_id,
             )
             return PeerConnection(own, Role.CLIENT, remote_address=remote)
 

@@ -57,6 +57,7 @@ from quotaflow.diameter.gy_mapping import (
     service_asks,
 )
 from quotaflow.diameter.gy_notify import GyNotifier, session_meta
+from quotaflow.diameter.gy_restart import PeerRestarts
 from quotaflow.diameter.gy_retransmit import AnswerCache, Kept
 from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
@@ -217,6 +218,11 @@ class GyApplication:
         self.answers = AnswerCache(config.answers_kept_max, config.answers_kept_s, self._seal)
         self.notifier = GyNotifier(engine, config, identity, realm)
         self.events = EventCharging(engine, config)
+        self.restarts = PeerRestarts(
+            engine,
+            enabled=config.release_on_peer_restart,
+            sessions_max=config.tracked_sessions_max,
+        )
         self._avps: AvpFactory | None = None
         self._writer: AnswerWriter | None = None
         self._reading: tuple[TariffBook, Reading] | None = None
@@ -375,6 +381,8 @@ class GyApplication:
             # Refused: the client ends the service without a CCR-T, so release it here.
             await self.engine.session_terminate(ccr.session_id, ccr.number, [], cause="refused")
             self.notifier.forget(ccr.session_id)
+        else:
+            self.restarts.opened(ccr.session_id, peer, ccr.origin_host)
         return answer
 
     async def _update(self, ccr: Ccr, reading: Reading, avps: AvpFactory) -> Message:
@@ -399,6 +407,7 @@ class GyApplication:
             cause=_termination_cause(ccr.message),
         )
         self.notifier.forget(ccr.session_id)
+        self.restarts.forget(ccr.session_id)
         return credit_control_answer(ccr.message, _SUCCESS, avps, ccr.echo)
 
     def _session_answer(
@@ -522,6 +531,7 @@ class GyService:
         self.server = server
 
     async def __call__(self) -> None:
+        await self.app.restarts.aclose()
         await self.app.notifier.aclose()
         await self.server.close()
 
@@ -551,6 +561,7 @@ async def start_gy(engine: Engine, cfg: Config, config: GyConfig | None = None) 
         immediate=app,
     )
     app.notifier.attach(server)
+    server.peer_opened.append(app.restarts.peer_opened)
     engine.subscribe(app.notifier.on_event, SESSION_EVENTS)
     log.info(
         "Gy serving",

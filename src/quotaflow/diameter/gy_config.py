@@ -59,6 +59,9 @@ class GyConfig:
     # Sessions whose last answer is remembered as starved (final units or no credit), so a
     # top-up re-authorises only those; the oldest are forgotten first (then re-authorised).
     tracked_sessions_max: int = 1_000_000
+    # End the sessions of a directly connected client whose CER brings a new Origin-State-Id
+    # (it restarted and lost them: gy_restart.py); at most tracked_sessions_max are followed.
+    release_on_peer_restart: bool = True
 
     def __post_init__(self) -> None:
         if self.final_unit_action not in FINAL_UNIT_ACTIONS:
@@ -79,6 +82,8 @@ class GyConfig:
             raise ValueError("notify_in_flight_max and notify_timeout_s must be positive")
         if self.tracked_sessions_max < 1:
             raise ValueError("tracked_sessions_max must be positive")
+        if type(self.release_on_peer_restart) is not bool:
+            raise ValueError("release_on_peer_restart must be true or false")
 
     @staticmethod
     def of(cfg: object) -> GyConfig:

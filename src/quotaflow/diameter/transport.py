@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from quotaflow.diameter._link import IN_FLIGHT_MAX, ImmediateHandler, PeerLink, RequestHandler
 from quotaflow.diameter.constants import (
@@ -66,6 +66,8 @@ class DiameterServer:
         self._registry: PeerRegistry[PeerLink] = PeerRegistry(peers_max)
         self._links: set[PeerLink] = set()
         self._server: asyncio.Server | None = None
+        # Called with each peer once its capabilities exchange is done (the CER's PeerInfo).
+        self.peer_opened: list[Callable[[PeerInfo], None]] = []
 
     async def start(self, host: str | None, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -149,6 +151,11 @@ class DiameterServer:
             # likely half-open after a peer restart we have not noticed yet.
             replaced.abort("duplicate connection replaced by a newer one")
         log.info("Diameter peer %s connected", link.peer.origin_host)
+        for observe in self.peer_opened:
+            try:
+                observe(link.peer)
+            except Exception:  # an observer's fault must not cost the connection
+                log.exception("peer_opened observer failed for %s", link.peer.origin_host)
 
     def _on_closed(self, link: PeerLink) -> None:
         self._links.discard(link)

@@ -1,0 +1,182 @@
+"""Releasing the sessions of a Gy client that restarted (RFC 6733 8.16, Origin-State-Id).
+
+A gateway that restarts with loss of state never sends CCR-T for the sessions it had: without
+this, their grants stay reserved until their validity lapses (a shared pool's credit too), and
+the sessions until the ledger's idle sweep. A peer that restarted says so in the CER it opens
+its next connection with: its Origin-State-Id has changed.
+
+Only what the peer connection itself vouches for is acted on: a session is tied to a state when
+the client that opened it (the CCR's Origin-Host) is the peer it came through, compared without
+case, and that peer's CER carried a non-zero Origin-State-Id (0 allows no inference). Sessions
+that came through a relay (a DRA, freeDiameter) are never released this way, since the relay's
+restart says nothing about the clients behind it, and a CCR's own Origin-State-Id is not trusted:
+any client behind a relay could name another's Origin-Host.
+
+The index of tied sessions is kept in memory from the CCR-Is this server answered: after the
+server itself restarts, the sessions opened before it are left to lapse as before. It is bounded
+(`GyConfig.tracked_sessions_max`, oldest forgotten first). Each release re-checks the session
+against the index (a CCR-I with the new state under the same Session-Id keeps it), ends it as a
+CCR-T with no usage would (`Engine.session_terminate`, cause "peer_restarted": its grants are
+voided, what it had not reported is lost with the gateway's state) and counts only the sessions
+it closed. One task per peer works through them, RELEASE_CONCURRENCY at a time; a newer state
+arriving meanwhile makes it look again once it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Final
+
+from prometheus_client import Counter
+
+from quotaflow.diameter.events import PeerInfo
+from quotaflow.engine import Engine
+from quotaflow.ledger import UnknownSession
+from quotaflow.metrics import REGISTRY
+
+log = logging.getLogger("quotaflow.gy")
+
+RELEASE_CAUSE: Final = "peer_restarted"
+# Sessions ended at once: each waits for its commit, so one at a time would close about a
+# thousand a second; this many share each commit.
+RELEASE_CONCURRENCY: Final = 64
+
+RELEASED = Counter(
+    "quotaflow_gy_sessions_released",
+    "Gy sessions ended because the peer that opened them restarted (a new Origin-State-Id)",
+    registry=REGISTRY,
+)
+
+
+def direct_state(peer: PeerInfo, origin_host: str) -> int | None:
+    """The state a session opened by `origin_host` through `peer` is tied to: the peer's CER
+    Origin-State-Id when the client is the peer itself and the value allows inference."""
+    state = peer.origin_state_id
+    if not state or origin_host.casefold() != peer.origin_host.casefold():
+        return None
+    return state
+
+
+class PeerRestarts:
+    """Which open Gy sessions each directly connected client opened under which state, and the
+    release of those a new state leaves behind."""
+
+    def __init__(self, engine: Engine, *, enabled: bool = True, sessions_max: int = 1_000_000):
+        if sessions_max < 1:
+            raise ValueError("sessions_max must be positive")
+        self.engine = engine
+        self.enabled = enabled
+        self.sessions_max = sessions_max
+        # session id -> (peer, its state at the CCR-I), oldest first; and per peer the ids.
+        self._tied: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._by_peer: dict[str, set[str]] = {}
+        self._latest: dict[str, int] = {}  # peer -> the state its last CER carried
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self.released = 0
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self._tied)
+
+    # ------------------------------------------------------------------ the index
+
+    def opened(self, session_id: str, peer: PeerInfo, origin_host: str) -> None:
+        """A session the server accepted (its CCR-I answered with success)."""
+        if not self.enabled:
+            return
+        state = direct_state(peer, origin_host)
+        if state is None:
+            return
+        key = peer.origin_host.casefold()
+        self.forget(session_id)
+        if len(self._tied) >= self.sessions_max:
+            oldest, (oldest_key, _) = self._tied.popitem(last=False)
+            self._unlink(oldest, oldest_key)
+        self._tied[session_id] = (key, state)
+        self._by_peer.setdefault(key, set()).add(session_id)
+
+    def forget(self, session_id: str) -> None:
+        """A session that ended (its CCR-T, a refusal, or its release)."""
+        tied = self._tied.pop(session_id, None)
+        if tied is not None:
+            self._unlink(session_id, tied[0])
+
+    def _unlink(self, session_id: str, key: str) -> None:
+        ids = self._by_peer.get(key)
+        if ids is not None:
+            ids.discard(session_id)
+            if not ids:
+                del self._by_peer[key]
+
+    # ------------------------------------------------------------------ restarts
+
+    def peer_opened(self, peer: PeerInfo) -> None:
+        """A peer completed its capabilities exchange (CER/CEA)."""
+        state = peer.origin_state_id
+        if not self.enabled or not state:
+            return
+        key = peer.origin_host.casefold()
+        self._latest[key] = state
+        if key not in self._by_peer:
+            return
+        running = self._tasks.get(key)
+        if running is not None:
+            self._again.add(key)  # it reads the latest state when it looks again
+            return
+        task = asyncio.get_running_loop().create_task(self._release(key))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    async def _release(self, key: str) -> None:
+        while True:
+            state = self._latest[key]
+            stale = [sid for sid in self._by_peer.get(key, ()) if self._tied[sid][1] != state]
+            closed = 0
+            for at in range(0, len(stale), RELEASE_CONCURRENCY):
+                chunk = stale[at : at + RELEASE_CONCURRENCY]
+                done = await asyncio.gather(*(self._end(sid, key, state) for sid in chunk))
+                closed += sum(done)
+            if stale:
+                log.info(
+                    "Diameter peer %s restarted (Origin-State-Id %d): %d of its sessions ended",
+                    key,
+                    state,
+                    closed,
+                )
+            if key not in self._again:
+                return
+            self._again.discard(key)
+
+    async def _end(self, session_id: str, key: str, state: int) -> bool:
+        """End one session if it is still tied to an older state of this peer."""
+        tied = self._tied.get(session_id)
+        if tied is None or tied[0] != key or tied[1] == state:
+            return False  # ended meanwhile, or opened again under the new state
+        try:
+            # Ended some other way (the idle sweep, the API)? Then it is only forgotten:
+            # session_terminate answers a closed session's copy without an error.
+            if await self.engine.store.get_session(session_id) is None:
+                raise UnknownSession(session_id)
+            await self.engine.session_terminate(session_id, 0, [], cause=RELEASE_CAUSE)
+        except UnknownSession:
+            if self._tied.get(session_id) == tied:
+                self.forget(session_id)
+            return False
+        except Exception:
+            self.failures += 1
+            log.exception("session %r of restarted peer %s not released", session_id, key)
+            return False
+        if self._tied.get(session_id) == tied:
+            self.forget(session_id)
+        self.released += 1
+        RELEASED.inc()
+        return True
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

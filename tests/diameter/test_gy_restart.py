@@ -1,0 +1,151 @@
+"""A Gy client that comes back with a new Origin-State-Id lost its sessions: the server ends
+them and frees their grants (diameter/gy_restart.py). Over a real server and real connections."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from quotaflow.config import ConfigError, load
+from quotaflow.diameter import CcRequestType
+from quotaflow.diameter.client import DiameterClient
+from quotaflow.diameter.events import PeerInfo
+from quotaflow.diameter.gy import GyApplication, GyService
+from quotaflow.diameter.gy_config import GyConfig
+from quotaflow.diameter.gy_restart import RELEASED, PeerRestarts
+from quotaflow.server import Server
+
+from .test_gy_support import MB, GyEnv, ccr, connect, gy_client_env, gy_server, mscc
+
+pytestmark = pytest.mark.timeout(30)
+
+INIT, TERM = CcRequestType.INITIAL, CcRequestType.TERMINATION
+PGW = "pgw.restart.test"
+
+
+def _gy(server: Server) -> GyApplication:
+    [service] = [s for s in server._stoppers if isinstance(s, GyService)]
+    return service.app
+
+
+async def _open(client: DiameterClient, count: int, origin_host: str | None = None) -> list[str]:
+    """`count` sessions with a 10 MB grant each; `origin_host` names another client in the
+    CCRs (as a relay passes them on)."""
+    ids = []
+    for _ in range(count):
+        sid = client.new_session_id()
+        request = ccr(client, sid, INIT, 0, mscc(10, requested={}))
+        if origin_host is not None:
+            found = request.find("Origin-Host")
+            assert found is not None
+            found.value = origin_host
+        cca = await client.request(request)
+        assert cca.get("Result-Code") == 2001
+        ids.append(sid)
+    return ids
+
+
+async def _settled(server: Server) -> None:
+    """Until no release task is running and every change is durable."""
+    gy = _gy(server)
+    for _ in range(500):
+        if not gy.restarts._tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert not gy.restarts._tasks
+    await server.store.flush()
+
+
+async def test_a_restarted_client_s_sessions_are_ended_and_their_grants_freed(
+    tmp_path: Path,
+) -> None:
+    async with gy_server(tmp_path) as (server, api):
+        async with gy_client_env(server, api, server.cfg.diameter_port) as env:
+            await env.subscriber(octets=100 * MB)
+        other = await connect(server.cfg.diameter_port, origin_host="pgw.other.test")
+        before = RELEASED._value.get()
+        first = await connect(server.cfg.diameter_port, origin_host=PGW, origin_state_id=100)
+        lost = await _open(first, 3)
+        ended = await _open(first, 1)
+        cca = await first.request(ccr(first, ended[0], TERM, 1, mscc(10, used={})))
+        assert cca.get("Result-Code") == 2001
+        kept = await _open(other, 1)
+        env = GyEnv(server, api, first)
+        assert env.reserved("alice") == 40 * MB
+        await first.close(timeout_s=0.5)  # no CCR-T: the gateway goes down with its sessions
+
+        # It comes back as the same peer, in upper case, with a new state: a restart.
+        again = await connect(
+            server.cfg.diameter_port, origin_host=PGW.upper(), origin_state_id=101
+        )
+        fresh = await _open(again, 1)
+        await _settled(server)
+        sessions = server.store.ledger.sessions
+        assert not any(sid in sessions for sid in lost)
+        assert all(sid in sessions for sid in kept + fresh)
+        assert env.reserved("alice") == 20 * MB  # the other client's grant and the new one
+        gy = _gy(server)
+        assert gy.restarts.released == 3 and gy.restarts.failures == 0
+        assert RELEASED._value.get() - before == 3
+        # The lost sessions' grants came back whole: nothing was charged for them.
+        assert env.amount("alice") == 100 * MB
+        # Their next step, had the gateway kept one, is for an unknown session.
+        cca = await again.request(ccr(again, lost[0], TERM, 1, mscc(10, used={})))
+        assert cca.get("Result-Code") == 5002
+        # Once more with the same state: a reconnection, not a restart.
+        await again.close(timeout_s=0.5)
+        back = await connect(server.cfg.diameter_port, origin_host=PGW, origin_state_id=101)
+        await _settled(server)
+        assert fresh[0] in sessions and gy.restarts.released == 3
+        for client in (back, other):
+            await client.close(timeout_s=0.5)
+
+
+@pytest.mark.parametrize("case", ["relayed", "no_inference", "switched_off"])
+async def test_no_session_is_ended_without_the_peer_s_own_word(tmp_path: Path, case: str) -> None:
+    """Sessions of clients behind a relay (the relay's restart says nothing about them), a
+    CER whose Origin-State-Id is 0 (RFC 6733 8.16: no inference), and the switch set off."""
+    gy = GyConfig(release_on_peer_restart=case != "switched_off")
+    async with gy_server(tmp_path, gy) as (server, api):
+        async with gy_client_env(server, api, server.cfg.diameter_port) as env:
+            await env.subscriber(octets=100 * MB)
+        state = 0 if case == "no_inference" else 5
+        relay = await connect(server.cfg.diameter_port, origin_host=PGW, origin_state_id=state)
+        behind = "pgw.behind.test" if case == "relayed" else None
+        ids = await _open(relay, 2, origin_host=behind)
+        await relay.close(timeout_s=0.5)
+        back = await connect(server.cfg.diameter_port, origin_host=PGW, origin_state_id=state + 1)
+        await _settled(server)
+        assert all(sid in server.store.ledger.sessions for sid in ids)
+        assert GyEnv(server, api, back).reserved("alice") == 20 * MB
+        assert _gy(server).restarts.released == 0 and len(_gy(server).restarts) == 0
+        await back.close(timeout_s=0.5)
+
+
+async def test_the_index_is_bounded_and_forgets_what_ended(tmp_path: Path) -> None:
+    async with gy_server(tmp_path) as (server, _):
+        restarts = PeerRestarts(server.engine, sessions_max=3)
+        peer = PeerInfo(PGW, "test", (), 0, "pgw", frozenset({4}), origin_state_id=9)
+        for i in range(5):
+            restarts.opened(f"s{i}", peer, PGW)
+        assert len(restarts) == 3 and list(restarts._tied) == ["s2", "s3", "s4"]
+        restarts.forget("s3")
+        restarts.forget("unknown")
+        assert list(restarts._tied) == ["s2", "s4"]
+        assert restarts._by_peer == {PGW: {"s2", "s4"}}
+        restarts.forget("s2")
+        restarts.forget("s4")
+        assert restarts._by_peer == {} and len(restarts) == 0
+        with pytest.raises(ValueError, match="sessions_max"):
+            PeerRestarts(server.engine, sessions_max=0)
+
+
+def test_the_switch_is_read_from_the_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "quotaflow.toml"
+    path.write_text("[diameter.gy]\nrelease_on_peer_restart = false\n")
+    assert load(path).diameter_gy.release_on_peer_restart is False
+    path.write_text('[diameter.gy]\nrelease_on_peer_restart = "no"\n')
+    with pytest.raises(ConfigError, match="release_on_peer_restart"):
+        load(path)
