@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from quotaflow.ledger import (
-    SESSION_CLOSED,
     Conflict,
     InvalidAmount,
     InvalidRequest,
@@ -574,43 +573,3 @@ def test_a_price_doc_carries_its_price_and_encodes_as_its_fields() -> None:
         price_doc(Price(2_000, AMOUNT_MAX + 1))
     with pytest.raises(InvalidAmount):
         price_doc(Price(AMOUNT_MAX + 1, 60))
-
-
-def test_a_charge_makes_no_grant_for_a_session_that_has_ended() -> None:
-    """A step charged after its session closed (a termination that landed between a group
-    member's rating groups) posts its usage but holds nothing: no one would report on or
-    release that grant. A grant for a session that is open, or for none, is made as before."""
-    ledger = make(1000)
-    ledger.apply("session_open", "o", {"session_id": "s", "subscriber_id": "a"}, T0)
-
-    def charge(op_id: str, session_id: str | None, used: int) -> dict[str, Any]:
-        reserve: dict[str, Any] = {"units_max": 100, "validity_ms": 10_000}
-        if session_id is not None:
-            reserve["session_id"] = session_id
-        result, _ = ledger.apply(
-            "charge",
-            op_id,
-            {
-                "subscriber_id": "a",
-                "unit": "octets",
-                "rating_group": 10,
-                "used_units": used,
-                "reservation_id": f"{op_id}#10",
-                "session_id": session_id,
-                "reserve": reserve,
-            },
-            T0,
-        )
-        return result
-
-    assert charge("open", "s", 0)["grant"]["units"] == 100
-    ledger.apply("session_close", "close", {"session_id": "s"}, T0)
-    assert not ledger.subscribers["a"].reservations  # the close released its grant
-    late = charge("late", "s", 30)
-    assert late["refused"] == SESSION_CLOSED and late["grant"] is None
-    assert late["posted_units"] == 30  # the usage it reported is still charged
-    assert not ledger.subscribers["a"].reservations
-    assert ledger.subscribers["a"].buckets["main"].available == 970
-    assert charge("never-opened", "nobody", 0)["refused"] == SESSION_CLOSED
-    assert charge("no-session", None, 0)["grant"]["units"] == 100
-    assert Ledger.restore(ledger.snapshot()).snapshot() == ledger.snapshot()

@@ -347,6 +347,31 @@ async def test_every_answer_carries_its_request_s_proxy_info_in_order(env: GyEnv
     assert cca.get("Result-Code") == 2001 and _proxy_states(cca) == [b"t"]
 
 
+async def test_a_malformed_proxy_info_is_5005_and_charges_nothing(env: GyEnv) -> None:
+    """A Proxy-Info without its Proxy-State (RFC 6733 6.7.4 requires both): the grammar check
+    answers 5005 naming the missing AVP, with the well-formed Proxy-Info only (the broken one
+    would make the answer fail the same check: our client would drop it), nothing is charged,
+    and the connection serves the next request."""
+    await env.subscriber(octets=100 * MB)
+    client, sid = env.client, env.client.new_session_id()
+    cca = await client.request(ccr(client, sid, INIT, 0, mscc(10, requested={})))
+    assert cca.get("Result-Code") == 2001
+    reserved = env.reserved("alice")
+    used = {"CC-Total-Octets": MB}
+    update = _via(ccr(client, sid, UPD, 1, mscc(10, requested={}, used=used)), b"good")
+    update.add("Proxy-Info", {"Proxy-Host": "proxy.test"})
+    refused = await client.request(update)
+    assert refused.get("Result-Code") == 5005
+    [failed] = refused.find_all("Failed-AVP")
+    [where] = failed.value  # type: ignore[misc]  # RFC 6733 7.5: the missing AVP in its group
+    assert where.name == "Proxy-Info" and [a.name for a in where.value] == ["Proxy-State"]
+    infos = refused.find_all("Proxy-Info")
+    assert [info.get("Proxy-State") for info in infos] == [b"good"]
+    assert env.amount("alice") == 100 * MB and env.reserved("alice") == reserved
+    again = await client.request(ccr(client, sid, UPD, 1, mscc(10, requested={}, used=used)))
+    assert again.get("Result-Code") == 2001 and env.amount("alice") == 99 * MB
+
+
 async def test_open5gs_shaped_session(env: GyEnv) -> None:
     """M bits everywhere, no Rating-Group, Destination-Realm of the client's own realm,
     Requested-Action in session requests, Service-Information with PS-Information."""

@@ -15,6 +15,7 @@ from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.gy import GyApplication, GyService
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_restart import RELEASED, PeerRestarts
+from quotaflow.engine import ServiceRequest
 from quotaflow.server import Server
 
 from .test_gy_support import MB, GyEnv, ccr, connect, gy_client_env, gy_server, mscc
@@ -134,7 +135,7 @@ async def test_the_index_is_bounded_and_forgets_what_ended(tmp_path: Path) -> No
         restarts.forget("s3")
         restarts.forget("unknown")
         assert list(restarts._tied) == ["s2", "s4"]
-        assert restarts._by_peer == {PGW: {"s2", "s4"}}
+        assert restarts._by_peer == {PGW: {9: {"s2", "s4"}}}
         restarts.forget("s2")
         restarts.forget("s4")
         assert restarts._by_peer == {} and len(restarts) == 0
@@ -149,3 +150,67 @@ def test_the_switch_is_read_from_the_configuration(tmp_path: Path) -> None:
     path.write_text('[diameter.gy]\nrelease_on_peer_restart = "no"\n')
     with pytest.raises(ConfigError, match="release_on_peer_restart"):
         load(path)
+
+
+def _peer(state: int) -> PeerInfo:
+    return PeerInfo(PGW, "test", (), 0, "pgw", frozenset({4}), origin_state_id=state)
+
+
+async def _start(server: Server, restarts: PeerRestarts, sid: str, state: int) -> None:
+    await server.engine.session_start(sid, "alice", 0, [ServiceRequest(10)], {"interface": "gy"})
+    restarts.opened(sid, _peer(state), PGW)
+
+
+async def _idle(restarts: PeerRestarts) -> None:
+    for _ in range(500):
+        if not restarts._tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a release task is still running")
+
+
+async def test_a_ccr_i_answered_on_the_old_connection_after_the_cer_is_released(
+    tmp_path: Path,
+) -> None:
+    """It was in flight when the gateway went down: answered after the new CER, its session
+    belongs to the lost state, and nothing else would end it."""
+    async with gy_server(tmp_path) as (server, api):
+        async with gy_client_env(server, api, server.cfg.diameter_port) as env:
+            await env.subscriber(octets=100 * MB)
+        restarts = PeerRestarts(server.engine)
+        await _start(server, restarts, "a1", 100)
+        restarts.peer_opened(_peer(100))  # the first CER seen: nothing to end
+        assert not restarts._tasks
+        restarts.peer_opened(_peer(200))
+        await _idle(restarts)
+        await _start(server, restarts, "late", 100)
+        await _start(server, restarts, "b1", 200)
+        await _idle(restarts)
+        assert "a1" not in server.store.ledger.sessions
+        assert "late" not in server.store.ledger.sessions
+        assert "b1" in server.store.ledger.sessions and list(restarts._tied) == ["b1"]
+        assert restarts.released == 2
+
+
+async def test_a_restart_during_a_release_is_released_after_it(tmp_path: Path) -> None:
+    """The gateway goes down again while its sessions of the first restart are being ended:
+    the task looks again with the newest state once it is done."""
+    async with gy_server(tmp_path) as (server, api):
+        async with gy_client_env(server, api, server.cfg.diameter_port) as env:
+            await env.subscriber(octets=100 * MB)
+        restarts = PeerRestarts(server.engine)
+        ids = [f"a{i}" for i in range(200)]  # several batches: the task is still running
+        for sid in ids:
+            await _start(server, restarts, sid, 100)
+        restarts.peer_opened(_peer(100))
+        restarts.peer_opened(_peer(200))
+        [task] = restarts._tasks.values()
+        await _start(server, restarts, "b1", 200)
+        assert not task.done()
+        restarts.peer_opened(_peer(300))
+        assert list(restarts._tasks.values()) == [task]  # the same task looks again
+        await _idle(restarts)
+        assert not {*ids, "b1"} & set(server.store.ledger.sessions)
+        assert restarts.released == 201 and len(restarts) == 0 and restarts._by_peer == {}
+        restarts.peer_opened(_peer(300))  # the same state again: a reconnection
+        assert not restarts._tasks

@@ -193,3 +193,23 @@ def test_an_avp_the_answer_requires_is_copied_once_the_dictionary_defines_it() -
     ]
     dictionary.add_avps([AvpSpec(9001, "Ticket", AvpType.UNSIGNED32)])
     assert make_answer(probe(), 2001, OCS_HOST, OCS_REALM).get("Ticket") == 7
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"Proxy-Host": "relay.test"},  # no Proxy-State
+        {"Proxy-State": b"\x09"},  # no Proxy-Host
+        [("Proxy-Host", "relay.test"), ("Proxy-State", b"a"), ("Proxy-State", b"b")],
+    ],
+)
+def test_a_malformed_proxy_info_is_not_carried_back(broken: object) -> None:
+    """Its request is refused by the grammar check; the answer keeps the well-formed ones in
+    their order, and so passes the same check at the peers that read it."""
+    request = open5gs_like_ccr(CcRequestType.UPDATE, 7)
+    request.add("Proxy-Info", {"Proxy-Host": "relay.test", "Proxy-State": b"first"})
+    request.add("Proxy-Info", broken)  # type: ignore[arg-type]
+    request.add("Proxy-Info", {"Proxy-Host": "relay.test", "Proxy-State": b"last"})
+    received = decode_message(encode_message(request))
+    answer = decode_message(encode_message(make_answer(received, 5005, OCS_HOST, OCS_REALM)))
+    assert _proxy_states(answer) == [b"first", b"last"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +18,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from quotaflow.engine import EngineEvent, ServiceRequest, ServiceResult
-from quotaflow.ledger import Unit, UnknownSession
+from quotaflow.ledger import ChargingError, Ledger, Unit, UnknownSession
 from quotaflow.server import Server
+from quotaflow.store.journal import decode
 from tests.records.harness import eventually, serve_asgi
 
 MB = 1_000_000
@@ -444,3 +446,14 @@ async def test_a_grant_for_a_session_closed_meanwhile_is_refused(
             raced += 1
         assert not ledger.subscribers["kid"].reservations, round_
     assert raced == 5  # each termination landed between the two rating groups
+    # The choice is in the journal (the charge went without its reserve): a replay of it, by
+    # this release or an older one, makes no grant either.
+    await server.store.flush()
+    replayed = Ledger()
+    with sqlite3.connect(server.store.path) as db:  # type: ignore[attr-defined]
+        rows = db.execute("SELECT first_seq, last_seq, records FROM journal").fetchall()
+    for row in rows:
+        for _, op, op_id, args, now_ms, _ in decode(*row):
+            with contextlib.suppress(ChargingError):
+                replayed.apply(op, op_id, args, now_ms)
+    assert replayed.snapshot() == ledger.snapshot()

@@ -222,6 +222,7 @@ class GyApplication:
             engine,
             enabled=config.release_on_peer_restart,
             sessions_max=config.tracked_sessions_max,
+            on_ended=self.notifier.forget,
         )
         self._avps: AvpFactory | None = None
         self._writer: AnswerWriter | None = None
@@ -400,14 +401,16 @@ class GyApplication:
             for a in service_asks(ccr.message, reading, initial=False)
             if a.in_mscc or a.used_units
         ]
-        await self.engine.session_terminate(
-            ccr.session_id,
-            ccr.number,
-            _engine_requests(asks),
-            cause=_termination_cause(ccr.message),
-        )
+        try:
+            await self.engine.session_terminate(
+                ccr.session_id,
+                ccr.number,
+                _engine_requests(asks),
+                cause=_termination_cause(ccr.message),
+            )
+        finally:
+            self.restarts.forget(ccr.session_id)  # ended now, or unknown already
         self.notifier.forget(ccr.session_id)
-        self.restarts.forget(ccr.session_id)
         return credit_control_answer(ccr.message, _SUCCESS, avps, ccr.echo)
 
     def _session_answer(

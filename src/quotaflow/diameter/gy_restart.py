@@ -7,26 +7,31 @@ its next connection with: its Origin-State-Id has changed.
 
 Only what the peer connection itself vouches for is acted on: a session is tied to a state when
 the client that opened it (the CCR's Origin-Host) is the peer it came through, compared without
-case, and that peer's CER carried a non-zero Origin-State-Id (0 allows no inference). Sessions
-that came through a relay (a DRA, freeDiameter) are never released this way, since the relay's
-restart says nothing about the clients behind it, and a CCR's own Origin-State-Id is not trusted:
-any client behind a relay could name another's Origin-Host.
+case as the peer registry does, and that peer's CER carried a non-zero Origin-State-Id (0 allows
+no inference). Sessions that came through a relay (a DRA, freeDiameter) are never released this
+way, since the relay's restart says nothing about the clients behind it, and a CCR's own
+Origin-State-Id is not trusted: any client behind a relay could name another's Origin-Host.
 
-The index of tied sessions is kept in memory from the CCR-Is this server answered: after the
-server itself restarts, the sessions opened before it are left to lapse as before. It is bounded
-(`GyConfig.tracked_sessions_max`, oldest forgotten first). Each release re-checks the session
-against the index (a CCR-I with the new state under the same Session-Id keeps it), ends it as a
-CCR-T with no usage would (`Engine.session_terminate`, cause "peer_restarted": its grants are
-voided, what it had not reported is lost with the gateway's state) and counts only the sessions
-it closed. One task per peer works through them, RELEASE_CONCURRENCY at a time; a newer state
-arriving meanwhile makes it look again once it is done.
+The index of tied sessions is kept in memory from the CCR-Is this server answered, by peer and
+by state, so that a CER touches only the sessions of the states it ends (a reconnection with the
+same state touches none): after the server itself restarts, the sessions opened before it are
+left to lapse as before. It is bounded (`GyConfig.tracked_sessions_max`, oldest forgotten
+first), at about 230 bytes a session besides its id. Each release re-checks the session against
+the index (a CCR-I with the new state under the same Session-Id keeps it), ends it as a CCR-T
+with no usage would (`Engine.session_terminate`: its grants are voided, what it had not reported
+is lost with the gateway's state) and counts only the sessions it closed. One task per peer
+works through them, RELEASE_CONCURRENCY at a time, yielding between batches; a newer state
+arriving meanwhile makes it look again once it is done. A CCR-I answered on the old connection
+after the new CER (it was in flight) is ended the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import Counter
@@ -42,6 +47,9 @@ RELEASE_CAUSE: Final = "peer_restarted"
 # Sessions ended at once: each waits for its commit, so one at a time would close about a
 # thousand a second; this many share each commit.
 RELEASE_CONCURRENCY: Final = 64
+# Peers whose last Origin-State-Id is remembered; past it, those with no session here are
+# forgotten (any number of them can connect from loopback in the development mode).
+LATEST_MAX: Final = 10_000
 
 RELEASED = Counter(
     "quotaflow_gy_sessions_released",
@@ -54,7 +62,7 @@ def direct_state(peer: PeerInfo, origin_host: str) -> int | None:
     """The state a session opened by `origin_host` through `peer` is tied to: the peer's CER
     Origin-State-Id when the client is the peer itself and the value allows inference."""
     state = peer.origin_state_id
-    if not state or origin_host.casefold() != peer.origin_host.casefold():
+    if not state or origin_host.lower() != peer.origin_host.lower():
         return None
     return state
 
@@ -63,18 +71,27 @@ class PeerRestarts:
     """Which open Gy sessions each directly connected client opened under which state, and the
     release of those a new state leaves behind."""
 
-    def __init__(self, engine: Engine, *, enabled: bool = True, sessions_max: int = 1_000_000):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        enabled: bool = True,
+        sessions_max: int = 1_000_000,
+        on_ended: Callable[[str], None] | None = None,
+    ):
         if sessions_max < 1:
             raise ValueError("sessions_max must be positive")
         self.engine = engine
         self.enabled = enabled
         self.sessions_max = sessions_max
-        # session id -> (peer, its state at the CCR-I), oldest first; and per peer the ids.
+        self._on_ended = on_ended  # told of each session released (the notifier forgets it)
+        # session id -> (peer, its state at the CCR-I), oldest first; per peer and state the ids.
         self._tied: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._by_peer: dict[str, set[str]] = {}
+        self._by_peer: dict[str, dict[int, set[str]]] = {}
         self._latest: dict[str, int] = {}  # peer -> the state its last CER carried
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._closed = False
         self.released = 0
         self.failures = 0
 
@@ -90,65 +107,95 @@ class PeerRestarts:
         state = direct_state(peer, origin_host)
         if state is None:
             return
-        key = peer.origin_host.casefold()
+        key = peer.origin_host.lower()
         self.forget(session_id)
         if len(self._tied) >= self.sessions_max:
-            oldest, (oldest_key, _) = self._tied.popitem(last=False)
-            self._unlink(oldest, oldest_key)
+            oldest, (oldest_key, oldest_state) = self._tied.popitem(last=False)
+            self._unlink(oldest, oldest_key, oldest_state)
         self._tied[session_id] = (key, state)
-        self._by_peer.setdefault(key, set()).add(session_id)
+        self._by_peer.setdefault(key, {}).setdefault(state, set()).add(session_id)
+        latest = self._latest.get(key)
+        if latest is not None and latest != state:
+            # Answered on the old connection after the new one's CER (it was in flight): the
+            # client that asked for it is gone.
+            self._schedule(key)
 
     def forget(self, session_id: str) -> None:
         """A session that ended (its CCR-T, a refusal, or its release)."""
         tied = self._tied.pop(session_id, None)
         if tied is not None:
-            self._unlink(session_id, tied[0])
+            self._unlink(session_id, *tied)
 
-    def _unlink(self, session_id: str, key: str) -> None:
-        ids = self._by_peer.get(key)
+    def _unlink(self, session_id: str, key: str, state: int) -> None:
+        states = self._by_peer.get(key)
+        if states is None:
+            return
+        ids = states.get(state)
         if ids is not None:
             ids.discard(session_id)
             if not ids:
-                del self._by_peer[key]
+                del states[state]
+                if not states:
+                    del self._by_peer[key]
 
     # ------------------------------------------------------------------ restarts
 
     def peer_opened(self, peer: PeerInfo) -> None:
         """A peer completed its capabilities exchange (CER/CEA)."""
         state = peer.origin_state_id
-        if not self.enabled or not state:
+        if not self.enabled or self._closed or not state:
             return
-        key = peer.origin_host.casefold()
+        key = peer.origin_host.lower()
+        if self._latest.get(key) == state:
+            return  # a reconnection: nothing was lost
+        if len(self._latest) >= LATEST_MAX:  # peers that keep nothing here first
+            for idle in [k for k in self._latest if k not in self._by_peer]:
+                del self._latest[idle]
         self._latest[key] = state
-        if key not in self._by_peer:
+        states = self._by_peer.get(key)
+        if states is not None and any(s != state for s in states):
+            self._schedule(key)
+
+    def _schedule(self, key: str) -> None:
+        if self._closed:
             return
         running = self._tasks.get(key)
-        if running is not None:
+        if running is not None and not running.done():
             self._again.add(key)  # it reads the latest state when it looks again
             return
-        task = asyncio.get_running_loop().create_task(self._release(key))
-        self._tasks[key] = task
-        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+        self._tasks[key] = asyncio.get_running_loop().create_task(self._release(key))
 
     async def _release(self, key: str) -> None:
-        while True:
-            state = self._latest[key]
-            stale = [sid for sid in self._by_peer.get(key, ()) if self._tied[sid][1] != state]
-            closed = 0
-            for at in range(0, len(stale), RELEASE_CONCURRENCY):
-                chunk = stale[at : at + RELEASE_CONCURRENCY]
-                done = await asyncio.gather(*(self._end(sid, key, state) for sid in chunk))
-                closed += sum(done)
-            if stale:
-                log.info(
-                    "Diameter peer %s restarted (Origin-State-Id %d): %d of its sessions ended",
-                    key,
-                    state,
-                    closed,
-                )
-            if key not in self._again:
-                return
-            self._again.discard(key)
+        try:
+            while True:
+                self._again.discard(key)
+                state = self._latest[key]
+                # The sets of the states this one ends, taken out of the index whole: nothing
+                # scans the peer's sessions, and nothing else changes a set once it is taken
+                # (`forget` finds no set for its state).
+                states = self._by_peer.get(key, {})
+                stale = [states.pop(s) for s in [s for s in states if s != state]]
+                if not states:
+                    self._by_peer.pop(key, None)
+                closed = 0
+                for ids in stale:
+                    each = iter(ids)
+                    while chunk := list(itertools.islice(each, RELEASE_CONCURRENCY)):
+                        ends = await asyncio.gather(*(self._end(sid, key, state) for sid in chunk))
+                        closed += sum(ends)
+                        await asyncio.sleep(0)  # between batches, whatever the store did
+                if stale:
+                    log.info(
+                        "Diameter peer %s restarted (Origin-State-Id %d): %d of its sessions ended",
+                        key,
+                        state,
+                        closed,
+                    )
+                if key not in self._again:
+                    return
+        finally:
+            if self._tasks.get(key) is asyncio.current_task():
+                del self._tasks[key]
 
     async def _end(self, session_id: str, key: str, state: int) -> bool:
         """End one session if it is still tied to an older state of this peer."""
@@ -171,11 +218,14 @@ class PeerRestarts:
             return False
         if self._tied.get(session_id) == tied:
             self.forget(session_id)
+        if self._on_ended is not None:
+            self._on_ended(session_id)
         self.released += 1
         RELEASED.inc()
         return True
 
     async def aclose(self) -> None:
+        self._closed = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

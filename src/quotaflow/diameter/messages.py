@@ -12,7 +12,9 @@ from quotaflow.diameter.constants import (
     APPLICATION_CREDIT_CONTROL,
     AVP_ORIGIN_HOST,
     AVP_ORIGIN_REALM,
+    AVP_PROXY_HOST,
     AVP_PROXY_INFO,
+    AVP_PROXY_STATE,
     AVP_SESSION_ID,
     FLAG_ERROR,
     FLAG_PROXIABLE,
@@ -91,8 +93,29 @@ def _echoed_rules(command: CommandDef | None) -> list[Rule]:
 
 
 def proxy_infos(message: Message) -> list[Avp]:
-    """The message's top-level Proxy-Info AVPs, in their order."""
-    return [avp for avp in message.avps if avp.code == AVP_PROXY_INFO and not avp.vendor_id]
+    """The message's top-level Proxy-Info AVPs, in their order, that have the one Proxy-Host and
+    one Proxy-State their grammar requires. A malformed one gets its request a 5005 or 5009 that
+    names it in Failed-AVP, and is not carried back: the answer would then fail the same check
+    at every peer that reads it (our own client drops such an answer)."""
+    return [
+        avp
+        for avp in message.avps
+        if avp.code == AVP_PROXY_INFO and not avp.vendor_id and _well_formed_proxy_info(avp)
+    ]
+
+
+def _well_formed_proxy_info(info: Avp) -> bool:
+    children = info.value
+    if not isinstance(children, list):
+        return False
+    hosts = states = 0
+    for child in children:
+        if not child.vendor_id:
+            if child.code == AVP_PROXY_HOST:
+                hosts += 1
+            elif child.code == AVP_PROXY_STATE:
+                states += 1
+    return hosts == 1 and states == 1
 
 
 def with_proxy_info(answer: Message, request: Message) -> Message:

@@ -25,7 +25,6 @@ from quotaflow.engine.types import (
 )
 from quotaflow.ledger import (
     AMOUNT_MAX,
-    SESSION_CLOSED,
     ChargingError,
     Conflict,
     InvalidAmount,
@@ -504,6 +503,14 @@ class Engine:
                 view = await self._pool_view(step, s)
             args = self._charge_args(step, s, view)
             idle = bool(args.get("idle"))
+            ended = "reserve" in args and not await self._open(step.session_id)
+            if ended:
+                # Ended while this step was charged (a termination between a group member's
+                # rating groups, each awaiting its commit): its usage is posted, but no grant
+                # is held for a session nothing would report on or release (its credit, a
+                # shared pool's, would be held until it lapsed). Decided here, in what the
+                # journal keeps, so that a replay makes the same choice.
+                args = {k: v for k, v in args.items() if k != "reserve"}
             try:
                 result = await self.store.execute("charge", op_id, args)
             except Conflict:
@@ -514,6 +521,8 @@ class Engine:
                     raise
             else:
                 self._after_charge(step, s, result)
+                if ended:
+                    raise UnknownSession(f"session {step.session_id!r} ended during this step")
                 second = None
                 # Asked here first: most charges need no second try, and each call of the
                 # coroutine costs an object.
@@ -523,6 +532,11 @@ class Engine:
                     result, retry_s = second
                     return self._remember_grant(step, s, self._answer(s, result, retry_s))
         return self._remember_grant(step, s, self._answer(s, result, idle=idle))
+
+    async def _open(self, session_id: str) -> bool:
+        """Whether the session is still open. The embedded store answers without suspending,
+        so a charge submitted right after sees the same state."""
+        return await self.store.get_session(session_id) is not None
 
     def _remember_grant(
         self, step: _Step, s: ServiceRequest, answer: ServiceAnswer
@@ -574,6 +588,8 @@ class Engine:
             return None
         grant = first.get("grant")
         wanted = int(args["reserve"]["units_max"]) - (0 if grant is None else grant["units"])
+        if not await self._open(step.session_id):
+            return None  # ended meanwhile: no top-up, no grant (see _charge_one)
         try:
             topup = await self.store.execute(
                 "provider_topup",
@@ -592,6 +608,8 @@ class Engine:
             await self._emit("balance_changed", given["provider"], {"op": "provider_topup"})
         again = {k: v for k, v in args.items() if k != "record"}
         again["used_units"] = 0
+        if not await self._open(step.session_id):
+            return None
         result = await self.store.execute("charge", f"{op_id}#after-providers", again)
         if result.get("grant") is None:
             return None
@@ -635,6 +653,8 @@ class Engine:
                 return None
             if self.store.pool_available(gid, UNIT_NAME[s.unit]) < minimum:
                 continue  # woken, but nothing came back yet
+            if not await self._open(step.session_id):
+                return None  # ended while it waited: no grant for it (see _charge_one)
             attempt += 1
             result = await self.store.execute("charge", f"{op_id}#held{attempt}", again)
             if not _short(result, self.policy.limits[s.unit]):
@@ -880,12 +900,11 @@ class Engine:
             status = ServiceResult.REPORTED
             granted = 0
         elif grant is None:
-            refused = result.get("refused")
-            if refused == SESSION_CLOSED:
-                # Ended while this step was charged (its usage is posted): the step is for an
-                # unknown session, as one that comes after the termination is.
-                raise UnknownSession("the session ended while this step was charged")
-            status = ServiceResult.BARRED if refused == "barred" else ServiceResult.NO_CREDIT
+            status = (
+                ServiceResult.BARRED
+                if result.get("refused") == "barred"
+                else ServiceResult.NO_CREDIT
+            )
             granted = 0
         else:
             granted = grant["units"]

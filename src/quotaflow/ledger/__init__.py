@@ -13,7 +13,7 @@ from quotaflow.ledger.errors import (
     UnknownSession,
     UnknownSubscriber,
 )
-from quotaflow.ledger.ledger import SESSION_CLOSED, Ledger
+from quotaflow.ledger.ledger import Ledger
 from quotaflow.ledger.model import (
     NEVER_MS,
     Bucket,
@@ -28,7 +28,6 @@ from quotaflow.ledger.model import (
 __all__ = [
     "AMOUNT_MAX",
     "NEVER_MS",
-    "SESSION_CLOSED",
     "Bucket",
     "ChargingError",
     "Conflict",

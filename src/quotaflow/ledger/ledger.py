@@ -77,8 +77,6 @@ from quotaflow.ledger.transfers import (
 
 # Read per operation: a module attribute lookup on orjson cost ~270 instructions each (callgrind).
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
-# A charge's "refused" when the session its grant was for had ended (see `_charge`).
-SESSION_CLOSED: Final = "session_closed"
 
 
 class Ledger(GroupOps, MovingOps):
@@ -995,20 +993,13 @@ class Ledger(GroupOps, MovingOps):
         if sub.status is Status.BARRED:
             result["refused"] = "barred"
             return result
-        # Checked only here, where the reserve operation checks it too: a journal written
-        # before may hold a charge that succeeded without a grant (a barred subscriber) with a
-        # bad one.
-        hold_session = _optional_id("session_id", reserve.get("session_id"))
-        if hold_session is not None and hold_session not in self.sessions:
-            # The session ended while its step was charged (a termination between a group
-            # member's rating groups, each awaiting its commit): nothing would report on or
-            # release this grant, and its credit (a shared pool's too) would stay held until
-            # it lapsed.
-            result["refused"] = SESSION_CLOSED
-            return result
         try:
             assert type(rid) is str  # checked with the reservation above
             self._check_new_reservation(sub, rid)
+            # Checked only here, where the reserve operation checks it too: a journal written
+            # before may hold a charge that succeeded without a grant (a barred subscriber)
+            # with a bad one.
+            hold_session = _optional_id("session_id", reserve.get("session_id"))
             result["grant"] = self._hold(
                 sub,
                 rid,
