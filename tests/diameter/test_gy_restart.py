@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,8 +16,9 @@ from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.gy import GyApplication, GyService
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_restart import RELEASED, PeerRestarts
-from quotaflow.engine import ServiceRequest
+from quotaflow.engine import Engine, ServiceRequest
 from quotaflow.server import Server
+from quotaflow.store import StoreUnavailable
 
 from .test_gy_support import MB, GyEnv, ccr, connect, gy_client_env, gy_server, mscc
 
@@ -214,3 +216,38 @@ async def test_a_restart_during_a_release_is_released_after_it(tmp_path: Path) -
         assert restarts.released == 201 and len(restarts) == 0 and restarts._by_peer == {}
         restarts.peer_opened(_peer(300))  # the same state again: a reconnection
         assert not restarts._tasks
+
+
+class _FailsOnce:
+    """The real engine, whose close of the named sessions fails once (a failed commit)."""
+
+    def __init__(self, engine: Engine, failing: set[str]) -> None:
+        self.store = engine.store
+        self._engine = engine
+        self._failing = failing
+
+    async def session_terminate(self, session_id: str, *args: Any, **kwargs: Any) -> Any:
+        if session_id in self._failing:
+            self._failing.discard(session_id)
+            raise StoreUnavailable("journal write failed")
+        return await self._engine.session_terminate(session_id, *args, **kwargs)
+
+
+async def test_a_release_that_fails_is_tried_again_at_the_next_restart(tmp_path: Path) -> None:
+    """One close fails: the others of the batch are still ended, and the failed one stays in
+    the index for the next CER to retry."""
+    async with gy_server(tmp_path) as (server, api):
+        async with gy_client_env(server, api, server.cfg.diameter_port) as env:
+            await env.subscriber(octets=100 * MB)
+        restarts = PeerRestarts(_FailsOnce(server.engine, {"a2"}))  # type: ignore[arg-type]
+        for sid in ("a1", "a2", "a3"):
+            await _start(server, restarts, sid, 100)
+        restarts.peer_opened(_peer(100))
+        restarts.peer_opened(_peer(200))
+        await _idle(restarts)
+        sessions = server.store.ledger.sessions
+        assert "a1" not in sessions and "a3" not in sessions and "a2" in sessions
+        assert restarts.failures == 1 and restarts._by_peer == {PGW: {100: {"a2"}}}
+        restarts.peer_opened(_peer(300))
+        await _idle(restarts)
+        assert "a2" not in sessions and restarts.released == 3 and len(restarts) == 0

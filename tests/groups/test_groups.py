@@ -457,3 +457,37 @@ async def test_a_grant_for_a_session_closed_meanwhile_is_refused(
             with contextlib.suppress(ChargingError):
                 replayed.apply(op, op_id, args, now_ms)
     assert replayed.snapshot() == ledger.snapshot()
+
+
+@pytest.mark.parametrize("groups", [[30], [30, 20]])
+async def test_a_member_whose_session_ends_while_it_waits_for_reclaimed_credit_gets_5002(
+    api: httpx.AsyncClient, server: Server, groups: list[int]
+) -> None:
+    """The pool is spent: a member's first rating group waits for the others to report, and its
+    gateway ends the session meanwhile. The update is for an unknown session (Gy 5002), no grant
+    is held for it, and the engine keeps no rate state of it."""
+    await family(api, {"allocation": "reclaim", "reclaim_min_age_s": 0, "reclaim_wait_ms": 5000})
+    engine = server.engine
+    await engine.session_start("m1", "mum", 0, [ServiceRequest(10)])
+    n = 0
+    while server.store.pool_available("fam", "octets") >= 100_000:
+        n += 1
+        await engine.session_start(f"d{n}", "dad", 0, [ServiceRequest(10)])
+    tasks: list[asyncio.Task[object]] = []
+
+    def gateway(event: EngineEvent) -> None:  # asked to report: it ends m1, dad reports
+        if event.kind == "reauthorize" and event.subscriber_id == "dad":
+            loop = asyncio.get_running_loop()
+            tasks.append(loop.create_task(engine.session_terminate("m1", 2, [])))
+            for sid in event.sessions:
+                tasks.append(loop.create_task(engine.session_update(sid, 1, [ServiceRequest(10)])))
+
+    engine.subscribe(gateway)
+    with pytest.raises(UnknownSession):
+        await engine.session_update("m1", 1, [ServiceRequest(rg) for rg in groups])
+    await asyncio.gather(*tasks)
+    assert "m1" not in server.store.ledger.sessions  # type: ignore[attr-defined]
+    assert not server.store.ledger.subscribers["mum"].reservations  # type: ignore[attr-defined]
+    assert not [key for key in engine._rates if key[0] == "m1"]
+    assert "m1" not in engine._session_rgs
+    assert not [key for key in engine._in_group.get("fam", ()) if key[0] == "m1"]

@@ -149,7 +149,8 @@ class PeerRestarts:
         if self._latest.get(key) == state:
             return  # a reconnection: nothing was lost
         if len(self._latest) >= LATEST_MAX:  # peers that keep nothing here first
-            for idle in [k for k in self._latest if k not in self._by_peer]:
+            kept = self._by_peer.keys() | self._tasks.keys()
+            for idle in [k for k in self._latest if k not in kept]:
                 del self._latest[idle]
         self._latest[key] = state
         states = self._by_peer.get(key)
@@ -169,7 +170,9 @@ class PeerRestarts:
         try:
             while True:
                 self._again.discard(key)
-                state = self._latest[key]
+                state = self._latest.get(key)
+                if state is None:
+                    return
                 # The sets of the states this one ends, taken out of the index whole: nothing
                 # scans the peer's sessions, and nothing else changes a set once it is taken
                 # (`forget` finds no set for its state).
@@ -215,6 +218,8 @@ class PeerRestarts:
         except Exception:
             self.failures += 1
             log.exception("session %r of restarted peer %s not released", session_id, key)
+            if self._tied.get(session_id) == tied:  # back in the index: the next CER retries
+                self._by_peer.setdefault(key, {}).setdefault(tied[1], set()).add(session_id)
             return False
         if self._tied.get(session_id) == tied:
             self.forget(session_id)

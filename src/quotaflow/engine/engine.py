@@ -379,6 +379,11 @@ class Engine:
             await self.store.execute(
                 "session_close", f"{session_id}#close", {"session_id": session_id}
             )
+        self._forget_rates(session_id)
+        return answer
+
+    def _forget_rates(self, session_id: str) -> None:
+        """Drop an ended session's rate trackers (and its share of its group's rate)."""
         for rating_group in self._session_rgs.pop(session_id, ()):
             key = (session_id, rating_group)
             tracker = self._rates.pop(key, None)
@@ -388,7 +393,12 @@ class Engine:
                 keys.discard(key)
                 if not keys:
                     del self._in_group[tracker.pool[0]]
-        return answer
+
+    def _ended_during(self, step: _Step) -> UnknownSession:
+        """What a step of a session that ended while it was charged raises (Gy 5002); the
+        trackers this step made again are dropped, as the termination dropped the others."""
+        self._forget_rates(step.session_id)
+        return UnknownSession(f"session {step.session_id!r} ended during this step")
 
     def immediate(self, session_id: str) -> bool:
         """Whether `session_update_now` can charge this session's next step: the store applies
@@ -522,7 +532,7 @@ class Engine:
             else:
                 self._after_charge(step, s, result)
                 if ended:
-                    raise UnknownSession(f"session {step.session_id!r} ended during this step")
+                    raise self._ended_during(step)
                 second = None
                 # Asked here first: most charges need no second try, and each call of the
                 # coroutine costs an object.
@@ -589,7 +599,7 @@ class Engine:
         grant = first.get("grant")
         wanted = int(args["reserve"]["units_max"]) - (0 if grant is None else grant["units"])
         if not await self._open(step.session_id):
-            return None  # ended meanwhile: no top-up, no grant (see _charge_one)
+            raise self._ended_during(step)  # no top-up, no grant (see _charge_one)
         try:
             topup = await self.store.execute(
                 "provider_topup",
@@ -609,7 +619,7 @@ class Engine:
         again = {k: v for k, v in args.items() if k != "record"}
         again["used_units"] = 0
         if not await self._open(step.session_id):
-            return None
+            raise self._ended_during(step)
         result = await self.store.execute("charge", f"{op_id}#after-providers", again)
         if result.get("grant") is None:
             return None
@@ -654,7 +664,7 @@ class Engine:
             if self.store.pool_available(gid, UNIT_NAME[s.unit]) < minimum:
                 continue  # woken, but nothing came back yet
             if not await self._open(step.session_id):
-                return None  # ended while it waited: no grant for it (see _charge_one)
+                raise self._ended_during(step)  # ended while it waited: no grant for it
             attempt += 1
             result = await self.store.execute("charge", f"{op_id}#held{attempt}", again)
             if not _short(result, self.policy.limits[s.unit]):
