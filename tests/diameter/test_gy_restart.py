@@ -251,3 +251,39 @@ async def test_a_release_that_fails_is_tried_again_at_the_next_restart(tmp_path:
         restarts.peer_opened(_peer(300))
         await _idle(restarts)
         assert "a2" not in sessions and restarts.released == 3 and len(restarts) == 0
+
+
+@pytest.mark.parametrize("restarted", [True, False])
+async def test_sessions_from_before_the_server_s_own_restart_are_told_apart_too(
+    tmp_path: Path, restarted: bool
+) -> None:
+    """The server and the gateway go down together (a site's power, say). The server starts
+    from its files, ties the open sessions to the state their CCR-I recorded, and the gateway's
+    first CER tells: a new state ends them, the same state keeps them."""
+    async with gy_server(tmp_path) as (server, api):
+        async with gy_client_env(server, api, server.cfg.diameter_port) as env:
+            await env.subscriber(octets=100 * MB)
+        first = await connect(server.cfg.diameter_port, origin_host=PGW, origin_state_id=100)
+        ids = await _open(first, 2)
+        relayed = await _open(first, 1, origin_host="pgw.behind.test")
+        meta = server.store.ledger.sessions[ids[0]]["meta"]
+        assert (
+            meta["peer_state"] == 100
+            and "peer_state" not in (server.store.ledger.sessions[relayed[0]]["meta"])
+        )
+        await first.close(timeout_s=0.5)
+    async with gy_server(tmp_path) as (server, api):
+        gy = _gy(server)
+        assert len(gy.restarts) == 2  # the relayed session is not tied
+        state = 101 if restarted else 100
+        back = await connect(server.cfg.diameter_port, origin_host=PGW, origin_state_id=state)
+        await _settled(server)
+        sessions = server.store.ledger.sessions
+        assert relayed[0] in sessions
+        if restarted:
+            assert not set(ids) & set(sessions) and gy.restarts.released == 2
+            assert GyEnv(server, api, back).reserved("alice") == 10 * MB  # the relayed one's
+        else:
+            assert set(ids) <= set(sessions) and gy.restarts.released == 0
+            assert GyEnv(server, api, back).reserved("alice") == 30 * MB
+        await back.close(timeout_s=0.5)

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from quotaflow.diameter.codec import encode_message
 from quotaflow.diameter.constants import (
@@ -57,7 +57,7 @@ from quotaflow.diameter.gy_mapping import (
     service_asks,
 )
 from quotaflow.diameter.gy_notify import GyNotifier, session_meta
-from quotaflow.diameter.gy_restart import PeerRestarts
+from quotaflow.diameter.gy_restart import PeerRestarts, direct_state
 from quotaflow.diameter.gy_retransmit import AnswerCache, Kept
 from quotaflow.diameter.gy_wire import AnswerWriter
 from quotaflow.diameter.message import Avp, Message
@@ -68,6 +68,7 @@ from quotaflow.engine import SESSION_EVENTS, Engine, ServiceRequest, SessionAnsw
 from quotaflow.ledger import ChargingError, SubscriberBarred, Unit, UnknownSubscriber
 from quotaflow.metrics import SESSION_STEPS, request_seconds
 from quotaflow.rating import TariffBook
+from quotaflow.store.immediate import ImmediateStore
 
 if TYPE_CHECKING:
     from quotaflow.config import Config
@@ -366,7 +367,10 @@ class GyApplication:
     ) -> Message:
         asks = service_asks(ccr.message, reading, initial=True)
         subscriber_id = await self._subscriber(ccr.message)
-        meta = session_meta(ccr.origin_host, ccr.origin_realm, peer.origin_host)
+        meta: dict[str, Any] = session_meta(ccr.origin_host, ccr.origin_realm, peer.origin_host)
+        peer_state = direct_state(peer, ccr.origin_host) if self.restarts.enabled else None
+        if peer_state is not None:
+            meta["peer_state"] = peer_state  # what a restart is told by (gy_restart.load)
         try:
             charged = await self.engine.session_start(
                 ccr.session_id, subscriber_id, ccr.number, _engine_requests(asks), meta
@@ -552,6 +556,11 @@ async def start_gy(engine: Engine, cfg: Config, config: GyConfig | None = None) 
     connecting from loopback is accepted (the development default)."""
     gy = config if config is not None else GyConfig.of(cfg)
     app = GyApplication(engine, gy, cfg.diameter_identity, cfg.diameter_realm)
+    store = engine.store
+    if app.restarts.enabled and isinstance(store, ImmediateStore):
+        tied = app.restarts.load(store.open_sessions_now())  # before any peer connects
+        if tied:
+            log.info("Gy sessions tied to their peer's Origin-State-Id: %d", tied)
     peers = allowed_peers(cfg)
     server = await serve_diameter(
         app.handle,

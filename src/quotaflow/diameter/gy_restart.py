@@ -12,17 +12,19 @@ no inference). Sessions that came through a relay (a DRA, freeDiameter) are neve
 way, since the relay's restart says nothing about the clients behind it, and a CCR's own
 Origin-State-Id is not trusted: any client behind a relay could name another's Origin-Host.
 
-The index of tied sessions is kept in memory from the CCR-Is this server answered, by peer and
-by state, so that a CER touches only the sessions of the states it ends (a reconnection with the
-same state touches none): after the server itself restarts, the sessions opened before it are
-left to lapse as before. It is bounded (`GyConfig.tracked_sessions_max`, oldest forgotten
-first), at about 230 bytes a session besides its id. Each release re-checks the session against
-the index (a CCR-I with the new state under the same Session-Id keeps it), ends it as a CCR-T
-with no usage would (`Engine.session_terminate`: its grants are voided, what it had not reported
-is lost with the gateway's state) and counts only the sessions it closed. One task per peer
-works through them, RELEASE_CONCURRENCY at a time, yielding between batches; a newer state
-arriving meanwhile makes it look again once it is done. A CCR-I answered on the old connection
-after the new CER (it was in flight) is ended the same way.
+The index of tied sessions is kept in memory, by peer and by state, so that a CER touches only
+the sessions of the states it ends (a reconnection with the same state touches none). It is
+filled by the CCR-Is this server answers, and at the server's start from the open sessions'
+meta, where each CCR-I records its peer's state (`peer_state`): a gateway that went down with
+the server is told apart by its first CER as well. It is bounded
+(`GyConfig.tracked_sessions_max`, oldest forgotten first), at about 230 bytes a session besides
+its id. Each release re-checks the session against the index (a CCR-I with the new state under
+the same Session-Id keeps it), ends it as a CCR-T with no usage would
+(`Engine.session_terminate`: its grants are voided, what it had not reported is lost with the
+gateway's state) and counts only the sessions it closed. One task per peer works through them,
+RELEASE_CONCURRENCY at a time, yielding between batches; a newer state arriving meanwhile makes
+it look again once it is done. A CCR-I answered on the old connection after the new CER (it was
+in flight) is ended the same way.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import asyncio
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
 from prometheus_client import Counter
 
@@ -108,23 +110,48 @@ class PeerRestarts:
         if state is None:
             return
         key = peer.origin_host.lower()
-        self.forget(session_id)
-        if len(self._tied) >= self.sessions_max:
-            oldest, (oldest_key, oldest_state) = self._tied.popitem(last=False)
-            self._unlink(oldest, oldest_key, oldest_state)
-        self._tied[session_id] = (key, state)
-        self._by_peer.setdefault(key, {}).setdefault(state, set()).add(session_id)
+        self._tie(session_id, key, state)
         latest = self._latest.get(key)
         if latest is not None and latest != state:
             # Answered on the old connection after the new one's CER (it was in flight): the
             # client that asked for it is gone.
             self._schedule(key)
 
+    def load(self, sessions: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+        """Tie the open sessions a previous run of the server recorded (their meta's
+        `peer_state`, written at their CCR-I), oldest first; returns how many were tied. Called
+        at the start, before any peer connects: the first CER of each peer then tells."""
+        tied = 0
+        for session_id, record in sessions:
+            meta = record.get("meta") or {}
+            state, peer, client = meta.get("peer_state"), meta.get("peer"), meta.get("origin_host")
+            if (
+                not self.enabled
+                or meta.get("interface") != "gy"
+                or type(state) is not int
+                or not state
+                or not isinstance(peer, str)
+                or not isinstance(client, str)
+                or client.lower() != peer.lower()
+            ):
+                continue
+            self._tie(session_id, peer.lower(), state)
+            tied += 1
+        return tied
+
     def forget(self, session_id: str) -> None:
         """A session that ended (its CCR-T, a refusal, or its release)."""
         tied = self._tied.pop(session_id, None)
         if tied is not None:
             self._unlink(session_id, *tied)
+
+    def _tie(self, session_id: str, key: str, state: int) -> None:
+        self.forget(session_id)
+        if len(self._tied) >= self.sessions_max:
+            oldest, (oldest_key, oldest_state) = self._tied.popitem(last=False)
+            self._unlink(oldest, oldest_key, oldest_state)
+        self._tied[session_id] = (key, state)
+        self._by_peer.setdefault(key, {}).setdefault(state, set()).add(session_id)
 
     def _unlink(self, session_id: str, key: str, state: int) -> None:
         states = self._by_peer.get(key)

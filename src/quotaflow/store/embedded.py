@@ -895,6 +895,9 @@ class EmbeddedStore(ImmediateStore):
     def session_now(self, session_id: str) -> dict[str, Any] | None:
         return self.ledger.sessions.get(session_id)
 
+    def open_sessions_now(self) -> list[tuple[str, dict[str, Any]]]:
+        return list(self.ledger.sessions.items())
+
     def subscriber_now(self, subscriber_id: str) -> Subscriber:
         return self.ledger.subscriber(subscriber_id)
 

@@ -44,6 +44,11 @@ class ImmediateStore:
     def session_now(self, session_id: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    def open_sessions_now(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every open session and its record, least recently charged first (for indexes an
+        application rebuilds at its start, before it serves: it copies the whole table)."""
+        raise NotImplementedError
+
     def subscriber_now(self, subscriber_id: str) -> Subscriber:
         """As get_subscriber; raises UnknownSubscriber."""
         raise NotImplementedError
