@@ -16,7 +16,7 @@ from quotaflow.engine import (
     ServiceResult,
     split_identity,
 )
-from quotaflow.ledger import SubscriberBarred, Unit, UnknownSession, UnknownSubscriber
+from quotaflow.ledger import Conflict, SubscriberBarred, Unit, UnknownSession, UnknownSubscriber
 from quotaflow.store import EmbeddedStore
 
 MB = 1_000_000
@@ -276,3 +276,19 @@ async def test_charging_records_written_with_the_debit(
     await again.open()
     assert again.read_records(0, 100) == records
     engine.store = again
+
+
+async def test_a_start_copied_with_other_meta_is_a_copy_of_the_same_subscriber(
+    engine: Engine,
+) -> None:
+    """A CCR-I retransmitted after the server restarted into a release that records more in
+    the session's meta (the peer's Origin-State-Id): answered as the first time, not refused
+    as a reuse of the id. Another subscriber under the same id is still refused."""
+    first = await engine.session_start("s", "a", 0, [ServiceRequest(10)], {"interface": "gy"})
+    again = await engine.session_start(
+        "s", "a", 0, [ServiceRequest(10)], {"interface": "gy", "peer_state": 7}
+    )
+    assert again == first
+    await engine.admin("create_subscriber", "cb", {"id": "b", "msisdn": "4671"})
+    with pytest.raises(Conflict):
+        await engine.session_start("s", "b", 0, [ServiceRequest(10)], {"interface": "gy"})

@@ -233,9 +233,9 @@ class _FailsOnce:
         return await self._engine.session_terminate(session_id, *args, **kwargs)
 
 
-async def test_a_release_that_fails_is_tried_again_at_the_next_restart(tmp_path: Path) -> None:
+async def test_a_release_that_fails_is_tried_again_at_the_next_cer(tmp_path: Path) -> None:
     """One close fails: the others of the batch are still ended, and the failed one stays in
-    the index for the next CER to retry."""
+    the index for the peer's next CER to retry, a reconnection with the same state too."""
     async with gy_server(tmp_path) as (server, api):
         async with gy_client_env(server, api, server.cfg.diameter_port) as env:
             await env.subscriber(octets=100 * MB)
@@ -248,7 +248,7 @@ async def test_a_release_that_fails_is_tried_again_at_the_next_restart(tmp_path:
         sessions = server.store.ledger.sessions
         assert "a1" not in sessions and "a3" not in sessions and "a2" in sessions
         assert restarts.failures == 1 and restarts._by_peer == {PGW: {100: {"a2"}}}
-        restarts.peer_opened(_peer(300))
+        restarts.peer_opened(_peer(200))  # the same state: a reconnection
         await _idle(restarts)
         assert "a2" not in sessions and restarts.released == 3 and len(restarts) == 0
 

@@ -410,12 +410,15 @@ async def test_soft_mode_overspends_by_at_most_its_limit(
     server.store.ledger.check_invariants()
 
 
+@pytest.mark.parametrize("second_asks", [True, False])
 async def test_a_grant_for_a_session_closed_meanwhile_is_refused(
-    api: httpx.AsyncClient, server: Server
+    api: httpx.AsyncClient, server: Server, second_asks: bool
 ) -> None:
-    """A member's update asks for two rating groups, charged one after the other (a group's
+    """A member's update reports two rating groups, charged one after the other (a group's
     session waits for each commit); a termination that lands between them closes the session.
-    The second grant must not be held for it: the pool would lose that credit until it lapsed."""
+    The second grant must not be held for it: the pool would lose that credit until it lapsed.
+    Whether or not the second asks for a grant, the update is for an unknown session, and the
+    engine keeps no rate state of it."""
     await family(api)
     engine = server.engine
     ledger = server.store.ledger  # type: ignore[attr-defined]
@@ -430,7 +433,9 @@ async def test_a_grant_for_a_session_closed_meanwhile_is_refused(
                 1,
                 [
                     ServiceRequest(10, used_units=MB, requested_units=MB),
-                    ServiceRequest(20, used_units=MB, requested_units=MB),
+                    ServiceRequest(20, used_units=MB, requested_units=MB)
+                    if second_asks
+                    else ServiceRequest(20, used_units=MB, want_grant=False),
                 ],
             )
         )
@@ -445,6 +450,8 @@ async def test_a_grant_for_a_session_closed_meanwhile_is_refused(
         except UnknownSession:  # it ended under it: its usage is posted all the same
             raced += 1
         assert not ledger.subscribers["kid"].reservations, round_
+        assert not [key for key in engine._rates if key[0] == sid]
+        assert sid not in engine._session_rgs
     assert raced == 5  # each termination landed between the two rating groups
     # The choice is in the journal (the charge went without its reserve): a replay of it, by
     # this release or an older one, makes no grant either.

@@ -94,6 +94,7 @@ class PeerRestarts:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._closed = False
+        self._logged_failure = False
         self.released = 0
         self.failures = 0
 
@@ -173,13 +174,14 @@ class PeerRestarts:
         if not self.enabled or self._closed or not state:
             return
         key = peer.origin_host.lower()
-        if self._latest.get(key) == state:
-            return  # a reconnection: nothing was lost
-        if len(self._latest) >= LATEST_MAX:  # peers that keep nothing here first
+        if len(self._latest) >= LATEST_MAX and key not in self._latest:
+            # Peers that keep nothing here are forgotten first.
             kept = self._by_peer.keys() | self._tasks.keys()
             for idle in [k for k in self._latest if k not in kept]:
                 del self._latest[idle]
         self._latest[key] = state
+        # A reconnection with the same state finds nothing to end, but for closes that failed
+        # at an earlier restart: tried again now (one entry per state, not per session).
         states = self._by_peer.get(key)
         if states is not None and any(s != state for s in states):
             self._schedule(key)
@@ -197,6 +199,7 @@ class PeerRestarts:
         try:
             while True:
                 self._again.discard(key)
+                self._logged_failure = False
                 state = self._latest.get(key)
                 if state is None:
                     return
@@ -244,7 +247,15 @@ class PeerRestarts:
             return False
         except Exception:
             self.failures += 1
-            log.exception("session %r of restarted peer %s not released", session_id, key)
+            # One traceback per peer's release, not one per session when the store is down.
+            first = not self._logged_failure
+            self._logged_failure = True
+            log.error(
+                "session %r of restarted peer %s not released (tried again at its next CER)",
+                session_id,
+                key,
+                exc_info=first,
+            )
             if self._tied.get(session_id) == tied:  # back in the index: the next CER retries
                 self._by_peer.setdefault(key, {}).setdefault(tied[1], set()).add(session_id)
             return False

@@ -327,11 +327,21 @@ class Engine:
             raise InvalidRequest(f"{sub.id!r} is a group's pool, not a subscriber")
         if sub.status is Status.BARRED:
             raise SubscriberBarred(f"subscriber {sub.id!r} is barred")
-        record = await self.store.execute(
-            "session_open",
-            f"{session_id}#open",
-            {"session_id": session_id, "subscriber_id": sub.id, "meta": meta or {}},
-        )
+        opening = f"{session_id}#open"
+        try:
+            record = await self.store.execute(
+                "session_open",
+                opening,
+                {"session_id": session_id, "subscriber_id": sub.id, "meta": meta or {}},
+            )
+        except Conflict:
+            # The same start again with other meta (one written by an earlier release, or with
+            # the peer-restart switch set otherwise): a retransmission when it names the same
+            # subscriber, answered as the first time, as _charge_one does.
+            first = await self.store.recorded(opening)
+            if first is None or first.get("subscriber_id") != sub.id:
+                raise
+            record = first
         step = _Step(session_id, sub.id, request_number, False, record.get("meta") or {})
         return await self._step(step, services)
 
@@ -513,8 +523,8 @@ class Engine:
                 view = await self._pool_view(step, s)
             args = self._charge_args(step, s, view)
             idle = bool(args.get("idle"))
-            ended = "reserve" in args and not await self._open(step.session_id)
-            if ended:
+            ended = not step.closing and not await self._open(step.session_id)
+            if ended and "reserve" in args:
                 # Ended while this step was charged (a termination between a group member's
                 # rating groups, each awaiting its commit): its usage is posted, but no grant
                 # is held for a session nothing would report on or release (its credit, a

@@ -45,7 +45,7 @@ class ImmediateStore:
         raise NotImplementedError
 
     def open_sessions_now(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every open session and its record, least recently charged first (for indexes an
+        """Every open session and its record, in the ledger's order (for indexes an
         application rebuilds at its start, before it serves: it copies the whole table)."""
         raise NotImplementedError
 
