@@ -63,8 +63,19 @@ RELEASED = Counter(
 def direct_state(peer: PeerInfo, origin_host: str) -> int | None:
     """The state a session opened by `origin_host` through `peer` is tied to: the peer's CER
     Origin-State-Id when the client is the peer itself and the value allows inference."""
-    state = peer.origin_state_id
-    if not state or origin_host.lower() != peer.origin_host.lower():
+    return _tied_state(peer.origin_state_id, peer.origin_host, origin_host)
+
+
+def _tied_state(state: object, peer_host: object, client_host: object) -> int | None:
+    """`state` if it ties a session: a non-zero integer, and the client the peer itself (the
+    peer registry's comparison, lowercase). The one rule for a live CCR-I and a loaded meta."""
+    if (
+        type(state) is not int
+        or not state
+        or not isinstance(peer_host, str)
+        or not isinstance(client_host, str)
+        or client_host.lower() != peer_host.lower()
+    ):
         return None
     return state
 
@@ -122,20 +133,18 @@ class PeerRestarts:
         """Tie the open sessions a previous run of the server recorded (their meta's
         `peer_state`, written at their CCR-I), oldest first; returns how many were tied. Called
         at the start, before any peer connects: the first CER of each peer then tells."""
+        if not self.enabled:
+            return 0
         tied = 0
         for session_id, record in sessions:
             meta = record.get("meta") or {}
-            state, peer, client = meta.get("peer_state"), meta.get("peer"), meta.get("origin_host")
-            if (
-                not self.enabled
-                or meta.get("interface") != "gy"
-                or type(state) is not int
-                or not state
-                or not isinstance(peer, str)
-                or not isinstance(client, str)
-                or client.lower() != peer.lower()
-            ):
+            if meta.get("interface") != "gy":
                 continue
+            peer = meta.get("peer")
+            state = _tied_state(meta.get("peer_state"), peer, meta.get("origin_host"))
+            if state is None:
+                continue
+            assert isinstance(peer, str)  # _tied_state checked it
             self._tie(session_id, peer.lower(), state)
             tied += 1
         return tied
@@ -152,6 +161,9 @@ class PeerRestarts:
             oldest, (oldest_key, oldest_state) = self._tied.popitem(last=False)
             self._unlink(oldest, oldest_key, oldest_state)
         self._tied[session_id] = (key, state)
+        self._link(session_id, key, state)
+
+    def _link(self, session_id: str, key: str, state: int) -> None:
         self._by_peer.setdefault(key, {}).setdefault(state, set()).add(session_id)
 
     def _unlink(self, session_id: str, key: str, state: int) -> None:
@@ -257,7 +269,7 @@ class PeerRestarts:
                 exc_info=first,
             )
             if self._tied.get(session_id) == tied:  # back in the index: the next CER retries
-                self._by_peer.setdefault(key, {}).setdefault(tied[1], set()).add(session_id)
+                self._link(session_id, key, tied[1])
             return False
         if self._tied.get(session_id) == tied:
             self.forget(session_id)
