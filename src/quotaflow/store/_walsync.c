@@ -15,6 +15,11 @@
  * Before each sync the path is checked against the file held open: SQLite keeps one WAL per
  * database while a connection is open, but should the file ever be replaced, the new one is
  * opened (and its directory synced, for its name) rather than an old inode synced in vain.
+ * That check asks statx(2) for the inode number alone: a stat(2) reads the file's times, and
+ * on a file system with multigrain timestamps (ext4, XFS, ... from Linux 6.13) a time that was
+ * read makes the next write stamp a new fine-grained mtime. The WAL's inode was then dirtied by
+ * every commit, and each fdatasync wrote it too: a second synchronous write per commit
+ * (docs/PERFORMANCE.md, session 20).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,6 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 typedef struct {
@@ -77,13 +83,34 @@ static int sync_dir_of(const char *path) {
     return rc;
 }
 
+/* The device and inode of `path` (relative to `dirfd`; "" for `dirfd` itself): 0, or -1 and
+ * errno. Without the file's times: see the top of this file. */
+static int identity_of(int dirfd, const char *path, dev_t *dev, ino_t *ino) {
+#ifdef STATX_INO
+    struct statx stx;
+    int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
+    if (statx(dirfd, path, flags, STATX_INO, &stx) != 0)
+        return -1;
+    *dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    *ino = (ino_t)stx.stx_ino;
+#else
+    struct stat st;
+    if ((path[0] == '\0' ? fstat(dirfd, &st) : stat(path, &st)) != 0)
+        return -1;
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+#endif
+    return 0;
+}
+
 /* Opens `path` as the file to sync; 0 or an errno. */
 static int open_target(WalSync *w) {
     int fd = open_retrying(w->path);
     if (fd < 0)
         return errno;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    dev_t dev;
+    ino_t ino;
+    if (identity_of(fd, "", &dev, &ino) != 0) {
         int rc = errno;
         close(fd);
         return rc;
@@ -91,20 +118,21 @@ static int open_target(WalSync *w) {
     if (w->fd >= 0)
         close(w->fd);
     w->fd = fd;
-    w->dev = st.st_dev;
-    w->ino = st.st_ino;
+    w->dev = dev;
+    w->ino = ino;
     return sync_dir_of(w->path);
 }
 
 static int sync_once(WalSync *w) {
-    struct stat st;
+    dev_t dev;
+    ino_t ino;
     int rc;
     do {
-        rc = stat(w->path, &st);
+        rc = identity_of(AT_FDCWD, w->path, &dev, &ino);
     } while (rc != 0 && errno == EINTR);
     if (rc != 0)
         return errno; /* the WAL is gone while the store is open: nothing to vouch for */
-    if (st.st_dev != w->dev || st.st_ino != w->ino) {
+    if (dev != w->dev || ino != w->ino) {
         rc = open_target(w);
         if (rc != 0)
             return rc;

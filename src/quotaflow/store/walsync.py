@@ -77,6 +77,9 @@ class PyWalSync:
         sync_directory(self.path)
 
     def _sync_once(self) -> None:
+        # Reads the file's times, where the C syncer asks statx for the inode alone (see
+        # _walsync.c: on a multigrain file system that costs an inode write per sync). Python
+        # 3.11 has no statx; an interpreted install pays it (bench/bench_walsync.py).
         st = os.stat(self.path)
         if (st.st_dev, st.st_ino) != self._dev_ino:
             self._open()
