@@ -171,6 +171,36 @@ async def test_dev_mode_accepts_any_loopback_peer() -> None:
         await server.close(grace_s=0.2)
 
 
+async def test_peer_opened_observers_are_in_place_before_the_server_listens() -> None:
+    """Observers given to serve_diameter see every peer's CER, the first included, and one
+    that fails does not keep the peer out or the others from being told."""
+    seen: list[tuple[str, int]] = []
+
+    def broken(peer: PeerInfo) -> None:
+        raise RuntimeError("observer bug")
+
+    server = await serve_diameter(
+        echo_handler,
+        "127.0.0.1",
+        0,
+        accept_any_loopback=True,
+        peer_opened=(broken, lambda peer: seen.append((peer.origin_host, peer.origin_state_id))),
+    )
+    try:
+        client = await DiameterClient.connect(
+            "127.0.0.1",
+            server.port,
+            origin_host="first.example",
+            origin_realm=CLIENT_REALM,
+            origin_state_id=7,
+        )
+        assert seen == [("first.example", 7)]
+        assert (await client.request(open5gs_like_ccr())).get("Result-Code") == 2001
+        await client.close()
+    finally:
+        await server.close(grace_s=0.2)
+
+
 def test_session_under_uvloop() -> None:
     """uvloop transports are not asyncio.Transport subclasses: the shell must not care."""
     import uvloop

@@ -571,9 +571,9 @@ async def start_gy(engine: Engine, cfg: Config, config: GyConfig | None = None) 
         peers,
         accept_any_loopback=not peers,
         immediate=app,
+        peer_opened=(app.restarts.peer_opened,),  # no CER may complete before it observes
     )
     app.notifier.attach(server)
-    server.peer_opened.append(app.restarts.peer_opened)
     engine.subscribe(app.notifier.on_event, SESSION_EVENTS)
     log.info(
         "Gy serving",

@@ -177,10 +177,12 @@ async def serve_diameter(
     in_flight_max: int = IN_FLIGHT_MAX,
     config: PeerConfig | None = None,
     immediate: ImmediateHandler | None = None,
+    peer_opened: Iterable[Callable[[PeerInfo], None]] = (),
 ) -> DiameterServer:
     """Start a Diameter server. `accept_any_loopback` is the dev mode of `quotaflow serve`:
     any Origin-Host connecting from loopback is accepted. `immediate` is asked first for each
-    application request (see _link.ImmediateHandler); `handler` gets those it declines."""
+    application request (see _link.ImmediateHandler); `handler` gets those it declines.
+    `peer_opened`: observers of DiameterServer.peer_opened, in place before it listens."""
     if config is None:
         config = PeerConfig(
             origin_host=identity,
@@ -196,6 +198,7 @@ async def serve_diameter(
         in_flight_max=in_flight_max,
         immediate=immediate,
     )
+    server.peer_opened.extend(peer_opened)
     await server.start(host, port)
     return server
 
