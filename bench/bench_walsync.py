@@ -2,15 +2,17 @@
 
 Each round writes 8 KiB into a file already 40 MiB long (as SQLite overwrites a rewound WAL),
 one file per way, then waits for a sync that covers it: through the C syncer
-(`_walsync.WalSync`), through the Python one (`PyWalSync`, the interpreted install's), and as a
-bare `os.fdatasync` on the writer's own thread (the ceiling). The three take turns of
+(`_walsync.WalSync`), through the Python one (`PyWalSync`, the interpreted install's), as a bare
+`os.fdatasync` on the writer's own thread (the ceiling), and as `os.stat` of the path then
+`os.fdatasync` on that thread (what the C syncer did before session 20). The three take turns of
 ROUNDS_PER_TURN rounds, so drift of the disk touches each alike.
 
 Why it is here: a syncer that checks its path with stat(2) reads the file's times, and on a file
 system with multigrain timestamps (Linux 6.13 and later: ext4, XFS, tmpfs, ...) the next write
-then stamps a fine-grained mtime, the inode is dirty at every commit and each fdatasync writes
-it as well (docs/PERFORMANCE.md, session 20). The C syncer asks statx(2) for the inode alone;
-PyWalSync still uses os.stat (Python 3.11 has no statx), so the two show the difference.
+then stamps a fine-grained mtime and the inode is dirty at every commit; on ext4 without a
+journal each fdatasync then writes it as well (docs/PERFORMANCE.md, session 20). The C syncer
+asks statx(2) for the inode alone; PyWalSync still uses os.stat (Python 3.11 has no statx). The
+two bare ways differ by the stat alone; the syncers add their thread's hand-over.
 
     .venv/bin/python bench/bench_walsync.py [--rounds 3000] [--dir PATH]
 
@@ -39,7 +41,7 @@ WRITE_BYTES = 8192
 # Turns of this many rounds each: syncs of the three files interleaved one by one shared the
 # device's cache flushes, which hid what each costs alone.
 ROUNDS_PER_TURN = 250
-WAYS = ("bare fdatasync", "PyWalSync (stat)", "WalSync (statx)")
+WAYS = ("bare fdatasync", "stat, then fdatasync", "PyWalSync (stat)", "WalSync (statx)")
 
 
 def _waiter(syncer: Syncer) -> Callable[[], None]:
@@ -62,14 +64,24 @@ def measure(folder: Path, rounds: int) -> dict[str, list[float]]:
     # A file each: a time read on one file changes nothing for the others' writes.
     files = {name: folder / f"{i}.wal" for i, name in enumerate(WAYS)}
     fds = {name: _file(path) for name, path in files.items()}
+    syncers: dict[str, Syncer] = {}
     try:
-        syncers: dict[str, Syncer] = {"PyWalSync (stat)": PyWalSync(files["PyWalSync (stat)"])}
+        syncers["PyWalSync (stat)"] = PyWalSync(files["PyWalSync (stat)"])
         if _native.MODE == "compiled":
             from quotaflow.store._walsync import WalSync
 
             syncers["WalSync (statx)"] = WalSync(os.fspath(files["WalSync (statx)"]))
-        bare = fds["bare fdatasync"]
-        ways: dict[str, Callable[[], None]] = {"bare fdatasync": lambda: os.fdatasync(bare)}
+        bare, statted = fds["bare fdatasync"], fds["stat, then fdatasync"]
+        path = files["stat, then fdatasync"]
+
+        def stat_then_sync() -> None:  # the old C syncer's check, on the writer's thread
+            os.stat(path)
+            os.fdatasync(statted)
+
+        ways: dict[str, Callable[[], None]] = {
+            "bare fdatasync": lambda: os.fdatasync(bare),
+            "stat, then fdatasync": stat_then_sync,
+        }
         ways.update({name: _waiter(s) for name, s in syncers.items()})
         waits: dict[str, list[float]] = {name: [] for name in ways}
         block = b"q" * WRITE_BYTES
@@ -84,10 +96,10 @@ def measure(folder: Path, rounds: int) -> dict[str, list[float]]:
                     sync()
                     found.append(time.perf_counter() - started)
                 offsets[name] = offset
-        for s in syncers.values():
-            s.close()
         return waits
     finally:
+        for s in syncers.values():
+            s.close()
         for fd in fds.values():
             os.close(fd)
 

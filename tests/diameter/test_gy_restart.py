@@ -16,6 +16,7 @@ from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.gy import GyApplication, GyService
 from quotaflow.diameter.gy_config import GyConfig
 from quotaflow.diameter.gy_restart import RELEASED, PeerRestarts
+from quotaflow.diameter.transport import DiameterServer
 from quotaflow.engine import Engine, ServiceRequest
 from quotaflow.server import Server
 from quotaflow.store import StoreUnavailable
@@ -143,6 +144,24 @@ async def test_the_index_is_bounded_and_forgets_what_ended(tmp_path: Path) -> No
         assert restarts._by_peer == {} and len(restarts) == 0
         with pytest.raises(ValueError, match="sessions_max"):
             PeerRestarts(server.engine, sessions_max=0)
+
+
+async def test_the_restart_tracker_observes_cers_from_before_gy_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_gy hands the tracker to serve_diameter, which registers it before listening: no
+    CER can be answered unobserved, however the loop schedules the first connection."""
+    observers: list[list[Any]] = []
+    listen = DiameterServer.start
+
+    async def start(self: DiameterServer, host: str | None, port: int) -> None:
+        observers.append(list(self.peer_opened))
+        await listen(self, host, port)
+
+    monkeypatch.setattr(DiameterServer, "start", start)
+    async with gy_server(tmp_path) as (server, _):
+        [seen] = observers
+        assert seen == [_gy(server).restarts.peer_opened]
 
 
 def test_the_switch_is_read_from_the_configuration(tmp_path: Path) -> None:

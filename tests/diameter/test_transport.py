@@ -171,10 +171,21 @@ async def test_dev_mode_accepts_any_loopback_peer() -> None:
         await server.close(grace_s=0.2)
 
 
-async def test_peer_opened_observers_are_in_place_before_the_server_listens() -> None:
-    """Observers given to serve_diameter see every peer's CER, the first included, and one
-    that fails does not keep the peer out or the others from being told."""
+async def test_peer_opened_observers_given_to_serve_diameter_are_in_place_before_it_listens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Observers given to serve_diameter are registered before the server listens, see the
+    first peer's CER, and one that fails does not keep the peer out or the others from being
+    told."""
     seen: list[tuple[str, int]] = []
+    observers_at_listen: list[int] = []
+    listen = DiameterServer.start
+
+    async def start(self: DiameterServer, host: str | None, port: int) -> None:
+        observers_at_listen.append(len(self.peer_opened))
+        await listen(self, host, port)
+
+    monkeypatch.setattr(DiameterServer, "start", start)
 
     def broken(peer: PeerInfo) -> None:
         raise RuntimeError("observer bug")
@@ -186,6 +197,7 @@ async def test_peer_opened_observers_are_in_place_before_the_server_listens() ->
         accept_any_loopback=True,
         peer_opened=(broken, lambda peer: seen.append((peer.origin_host, peer.origin_state_id))),
     )
+    assert observers_at_listen == [2]
     try:
         client = await DiameterClient.connect(
             "127.0.0.1",

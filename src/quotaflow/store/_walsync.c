@@ -16,10 +16,12 @@
  * database while a connection is open, but should the file ever be replaced, the new one is
  * opened (and its directory synced, for its name) rather than an old inode synced in vain.
  * That check asks statx(2) for the inode number alone: a stat(2) reads the file's times, and
- * on a file system with multigrain timestamps (ext4, XFS, ... from Linux 6.13) a time that was
- * read makes the next write stamp a new fine-grained mtime. The WAL's inode was then dirtied by
- * every commit, and each fdatasync wrote it too: a second synchronous write per commit
- * (docs/PERFORMANCE.md, session 20).
+ * on a file system with multigrain timestamps (ext4, XFS, tmpfs, ... from Linux 6.13) a time
+ * that was read makes the next write stamp a new fine-grained mtime. The WAL's inode was then
+ * dirtied by every commit, and on ext4 without a journal (as on our hosts) each fdatasync wrote
+ * it too: a second synchronous write per commit (docs/PERFORMANCE.md, session 20). Where statx
+ * is refused (ENOSYS, or EPERM from an older container's seccomp profile) or does not report
+ * the inode, fstatat is used as before.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -84,22 +86,26 @@ static int sync_dir_of(const char *path) {
 }
 
 /* The device and inode of `path` (relative to `dirfd`; "" for `dirfd` itself): 0, or -1 and
- * errno. Without the file's times: see the top of this file. */
+ * errno. Without the file's times where the kernel allows: see the top of this file. */
 static int identity_of(int dirfd, const char *path, dev_t *dev, ino_t *ino) {
+    int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
 #ifdef STATX_INO
     struct statx stx;
-    int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
-    if (statx(dirfd, path, flags, STATX_INO, &stx) != 0)
+    if (statx(dirfd, path, flags, STATX_INO, &stx) == 0) {
+        if (stx.stx_mask & STATX_INO) {
+            *dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+            *ino = (ino_t)stx.stx_ino;
+            return 0;
+        }
+    } else if (errno != ENOSYS && errno != EPERM) {
         return -1;
-    *dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    *ino = (ino_t)stx.stx_ino;
-#else
+    }
+#endif
     struct stat st;
-    if ((path[0] == '\0' ? fstat(dirfd, &st) : stat(path, &st)) != 0)
+    if (fstatat(dirfd, path, &st, flags) != 0)
         return -1;
     *dev = st.st_dev;
     *ino = st.st_ino;
-#endif
     return 0;
 }
 
