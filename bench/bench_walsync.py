@@ -11,8 +11,9 @@ Why it is here: a syncer that checks its path with stat(2) reads the file's time
 system with multigrain timestamps (Linux 6.13 and later: ext4, XFS, tmpfs, ...) the next write
 then stamps a fine-grained mtime and the inode is dirty at every commit; on ext4 without a
 journal each fdatasync then writes it as well (docs/PERFORMANCE.md, session 20). The C syncer
-asks statx(2) for the inode alone; PyWalSync still uses os.stat (Python 3.11 has no statx). The
-two bare ways differ by the stat alone; the syncers add their thread's hand-over.
+asks statx(2) for the inode alone, and so does PyWalSync through libc (Python 3.11's os module
+has no statx). The two bare ways differ by the stat alone; the syncers add their thread's
+hand-over (the Python one also waits for the GIL).
 
     .venv/bin/python bench/bench_walsync.py [--rounds 3000] [--dir PATH]
 
@@ -41,7 +42,7 @@ WRITE_BYTES = 8192
 # Turns of this many rounds each: syncs of the three files interleaved one by one shared the
 # device's cache flushes, which hid what each costs alone.
 ROUNDS_PER_TURN = 250
-WAYS = ("bare fdatasync", "stat, then fdatasync", "PyWalSync (stat)", "WalSync (statx)")
+WAYS = ("bare fdatasync", "stat, then fdatasync", "PyWalSync (statx via libc)", "WalSync (statx)")
 
 
 def _waiter(syncer: Syncer) -> Callable[[], None]:
@@ -66,7 +67,7 @@ def measure(folder: Path, rounds: int) -> dict[str, list[float]]:
     fds = {name: _file(path) for name, path in files.items()}
     syncers: dict[str, Syncer] = {}
     try:
-        syncers["PyWalSync (stat)"] = PyWalSync(files["PyWalSync (stat)"])
+        syncers["PyWalSync (statx via libc)"] = PyWalSync(files["PyWalSync (statx via libc)"])
         if _native.MODE == "compiled":
             from quotaflow.store._walsync import WalSync
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import select
@@ -20,7 +21,8 @@ from quotaflow import _native
 from quotaflow.records._source import RecordFilter, RecordSource
 from quotaflow.store import EmbeddedStore, StoreUnavailable
 from quotaflow.store import embedded as embedded_module
-from quotaflow.store.walsync import PyWalSync, Syncer
+from quotaflow.store import walsync as walsync_module
+from quotaflow.store.walsync import PyWalSync, Syncer, file_identity
 from tests.core.harness import recovered
 
 
@@ -85,6 +87,53 @@ def test_a_syncer_numbers_its_syncs_and_follows_a_replaced_file(
     syncer.close()
     with pytest.raises(ValueError):
         syncer.request()
+
+
+def test_file_identity_is_the_device_and_inode_stat_gives(tmp_path: Path) -> None:
+    """PyWalSync's check (statx for the inode alone, through libc): the same device and inode
+    as os.stat for a file, a folder and a device node; os.stat's errors for a missing one."""
+    path = tmp_path / "db-wal"
+    path.write_bytes(b"frames")
+    for target in (path, tmp_path, Path("/dev/null")):
+        st = os.stat(target)
+        assert file_identity(str(target)) == (st.st_dev, st.st_ino)
+    replaced = tmp_path / "new"
+    replaced.write_bytes(b"other")
+    before = file_identity(str(path))
+    os.replace(replaced, path)
+    assert file_identity(str(path)) != before
+    with pytest.raises(FileNotFoundError):
+        file_identity(str(tmp_path / "gone"))
+    with pytest.raises(NotADirectoryError):
+        file_identity(str(path / "inside"))
+
+
+@pytest.mark.parametrize("refusal", ["ENOSYS", "EPERM", "no inode in the mask"])
+def test_file_identity_falls_back_to_stat_where_statx_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """An old kernel (ENOSYS), an older container's seccomp profile (EPERM) or a file system
+    that reports no inode: os.stat answers instead. Any other error is the caller's."""
+
+    def statx(dirfd: int, path: bytes, flags: int, mask: int, buffer: object) -> int:
+        if refusal == "no inode in the mask":
+            return 0  # the buffer stays zeroed: stx_mask says nothing was filled
+        ctypes.set_errno(getattr(errno, refusal))
+        return -1
+
+    monkeypatch.setattr(walsync_module, "_statx", statx)
+    path = tmp_path / "db-wal"
+    path.write_bytes(b"frames")
+    st = os.stat(path)
+    assert file_identity(str(path)) == (st.st_dev, st.st_ino)
+
+    def denied(dirfd: int, path: bytes, flags: int, mask: int, buffer: object) -> int:
+        ctypes.set_errno(errno.EACCES)
+        return -1
+
+    monkeypatch.setattr(walsync_module, "_statx", denied)
+    with pytest.raises(PermissionError):
+        file_identity(str(path))
 
 
 def test_a_syncer_wakes_its_reader_after_each_sync(syncer: Syncer) -> None:

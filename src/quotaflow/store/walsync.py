@@ -32,15 +32,60 @@ install.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from quotaflow import _native
 
 if TYPE_CHECKING:
     from quotaflow.store._walsync import WalSync
+
+
+# statx(2) through libc, for the inode alone (see _walsync.c: a stat reads the file's times,
+# and on a file system with multigrain timestamps every later write then dirties the inode; on
+# ext4 without a journal each sync writes it too). Python 3.11's os module has no statx.
+_AT_FDCWD: Final = -100
+_STATX_INO: Final = 0x100
+_STATX_BUFFER_BYTES: Final = 256  # struct statx, spare fields included
+_STATX_FIELDS: Final = struct.Struct("=I28xQ96xII")  # stx_mask, stx_ino, stx_dev_major/minor
+
+
+def _libc_statx() -> Callable[..., int] | None:
+    try:
+        found = ctypes.CDLL(None, use_errno=True).statx
+    except (AttributeError, OSError):  # a libc without statx (glibc before 2.28, not Linux)
+        return None
+    found.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+    found.restype = ctypes.c_int
+    statx: Callable[..., int] = found
+    return statx
+
+
+_statx = _libc_statx()
+
+
+def file_identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file at `path`, without reading its times where the kernel
+    allows (statx for STATX_INO); os.stat where statx is missing, refused or says nothing of
+    the inode. Raises OSError as os.stat does."""
+    if _statx is not None:
+        buffer = ctypes.create_string_buffer(_STATX_BUFFER_BYTES)
+        if _statx(_AT_FDCWD, os.fsencode(path), 0, _STATX_INO, buffer) == 0:
+            mask, ino, major, minor = _STATX_FIELDS.unpack_from(buffer)
+            if mask & _STATX_INO:
+                return os.makedev(major, minor), ino
+        else:
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EPERM):
+                raise OSError(err, os.strerror(err), path)
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 class PyWalSync:
@@ -77,11 +122,7 @@ class PyWalSync:
         sync_directory(self.path)
 
     def _sync_once(self) -> None:
-        # Reads the file's times, where the C syncer asks statx for the inode alone (see
-        # _walsync.c: on a multigrain file system that costs an inode write per sync). Python
-        # 3.11 has no statx; an interpreted install pays it (bench/bench_walsync.py).
-        st = os.stat(self.path)
-        if (st.st_dev, st.st_ino) != self._dev_ino:
+        if file_identity(self.path) != self._dev_ino:
             self._open()
             self.reopens += 1
         os.fdatasync(self._fd)
