@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 
 import orjson
@@ -440,6 +441,62 @@ async def _funded(store: EmbeddedStore, octets: int) -> None:
 
 def _octets(store: EmbeddedStore) -> int:
     return sum(b.amount for b in store.ledger.subscriber("a").buckets.values())
+
+
+def test_the_checkpointer_syncs_the_database_file_before_a_restart_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PASSIVE checkpoint that copied frames is followed by a sync of the database file, on
+    the checkpointer's thread and under no lock, so that the RESTART (which holds the write
+    lock through its own sync) flushes only what it copies itself. No copy, no sync."""
+    import sqlite3
+
+    from quotaflow.store import checkpointer as checkpointer_module
+
+    path = tmp_path / "ledger.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (a)")
+    steps: list[str] = []
+
+    class Recorded:  # the checkpointer's connection, with its statements recorded
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            steps.append(sql.split("(")[-1].rstrip(")"))
+            return self.db.execute(sql)
+
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        steps.append("sync database file")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(checkpointer_module.os, "fdatasync", fdatasync)
+    c = checkpointer_module.Checkpointer(path, restart_frames=4)
+    c._db_fd = os.open(path, os.O_RDONLY)
+    own = sqlite3.connect(path, isolation_level=None)
+    try:
+        for i in range(20):
+            writer.execute("INSERT INTO t VALUES (?)", (b"x" * 3000 + bytes([i]),))
+        c.run_once(Recorded(own))  # type: ignore[arg-type]
+        assert steps == ["PASSIVE", "sync database file", "RESTART"]
+        assert synced == [c._db_fd] and c.db_syncs == 1 and c.restarts == 1
+        steps.clear()
+        c.run_once(Recorded(own))  # type: ignore[arg-type]  # nothing new to copy
+        assert steps == ["PASSIVE"] and c.db_syncs == 1
+        writer.execute("INSERT INTO t VALUES (1)")  # the WAL rewinds: frames counted anew
+        steps.clear()
+        c.run_once(Recorded(own))  # type: ignore[arg-type]
+        assert steps == ["PASSIVE", "sync database file"] and c.db_syncs == 2
+    finally:
+        os.close(c._db_fd)
+        own.close()
+        writer.close()
 
 
 def test_the_checkpointer_never_creates_a_database_and_counts_its_failures(tmp_path: Path) -> None:

@@ -14,7 +14,16 @@ holds `restart_frames`, a RESTART checkpoint follows the PASSIVE one. It takes t
 copies the few frames committed in between and makes the next commit rewind; it does not wait
 (busy timeout 0): while a commit or a reader (the records exporter's process) is in the way it
 gives up at once and is tried next round. A commit meanwhile waits only for that short copy
-and the database file's fsync. Checkpoints move frames that are durable already: a crash
+and the database file's fsync.
+
+A PASSIVE checkpoint that does not reach the WAL's end (under steady commits, none does)
+copies pages into the database file without syncing it: SQLite syncs the file only when a
+checkpoint reaches the end, which under load is the RESTART, holding the write lock. That
+sync then flushed every page the PASSIVE rounds had copied since the last one (a second of
+them at 4 x 32 in the Gy benchmark, about 60 MB). So after each PASSIVE that copied frames
+this thread syncs the database file itself, holding no lock, and the RESTART's own sync covers
+only what it copies (docs/PERFORMANCE.md, session 20). Checkpoints move frames that are
+durable already: a crash
 during one loses nothing, the WAL still has them. An error is counted (`failures`, in the
 store's stats and metrics) and the next round tries again with a new connection.
 """
@@ -22,6 +31,7 @@ store's stats and metrics) and the next round tries again with a new connection.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -55,7 +65,10 @@ class Checkpointer:
         self.restarts = 0  # RESTART checkpoints that completed (the WAL rewinds after each)
         self.wal_frames = 0  # frames in the WAL at the last checkpoint
         self.failures = 0
+        self.db_syncs = 0  # syncs of the database file after a PASSIVE that copied frames
         self._restarted_at = -1  # the WAL's frame count at the last RESTART that completed
+        self._copied = 0  # frames copied, as the last checkpoint reported it
+        self._db_fd = -1  # the database file, for those syncs (opened with the connection)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -82,6 +95,7 @@ class Checkpointer:
                     # Syncs the WAL before copying frames and the database file before the WAL
                     # may rewind: the loop's commits are synced by the store's syncer alone.
                     db.execute("PRAGMA synchronous=FULL")
+                    self._db_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
                 self.run_once(db)
             except Exception as exc:  # counted; the WAL only grows until a round succeeds
                 self.failures += 1
@@ -92,14 +106,27 @@ class Checkpointer:
                 if db is not None:
                     db.close()
                     db = None
+                self._close_db_fd()
         if db is not None:
             db.close()
+        self._close_db_fd()
+
+    def _close_db_fd(self) -> None:
+        if self._db_fd >= 0:
+            os.close(self._db_fd)
+            self._db_fd = -1
 
     def run_once(self, db: sqlite3.Connection) -> None:
-        """One PASSIVE checkpoint, and a RESTART after it when the WAL has grown long."""
-        _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        """One PASSIVE checkpoint, the database file's sync when it copied frames, and a
+        RESTART after it when the WAL has grown long."""
+        _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
         self.wal_frames = frames
+        if copied != self._copied:  # more frames copied (or fewer: the WAL rewound since)
+            self._copied = copied
+            if copied > 0 and self._db_fd >= 0:
+                os.fdatasync(self._db_fd)  # outside every lock: see the module's docstring
+                self.db_syncs += 1
         # Not again while the WAL is as the last RESTART left it (no commit since: the rewind
         # happens at the next one).
         if frames >= self.restart_frames and frames != self._restarted_at:

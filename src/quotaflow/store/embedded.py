@@ -1002,6 +1002,7 @@ class EmbeddedStore(ImmediateStore):
             "wal_checkpoints": 0 if cp is None else cp.checkpoints,
             "wal_restarts": 0 if cp is None else cp.restarts,
             "wal_checkpoint_failures": 0 if cp is None else cp.failures,
+            "wal_checkpoint_db_syncs": 0 if cp is None else cp.db_syncs,
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
         }
