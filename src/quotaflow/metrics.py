@@ -116,6 +116,7 @@ class _StoreCollector:
             "wal_restarts",
             "wal_checkpoint_failures",
             "wal_checkpoint_db_syncs",  # the checkpointer's own syncs of the database file
+            "wal_checkpoint_sync_failed",  # 1: such a sync failed, the WAL is no longer rewound
             "wal_syncs",  # fdatasync calls of the WAL by the store's syncer (store/walsync.py)
             "commit_busy_retries",  # write attempts that found the write lock taken
         ):

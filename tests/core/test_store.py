@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -443,12 +444,25 @@ def _octets(store: EmbeddedStore) -> int:
     return sum(b.amount for b in store.ledger.subscriber("a").buckets.values())
 
 
+class _RecordedConnection:
+    """A checkpointer's connection with its statements recorded in `steps`."""
+
+    def __init__(self, db: Any, steps: list[str]) -> None:
+        self.db, self.steps = db, steps
+
+    def execute(self, sql: str) -> Any:
+        self.steps.append(sql.split("(")[-1].rstrip(")"))
+        return self.db.execute(sql)
+
+
 def test_the_checkpointer_syncs_the_database_file_before_a_restart_holds_the_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A PASSIVE checkpoint that copied frames is followed by a sync of the database file, on
     the checkpointer's thread and under no lock, so that the RESTART (which holds the write
-    lock through its own sync) flushes only what it copies itself. No copy, no sync."""
+    lock through its own sync) flushes only what it copies itself. SQLite syncs the file only
+    when a checkpoint reaches the WAL's end: a reader holding an older snapshot keeps this one
+    short of it, and the file is synced all the same. No copy, no sync."""
     import sqlite3
 
     from quotaflow.store import checkpointer as checkpointer_module
@@ -459,40 +473,94 @@ def test_the_checkpointer_syncs_the_database_file_before_a_restart_holds_the_loc
     writer.execute("PRAGMA wal_autocheckpoint=0")
     writer.execute("CREATE TABLE t (a)")
     steps: list[str] = []
-
-    class Recorded:  # the checkpointer's connection, with its statements recorded
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def execute(self, sql: str) -> sqlite3.Cursor:
-            steps.append(sql.split("(")[-1].rstrip(")"))
-            return self.db.execute(sql)
-
-    synced: list[int] = []
+    c = checkpointer_module.Checkpointer(path, restart_frames=4)
     real_fdatasync = os.fdatasync
 
-    def fdatasync(fd: int) -> None:
-        synced.append(fd)
-        steps.append("sync database file")
+    def fdatasync(fd: int) -> None:  # os is every thread's: only this checkpointer's counts
+        if fd == c._db_fd:
+            steps.append("sync database file")
         real_fdatasync(fd)
 
     monkeypatch.setattr(checkpointer_module.os, "fdatasync", fdatasync)
-    c = checkpointer_module.Checkpointer(path, restart_frames=4)
     c._db_fd = os.open(path, os.O_RDONLY)
     own = sqlite3.connect(path, isolation_level=None)
+    reader = sqlite3.connect(path, isolation_level=None)
     try:
-        for i in range(20):
+        for i in range(10):
             writer.execute("INSERT INTO t VALUES (?)", (b"x" * 3000 + bytes([i]),))
-        c.run_once(Recorded(own))  # type: ignore[arg-type]
-        assert steps == ["PASSIVE", "sync database file", "RESTART"]
-        assert synced == [c._db_fd] and c.db_syncs == 1 and c.restarts == 1
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot of 10 rows
+        for i in range(10):
+            writer.execute("INSERT INTO t VALUES (?)", (b"y" * 3000 + bytes([i]),))
+        c.restart_frames = 10**6  # a PASSIVE alone, first
+        row = own.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        c._copied = 0  # as if that one had been this checkpointer's first
+        _, frames, copied = row
+        assert 0 < copied < frames  # short of the end: SQLite left the database file unsynced
+        c.run_once(_RecordedConnection(own, steps))  # type: ignore[arg-type]
+        assert steps == ["PASSIVE", "sync database file"] and c.db_syncs == 1
+        reader.execute("COMMIT")
+        c.restart_frames = 4
         steps.clear()
-        c.run_once(Recorded(own))  # type: ignore[arg-type]  # nothing new to copy
-        assert steps == ["PASSIVE"] and c.db_syncs == 1
+        c.run_once(_RecordedConnection(own, steps))  # type: ignore[arg-type]
+        assert steps == ["PASSIVE", "sync database file", "RESTART"]
+        assert c.db_syncs == 2 and c.restarts == 1
+        # After a RESTART the count starts again from nothing: one more sync (with nothing
+        # left to flush), then none while nothing is copied.
+        for expected in (["PASSIVE", "sync database file"], ["PASSIVE"]):
+            steps.clear()
+            c.run_once(_RecordedConnection(own, steps))  # type: ignore[arg-type]
+            assert steps == expected
+        assert c.db_syncs == 3
         writer.execute("INSERT INTO t VALUES (1)")  # the WAL rewinds: frames counted anew
         steps.clear()
-        c.run_once(Recorded(own))  # type: ignore[arg-type]
-        assert steps == ["PASSIVE", "sync database file"] and c.db_syncs == 2
+        c.run_once(_RecordedConnection(own, steps))  # type: ignore[arg-type]
+        assert steps == ["PASSIVE", "sync database file"] and c.db_syncs == 4
+    finally:
+        os.close(c._db_fd)
+        for db in (own, reader, writer):
+            db.close()
+
+
+def test_a_failed_sync_of_the_database_file_stops_the_wal_s_rewinding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed sync the copied pages may never reach the disk, and a sync through a new
+    descriptor would not say so: no RESTART runs again, so the WAL keeps every frame."""
+    import errno
+    import sqlite3
+
+    from quotaflow.store import checkpointer as checkpointer_module
+
+    path = tmp_path / "ledger.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (a)")
+    c = checkpointer_module.Checkpointer(path, restart_frames=4)
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if fd == c._db_fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(checkpointer_module.os, "fdatasync", fdatasync)
+    c._db_fd = os.open(path, os.O_RDONLY)
+    own = sqlite3.connect(path, isolation_level=None)
+    steps: list[str] = []
+    try:
+        for i in range(10):
+            writer.execute("INSERT INTO t VALUES (?)", (b"x" * 3000 + bytes([i]),))
+        with pytest.raises(OSError):
+            c.run_once(_RecordedConnection(own, steps))  # type: ignore[arg-type]
+        assert c.sync_failed is not None and steps == ["PASSIVE"]
+        monkeypatch.setattr(checkpointer_module.os, "fdatasync", real_fdatasync)
+        for round_ in range(3):  # the disk seems sound again: still no RESTART
+            writer.execute("INSERT INTO t VALUES (?)", (bytes([round_]),))
+            steps.clear()
+            c.run_once(_RecordedConnection(own, steps))  # type: ignore[arg-type]
+            assert steps == ["PASSIVE"] and c.restarts == 0
     finally:
         os.close(c._db_fd)
         own.close()

@@ -22,10 +22,13 @@ checkpoint reaches the end, which under load is the RESTART, holding the write l
 sync then flushed every page the PASSIVE rounds had copied since the last one (a second of
 them at 4 x 32 in the Gy benchmark, about 60 MB). So after each PASSIVE that copied frames
 this thread syncs the database file itself, holding no lock, and the RESTART's own sync covers
-only what it copies (docs/PERFORMANCE.md, session 20). Checkpoints move frames that are
-durable already: a crash
-during one loses nothing, the WAL still has them. An error is counted (`failures`, in the
-store's stats and metrics) and the next round tries again with a new connection.
+only what it copies (docs/PERFORMANCE.md, session 20). Should that sync (or the RESTART's) fail,
+no RESTART runs again: the pages it held may be lost, so the WAL keeps every frame and grows,
+the failure logged once as critical and shown in the stats (`wal_checkpoint_sync_failed`).
+
+Checkpoints move frames that are durable already: a crash during one loses nothing, the WAL
+still has them. An error is counted (`failures`, in the store's stats and metrics) and the next
+round tries again with a new connection.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class Checkpointer:
         self._restarted_at = -1  # the WAL's frame count at the last RESTART that completed
         self._copied = 0  # frames copied, as the last checkpoint reported it
         self._db_fd = -1  # the database file, for those syncs (opened with the connection)
+        # A sync of the database file failed: the pages it held may never reach the disk, and
+        # a later sync through a new descriptor would not say so (Linux reports a writeback
+        # error once per open file). The WAL then keeps every frame: no RESTART from now on.
+        self.sync_failed: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,18 +110,32 @@ class Checkpointer:
                     log.warning(
                         "WAL checkpoint of %s failed (%d so far): %s", self.path, self.failures, exc
                     )
+                self._close_db_fd()
                 if db is not None:
                     db.close()
                     db = None
-                self._close_db_fd()
+        self._close_db_fd()
         if db is not None:
             db.close()
-        self._close_db_fd()
 
     def _close_db_fd(self) -> None:
-        if self._db_fd >= 0:
-            os.close(self._db_fd)
-            self._db_fd = -1
+        fd, self._db_fd = self._db_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _sync_db_file(self) -> None:
+        try:
+            os.fdatasync(self._db_fd)  # outside every lock: see the module's docstring
+        except OSError as exc:
+            self.sync_failed = repr(exc)
+            log.critical(
+                "syncing %s after a checkpoint failed: the WAL is no longer rewound, so that "
+                "it keeps every frame (it grows until the server is restarted on a sound disk)",
+                self.path,
+                exc_info=exc,
+            )
+            raise
+        self.db_syncs += 1
 
     def run_once(self, db: sqlite3.Connection) -> None:
         """One PASSIVE checkpoint, the database file's sync when it copied frames, and a
@@ -123,14 +144,24 @@ class Checkpointer:
         self.checkpoints += 1
         self.wal_frames = frames
         if copied != self._copied:  # more frames copied (or fewer: the WAL rewound since)
-            self._copied = copied
             if copied > 0 and self._db_fd >= 0:
-                os.fdatasync(self._db_fd)  # outside every lock: see the module's docstring
-                self.db_syncs += 1
+                self._sync_db_file()
+            self._copied = copied
         # Not again while the WAL is as the last RESTART left it (no commit since: the rewind
         # happens at the next one).
-        if frames >= self.restart_frames and frames != self._restarted_at:
-            busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        if (
+            frames >= self.restart_frames
+            and frames != self._restarted_at
+            and self.sync_failed is None
+        ):
+            try:
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR:
+                    self.sync_failed = repr(exc)  # its own sync, or a write, failed: as above
+                    log.critical("a RESTART checkpoint of %s failed: %s", self.path, exc)
+                raise
             if not busy:
                 self.restarts += 1
                 self._restarted_at = frames
+                self._copied = 0  # the next frames are counted from the WAL's start

@@ -1003,6 +1003,7 @@ class EmbeddedStore(ImmediateStore):
             "wal_restarts": 0 if cp is None else cp.restarts,
             "wal_checkpoint_failures": 0 if cp is None else cp.failures,
             "wal_checkpoint_db_syncs": 0 if cp is None else cp.db_syncs,
+            "wal_checkpoint_sync_failed": int(cp is not None and cp.sync_failed is not None),
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
         }

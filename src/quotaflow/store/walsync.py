@@ -59,7 +59,7 @@ _STATX_FIELDS: Final = struct.Struct("=I28xQ96xII")  # stx_mask, stx_ino, stx_de
 def _libc_statx() -> Callable[..., int] | None:
     try:
         found = ctypes.CDLL(None, use_errno=True).statx
-    except (AttributeError, OSError):  # a libc without statx (glibc before 2.28, not Linux)
+    except (AttributeError, OSError, TypeError):  # no statx (glibc < 2.28, not Linux, Windows)
         return None
     found.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
     found.restype = ctypes.c_int
