@@ -15,7 +15,7 @@ from quotaflow.diameter.client import DiameterClient
 from quotaflow.diameter.events import PeerInfo
 from quotaflow.diameter.gy import GyApplication, GyService
 from quotaflow.diameter.gy_config import GyConfig
-from quotaflow.diameter.gy_restart import RELEASED, PeerRestarts
+from quotaflow.diameter.gy_restart import RELEASED, PeerRestarts, direct_state
 from quotaflow.diameter.transport import DiameterServer
 from quotaflow.engine import Engine, ServiceRequest
 from quotaflow.server import Server
@@ -133,7 +133,7 @@ async def test_the_index_is_bounded_and_forgets_what_ended(tmp_path: Path) -> No
         restarts = PeerRestarts(server.engine, sessions_max=3)
         peer = PeerInfo(PGW, "test", (), 0, "pgw", frozenset({4}), origin_state_id=9)
         for i in range(5):
-            restarts.opened(f"s{i}", peer, PGW)
+            restarts.opened(f"s{i}", peer.origin_host, direct_state(peer, PGW))
         assert len(restarts) == 3 and list(restarts._tied) == ["s2", "s3", "s4"]
         restarts.forget("s3")
         restarts.forget("unknown")
@@ -179,7 +179,7 @@ def _peer(state: int) -> PeerInfo:
 
 async def _start(server: Server, restarts: PeerRestarts, sid: str, state: int) -> None:
     await server.engine.session_start(sid, "alice", 0, [ServiceRequest(10)], {"interface": "gy"})
-    restarts.opened(sid, _peer(state), PGW)
+    restarts.opened(sid, PGW, direct_state(_peer(state), PGW))
 
 
 async def _idle(restarts: PeerRestarts) -> None:

@@ -387,7 +387,7 @@ class GyApplication:
             await self.engine.session_terminate(ccr.session_id, ccr.number, [], cause="refused")
             self.notifier.forget(ccr.session_id)
         else:
-            self.restarts.opened(ccr.session_id, peer, ccr.origin_host)
+            self.restarts.opened(ccr.session_id, peer.origin_host, peer_state)
         return answer
 
     async def _update(self, ccr: Ccr, reading: Reading, avps: AvpFactory) -> Message:

@@ -114,14 +114,12 @@ class PeerRestarts:
 
     # ------------------------------------------------------------------ the index
 
-    def opened(self, session_id: str, peer: PeerInfo, origin_host: str) -> None:
-        """A session the server accepted (its CCR-I answered with success)."""
-        if not self.enabled:
+    def opened(self, session_id: str, peer_host: str, state: int | None) -> None:
+        """A session the server accepted (its CCR-I answered with success) from the peer named
+        `peer_host`, tied to `state`: what `direct_state` gave for its CCR-I (None: not tied)."""
+        if not self.enabled or state is None:
             return
-        state = direct_state(peer, origin_host)
-        if state is None:
-            return
-        key = peer.origin_host.lower()
+        key = peer_host.lower()
         self._tie(session_id, key, state)
         latest = self._latest.get(key)
         if latest is not None and latest != state:
