@@ -63,6 +63,7 @@ MB = 1_000_000
 CLIENT_HOST = "bench.pgw.test"
 CLIENT_REALM = "bench.test"
 SERVER_REALM = "quotaflow.local"
+NO_SNAPSHOTS = 10**12  # snapshot_every_ops that never comes in a run
 _S_AVP = struct.Struct(">II")
 
 
@@ -92,10 +93,21 @@ def _free_port() -> int:
 
 
 def serve_quotaflow(
-    port: int, data_dir: str, subscribers: int, ready: Any, stop: Any, cpu: Any, cpu_export: Any
+    port: int,
+    data_dir: str,
+    subscribers: int,
+    snapshot_every_ops: int,
+    ready: Any,
+    stop: Any,
+    cpu: Any,
+    cpu_export: Any,
 ) -> None:
     _pin(0)
-    _run(_serve_quotaflow(port, Path(data_dir), subscribers, ready, stop, cpu, cpu_export))
+    _run(
+        _serve_quotaflow(
+            port, Path(data_dir), subscribers, snapshot_every_ops, ready, stop, cpu, cpu_export
+        )
+    )
 
 
 def _cpu_s_of(pid: int | None) -> float:
@@ -124,7 +136,14 @@ async def _ready_until_stopped(
 
 
 async def _serve_quotaflow(
-    port: int, data_dir: Path, subscribers: int, ready: Any, stop: Any, cpu: Any, cpu_export: Any
+    port: int,
+    data_dir: Path,
+    subscribers: int,
+    snapshot_every_ops: int,
+    ready: Any,
+    stop: Any,
+    cpu: Any,
+    cpu_export: Any,
 ) -> None:
     import logging
 
@@ -137,7 +156,7 @@ async def _serve_quotaflow(
     cfg.http_port = _free_port()
     cfg.diameter_port = port
     cfg.nchf_enabled = False
-    cfg.snapshot_every_ops = 10**12
+    cfg.snapshot_every_ops = snapshot_every_ops
     server = Server(cfg)
     await server.start()
     store = server.store
@@ -626,6 +645,7 @@ def measure(kind: str, args: argparse.Namespace, data_dir: Path) -> dict[str, fl
             port,
             str(data_dir),
             args.subscribers,
+            args.snapshot_every_ops,
             ready,
             stop,
             cpu,
@@ -674,6 +694,13 @@ def main() -> int:
         help="requests in flight per connection; one row each (comma-separated)",
     )
     p.add_argument("--subscribers", type=int, default=10_000)
+    p.add_argument(
+        "--snapshot-every-ops",
+        type=int,
+        default=NO_SNAPSHOTS,
+        help="the server's snapshot_every_ops (default: none in a run, as in the table's rows"
+        " before session 21; the server's own default is 500,000)",
+    )
     p.add_argument("--runs", type=int, default=1, help="runs per row (the median is shown)")
     args = p.parse_args()
     rows = []

@@ -331,11 +331,11 @@ async def test_a_snapshot_is_stored_only_once_what_it_holds_is_durable(
         await _settle()
         assert not snapshot.done()
         with sqlite3.connect(store.path) as other:
-            assert other.execute("SELECT count(*) FROM snapshot").fetchone() == (0,)
+            assert other.execute("SELECT count(*) FROM snapshot_file").fetchone() == (0,)
         gated[0].gate.set()
         await asyncio.wait_for(asyncio.gather(topup, snapshot), 5)
         with sqlite3.connect(store.path) as other:
-            assert other.execute("SELECT max(seq) FROM snapshot").fetchone() == (2,)
+            assert other.execute("SELECT max(seq) FROM snapshot_file").fetchone() == (2,)
     finally:
         gated[0].gate.set()
         await store.close()

@@ -28,6 +28,12 @@ class Barrier(asyncio.Future[None]):
         return False
 
 
+class SnapshotFileError(RuntimeError):
+    """The snapshot file the database names is missing or cut short: the journal it covered
+    was deleted with it, so the store will not open without it (restore the file from a
+    backup). Not compiled with the store: mypyc cannot subclass RuntimeError."""
+
+
 class StoreUnavailable(ChargingError):
     """The store cannot make changes durable; nothing more is acknowledged."""
 
