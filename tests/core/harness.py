@@ -25,6 +25,7 @@ def crash(store: EmbeddedStore) -> None:
     if store._checkpointer is not None:  # a killed process's threads are gone too
         store._checkpointer.stop()
         store._checkpointer = None
+    store.release_folder()  # a killed process's lock goes with it
 
 
 @asynccontextmanager

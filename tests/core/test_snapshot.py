@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -11,7 +15,7 @@ import pytest
 
 from quotaflow.ledger.ledger import Ledger
 from quotaflow.store import EmbeddedStore
-from quotaflow.store.base import SnapshotFileError
+from quotaflow.store.base import FolderInUse, SnapshotFileError
 from quotaflow.store.embedded import snapshot_file_name
 from tests.core.harness import recovered
 
@@ -233,5 +237,35 @@ async def test_store_connections_do_not_zero_freed_pages(tmp_path: Path) -> None
         for db in (store._db, store._aux):
             assert db is not None
             assert db.execute("PRAGMA secure_delete").fetchone() == (2,)  # FAST
+    finally:
+        await store.close()
+
+
+async def test_a_second_store_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    store, _ = await _store_with_snapshot(tmp_path)
+    second = EmbeddedStore(tmp_path, sweep_interval_s=3600)
+    with pytest.raises(FolderInUse, match="in use by another quotaflow store"):
+        await second.open()
+    # Another process too (flock is per open file, whoever holds it).
+    script = (
+        "import sys; from pathlib import Path; from quotaflow.store.base import lock_folder\n"
+        "try:\n    lock_folder(Path(sys.argv[1]), 'taken')\n"
+        "except RuntimeError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "taken"
+    await store.close()
+    async with _opened(tmp_path) as again:  # free once the first is closed
+        assert again.ledger.subscribers["a"].id == "a"
+
+
+@contextlib.asynccontextmanager
+async def _opened(folder: Path) -> AsyncIterator[EmbeddedStore]:
+    store = EmbeddedStore(folder, sweep_interval_s=3600)
+    await store.open()
+    try:
+        yield store
     finally:
         await store.close()

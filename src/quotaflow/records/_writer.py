@@ -10,7 +10,6 @@ left without its manifest gets one. Blocking I/O only: the exporter runs this on
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import logging
@@ -35,13 +34,14 @@ from quotaflow.records._chain import (
     pack_entry,
     sign_manifest,
 )
+from quotaflow.store.base import lock_folder
 
 log = logging.getLogger("quotaflow.records")
 
 POSITION_FILE: Final = "position.json"
-# Held (flock) by the one writer of a folder while it is open: a second one, say an exporter
-# process started while the one before it still finishes a write, is refused at recovery.
-LOCK_FILE: Final = ".lock"
+# The folder's lock (store.base.LOCK_FILE) is held by its one writer while it is open: a second
+# one, say an exporter process started while the one before it still finishes a write, is
+# refused at recovery.
 
 
 @dataclass(slots=True)
@@ -154,13 +154,7 @@ class ChainWriter:
     def _lock(self) -> None:
         if self._lock_fd is not None:
             return
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(f"another exporter is writing to {self.folder}") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_folder(self.folder, f"another exporter is writing to {self.folder}")
 
     def close(self) -> None:
         """Let the folder go (the files are complete after every append)."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from quotaflow.ledger import ChargingError, Subscriber
@@ -26,6 +29,25 @@ class Barrier(asyncio.Future[None]):
 
     def cancel(self, msg: Any | None = None) -> bool:
         return False
+
+
+LOCK_FILE = ".lock"  # in a folder one process writes at a time, held (flock) while it does
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the folder's lock (LOCK_FILE)."""
+
+
+def lock_folder(folder: Path, refusal: str) -> int:
+    """Hold `folder`'s lock until the returned descriptor is closed (or the process ends);
+    FolderInUse(refusal) if another open file holds it, in this process or another."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderInUse(refusal) from None
+    return fd
 
 
 class SnapshotFileError(RuntimeError):

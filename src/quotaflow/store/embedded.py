@@ -50,6 +50,7 @@ from quotaflow.store.base import (
     Result,
     SnapshotFileError,
     StoreUnavailable,
+    lock_folder,
     wall_clock_ms,
 )
 from quotaflow.store.cdr import SESSION_TAG, SessionRecord, expand, record_of, session_fields
@@ -284,6 +285,7 @@ class EmbeddedStore(ImmediateStore):
         # The forked snapshot in progress: (pid, sequence number, file it writes).
         self._snapshot_child: tuple[int, int, Path] | None = None
         self._snapshot_name: str | None = None  # the snapshot file the database names
+        self._lock_fd = -1  # the data folder's lock, held while open
         self.snapshots_forked = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._checkpointer: Checkpointer | None = None
@@ -309,6 +311,24 @@ class EmbeddedStore(ImmediateStore):
 
     async def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # One store per folder: a second one would replay a journal the first is writing,
+        # and delete snapshot files it names.
+        self._lock_fd = lock_folder(
+            self.data_dir, f"data folder {self.data_dir} is in use by another quotaflow store"
+        )
+        try:
+            await self._open()
+        except BaseException:
+            self.release_folder()
+            raise
+
+    def release_folder(self) -> None:
+        """Let the folder's lock go (at close; a test's crash() too, as a killed process)."""
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            os.close(fd)
+
+    async def _open(self) -> None:
         for stale in self.data_dir.glob(".snapshot-*.tmp"):  # a forked snapshot cut short
             stale.unlink(missing_ok=True)
         db = self._connect()
@@ -444,6 +464,7 @@ class EmbeddedStore(ImmediateStore):
             if self._gc_engaged:
                 gc_policy.release()
                 self._gc_engaged = False
+            self.release_folder()
 
     async def _close(self) -> None:
         if self._sweeper is not None:
