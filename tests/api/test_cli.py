@@ -111,3 +111,20 @@ async def test_server_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     path.write_text("[grants]\nvalidity_s = 0\n")
     rc, _, err = await cli("serve", "--config", str(path))
     assert rc == 2 and "validity_s" in err
+
+
+async def test_serve_on_a_folder_in_use_says_so_and_exits(tmp_path: Path) -> None:
+    from quotaflow.store.base import lock_folder
+
+    held = lock_folder(tmp_path, "held by the test")
+    try:
+        code, _, err = await cli(
+            "serve", "--data-dir", str(tmp_path), "--http", "127.0.0.1:0", "--no-diameter"
+        )
+    finally:
+        import os
+
+        os.close(held)
+    assert code == 1
+    assert err.strip().endswith(f"data folder {tmp_path} is in use by another quotaflow store")
+    assert "Traceback" not in err

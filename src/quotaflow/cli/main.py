@@ -162,10 +162,16 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_diameter:
         cfg.diameter_enabled = False
     logs.setup(args.log_level or cfg.log_level)
-    try:
-        import uvloop
+    from quotaflow.store.base import FolderInUse, SnapshotFileError
 
-        uvloop.run(server.run(cfg))
-    except ImportError:
-        asyncio.run(server.run(cfg))
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(server.run(cfg))
+        except ImportError:
+            asyncio.run(server.run(cfg))
+    except (FolderInUse, SnapshotFileError) as exc:  # the operator's to act on: no traceback
+        sys.stderr.write(f"quotaflow: {exc}\n")
+        return 1
     return 0
