@@ -35,13 +35,11 @@ from quotaflow.records._chain import (
     sign_manifest,
 )
 from quotaflow.store.base import lock_folder
+from quotaflow.store.walsync import write_synced
 
 log = logging.getLogger("quotaflow.records")
 
 POSITION_FILE: Final = "position.json"
-# The folder's lock (store.base.LOCK_FILE) is held by its one writer while it is open: a second
-# one, say an exporter process started while the one before it still finishes a write, is
-# refused at recovery.
 
 
 @dataclass(slots=True)
@@ -104,10 +102,7 @@ def _cut_to_counted(f: BinaryIO, state: _Open) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(tmp, data)
     os.replace(tmp, path)
 
 
@@ -152,6 +147,8 @@ class ChainWriter:
             self._reopen(parts[0])
 
     def _lock(self) -> None:
+        """Hold the folder's lock while open: a second writer, say an exporter process started
+        while the one before it still finishes a write, is refused at recovery."""
         if self._lock_fd is not None:
             return
         self._lock_fd = lock_folder(self.folder, f"another exporter is writing to {self.folder}")

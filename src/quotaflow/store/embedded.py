@@ -62,7 +62,7 @@ from quotaflow.store.checkpointer import (
 )
 from quotaflow.store.immediate import ImmediateStore
 from quotaflow.store.journal import Batch, decode
-from quotaflow.store.walsync import Syncer, sync_directory, sync_file, wal_syncer
+from quotaflow.store.walsync import Syncer, sync_directory, sync_file, wal_syncer, write_synced
 from quotaflow.tally import Latencies
 
 log = logging.getLogger("quotaflow.store")
@@ -127,11 +127,12 @@ def snapshot_file_name(seq: int) -> str:
     return f"{SNAPSHOT_FILE_PREFIX}{seq}{SNAPSHOT_FILE_SUFFIX}"
 
 
-def _write_synced(path: Path, body: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
+def _snapshot_file_seq(name: str) -> int:
+    """The seq `snapshot_file_name` put in `name`; -1 for any other name."""
+    if not (name.startswith(SNAPSHOT_FILE_PREFIX) and name.endswith(SNAPSHOT_FILE_SUFFIX)):
+        return -1
+    seq = name[len(SNAPSHOT_FILE_PREFIX) : -len(SNAPSHOT_FILE_SUFFIX)]
+    return int(seq) if seq.isdigit() and seq.isascii() else -1
 
 
 # (seq, at_ms, subscriber id, JSON body). The body is bound as text: the sqlite3 module asks
@@ -434,13 +435,11 @@ class EmbeddedStore(ImmediateStore):
         """Snapshot files older than the one the database names: those it replaced. A newer one
         is left: renamed into place by a store that stopped before recording it (the next
         snapshot replaces or outdates it), or another process's on this folder, just stored."""
-        named = self._snapshot_name
-        if named is None:
+        if self._snapshot_name is None:
             return
-        named_seq = int(named[len(SNAPSHOT_FILE_PREFIX) : -len(SNAPSHOT_FILE_SUFFIX)])
+        named_seq = _snapshot_file_seq(self._snapshot_name)
         for path in self.data_dir.glob(f"{SNAPSHOT_FILE_PREFIX}*{SNAPSHOT_FILE_SUFFIX}"):
-            seq = path.name[len(SNAPSHOT_FILE_PREFIX) : -len(SNAPSHOT_FILE_SUFFIX)]
-            if seq.isdigit() and seq.isascii() and int(seq) < named_seq:
+            if 0 <= _snapshot_file_seq(path.name) < named_seq:
                 try:
                     path.unlink(missing_ok=True)
                 except OSError as exc:  # kept: it only takes room
@@ -704,7 +703,7 @@ class EmbeddedStore(ImmediateStore):
                 # Nor may it keep the server's sockets open: a connection the server closes
                 # must close for its peer now, not when the child is done.
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                _write_synced(path, orjson.dumps(self.ledger.snapshot(raw=True)))
+                write_synced(path, orjson.dumps(self.ledger.snapshot(raw=True)))
                 code = 0
             finally:
                 os._exit(code)
@@ -937,15 +936,16 @@ class EmbeddedStore(ImmediateStore):
         pending = body if isinstance(body, Path) else self.data_dir / f".snapshot-{seq}.now.tmp"
         try:
             if not isinstance(body, Path):
-                _write_synced(pending, body)  # a forked child's file is synced by the child
+                write_synced(pending, body)  # a forked child's file is synced by the child
             size = pending.stat().st_size
             os.replace(pending, self.data_dir / name)
             sync_directory(self.data_dir / name)
+            taken_ms = wall_clock_ms()
             with _transaction(db):
                 db.execute(
                     "INSERT OR REPLACE INTO snapshot_file (seq, taken_ms, name, bytes)"
                     " VALUES (?, ?, ?, ?)",
-                    (seq, wall_clock_ms(), name, size),
+                    (seq, taken_ms, name, size),
                 )
                 db.execute("DELETE FROM journal WHERE last_seq <= ?", (seq,))
                 db.execute("DELETE FROM snapshot_file WHERE seq < ?", (seq,))
@@ -954,7 +954,7 @@ class EmbeddedStore(ImmediateStore):
                 # left after it as if nothing came before.
                 db.execute(
                     "INSERT OR REPLACE INTO snapshot (seq, taken_ms, body) VALUES (?, ?, ?)",
-                    (seq, wall_clock_ms(), orjson.dumps({"snapshot_file": name})),
+                    (seq, taken_ms, orjson.dumps({"snapshot_file": name})),
                 )
                 db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
         finally:  # stored or not, the pending file is done with

@@ -194,6 +194,14 @@ def sync_file(path: str | Path) -> None:
         os.close(fd)
 
 
+def write_synced(path: str | Path, data: bytes) -> None:
+    """Write `data` to the file at `path` (created or truncated) and fsync it."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def sync_directory(path: str | Path) -> None:
     """fsync the directory holding `path`, so that the file's name is durable too."""
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
