@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +28,16 @@ def crash(store: EmbeddedStore) -> None:
     if store._checkpointer is not None:  # a killed process's threads are gone too
         store._checkpointer.stop()
         store._checkpointer = None
+    if store._snapshot_child is not None:
+        # Killed with it, as a process group is: a child just forked still holds the folder's
+        # lock (shared with the server until it closes its descriptors), which could refuse
+        # the next open.
+        pid = store._snapshot_child[0]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        store._snapshot_child = None
     store.release_folder()  # a killed process's lock goes with it
 
 

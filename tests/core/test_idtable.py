@@ -62,6 +62,8 @@ class Model(RuleBasedStateMachine):
         self.entries_max = entries_max
         self.model: list[tuple[str, str | None, bytes, Any, int]] = []
         self.clock = 1_000
+        self.added = 0  # ids added: the next one's number
+        self.numbers: list[int] = []  # each model row's
         self.tables = {kind: make(kind, entries_max) for kind in KINDS}
 
     @rule(op_id=ids, op=ops, fp=fingerprints, answer=answers, step=st.integers(0, 3))
@@ -76,7 +78,11 @@ class Model(RuleBasedStateMachine):
                 table.add(op_id, op, fp, answer, self.clock)
         if not known:
             self.model.append((op_id, op, fp, kept(answer), self.clock))
-            del self.model[: max(0, len(self.model) - self.entries_max)]
+            self.numbers.append(self.added)
+            self.added += 1
+            cut = max(0, len(self.model) - self.entries_max)
+            del self.model[:cut]
+            del self.numbers[:cut]
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
@@ -108,6 +114,30 @@ class Model(RuleBasedStateMachine):
         for table in self.tables.values():
             assert table.prune(horizon) == keep
         del self.model[:keep]
+        del self.numbers[:keep]
+
+    @rule(data=st.data())
+    def rows_from(self, data: st.DataObject) -> None:
+        """The rows numbered `start` or later (a snapshot's segment)."""
+        start = data.draw(st.integers(-1, self.added + 2))
+        want = [row for row, n in zip(self.model, self.numbers, strict=True) if n >= start]
+        for table in self.tables.values():
+            assert table.rows(start) == want
+
+    @rule(more=st.integers(-3, 5))
+    def renumber(self, more: int) -> None:
+        """A restored table numbered on from where its snapshot's ids ended."""
+        added = self.added + more
+        for table in self.tables.values():
+            if added < len(self.model):
+                with pytest.raises(ValueError, match="less than the ids kept"):
+                    table.added = added
+            else:
+                table.added = added
+        if added >= len(self.model):
+            shift = added - self.added
+            self.numbers = [n + shift for n in self.numbers]
+            self.added = added
 
     @invariant()
     def same_entries_in_the_same_order(self) -> None:
@@ -116,6 +146,7 @@ class Model(RuleBasedStateMachine):
             assert table.ids() == [row[0] for row in self.model]
             assert table.rows() == self.model
             assert table.entries_max == self.entries_max
+            assert table.added == self.added
 
 
 TestModel = Model.TestCase

@@ -16,7 +16,7 @@ import pytest
 from quotaflow.ledger.ledger import Ledger
 from quotaflow.store import EmbeddedStore
 from quotaflow.store.base import FolderInUse, SnapshotFileError
-from quotaflow.store.embedded import snapshot_file_name
+from quotaflow.store.snapshot_files import snapshot_file_name
 from tests.core.harness import recovered
 
 

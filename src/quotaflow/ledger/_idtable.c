@@ -62,6 +62,10 @@ typedef struct {
     Py_ssize_t entries_max;
     size_t presized_max; /* the most slots the first growth jumps to (see slots_for) */
     Py_ssize_t count;
+    /* ids added since the table began, its restored ones included (or as renumbered): the
+     * oldest kept is number added - count. A snapshot stores only the ids numbered from the
+     * last one's end (store/snapshot_files.py). */
+    uint64_t added;
     Slot *slots;
     size_t mask; /* slots - 1, a power of two less one */
     Chunk *head; /* the oldest record is at head->data + head_off */
@@ -480,6 +484,7 @@ static PyObject *IdTable_add(IdTable *t, PyObject *const *args, Py_ssize_t nargs
         memcpy((char *)REC_ANSWER(r), text, (size_t)text_len);
     place(t->slots, t->mask, hash, r);
     t->count++;
+    t->added++;
     Py_XDECREF(key_tmp);
     Py_XDECREF(answer_tmp);
     while (t->count > t->entries_max)
@@ -507,14 +512,17 @@ static PyObject *IdTable_prune(IdTable *t, PyObject *arg) {
     return PyLong_FromSsize_t(dropped);
 }
 
-/* Calls fn on each record, oldest first; stops on error. */
-static int each(IdTable *t, int (*fn)(IdTable *, const Rec *, void *), void *arg) {
+/* Calls fn on each record after the oldest `skip`, oldest first; stops on error. */
+static int each(IdTable *t, uint64_t skip, int (*fn)(IdTable *, const Rec *, void *),
+                void *arg) {
     oldest(t);
     for (Chunk *c = t->head; c != NULL; c = c->next) {
         size_t off = c == t->head ? t->head_off : 0;
         while (off < c->used) {
             const Rec *r = (const Rec *)(c->data + off);
-            if (fn(t, r, arg) < 0)
+            if (skip > 0)
+                skip--;
+            else if (fn(t, r, arg) < 0)
                 return -1;
             off += rec_size(r->key_len, r->answer_len);
         }
@@ -542,20 +550,35 @@ static int append_id(IdTable *t, const Rec *r, void *list) {
     return failed;
 }
 
-static PyObject *collect(IdTable *t, int (*fn)(IdTable *, const Rec *, void *)) {
+static PyObject *collect(IdTable *t, uint64_t skip,
+                         int (*fn)(IdTable *, const Rec *, void *)) {
     PyObject *list = PyList_New(0);
-    if (list != NULL && each(t, fn, list) < 0)
+    if (list != NULL && each(t, skip, fn, list) < 0)
         Py_CLEAR(list);
     return list;
 }
 
-PyDoc_STRVAR(rows_doc, "rows() -> [(op_id, op, fingerprint, answer, at_ms)], oldest first");
+PyDoc_STRVAR(rows_doc, "rows(start=0) -> [(op_id, op, fingerprint, answer, at_ms)], oldest "
+                       "first, of the ids numbered start or later (see added)");
 
-static PyObject *IdTable_rows(IdTable *t, PyObject *unused) {
+static PyObject *IdTable_rows(IdTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "rows takes at most 1 argument");
+        return NULL;
+    }
+    uint64_t skip = 0;
+    if (nargs == 1) {
+        long long start = PyLong_AsLongLong(args[0]);
+        if (start == -1 && PyErr_Occurred())
+            return NULL;
+        uint64_t first = t->added - (uint64_t)t->count;
+        if (start > 0 && (uint64_t)start > first)
+            skip = (uint64_t)start - first;
+    }
     /* Each row is a tuple, whose making may start a collection, and a finalizer run by it may
      * prune or add, freeing or reusing the chunk being walked: no collection during the walk. */
     int was_enabled = PyGC_Disable();
-    PyObject *rows = collect(t, append_row);
+    PyObject *rows = collect(t, skip, append_row);
     if (was_enabled)
         PyGC_Enable();
     return rows;
@@ -563,7 +586,7 @@ static PyObject *IdTable_rows(IdTable *t, PyObject *unused) {
 
 PyDoc_STRVAR(ids_doc, "ids() -> [op_id], oldest first");
 
-static PyObject *IdTable_ids(IdTable *t, PyObject *unused) { return collect(t, append_id); }
+static PyObject *IdTable_ids(IdTable *t, PyObject *unused) { return collect(t, 0, append_id); }
 
 static PyObject *IdTable_get_entries_max(IdTable *t, void *closure) {
     return PyLong_FromSsize_t(t->entries_max);
@@ -574,7 +597,7 @@ static PyMethodDef IdTable_methods[] = {
     {"prefetch", (PyCFunction)IdTable_prefetch, METH_O, prefetch_doc},
     {"add", (PyCFunction)(void (*)(void))IdTable_add, METH_FASTCALL, add_doc},
     {"prune", (PyCFunction)IdTable_prune, METH_O, prune_doc},
-    {"rows", (PyCFunction)IdTable_rows, METH_NOARGS, rows_doc},
+    {"rows", (PyCFunction)(void (*)(void))IdTable_rows, METH_FASTCALL, rows_doc},
     {"ids", (PyCFunction)IdTable_ids, METH_NOARGS, ids_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -583,8 +606,30 @@ static PyObject *IdTable_get_index_slots(IdTable *t, void *closure) {
     return PyLong_FromSize_t(t->mask + 1);
 }
 
+static PyObject *IdTable_get_added(IdTable *t, void *closure) {
+    return PyLong_FromUnsignedLongLong(t->added);
+}
+
+static int IdTable_set_added(IdTable *t, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "added cannot be deleted");
+        return -1;
+    }
+    long long added = PyLong_AsLongLong(value);
+    if (added == -1 && PyErr_Occurred())
+        return -1;
+    if (added < (long long)t->count) {
+        PyErr_SetString(PyExc_ValueError, "added cannot be less than the ids kept");
+        return -1;
+    }
+    t->added = (uint64_t)added;
+    return 0;
+}
+
 static PyGetSetDef IdTable_getset[] = {
     {"entries_max", (getter)IdTable_get_entries_max, NULL, "most ids kept", NULL},
+    {"added", (getter)IdTable_get_added, (setter)IdTable_set_added,
+     "ids added since the table began (settable, to number a restored table on)", NULL},
     {"index_slots", (getter)IdTable_get_index_slots, NULL, "slots of the index", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

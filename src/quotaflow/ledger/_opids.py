@@ -91,9 +91,20 @@ class PyIdTable:
         self._runs: deque[list[int]] = deque()
         self._open_at = 0
         self._open_count = 0
+        self._added = 0
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def added(self) -> int:
+        return self._added
+
+    @added.setter
+    def added(self, value: int) -> None:
+        if value < len(self.entries):
+            raise ValueError("added cannot be less than the ids kept")
+        self._added = value
 
     def get(self, op_id: str) -> Entry | None:
         return self.entries.get(op_id)
@@ -118,6 +129,7 @@ class PyIdTable:
             answer.decode() if isinstance(answer, bytes) else answer,
         )
         self._ids.append(op_id)
+        self._added += 1
         if self._open_count and self._open_at == at_ms:
             self._open_count += 1
         else:
@@ -161,18 +173,18 @@ class PyIdTable:
             self._open_count = 0
         return dropped
 
-    def rows(self) -> list[tuple[str, str | None, bytes, str | Result, int]]:
+    def rows(self, start: int = 0) -> list[tuple[str, str | None, bytes, str | Result, int]]:
         # Each row made may start a collection, whose callbacks or finalizers could prune the
         # table under the walk (the C table does the same).
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._rows()
+            return self._rows(max(0, start - (self._added - len(self.entries))))
         finally:
             if collecting:
                 gc.enable()
 
-    def _rows(self) -> list[tuple[str, str | None, bytes, str | Result, int]]:
+    def _rows(self, skip: int) -> list[tuple[str, str | None, bytes, str | Result, int]]:
         out: list[tuple[str, str | None, bytes, str | Result, int]] = []
         order = iter(self._ids[self._head :])
         runs = list(self._runs)
@@ -181,6 +193,9 @@ class PyIdTable:
         for at, count in runs:
             for _ in range(count):
                 op_id = next(order)
+                if skip:
+                    skip -= 1
+                    continue
                 op, fingerprint, answer = self.entries[op_id]
                 out.append((op_id, op, fingerprint, answer, at))
         return out
@@ -216,6 +231,12 @@ class OperationIds:
 
     def __len__(self) -> int:
         return len(self.storage)
+
+    def span(self) -> tuple[int, int]:
+        """The numbers of the oldest id kept and of the next to come: every id is numbered in
+        the order it came, from the table's beginning (kept across snapshots)."""
+        added = self.storage.added
+        return added - len(self.storage), added
 
     def get(self, op_id: str) -> Entry | None:
         return self._get(op_id)
@@ -267,12 +288,13 @@ class OperationIds:
         Stops at the first that came later (deterministic given the clock values)."""
         return self.storage.prune(horizon_ms)
 
-    def to_json(self, raw: bool = False) -> list[list[Any]]:
-        """[op_id, fingerprint hex, result, clock value, operation, scheme], oldest first; an
-        entry restored from an older snapshot is written back as it was read. With `raw` the
-        results are left encoded (`orjson.Fragment`), for a snapshot that orjson writes."""
+    def to_json(self, raw: bool = False, start: int = 0) -> list[list[Any]]:
+        """[op_id, fingerprint hex, result, clock value, operation, scheme], oldest first, of
+        the ids numbered `start` or later (`span`); an entry restored from an older snapshot is
+        written back as it was read. With `raw` the results are left encoded
+        (`orjson.Fragment`), for a snapshot that orjson writes."""
         out: list[list[Any]] = []
-        for op_id, op, fingerprint, answer, at in self.storage.rows():
+        for op_id, op, fingerprint, answer, at in self.storage.rows(start):
             result: Any = answer
             if isinstance(answer, str):
                 result = orjson.Fragment(answer) if raw else orjson.loads(answer)
@@ -283,8 +305,11 @@ class OperationIds:
         return out
 
     @classmethod
-    def from_json(cls, rows: list[list[Any]], entries_max: int) -> OperationIds:
-        """From `to_json`'s rows, or those of older snapshots (see the module's docstring)."""
+    def from_json(
+        cls, rows: list[list[Any]], entries_max: int, end: int | None = None
+    ) -> OperationIds:
+        """From `to_json`'s rows, or those of older snapshots (see the module's docstring);
+        `end`: the number the next id takes (`span`), where the rows were numbered."""
         table = cls(entries_max)
         for row in rows:
             fingerprint = bytes.fromhex(row[1])
@@ -295,4 +320,6 @@ class OperationIds:
                 elif row[5] != SCHEME:
                     raise ValueError(f"operation id fingerprints of unknown scheme {row[5]!r}")
             table.add(row[0], op, fingerprint, orjson.dumps(row[2]), row[3])
+        if end is not None:
+            table.storage.added = end
         return table

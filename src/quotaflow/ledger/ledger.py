@@ -1275,9 +1275,11 @@ class Ledger(GroupOps, MovingOps):
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self, raw: bool = False) -> dict[str, Any]:
+    def snapshot(self, raw: bool = False, ids_from: int = 0) -> dict[str, Any]:
         """The whole state as JSON values. With `raw`, parts kept encoded stay so (as
-        `orjson.Fragment`): for orjson to write, not to compare or read."""
+        `orjson.Fragment`): for orjson to write, not to compare or read. `ids_from`: only the
+        remembered operation ids numbered from it (a store keeps the older ones from earlier
+        snapshots); `idempotency_span` numbers the oldest kept and the next."""
         return {
             "subscribers": [s.to_json() for s in self.subscribers.values()],
             "sessions": dict(self.sessions),
@@ -1289,7 +1291,8 @@ class Ledger(GroupOps, MovingOps):
             "vouchers": [v.to_json() for v in self.vouchers.values()],
             "offers": [o.to_json() for o in self.offers.values()],
             "remote": list(self.remote.values()),
-            "idempotency": self.idempotency.to_json(raw),
+            "idempotency": self.idempotency.to_json(raw, ids_from),
+            "idempotency_span": list(self.idempotency.span()),
         }
 
     @classmethod
@@ -1335,7 +1338,10 @@ class Ledger(GroupOps, MovingOps):
         ledger._next_session_scan_ms = doc.get("next_session_scan_ms", 0)
         for session_id, record in ledger.sessions.items():
             ledger.sessions_by_subscriber.setdefault(record["subscriber_id"], set()).add(session_id)
+        span = doc.get("idempotency_span")  # absent from snapshots before session 22
         ledger.idempotency = OperationIds.from_json(
-            doc["idempotency"], ledger.limits.idempotency_entries_max
+            doc["idempotency"],
+            ledger.limits.idempotency_entries_max,
+            None if span is None else span[1],
         )
         return ledger

@@ -48,7 +48,6 @@ from quotaflow.store.base import (
     Barrier,
     Clock,
     Result,
-    SnapshotFileError,
     StoreUnavailable,
     lock_folder,
     wall_clock_ms,
@@ -62,6 +61,16 @@ from quotaflow.store.checkpointer import (
 )
 from quotaflow.store.immediate import ImmediateStore
 from quotaflow.store.journal import Batch, decode
+from quotaflow.store.snapshot_files import (
+    IdsPlan,
+    IdsStored,
+    drop_older,
+    load_ids,
+    plan_ids,
+    read_snapshot,
+    snapshot_file_name,
+    split_ids,
+)
 from quotaflow.store.walsync import Syncer, sync_directory, sync_file, wal_syncer, write_synced
 from quotaflow.tally import Latencies
 
@@ -118,23 +127,6 @@ CREATE TABLE IF NOT EXISTS snapshot_file (
     bytes INTEGER NOT NULL
 );
 """
-SNAPSHOT_FILE_PREFIX: Final = "snapshot-"
-SNAPSHOT_FILE_SUFFIX: Final = ".json"
-
-
-def snapshot_file_name(seq: int) -> str:
-    """The file a snapshot of the state at `seq` is kept in, in the data directory."""
-    return f"{SNAPSHOT_FILE_PREFIX}{seq}{SNAPSHOT_FILE_SUFFIX}"
-
-
-def _snapshot_file_seq(name: str) -> int:
-    """The seq `snapshot_file_name` put in `name`; -1 for any other name."""
-    if not (name.startswith(SNAPSHOT_FILE_PREFIX) and name.endswith(SNAPSHOT_FILE_SUFFIX)):
-        return -1
-    seq = name[len(SNAPSHOT_FILE_PREFIX) : -len(SNAPSHOT_FILE_SUFFIX)]
-    return int(seq) if seq.isdigit() and seq.isascii() else -1
-
-
 # (seq, at_ms, subscriber id, JSON body). The body is bound as text: the sqlite3 module asks
 # its adapters about every bytes (and None) parameter, about 3,000 instructions each time.
 Record = tuple[int, int, str, str]
@@ -271,7 +263,7 @@ class EmbeddedStore(ImmediateStore):
         self._unwritten: _Commit | None = None  # taken, the write lock was busy: next to write
         # A snapshot (its seq and body, or the forked child's file) to store once durable_seq
         # reaches it, and the writer thread's storing of one under way.
-        self._snapshot_due: tuple[int, bytes | Path] | None = None
+        self._snapshot_due: _Snapshot | None = None
         self._snapshot_task: asyncio.Future[None] | None = None
         self.busy_retries = 0
         self._seq = 0
@@ -283,9 +275,10 @@ class EmbeddedStore(ImmediateStore):
         self._committing = False
         self._since_snapshot = 0
         self._failed: BaseException | None = None
-        # The forked snapshot in progress: (pid, sequence number, file it writes).
-        self._snapshot_child: tuple[int, int, Path] | None = None
+        # The forked snapshot in progress: its pid and what it writes.
+        self._snapshot_child: tuple[int, _Snapshot] | None = None
         self._snapshot_name: str | None = None  # the snapshot file the database names
+        self._ids_stored = IdsStored()  # the operation ids it keeps, in files of their own
         self._lock_fd = -1  # the data folder's lock, held while open
         self.snapshots_forked = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -330,8 +323,9 @@ class EmbeddedStore(ImmediateStore):
             os.close(fd)
 
     async def _open(self) -> None:
-        for stale in self.data_dir.glob(".snapshot-*.tmp"):  # a forked snapshot cut short
-            stale.unlink(missing_ok=True)
+        for pattern in (".snapshot-*.tmp", ".ids-*.tmp"):  # a snapshot cut short
+            for stale in self.data_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
         db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
@@ -395,11 +389,13 @@ class EmbeddedStore(ImmediateStore):
         ).fetchone()
         row = db.execute("SELECT seq, body FROM snapshot ORDER BY seq DESC LIMIT 1").fetchone()
         if kept is not None and (row is None or kept[0] >= row[0]):
-            row = (kept[0], self._snapshot_body(kept[1], kept[2]))
+            row = (kept[0], read_snapshot(self.data_dir, kept[1], kept[2]))
         self._snapshot_name = None if kept is None else kept[1]
         if row is not None:
             self._seq = row[0]
-            self.ledger = Ledger.restore(orjson.loads(row[1]), self.limits)
+            doc = orjson.loads(row[1])
+            self._ids_stored = load_ids(self.data_dir, doc)
+            self.ledger = Ledger.restore(doc, self.limits)
         replayed = 0
         snapshot_seq = self._seq
         for first_seq, last_seq, records in db.execute(
@@ -416,34 +412,9 @@ class EmbeddedStore(ImmediateStore):
         self.durable_seq = self._seq
         return replayed
 
-    def _snapshot_body(self, name: str, size: int) -> bytes:
-        path = self.data_dir / name
-        try:
-            body = path.read_bytes()
-        except FileNotFoundError:
-            raise SnapshotFileError(
-                f"snapshot file {path} is missing; the journal it covers was deleted with it,"
-                " so the store cannot open without it (restore it from a backup)"
-            ) from None
-        if len(body) != size:
-            raise SnapshotFileError(
-                f"snapshot file {path} holds {len(body)} bytes where {size} were written"
-            )
-        return body
-
     def _drop_older_snapshot_files(self) -> None:
-        """Snapshot files older than the one the database names: those it replaced. A newer one
-        is left: renamed into place by a store that stopped before recording it (the next
-        snapshot replaces or outdates it), or another process's on this folder, just stored."""
-        if self._snapshot_name is None:
-            return
-        named_seq = _snapshot_file_seq(self._snapshot_name)
-        for path in self.data_dir.glob(f"{SNAPSHOT_FILE_PREFIX}*{SNAPSHOT_FILE_SUFFIX}"):
-            if 0 <= _snapshot_file_seq(path.name) < named_seq:
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError as exc:  # kept: it only takes room
-                    log.warning("old snapshot file not removed", extra={"error": str(exc)})
+        if self._snapshot_name is not None:
+            drop_older(self.data_dir, self._snapshot_name, self._ids_stored)
 
     def _replay(
         self, op: str, op_id: str | None, args: dict[str, Any], now_ms: int, refused: int
@@ -484,10 +455,10 @@ class EmbeddedStore(ImmediateStore):
             if self._snapshot_child is not None:
                 finished = await loop.run_in_executor(None, self._finished_snapshot, True)
                 if finished is not None:
-                    finished[1].unlink(missing_ok=True)
+                    finished.discard()
             due, self._snapshot_due = self._snapshot_due, None
-            if due is not None and isinstance(due[1], Path):
-                due[1].unlink(missing_ok=True)
+            if due is not None:
+                due.discard()
             if self._checkpointer is not None:
                 await loop.run_in_executor(None, self._checkpointer.stop)
                 self._checkpointer = None
@@ -670,7 +641,7 @@ class EmbeddedStore(ImmediateStore):
         if self._since_snapshot >= self.snapshot_every_ops and self._snapshot_child is None:
             self._since_snapshot = 0
             if not self._fork_snapshot() and self._snapshot_due is None:
-                self._snapshot_due = (self._seq, orjson.dumps(self.ledger.snapshot(raw=True)))
+                self._snapshot_due = self._serialise(self._seq, self._plan_ids())
         batch = (taken.last_seq, taken.first_seq, taken.encode()) if count else None
         return _Commit(batch, count, records, bodies, barrier)
 
@@ -678,8 +649,13 @@ class EmbeddedStore(ImmediateStore):
         """Start a child that writes the state as it is now to a file. False if it cannot."""
         if not self.fork_snapshots or not hasattr(os, "fork"):
             return False
-        seq = self._seq
-        path = self.data_dir / f".snapshot-{seq}.tmp"
+        seq, plan = self._seq, self._plan_ids()
+        due = _Snapshot(
+            seq,
+            self.data_dir / f".snapshot-{seq}.tmp",
+            None if plan.new is None else self.data_dir / f".ids-{seq}.tmp",
+            plan,
+        )
         try:
             pid = os.fork()
         except OSError as exc:
@@ -703,19 +679,33 @@ class EmbeddedStore(ImmediateStore):
                 # Nor may it keep the server's sockets open: a connection the server closes
                 # must close for its peer now, not when the child is done.
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                write_synced(path, orjson.dumps(self.ledger.snapshot(raw=True)))
+                made = self._serialise(seq, plan)
+                if isinstance(due.ids, Path) and isinstance(made.ids, bytes):
+                    write_synced(due.ids, made.ids)  # first: the body names it
+                assert isinstance(due.body, Path) and isinstance(made.body, bytes)
+                write_synced(due.body, made.body)
                 code = 0
             finally:
                 os._exit(code)
-        self._snapshot_child = (pid, seq, path)
+        self._snapshot_child = (pid, due)
         self.snapshots_forked += 1
         return True
 
-    def _finished_snapshot(self, wait: bool = False) -> tuple[int, Path] | None:
-        """The forked snapshot's file once its child exited cleanly; None while it runs."""
+    def _plan_ids(self) -> IdsPlan:
+        return plan_ids(self._ids_stored, self.ledger.idempotency.span(), self._seq)
+
+    def _serialise(self, seq: int, plan: IdsPlan) -> _Snapshot:
+        """The state as it is now, its new operation ids apart (store/snapshot_files.py)."""
+        doc = self.ledger.snapshot(raw=True, ids_from=plan.start)
+        rows = split_ids(doc, plan)
+        ids = None if plan.new is None else orjson.dumps(rows)
+        return _Snapshot(seq, orjson.dumps(doc), ids, plan)
+
+    def _finished_snapshot(self, wait: bool = False) -> _Snapshot | None:
+        """The forked snapshot's files once its child exited cleanly; None while it runs."""
         if self._snapshot_child is None:
             return None
-        pid, seq, path = self._snapshot_child
+        pid, due = self._snapshot_child
         try:
             done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
         except ChildProcessError:  # reaped by someone else: its outcome is unknown
@@ -723,11 +713,11 @@ class EmbeddedStore(ImmediateStore):
         if done == 0:
             return None
         self._snapshot_child = None
-        if status == -1 or os.waitstatus_to_exitcode(status) != 0 or not path.exists():
-            log.error("snapshot child failed; the next one is due later", extra={"seq": seq})
-            path.unlink(missing_ok=True)
+        if status == -1 or os.waitstatus_to_exitcode(status) != 0 or not due.written():
+            log.error("snapshot child failed; the next one is due later", extra={"seq": due.seq})
+            due.discard()
             return None
-        return seq, path
+        return due
 
     def _write_now(self) -> None:
         """Without group commit: this change alone, synced (synchronous=FULL) before it returns."""
@@ -896,12 +886,12 @@ class EmbeddedStore(ImmediateStore):
                 due = self._finished_snapshot()
                 if due is None:
                     return
-            if due[0] > self.durable_seq:
+            if due.seq > self.durable_seq:
                 self._snapshot_due = due
                 return
             self._snapshot_due = None
             task = asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write_snapshot, due[0], due[1]
+                self._writer, self._write_snapshot, due
             )
         except Exception:  # the journal keeps everything; the answers must still go out
             log.exception("snapshot not handed to the writer")
@@ -915,30 +905,32 @@ class EmbeddedStore(ImmediateStore):
             # The journal still holds everything: the next snapshot is due as usual.
             log.error("snapshot not stored", exc_info=task.exception())
 
-    def _write_snapshot(self, seq: int, body: bytes | Path) -> None:
+    def _write_snapshot(self, due: _Snapshot) -> None:
         """Store a snapshot and drop the journal it covers (writer thread, own connection).
 
-        The body stays a file beside the database, renamed into place once synced; the
+        The body stays a file beside the database, renamed into place once synced, with the
+        file of the operation ids that came since the last one (store/snapshot_files.py); the
         database records its name and deletes the journal in one short transaction. Copying
         it into a table wrote it to the WAL under the write lock (at 500,000 operations, 170 MB
         and a second when commits stood still: PERFORMANCE.md, session 21)."""
         db = self._aux
         assert db is not None, "store is closed"
+        seq = due.seq
         name = snapshot_file_name(seq)
         if name == self._snapshot_name:
             # The state at this seq is stored already (a close with nothing since the last
-            # snapshot): writing it again would replace the file the database names before
+            # snapshot): writing it again would replace the files the database names before
             # the row could say how long the new one is.
-            if isinstance(body, Path):
-                body.unlink(missing_ok=True)
+            due.discard()
             return
-        # Not the forked child's name: a close may take one in place while a child runs.
-        pending = body if isinstance(body, Path) else self.data_dir / f".snapshot-{seq}.now.tmp"
+        # Not the forked child's names: a close may take one in place while a child runs.
+        body = due.file(self.data_dir / f".snapshot-{seq}.now.tmp", due.body)
+        ids = None if due.ids is None else due.file(self.data_dir / f".ids-{seq}.now.tmp", due.ids)
         try:
-            if not isinstance(body, Path):
-                write_synced(pending, body)  # a forked child's file is synced by the child
-            size = pending.stat().st_size
-            os.replace(pending, self.data_dir / name)
+            size = body.stat().st_size
+            if ids is not None and due.plan.new is not None:
+                os.replace(ids, self.data_dir / due.plan.new[0])
+            os.replace(body, self.data_dir / name)
             sync_directory(self.data_dir / name)
             taken_ms = wall_clock_ms()
             with _transaction(db):
@@ -957,11 +949,15 @@ class EmbeddedStore(ImmediateStore):
                     (seq, taken_ms, orjson.dumps({"snapshot_file": name})),
                 )
                 db.execute("DELETE FROM snapshot WHERE seq < ?", (seq,))
-        finally:  # stored or not, the pending file is done with
-            pending.unlink(missing_ok=True)
+        finally:  # stored or not, the pending files are done with
+            due.discard()
+            body.unlink(missing_ok=True)
+            if ids is not None:
+                ids.unlink(missing_ok=True)
         # Only once the row naming the new file is durable (synchronous=FULL on this
         # connection); a file left by a failure here is dropped at the next open.
         self._snapshot_name = name
+        self._ids_stored = due.plan.stored
         self._drop_older_snapshot_files()
 
     async def snapshot(self) -> None:
@@ -969,12 +965,9 @@ class EmbeddedStore(ImmediateStore):
 
         Stored only once all it holds is durable: a charge in it whose commit (and charging
         record) were then lost to a power cut would be a debit without its record."""
-        seq = self._seq
-        body = orjson.dumps(self.ledger.snapshot(raw=True))
+        due = self._serialise(self._seq, self._plan_ids())
         await self.flush()  # everything applied by now, up to seq and beyond
-        await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._write_snapshot, seq, body
-        )
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._write_snapshot, due)
         self._since_snapshot = 0
 
     async def _sweep_loop(self) -> None:
@@ -1138,6 +1131,37 @@ class EmbeddedStore(ImmediateStore):
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
         }
+
+
+class _Snapshot:
+    """A snapshot to store: its state and new operation ids, each as bytes (taken in place) or
+    as the file a forked child wrote and synced; what it stores of the ids once stored."""
+
+    def __init__(
+        self, seq: int, body: bytes | Path, ids: bytes | Path | None, plan: IdsPlan
+    ) -> None:
+        self.seq = seq
+        self.body = body
+        self.ids = ids
+        self.plan = plan
+
+    def written(self) -> bool:
+        """Whether the child's files are all there."""
+        return all(not isinstance(f, Path) or f.exists() for f in (self.body, self.ids))
+
+    def discard(self) -> None:
+        """Delete the files a child wrote (not stored, or stored under their own names)."""
+        for f in (self.body, self.ids):
+            if isinstance(f, Path):
+                f.unlink(missing_ok=True)
+
+    @staticmethod
+    def file(pending: Path, content: bytes | Path) -> Path:
+        """The content's synced file: the child's, or written to `pending` now."""
+        if isinstance(content, Path):
+            return content
+        write_synced(pending, content)
+        return pending
 
 
 @contextlib.contextmanager
