@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -324,3 +325,54 @@ def test_the_index_grows_once_to_what_its_cap_needs() -> None:
     assert filled(5_000, 641) == 8192 and filled(5_000, 20_000) == 8192
     with pytest.raises(ValueError, match="presized_slots_max"):
         IdTable(5, presized_slots_max=10)
+
+
+plain_text = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30)
+dumped_entries = st.lists(
+    st.tuples(
+        plain_text,  # ids with quotes, backslashes, control and non-BMP characters
+        st.sampled_from(["charge", 'a "quoted"\\name', "t\u00e9l\u00e9", None]),
+        st.binary(min_size=16, max_size=17),  # this release's, or restored with a prefix
+        st.one_of(results.map(orjson.dumps), results),  # kept as text (JSON), or as the object
+    ),
+    max_size=25,
+    unique_by=lambda e: e[0],
+)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(entries=dumped_entries, entries_max=st.integers(1, 30), data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_dump_writes_the_rows_of_to_json(
+    kind: str,
+    entries: list[tuple[str, str | None, bytes, Any]],
+    entries_max: int,
+    data: st.DataObject,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A snapshot's ids file, written by the C table from its records (by the stand-in through
+    to_json), reads back as to_json's rows of the same ids."""
+    ids = OperationIds(entries_max, storage=make(kind, entries_max))
+    for i, (op_id, op, fp, answer) in enumerate(entries):
+        ids.add(op_id, op, fp, answer, 1_000 + i)
+    head, end = ids.span()
+    start = data.draw(st.integers(head - 2, end + 2))
+    path = tmp_path_factory.mktemp("dump") / "ids.json"
+    with open(path, "wb") as f:
+        count = ids.dump(start, f.fileno())
+    expected = ids.to_json(False, start)
+    assert orjson.loads(path.read_bytes()) == expected
+    assert count == len(expected) == max(0, end - max(start, head))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dump_refuses_an_id_json_cannot_hold(kind: str, tmp_path: Path) -> None:
+    ids = OperationIds(10, storage=make(kind, 10))
+    ids.add("fine", "charge", bytes(16), b"{}", 1)
+    ids.add("lone \udc80 surrogate", "charge", bytes(16), b"{}", 2)
+    path = tmp_path / "ids.json"
+    with open(path, "wb") as f, pytest.raises((ValueError, TypeError)):  # orjson's is a TypeError
+        ids.dump(0, f.fileno())
+    with open(path, "wb") as f:  # the ids after it: none
+        assert ids.dump(2, f.fileno()) == 0
+    assert path.read_bytes() == b"[]"

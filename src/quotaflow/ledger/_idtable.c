@@ -20,8 +20,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FP_MAX 17 /* a fingerprint: 16 bytes, or 17 for one restored with its scheme's prefix */
 #define OP_NONE 0xFFFF
@@ -574,6 +577,8 @@ static PyObject *IdTable_rows(IdTable *t, PyObject *const *args, Py_ssize_t narg
         uint64_t first = t->added - (uint64_t)t->count;
         if (start > 0 && (uint64_t)start > first)
             skip = (uint64_t)start - first;
+        if (skip >= (uint64_t)t->count)
+            return PyList_New(0); /* none: no walk over every record to find it out */
     }
     /* Each row is a tuple, whose making may start a collection, and a finalizer run by it may
      * prune or add, freeing or reusing the chunk being walked: no collection during the walk. */
@@ -582,6 +587,177 @@ static PyObject *IdTable_rows(IdTable *t, PyObject *const *args, Py_ssize_t narg
     if (was_enabled)
         PyGC_Enable();
     return rows;
+}
+
+/* ------------------------------------------------------------------ dump: a snapshot's ids file
+ *
+ * The rows of OperationIds.to_json, written as JSON straight from the records to a file: a
+ * forked snapshot child serialised them through Python objects (ten or so per id), at about
+ * 2 us and 1 KiB of fresh memory per id; here they are copied. */
+
+typedef struct {
+    int fd;
+    char *buf;
+    size_t used, cap;
+    PyObject *encode; /* encodes an answer kept as an object (rare) */
+    const char *scheme; /* the fingerprints' scheme, written with this release's entries */
+    Py_ssize_t scheme_len;
+    Py_ssize_t rows; /* written so far */
+} Out;
+
+static int out_flush(Out *o) {
+    size_t done = 0;
+    while (done < o->used) {
+        ssize_t n = write(o->fd, o->buf + done, o->used - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    o->used = 0;
+    return 0;
+}
+
+static int out_put(Out *o, const char *p, size_t n) {
+    while (n > 0) {
+        if (o->used == o->cap && out_flush(o) < 0)
+            return -1;
+        size_t room = o->cap - o->used, take = n < room ? n : room;
+        memcpy(o->buf + o->used, p, take);
+        o->used += take;
+        p += take;
+        n -= take;
+    }
+    return 0;
+}
+
+/* A JSON string of UTF-8 bytes. Those of a lone surrogate (kept by surrogatepass) are no
+ * UTF-8: refused, as orjson refuses such a str. */
+static int out_string(Out *o, const char *p, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    if (out_put(o, "\"", 1) < 0)
+        return -1;
+    size_t run = 0; /* bytes copied as they are, pending */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c == 0xED && i + 1 < n && (unsigned char)p[i + 1] >= 0xA0) {
+            PyErr_SetString(PyExc_ValueError, "an operation id or name is not valid UTF-8");
+            return -1;
+        }
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (out_put(o, p + run, i - run) < 0)
+            return -1;
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        if (c == '"' || c == '\\') {
+            esc[1] = (char)c;
+            if (out_put(o, esc, 2) < 0)
+                return -1;
+        } else if (out_put(o, esc, 6) < 0) {
+            return -1;
+        }
+        run = i + 1;
+    }
+    if (out_put(o, p + run, n - run) < 0)
+        return -1;
+    return out_put(o, "\"", 1);
+}
+
+static int out_name(Out *o, IdTable *t, uint16_t op) {
+    if (op == OP_NONE)
+        return out_put(o, "null", 4);
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(t->ops, op), &n);
+    return p == NULL ? -1 : out_string(o, p, (size_t)n);
+}
+
+/* [op_id, fingerprint hex, result, clock value, operation, scheme] for an entry of this
+ * release; one restored from an older snapshot as it was read, without the scheme (to_json). */
+static int dump_row(IdTable *t, const Rec *r, void *arg) {
+    static const char hex[] = "0123456789abcdef";
+    Out *o = arg;
+    int current = r->fp_len == FP_MAX - 1 && r->op != OP_NONE;
+    const uint8_t *fp = r->fp + (r->fp_len > FP_MAX - 1 ? r->fp_len - (FP_MAX - 1) : 0);
+    size_t fp_n = r->fp_len < FP_MAX - 1 ? r->fp_len : FP_MAX - 1;
+    char fp_hex[2 * FP_MAX + 2];
+    fp_hex[0] = ',';
+    fp_hex[1] = '"';
+    for (size_t i = 0; i < fp_n; i++) {
+        fp_hex[2 + 2 * i] = hex[fp[i] >> 4];
+        fp_hex[3 + 2 * i] = hex[fp[i] & 15];
+    }
+    char at[32];
+    int at_n = snprintf(at, sizeof at, ",%lld,", (long long)r->at_ms);
+    int later = o->rows++ > 0;
+    if (out_put(o, later ? ",[" : "[", later ? 2 : 1) < 0 || out_string(o, REC_KEY(r), r->key_len) < 0 ||
+        out_put(o, fp_hex, 2 + 2 * fp_n) < 0 || out_put(o, "\",", 2) < 0)
+        return -1;
+    if (r->obj != NULL) {
+        PyObject *encoded = PyObject_CallOneArg(o->encode, r->obj);
+        if (encoded == NULL)
+            return -1;
+        if (!PyBytes_Check(encoded)) {
+            Py_DECREF(encoded);
+            PyErr_SetString(PyExc_TypeError, "encode must return bytes");
+            return -1;
+        }
+        int failed = out_put(o, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
+        Py_DECREF(encoded);
+        if (failed)
+            return -1;
+    } else if (out_put(o, REC_ANSWER(r), r->answer_len) < 0) {
+        return -1;
+    }
+    if (out_put(o, at, (size_t)at_n) < 0 || out_name(o, t, r->op) < 0)
+        return -1;
+    if (current && (out_put(o, ",", 1) < 0 || out_string(o, o->scheme, (size_t)o->scheme_len) < 0))
+        return -1;
+    return out_put(o, "]", 1);
+}
+
+PyDoc_STRVAR(dump_doc, "dump(start, fd, encode, scheme) -> int: write to the file descriptor "
+                       "fd, as a JSON array, the rows OperationIds.to_json gives of the ids "
+                       "numbered start or later (scheme: its SCHEME); encode(answer) -> bytes "
+                       "for answers not kept as text. Returns how many rows.");
+
+static PyObject *IdTable_dump(IdTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "dump takes 4 arguments");
+        return NULL;
+    }
+    Py_ssize_t scheme_len;
+    const char *scheme = PyUnicode_Check(args[3]) ? PyUnicode_AsUTF8AndSize(args[3], &scheme_len)
+                                                  : NULL;
+    if (scheme == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "scheme is a str");
+        return NULL;
+    }
+    long long start = PyLong_AsLongLong(args[0]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    int fd = PyObject_AsFileDescriptor(args[1]);
+    if (fd < 0)
+        return NULL;
+    uint64_t first = t->added - (uint64_t)t->count, skip = 0;
+    if (start > 0 && (uint64_t)start > first)
+        skip = (uint64_t)start - first;
+    Out o = {fd, PyMem_RawMalloc(1 << 20), 0, 1 << 20, args[2], scheme, scheme_len, 0};
+    if (o.buf == NULL)
+        return PyErr_NoMemory();
+    /* As rows(): an encode call may start a collection, whose finalizers could change the
+     * table under the walk. */
+    int was_enabled = PyGC_Disable();
+    int failed = out_put(&o, "[", 1) < 0 ||
+                 (skip < (uint64_t)t->count && each(t, skip, dump_row, &o) < 0) ||
+                 out_put(&o, "]", 1) < 0 || out_flush(&o) < 0;
+    if (was_enabled)
+        PyGC_Enable();
+    PyMem_RawFree(o.buf);
+    return failed ? NULL : PyLong_FromSsize_t(o.rows);
 }
 
 PyDoc_STRVAR(ids_doc, "ids() -> [op_id], oldest first");
@@ -599,6 +775,7 @@ static PyMethodDef IdTable_methods[] = {
     {"prune", (PyCFunction)IdTable_prune, METH_O, prune_doc},
     {"rows", (PyCFunction)(void (*)(void))IdTable_rows, METH_FASTCALL, rows_doc},
     {"ids", (PyCFunction)IdTable_ids, METH_NOARGS, ids_doc},
+    {"dump", (PyCFunction)(void (*)(void))IdTable_dump, METH_FASTCALL, dump_doc},
     {NULL, NULL, 0, NULL},
 };
 

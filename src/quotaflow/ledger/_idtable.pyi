@@ -1,5 +1,6 @@
 """Types of the C table (_idtable.c); quotaflow.ledger._opids.PyIdTable is its Python twin."""
 
+from collections.abc import Callable
 from typing import Any
 
 class IdTable:
@@ -29,3 +30,6 @@ class IdTable:
         self, start: int = ..., /
     ) -> list[tuple[str, str | None, bytes, str | dict[str, Any], int]]: ...
     def ids(self) -> list[str]: ...
+    def dump(
+        self, start: int, fd: int, encode: Callable[[dict[str, Any]], bytes], scheme: str, /
+    ) -> int: ...

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -303,6 +304,20 @@ class OperationIds:
             else:
                 out.append([op_id, fingerprint[-FINGERPRINT_LEN:].hex(), result, at, op])
         return out
+
+    def dump(self, start: int, fd: int) -> int:
+        """Write `to_json`'s rows of the ids numbered `start` or later (raw: as they would be
+        read back) to the file descriptor `fd`, as a JSON array; how many. The C table writes
+        them from its records, without a Python object per id (a snapshot's ids file)."""
+        storage = self.storage
+        if isinstance(storage, PyIdTable):
+            rows = self.to_json(True, start)
+            body = orjson.dumps(rows)
+            written = 0
+            while written < len(body):
+                written += os.write(fd, body[written:])
+            return len(rows)
+        return storage.dump(start, fd, orjson.dumps, SCHEME)
 
     @classmethod
     def from_json(

@@ -70,6 +70,7 @@ from quotaflow.store.snapshot_files import (
     read_snapshot,
     snapshot_file_name,
     split_ids,
+    write_ids,
 )
 from quotaflow.store.walsync import Syncer, sync_directory, sync_file, wal_syncer, write_synced
 from quotaflow.tally import Latencies
@@ -679,9 +680,16 @@ class EmbeddedStore(ImmediateStore):
                 # Nor may it keep the server's sockets open: a connection the server closes
                 # must close for its peer now, not when the child is done.
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                made = self._serialise(seq, plan)
-                if isinstance(due.ids, Path) and isinstance(made.ids, bytes):
-                    write_synced(due.ids, made.ids)  # first: the body names it
+                made = self._serialise(seq, plan, ids=False)
+                # The ids first (the body names them), straight from the id table: half a
+                # million through Python objects took the child seconds (PERFORMANCE.md,
+                # session 22).
+                if (
+                    isinstance(due.ids, Path)
+                    and plan.new is not None
+                    and write_ids(due.ids, self.ledger.idempotency, plan.start) != plan.new[2]
+                ):
+                    raise RuntimeError("the ids written are not the ids planned")
                 assert isinstance(due.body, Path) and isinstance(made.body, bytes)
                 write_synced(due.body, made.body)
                 code = 0
@@ -694,12 +702,13 @@ class EmbeddedStore(ImmediateStore):
     def _plan_ids(self) -> IdsPlan:
         return plan_ids(self._ids_stored, self.ledger.idempotency.span(), self._seq)
 
-    def _serialise(self, seq: int, plan: IdsPlan) -> _Snapshot:
-        """The state as it is now, its new operation ids apart (store/snapshot_files.py)."""
-        doc = self.ledger.snapshot(raw=True, ids_from=plan.start)
+    def _serialise(self, seq: int, plan: IdsPlan, ids: bool = True) -> _Snapshot:
+        """The state as it is now, its new operation ids apart (store/snapshot_files.py);
+        without them unless `ids`."""
+        doc = self.ledger.snapshot(raw=True, ids_from=plan.start if ids else plan.stored.end)
         rows = split_ids(doc, plan)
-        ids = None if plan.new is None else orjson.dumps(rows)
-        return _Snapshot(seq, orjson.dumps(doc), ids, plan)
+        new = None if plan.new is None or not ids else orjson.dumps(rows)
+        return _Snapshot(seq, orjson.dumps(doc), new, plan)
 
     def _finished_snapshot(self, wait: bool = False) -> _Snapshot | None:
         """The forked snapshot's files once its child exited cleanly; None while it runs."""

@@ -20,12 +20,14 @@ segment is `[file name, number of its first id, how many]`, and the snapshot's
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
+from quotaflow.ledger._opids import OperationIds
 from quotaflow.store.base import SnapshotFileError
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,15 @@ def split_ids(doc: dict[str, Any], plan: IdsPlan) -> list[Any]:
     rows: list[Any] = doc["idempotency"]
     doc["idempotency"] = {"segments": plan.stored.segments}
     return rows
+
+
+def write_ids(path: Path, ids: OperationIds, start: int) -> int:
+    """A new segment's file: the ids numbered `start` or later, written straight from the
+    table and fsynced; how many."""
+    with open(path, "wb") as f:
+        count = ids.dump(start, f.fileno())
+        os.fsync(f.fileno())
+    return count
 
 
 def read_snapshot(folder: Path, name: str, size: int) -> bytes:
