@@ -49,7 +49,7 @@ async def recovered(
     state it had; yields the reopened store and closes it afterwards."""
     expected = store.ledger.snapshot()
     crash(store)
-    again = EmbeddedStore(store.data_dir, clock=clock, sweep_interval_s=3600)
+    again = EmbeddedStore(store.data_dir, clock=clock, sweep_interval_s=3600, limits=store.limits)
     await again.open()
     try:
         assert again.ledger.snapshot() == expected

@@ -609,9 +609,14 @@ static int out_flush(Out *o) {
     size_t done = 0;
     while (done < o->used) {
         ssize_t n = write(o->fd, o->buf + done, o->used - done);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
+        if (n < 0 && errno == EINTR) {
+            if (PyErr_CheckSignals() < 0) /* a handler raised (KeyboardInterrupt) */
+                return -1;
+            continue;
+        }
+        if (n <= 0) { /* 0: nothing written of a regular file's write, taken as an error */
+            if (n == 0)
+                errno = EIO;
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }
@@ -696,7 +701,11 @@ static int dump_row(IdTable *t, const Rec *r, void *arg) {
         out_put(o, fp_hex, 2 + 2 * fp_n) < 0 || out_put(o, "\",", 2) < 0)
         return -1;
     if (r->obj != NULL) {
-        PyObject *encoded = PyObject_CallOneArg(o->encode, r->obj);
+        /* held: the call runs Python code, which must not free it under the call */
+        PyObject *obj = r->obj;
+        Py_INCREF(obj);
+        PyObject *encoded = PyObject_CallOneArg(o->encode, obj);
+        Py_DECREF(obj);
         if (encoded == NULL)
             return -1;
         if (!PyBytes_Check(encoded)) {

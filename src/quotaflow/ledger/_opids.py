@@ -177,10 +177,13 @@ class PyIdTable:
     def rows(self, start: int = 0) -> list[tuple[str, str | None, bytes, str | Result, int]]:
         # Each row made may start a collection, whose callbacks or finalizers could prune the
         # table under the walk (the C table does the same).
+        skip = max(0, start - (self._added - len(self.entries)))
+        if skip >= len(self.entries):
+            return []  # none: no walk over every id to find it out
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._rows(max(0, start - (self._added - len(self.entries))))
+            return self._rows(skip)
         finally:
             if collecting:
                 gc.enable()

@@ -137,6 +137,8 @@ def load_ids(folder: Path, doc: dict[str, Any]) -> IdsStored:
     rows: list[Any] = []
     at = head
     for name, first, count in segments:
+        if file_seq(name, IDS_FILE_PREFIX, IDS_FILE_SUFFIX) < 0:  # a name, never a path
+            raise SnapshotFileError(f"snapshot lists {name!r}, which is no ids file's name")
         path = folder / name
         if first > at:
             raise SnapshotFileError(f"ids file {path} starts at id {first}, not {at}")
