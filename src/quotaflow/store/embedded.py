@@ -457,13 +457,7 @@ class EmbeddedStore(ImmediateStore):
         finally:
             # Whatever failed above, the threads stop and the files close; a forked snapshot
             # is superseded by the one just stored (or by the journal).
-            if self._snapshot_child is not None:
-                finished = await loop.run_in_executor(None, self._finished_snapshot, True)
-                if finished is not None:
-                    finished.discard()
-            due, self._snapshot_due = self._snapshot_due, None
-            if due is not None:
-                due.discard()
+            await self._discard_unstored_snapshot()
             if self._checkpointer is not None:
                 await loop.run_in_executor(None, self._checkpointer.stop)
                 self._checkpointer = None
@@ -991,6 +985,17 @@ class EmbeddedStore(ImmediateStore):
         self._ids_stored = due.plan.stored
         self._drop_older_snapshot_files()
 
+    async def _discard_unstored_snapshot(self) -> None:
+        """A forked child (waited for) and a snapshot due are superseded: their files go."""
+        if self._snapshot_child is not None:
+            loop = asyncio.get_running_loop()
+            finished = await loop.run_in_executor(None, self._finished_snapshot, True)
+            if finished is not None:
+                finished.discard()
+        due, self._snapshot_due = self._snapshot_due, None
+        if due is not None:
+            due.discard()
+
     async def snapshot(self) -> None:
         """Write a snapshot of everything applied so far and drop the journal it covers.
 
@@ -1006,13 +1011,7 @@ class EmbeddedStore(ImmediateStore):
             if self._snapshot_task is not None:
                 with contextlib.suppress(Exception):  # logged by _snapshot_stored
                     await self._snapshot_task
-            if self._snapshot_child is not None:
-                finished = await loop.run_in_executor(None, self._finished_snapshot, True)
-                if finished is not None:
-                    finished.discard()
-            due, self._snapshot_due = self._snapshot_due, None
-            if due is not None:
-                due.discard()
+            await self._discard_unstored_snapshot()
             due = self._serialise(self._seq, self._plan_ids())
             await self.flush()  # everything applied by now, up to seq and beyond
             await loop.run_in_executor(self._writer, self._write_snapshot, due)
