@@ -4,6 +4,7 @@ came since the last one (store/snapshot_files.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ async def _opened(folder: Path, ids_max: int = 2_000_000) -> EmbeddedStore:
         folder, sweep_interval_s=3600, limits=Limits(idempotency_entries_max=ids_max)
     )
     await store.open()
+    return store
+
+
+async def _forking(folder: Path, every_ops: int) -> EmbeddedStore:
+    """A store forking a snapshot every `every_ops` operations, with subscriber "a" to debit."""
+    store = EmbeddedStore(folder, snapshot_every_ops=every_ops, sweep_interval_s=3600)
+    await store.open()
+    await store.execute("create_subscriber", "c", {"id": "a"})
+    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 10**9})
     return store
 
 
@@ -174,10 +184,7 @@ async def test_ids_files_no_snapshot_lists_are_dropped_at_open_newer_ones_kept(
 
 
 async def test_a_forked_snapshot_writes_its_segment_too(tmp_path: Path) -> None:
-    store = EmbeddedStore(tmp_path, snapshot_every_ops=20, sweep_interval_s=3600)
-    await store.open()
-    await store.execute("create_subscriber", "c", {"id": "a"})
-    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 10**6})
+    store = await _forking(tmp_path, 20)
     await _debits(store, 0, 25)
     for i in range(300):  # stored by a later commit, once the child is done
         await _debits(store, 1000 + i, 1)
@@ -209,10 +216,7 @@ async def test_snapshots_in_quick_succession_never_name_a_missing_ids_file(
 ) -> None:
     """Forked snapshots due faster than they are stored, and in-place ones among them: each
     plan is made on the one stored before it, so no stored snapshot lists a deleted file."""
-    store = EmbeddedStore(tmp_path, snapshot_every_ops=15, sweep_interval_s=3600)
-    await store.open()
-    await store.execute("create_subscriber", "c", {"id": "a"})
-    await store.execute("topup", "t", {"subscriber_id": "a", "unit": "octets", "amount": 10**9})
+    store = await _forking(tmp_path, 15)
     db = sqlite3.connect(tmp_path / "ledger.sqlite3")
     checked = 0
 
@@ -245,3 +249,24 @@ async def test_snapshots_in_quick_succession_never_name_a_missing_ids_file(
     assert store.snapshots_forked >= 3 and checked > 10
     async with recovered(store):
         pass
+
+
+async def test_close_stops_a_running_child_and_leaves_none_of_its_files(tmp_path: Path) -> None:
+    store = await _forking(tmp_path, 10)
+    await _debits(store, 0, 12)
+    for i in range(200):  # until a commit has just forked one
+        if store._snapshot_child is not None:
+            break
+        await _debits(store, 100 + i, 1)
+    assert store._snapshot_child is not None
+    pid = store._snapshot_child[0]
+    await store.close()  # superseded by the one close takes in place
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
+    assert not list(tmp_path.glob(".*.tmp"))
+    again = await _opened(tmp_path)
+    try:
+        assert again.ledger.first_answer("d11") is not None
+        assert again._since_snapshot == 0  # close's own snapshot holds everything
+    finally:
+        await again.close()

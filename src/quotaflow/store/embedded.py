@@ -449,9 +449,6 @@ class EmbeddedStore(ImmediateStore):
         loop = asyncio.get_running_loop()
         try:
             await self.flush()
-            if self._snapshot_task is not None:
-                with contextlib.suppress(Exception):  # logged by _snapshot_stored
-                    await self._snapshot_task
             if self._db is not None and self._failed is None:
                 await self.snapshot()
         finally:
@@ -901,6 +898,7 @@ class EmbeddedStore(ImmediateStore):
         settling them itself."""
         if self._snapshot_task is not None or self._snapshot_in_place:
             return
+        due: _Snapshot | None = None
         try:
             due = self._snapshot_due
             if due is None:
@@ -916,7 +914,14 @@ class EmbeddedStore(ImmediateStore):
             )
         except Exception:  # the journal keeps everything; the answers must still go out
             log.exception("snapshot not handed to the writer")
+            if due is not None and due is not self._snapshot_due:
+                due.discard()
             return
+        self._store_in_background(task)
+
+    def _store_in_background(self, task: asyncio.Future[None]) -> None:
+        """A snapshot being stored on the writer thread: outstanding until it is done, even if
+        whoever awaits it is cancelled (the thread goes on storing)."""
         self._snapshot_task = task
         task.add_done_callback(self._snapshot_stored)
 
@@ -949,14 +954,14 @@ class EmbeddedStore(ImmediateStore):
         body = due.file(self.data_dir / f".snapshot-{seq}.now.tmp", due.body)
         ids = None if due.ids is None else due.file(self.data_dir / f".ids-{seq}.now.tmp", due.ids)
         try:
+            for segment in due.plan.stored.segments:  # never name a snapshot that cannot open
+                if segment is not due.plan.new and not (self.data_dir / segment[0]).is_file():
+                    raise SnapshotFileError(f"ids file {segment[0]} listed but not found")
             size = body.stat().st_size
             if ids is not None and due.plan.new is not None:
                 os.replace(ids, self.data_dir / due.plan.new[0])
             os.replace(body, self.data_dir / name)
             sync_directory(self.data_dir / name)
-            for segment in due.plan.stored.segments:  # never name a snapshot that cannot open
-                if not (self.data_dir / segment[0]).is_file():
-                    raise SnapshotFileError(f"ids file {segment[0]} listed but not found")
             taken_ms = wall_clock_ms()
             with _transaction(db):
                 db.execute(
@@ -986,12 +991,15 @@ class EmbeddedStore(ImmediateStore):
         self._drop_older_snapshot_files()
 
     async def _discard_unstored_snapshot(self) -> None:
-        """A forked child (waited for) and a snapshot due are superseded: their files go."""
-        if self._snapshot_child is not None:
-            loop = asyncio.get_running_loop()
-            finished = await loop.run_in_executor(None, self._finished_snapshot, True)
-            if finished is not None:
-                finished.discard()
+        """A forked child and a snapshot due are superseded: the child is stopped, their
+        files go."""
+        child, self._snapshot_child = self._snapshot_child, None  # taken first: the loop's
+        if child is not None:  # _finished_snapshot must not wait for it too
+            pid, unstored = child
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # its work is not wanted: no need to wait for it
+            await asyncio.get_running_loop().run_in_executor(None, _reap, pid)
+            unstored.discard()
         due, self._snapshot_due = self._snapshot_due, None
         if due is not None:
             due.discard()
@@ -1010,11 +1018,13 @@ class EmbeddedStore(ImmediateStore):
             # child or one due is superseded by this one.
             if self._snapshot_task is not None:
                 with contextlib.suppress(Exception):  # logged by _snapshot_stored
-                    await self._snapshot_task
+                    await asyncio.shield(self._snapshot_task)
             await self._discard_unstored_snapshot()
             due = self._serialise(self._seq, self._plan_ids())
             await self.flush()  # everything applied by now, up to seq and beyond
-            await loop.run_in_executor(self._writer, self._write_snapshot, due)
+            task = loop.run_in_executor(self._writer, self._write_snapshot, due)
+            self._store_in_background(task)
+            await asyncio.shield(task)
             self._since_snapshot = 0
         finally:
             self._snapshot_in_place = False
@@ -1211,6 +1221,12 @@ class _Snapshot:
             return content
         write_synced(pending, content)
         return pending
+
+
+def _reap(pid: int) -> None:
+    """Wait for a child to exit (one reaped by someone else already is gone too)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 @contextlib.contextmanager
