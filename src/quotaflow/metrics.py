@@ -119,6 +119,11 @@ class _StoreCollector:
             "wal_checkpoint_sync_failed",  # 1: such a sync failed, the WAL is no longer rewound
             "wal_syncs",  # fdatasync calls of the WAL by the store's syncer (store/walsync.py)
             "commit_busy_retries",  # write attempts that found the write lock taken
+            "snapshots_forked",
+            "snapshots_stored",
+            "snapshot_failures",  # children and stores that failed (logged)
+            "snapshot_seq",  # the stored snapshot's: a restart replays seq - snapshot_seq
+            "snapshot_ids_files",  # the ids files it lists (store/snapshot_files.py)
         ):
             if isinstance(stats.get(key), int):
                 yield GaugeMetricFamily(f"quotaflow_store_{key}", f"store {key}", value=stats[key])
@@ -126,6 +131,11 @@ class _StoreCollector:
             "quotaflow_store_last_commit_seconds",
             "Duration of the last journal commit",
             value=float(stats.get("last_commit_s", 0.0)),
+        )
+        yield GaugeMetricFamily(
+            "quotaflow_store_last_snapshot_fork_seconds",
+            "The event loop's stall in the last snapshot's fork (it grows with the process)",
+            value=float(stats.get("last_snapshot_fork_s", 0.0)),
         )
         yield GaugeMetricFamily(
             "quotaflow_store_failed",

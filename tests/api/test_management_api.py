@@ -184,6 +184,10 @@ async def test_metrics_and_openapi(api: httpx.AsyncClient) -> None:
     # and made durable by the store's WAL syncer
     syncs = [line for line in metrics.splitlines() if line.startswith("quotaflow_store_wal_syncs ")]
     assert len(syncs) == 1 and float(syncs[0].split()[-1]) >= 1
+    # no snapshot yet: a restart would replay everything since seq 0
+    assert "quotaflow_store_snapshot_seq 0.0" in metrics
+    assert "quotaflow_store_snapshots_stored 0.0" in metrics
+    assert "quotaflow_store_last_snapshot_fork_seconds 0.0" in metrics
     native = quotaflow.NATIVE_MODE.split(" ", 1)[0]  # "compiled" or "interpreted"
     assert (
         f'quotaflow_build_info{{native="{native}",version="{quotaflow.__version__}"}} 1.0'

@@ -17,6 +17,7 @@ from quotaflow.store import EmbeddedStore
 from quotaflow.store.base import SnapshotFileError
 from quotaflow.store.snapshot_files import (
     IdsStored,
+    file_seq,
     ids_file_name,
     plan_ids,
     snapshot_file_name,
@@ -195,6 +196,12 @@ async def test_a_forked_snapshot_writes_its_segment_too(tmp_path: Path) -> None:
     (name, start, count) = doc["idempotency"]["segments"][-1]
     assert start == 0 and count == doc["idempotency_span"][1] >= 20
     assert len(orjson.loads((tmp_path / name).read_bytes())) == count
+    # What /metrics shows of it (CONFIGURATION.md).
+    stats = store.stats()
+    assert stats["snapshots_forked"] >= stats["snapshots_stored"] >= 1
+    assert stats["snapshot_seq"] == file_seq(store._snapshot_name) > 0
+    assert stats["snapshot_ids_files"] == len(doc["idempotency"]["segments"]) == 1
+    assert stats["snapshot_failures"] == 0 and stats["last_snapshot_fork_s"] > 0
     async with recovered(store):
         pass
 

@@ -286,6 +286,11 @@ class EmbeddedStore(ImmediateStore):
         self._ids_stored = IdsStored()  # the operation ids it keeps, in files of their own
         self._lock_fd = -1  # the data folder's lock, held while open
         self.snapshots_forked = 0
+        # For /metrics: a snapshot seq far behind `seq` is a restart replaying that much.
+        self.snapshots_stored = 0
+        self.snapshot_failures = 0  # children that failed, stores that failed
+        self.snapshot_seq = 0  # the stored snapshot's
+        self.last_fork_s = 0.0  # the event loop's stall in fork(): it grows with the process
         self._sweeper: asyncio.Task[None] | None = None
         self._checkpointer: Checkpointer | None = None
         self._checkpoint_interval_s = checkpoint_interval_s
@@ -397,7 +402,7 @@ class EmbeddedStore(ImmediateStore):
             row = (kept[0], read_snapshot(self.data_dir, kept[1], kept[2]))
         self._snapshot_name = None if kept is None else kept[1]
         if row is not None:
-            self._seq = row[0]
+            self._seq = self.snapshot_seq = row[0]
             doc = orjson.loads(row[1])
             self._ids_stored = load_ids(self.data_dir, doc)
             self.ledger = Ledger.restore(doc, self.limits)
@@ -652,6 +657,7 @@ class EmbeddedStore(ImmediateStore):
             None if plan.new is None else self.data_dir / f".ids-{seq}.tmp",
             plan,
         )
+        started = time.perf_counter()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -690,6 +696,7 @@ class EmbeddedStore(ImmediateStore):
                 code = 0
             finally:
                 os._exit(code)
+        self.last_fork_s = time.perf_counter() - started
         self._snapshot_child = (pid, due)
         self.snapshots_forked += 1
         return True
@@ -732,6 +739,7 @@ class EmbeddedStore(ImmediateStore):
         self._snapshot_child = None
         if status == -1 or os.waitstatus_to_exitcode(status) != 0 or not due.written():
             log.error("snapshot child failed; the next one is due later", extra={"seq": due.seq})
+            self.snapshot_failures += 1
             due.discard()
             return None
         return due
@@ -929,6 +937,7 @@ class EmbeddedStore(ImmediateStore):
         self._snapshot_task = None
         if not task.cancelled() and task.exception() is not None:
             # The journal still holds everything: the next snapshot is due as usual.
+            self.snapshot_failures += 1
             log.error("snapshot not stored", exc_info=task.exception())
 
     def _write_snapshot(self, due: _Snapshot) -> None:
@@ -988,6 +997,8 @@ class EmbeddedStore(ImmediateStore):
         # connection); a file left by a failure here is dropped at the next open.
         self._snapshot_name = name
         self._ids_stored = due.plan.stored
+        self.snapshot_seq = seq
+        self.snapshots_stored += 1
         self._drop_older_snapshot_files()
 
     async def _discard_unstored_snapshot(self) -> None:
@@ -1189,6 +1200,12 @@ class EmbeddedStore(ImmediateStore):
             "wal_checkpoint_sync_failed": int(cp is not None and cp.sync_failed is not None),
             "wal_syncs": 0 if self._syncer is None else self._syncer.syncs,
             "commit_busy_retries": self.busy_retries,
+            "snapshots_forked": self.snapshots_forked,
+            "snapshots_stored": self.snapshots_stored,
+            "snapshot_failures": self.snapshot_failures,
+            "snapshot_seq": self.snapshot_seq,
+            "snapshot_ids_files": len(self._ids_stored.segments),
+            "last_snapshot_fork_s": self.last_fork_s,
         }
 
 
