@@ -171,8 +171,16 @@ async def _serve_quotaflow(
     # How the closed loop batches: near the whole window per commit means the loop idles
     # through each commit's fsync (PERFORMANCE.md, session 13).
     commits, rows = store.commits - commits, store.committed_rows - rows
+    stats = store.stats()
+    snapshots = (
+        f"; {stats['snapshots_stored']} snapshots stored of {stats['snapshots_forked']} forked,"
+        f" the last fork {1e3 * stats['last_snapshot_fork_s']:.1f} ms"
+        if stats.get("snapshots_forked")
+        else ""
+    )
     print(
-        f"server: {commits:,} commits, {rows / max(1, commits):.0f} operations per commit",
+        f"server: {commits:,} commits, {rows / max(1, commits):.0f} operations per commit"
+        + snapshots,
         file=sys.stderr,
     )
     await server.stop()
