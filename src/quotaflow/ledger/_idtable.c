@@ -553,6 +553,17 @@ static int append_id(IdTable *t, const Rec *r, void *list) {
     return failed;
 }
 
+/* The oldest records to skip to reach the one numbered `start` (see added); -1 on error. A
+ * skip of count or more: none left. */
+static int skip_to(IdTable *t, PyObject *start_obj, uint64_t *skip) {
+    long long start = PyLong_AsLongLong(start_obj);
+    if (start == -1 && PyErr_Occurred())
+        return -1;
+    uint64_t first = t->added - (uint64_t)t->count;
+    *skip = start > 0 && (uint64_t)start > first ? (uint64_t)start - first : 0;
+    return 0;
+}
+
 static PyObject *collect(IdTable *t, uint64_t skip,
                          int (*fn)(IdTable *, const Rec *, void *)) {
     PyObject *list = PyList_New(0);
@@ -571,12 +582,8 @@ static PyObject *IdTable_rows(IdTable *t, PyObject *const *args, Py_ssize_t narg
     }
     uint64_t skip = 0;
     if (nargs == 1) {
-        long long start = PyLong_AsLongLong(args[0]);
-        if (start == -1 && PyErr_Occurred())
+        if (skip_to(t, args[0], &skip) < 0)
             return NULL;
-        uint64_t first = t->added - (uint64_t)t->count;
-        if (start > 0 && (uint64_t)start > first)
-            skip = (uint64_t)start - first;
         if (skip >= (uint64_t)t->count)
             return PyList_New(0); /* none: no walk over every record to find it out */
     }
@@ -745,15 +752,12 @@ static PyObject *IdTable_dump(IdTable *t, PyObject *const *args, Py_ssize_t narg
             PyErr_SetString(PyExc_TypeError, "scheme is a str");
         return NULL;
     }
-    long long start = PyLong_AsLongLong(args[0]);
-    if (start == -1 && PyErr_Occurred())
+    uint64_t skip;
+    if (skip_to(t, args[0], &skip) < 0)
         return NULL;
     int fd = PyObject_AsFileDescriptor(args[1]);
     if (fd < 0)
         return NULL;
-    uint64_t first = t->added - (uint64_t)t->count, skip = 0;
-    if (start > 0 && (uint64_t)start > first)
-        skip = (uint64_t)start - first;
     Out o = {fd, PyMem_RawMalloc(1 << 20), 0, 1 << 20, args[2], scheme, scheme_len, 0};
     if (o.buf == NULL)
         return PyErr_NoMemory();

@@ -725,13 +725,13 @@ class EmbeddedStore(ImmediateStore):
         new = None if plan.new is None or not ids else orjson.dumps(rows)
         return _Snapshot(seq, orjson.dumps(doc), new, plan)
 
-    def _finished_snapshot(self, wait: bool = False) -> _Snapshot | None:
+    def _finished_snapshot(self) -> _Snapshot | None:
         """The forked snapshot's files once its child exited cleanly; None while it runs."""
         if self._snapshot_child is None:
             return None
         pid, due = self._snapshot_child
         try:
-            done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:  # reaped by someone else: its outcome is unknown
             done, status = pid, -1
         if done == 0:
