@@ -277,3 +277,34 @@ async def test_close_stops_a_running_child_and_leaves_none_of_its_files(tmp_path
         assert again._since_snapshot == 0  # close's own snapshot holds everything
     finally:
         await again.close()
+
+
+@pytest.mark.parametrize(
+    ("segments", "refusal"),
+    [
+        ("path", "which is no ids file's name"),  # a path out of the folder, never opened
+        ("gap", "starts at id 7, not 0"),  # the first segment left out
+        ("short", "end at id 7, not 11"),  # the last one left out
+    ],
+)
+async def test_a_snapshot_whose_segment_list_is_wrong_stops_the_open(
+    tmp_path: Path, segments: str, refusal: str
+) -> None:
+    store, first, second = await _two_snapshots(tmp_path)
+    await store.close()
+    doc = _doc(tmp_path, second)
+    listed = doc["idempotency"]["segments"]
+    assert listed == [[ids_file_name(first), 0, 7], [ids_file_name(second), 7, 4]]
+    if segments == "path":
+        listed[0][0] = "../" + ids_file_name(first)
+    elif segments == "gap":
+        del listed[0]
+    else:
+        del listed[1]
+    body = orjson.dumps(doc)
+    (tmp_path / snapshot_file_name(second)).write_bytes(body)
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
+    db.execute("UPDATE snapshot_file SET bytes = ? WHERE seq = ?", (len(body), second))
+    db.close()
+    with pytest.raises(SnapshotFileError, match=refusal):
+        await _opened(tmp_path)
